@@ -1,0 +1,237 @@
+"""Checkpoint store: which source message became which destination message.
+
+SQLite in WAL mode. One row per (source folder, source UIDVALIDITY, source UID,
+destination folder). The journal idea comes from mbsync: a row is written as
+'pending' (with the message's SHA-256) *before* the APPEND and turned 'done'
+(with the destination UID from APPENDUID) after it. A crash between the two
+leaves a pending row; the next run settles it by looking at what the
+destination really holds (engine.march), never by copying blindly.
+
+Rows whose UIDVALIDITY no longer matches the server are simply not consulted:
+the engine then reconciles that folder by fingerprint.
+
+One process at a time: an exclusive flock on PATH.lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+from migrator.errors import StateError
+from migrator.fsutil import ensure_private_dir
+from migrator.naming import Folder
+
+FORMAT = "migrator-state"
+VERSION = 1
+
+PENDING, DONE, FAILED, ALTERED = "pending", "done", "failed", "altered"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    src_folder TEXT NOT NULL,
+    src_uidvalidity INTEGER NOT NULL,
+    src_uid INTEGER NOT NULL,
+    dst_folder TEXT NOT NULL,
+    dst_uidvalidity INTEGER NOT NULL,
+    dst_uid INTEGER,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    flags TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    updated REAL NOT NULL,
+    PRIMARY KEY (src_folder, src_uidvalidity, src_uid, dst_folder)
+);
+CREATE INDEX IF NOT EXISTS messages_dst ON messages (dst_folder, dst_uidvalidity, dst_uid);
+"""
+
+
+def folder_key(folder: Folder) -> str:
+    return json.dumps(list(folder), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Row:
+    src_uid: int
+    dst_uidvalidity: int
+    dst_uid: int | None
+    size: int
+    sha256: str
+    flags: tuple[str, ...]
+    status: str
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Intent:
+    src_uid: int
+    size: int
+    sha256: str
+    flags: tuple[str, ...]
+
+
+class Checkpoint:
+    def __init__(self, path: str):
+        self.path = path
+        parent = os.path.dirname(os.path.abspath(path))
+        ensure_private_dir(parent)
+        self._lock_fh = open(path + ".lock", "a+")
+        os.chmod(path + ".lock", 0o600)
+        try:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_fh.close()
+            raise StateError(
+                f"state file {path} is in use by another migrator process",
+                hint="wait for it to finish, or use another --state file",
+            ) from None
+        existed = os.path.exists(path) and os.path.getsize(path) > 0
+        if not existed:
+            # Create with 0600 before SQLite opens it: it holds folder names and message hashes.
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        self._mutex = threading.Lock()
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            if existed:
+                self._check_format()
+            else:
+                self._db.executescript(_SCHEMA)
+                self._db.executemany(
+                    "INSERT INTO meta(key, value) VALUES (?, ?)", [("format", FORMAT), ("version", str(VERSION))]
+                )
+        except sqlite3.DatabaseError as e:
+            self.close()
+            raise StateError(
+                f"state file {path} is not a migrator state file ({e})",
+                hint="point --state elsewhere, or start over with --reset-state",
+            ) from None
+        for suffix in ("-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.chmod(path + suffix, 0o600)
+
+    def _check_format(self) -> None:
+        try:
+            meta = dict(self._db.execute("SELECT key, value FROM meta"))
+        except sqlite3.DatabaseError:
+            meta = {}
+        if meta.get("format") != FORMAT:
+            raise sqlite3.DatabaseError("no migrator header")
+        if meta.get("version") != str(VERSION):
+            raise StateError(
+                f"state file {self.path} has version {meta.get('version')}, this migrator reads version {VERSION}",
+                hint="use the migrator version that wrote it, or --reset-state",
+            )
+
+    @staticmethod
+    def reset(path: str) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.remove(path + suffix)
+            except FileNotFoundError:
+                pass
+
+    def close(self) -> None:
+        try:
+            self._db.close()
+        except Exception:
+            pass
+        try:
+            self._lock_fh.close()
+        except Exception:
+            pass
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def rows(self, src: Folder, src_uidvalidity: int, dst: Folder) -> dict[int, Row]:
+        with self._mutex:
+            cur = self._db.execute(
+                "SELECT src_uid, dst_uidvalidity, dst_uid, size, sha256, flags, status, reason FROM messages "
+                "WHERE src_folder=? AND src_uidvalidity=? AND dst_folder=?",
+                (folder_key(src), src_uidvalidity, folder_key(dst)),
+            )
+            return {
+                r[0]: Row(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6], r[7]) for r in cur.fetchall()
+            }
+
+    def failed(self) -> list[tuple[Folder, int, str]]:
+        with self._mutex:
+            cur = self._db.execute("SELECT src_folder, src_uid, reason FROM messages WHERE status=?", (FAILED,))
+            return [(tuple(json.loads(f)), uid, reason or "") for f, uid, reason in cur.fetchall()]
+
+    # -- writes (each one a committed transaction: the journal must be on disk before we act) --
+
+    def record_intents(
+        self, src: Folder, src_uidvalidity: int, dst: Folder, dst_uidvalidity: int, intents: Iterable[Intent]
+    ) -> None:
+        now = time.time()
+        self._write(
+            "INSERT OR REPLACE INTO messages VALUES (?,?,?,?,?,NULL,?,?,?,?,NULL,?)",
+            [
+                (folder_key(src), src_uidvalidity, i.src_uid, folder_key(dst), dst_uidvalidity, i.size, i.sha256,
+                 json.dumps(list(i.flags)), PENDING, now)
+                for i in intents
+            ],
+        )
+
+    def record_done(
+        self,
+        src: Folder,
+        src_uidvalidity: int,
+        dst: Folder,
+        dst_uidvalidity: int,
+        results: Iterable[tuple[Intent, int | None]],
+        status: str = DONE,
+        reason: str | None = None,
+    ) -> None:
+        """Confirm intents (or adopt messages found on the destination) with their destination UIDs."""
+        now = time.time()
+        self._write(
+            "INSERT OR REPLACE INTO messages VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                (folder_key(src), src_uidvalidity, i.src_uid, folder_key(dst), dst_uidvalidity, uid, i.size, i.sha256,
+                 json.dumps(list(i.flags)), status, reason, now)
+                for i, uid in results
+            ],
+        )
+
+    def record_failed(self, src: Folder, src_uidvalidity: int, dst: Folder, dst_uidvalidity: int,
+                      intent: Intent, reason: str) -> None:
+        self.record_done(src, src_uidvalidity, dst, dst_uidvalidity, [(intent, None)], FAILED, reason)
+
+    def update_flags(self, src: Folder, src_uidvalidity: int, dst: Folder, updates: Iterable[tuple[int, tuple[str, ...]]]) -> None:
+        now = time.time()
+        self._write(
+            "UPDATE messages SET flags=?, updated=? WHERE src_folder=? AND src_uidvalidity=? AND src_uid=? AND dst_folder=?",
+            [(json.dumps(list(flags)), now, folder_key(src), src_uidvalidity, uid, folder_key(dst)) for uid, flags in updates],
+        )
+
+    def forget(self, src: Folder, src_uidvalidity: int, dst: Folder, src_uids: Iterable[int]) -> None:
+        self._write(
+            "DELETE FROM messages WHERE src_folder=? AND src_uidvalidity=? AND src_uid=? AND dst_folder=?",
+            [(folder_key(src), src_uidvalidity, uid, folder_key(dst)) for uid in src_uids],
+        )
+
+    def _write(self, sql: str, params: list[tuple]) -> None:
+        if not params:
+            return
+        with self._mutex:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(sql, params)
+                self._db.execute("COMMIT")
+            except sqlite3.DatabaseError as e:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.DatabaseError:
+                    pass
+                raise StateError(f"cannot write state file {self.path}: {e}") from None

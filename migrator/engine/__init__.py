@@ -1,0 +1,1 @@
+"""The copy engine: march (decide per folder), workers (copy), verify (check-only)."""

@@ -1,0 +1,31 @@
+"""Cutting work into pieces bounded by bytes and count: this is what bounds memory."""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence, TypeVar
+
+from migrator.stores.base import MessageMeta
+
+T = TypeVar("T", bound=MessageMeta)
+
+
+def batches(metas: Sequence[T], max_bytes: int, max_count: int) -> Iterator[list[T]]:
+    """Consecutive groups of at most max_count messages and max_bytes bytes.
+
+    A message larger than max_bytes travels alone: it cannot be split.
+    """
+    batch: list[T] = []
+    size = 0
+    for m in metas:
+        if batch and (len(batch) >= max_count or size + m.size > max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append(m)
+        size += m.size
+    if batch:
+        yield batch
+
+
+def chunks(metas: Sequence[T], count: int, max_bytes: int) -> list[list[T]]:
+    """Split one folder's work into pieces that different workers can take."""
+    return list(batches(metas, max_bytes, count))

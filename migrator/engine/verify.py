@@ -1,0 +1,125 @@
+"""verify: the same walk as the copy, with a check-only action. Read-only on both sides.
+
+Per planned folder, each side becomes a multiset of (SHA-256 of the bytes,
+flags, INTERNALDATE as an instant). Messages are paired by hash; what is left
+over is missing (source only) or extra (destination only); pairs whose flags or
+date differ are reported as such. EXAMINE and BODY.PEEK[] change nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from migrator.engine.batching import batches
+from migrator.errors import FolderError
+from migrator.naming import Folder, display
+from migrator.plan import Plan
+from migrator.stores.base import Store
+
+FORMAT = "%d-%b-%Y %H:%M:%S %z"
+
+
+def date_instant(text: str) -> float | None:
+    """INTERNALDATE as seconds since the epoch: servers may store the instant but not the zone."""
+    try:
+        return datetime.strptime(text.strip(), FORMAT).timestamp()
+    except ValueError:
+        return None
+
+
+@dataclass
+class Entry:
+    uid: int
+    flags: tuple[str, ...]
+    date: str
+
+
+@dataclass
+class FolderDiff:
+    source: str
+    destination: str
+    source_count: int = 0
+    destination_count: int = 0
+    missing: list[dict] = field(default_factory=list)
+    extra: list[dict] = field(default_factory=list)
+    flags_differ: list[dict] = field(default_factory=list)
+    date_differs: list[dict] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def identical(self) -> bool:
+        return not (self.missing or self.extra or self.flags_differ or self.date_differs or self.error)
+
+
+def _side(store: Store, folder: Folder, include_deleted: bool, batch_bytes: int, batch_count: int,
+          skip_deleted: bool) -> dict[str, list[Entry]]:
+    store.select(folder, readonly=True)
+    metas = store.list_messages()
+    if skip_deleted and not include_deleted:
+        metas = [m for m in metas if not m.deleted]
+    by_hash: dict[str, list[Entry]] = defaultdict(list)
+    flags = {m.uid: m for m in metas}
+    for batch in batches(metas, batch_bytes, batch_count):
+        for msg in store.fetch([m.uid for m in batch]):
+            meta = flags[msg.meta.uid]
+            by_hash[hashlib.sha256(msg.body).hexdigest()].append(Entry(meta.uid, meta.flags, meta.internaldate))
+    return by_hash
+
+
+def verify(plan: Plan, src: Store, dst: Store, include_deleted: bool = False,
+           batch_bytes: int = 8 << 20, batch_count: int = 100) -> list[FolderDiff]:
+    dst_names = {f.name for f in dst.list_folders()}
+    out: list[FolderDiff] = []
+    for fp in plan.copying():
+        diff = FolderDiff(display(fp.source), display(fp.destination))
+        out.append(diff)
+        try:
+            s = _side(src, fp.source, include_deleted, batch_bytes, batch_count, skip_deleted=True)
+        except FolderError as e:
+            diff.error = f"source folder cannot be read: {e}"
+            continue
+        if fp.destination in dst_names:
+            try:
+                d = _side(dst, fp.destination, include_deleted, batch_bytes, batch_count, skip_deleted=False)
+            except FolderError as e:
+                diff.error = f"destination folder cannot be read: {e}"
+                continue
+        else:
+            d = {}
+        _compare(diff, s, d)
+    return out
+
+
+def _compare(diff: FolderDiff, s: dict[str, list[Entry]], d: dict[str, list[Entry]]) -> None:
+    diff.source_count = sum(len(v) for v in s.values())
+    diff.destination_count = sum(len(v) for v in d.values())
+    for digest in sorted(set(s) | set(d)):
+        left = sorted(s.get(digest, []), key=lambda e: (e.flags, e.date, e.uid))
+        right = sorted(d.get(digest, []), key=lambda e: (e.flags, e.date, e.uid))
+        # Pair exact (flags, date) matches first, so duplicates with different flags pair sensibly.
+        unmatched_right = list(right)
+        unmatched_left = []
+        for e in left:
+            twin = next((r for r in unmatched_right if r.flags == e.flags and
+                         date_instant(r.date) == date_instant(e.date)), None)
+            if twin is not None:
+                unmatched_right.remove(twin)
+            else:
+                unmatched_left.append(e)
+        for e in list(unmatched_left):
+            if not unmatched_right:
+                break
+            r = unmatched_right.pop(0)
+            unmatched_left.remove(e)
+            item = {"sha256": digest, "source_uid": e.uid, "destination_uid": r.uid}
+            if e.flags != r.flags:
+                diff.flags_differ.append({**item, "source_flags": list(e.flags), "destination_flags": list(r.flags)})
+            if date_instant(e.date) != date_instant(r.date):
+                diff.date_differs.append({**item, "source_date": e.date, "destination_date": r.date})
+        for e in unmatched_left:
+            diff.missing.append({"sha256": digest, "source_uid": e.uid, "flags": list(e.flags), "date": e.date})
+        for r in unmatched_right:
+            diff.extra.append({"sha256": digest, "destination_uid": r.uid, "flags": list(r.flags), "date": r.date})

@@ -1,0 +1,66 @@
+"""Error classes and the exit codes they map to.
+
+Every failure migrator knows about is one of these. The CLI has a single error
+boundary (cli.main) that turns them into one line and an exit code; nothing
+below the CLI prints or exits. The level says how much work a failure gives up
+(like mbsync: a bad message skips one message, a bad folder one folder, a bad
+store the run).
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_MESSAGES_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CONNECTION = 3
+EXIT_INTERRUPTED = 130
+
+
+class MigratorError(Exception):
+    """Base: a failure with a one-line, secret-free message for the user."""
+
+    exit_code = EXIT_MESSAGES_FAILED
+    hint: str | None = None
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+
+class UsageError(MigratorError):
+    """Bad URL, bad option, bad plan file: the user must change the command."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConnectionFailed(MigratorError):
+    """Cannot reach, secure or log in to a server (DNS, refused, TLS, auth)."""
+
+    exit_code = EXIT_CONNECTION
+
+
+class TransientError(MigratorError):
+    """Connection dropped, timeout, BYE, [UNAVAILABLE]/[THROTTLED]: retry after reconnecting."""
+
+    exit_code = EXIT_MESSAGES_FAILED
+
+
+class FolderError(MigratorError):
+    """One folder cannot be processed (vanished, cannot be created); others go on."""
+
+
+class MessageRejected(MigratorError):
+    """The destination refused one message permanently (too big, [PARSE], [OVERQUOTA])."""
+
+
+class StateError(MigratorError):
+    """The checkpoint store is corrupt, foreign, or locked by another run."""
+
+    exit_code = EXIT_USAGE
+
+
+class Interrupted(MigratorError):
+    """Ctrl-C or SIGTERM: the run stopped cleanly and can be resumed."""
+
+    exit_code = EXIT_INTERRUPTED

@@ -1,0 +1,29 @@
+"""Files migrator creates hold mail metadata: owner-only permissions (0600 files, 0700 dirs)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+
+def ensure_private_dir(path: str) -> None:
+    if not path or os.path.isdir(path):
+        return
+    os.makedirs(path, mode=0o700, exist_ok=True)
+
+
+def write_private(path: str, data: str | bytes) -> None:
+    """Write a file atomically (temp + rename) with mode 0600."""
+    ensure_private_dir(os.path.dirname(os.path.abspath(path)))
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: str, obj: Any) -> None:
+    write_private(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")

@@ -1,0 +1,82 @@
+"""Drawing progress from Stats; the engine never draws.
+
+On a TTY: tqdm bars for messages and bytes (rate, ETA). Without a TTY: one
+plain line every few seconds (cron, logs). --quiet: nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+from migrator.stats import Stats
+
+
+class Progress:
+    def __init__(self, stats: Stats, quiet: bool = False, interval: float | None = None, stream=None):
+        self.stats = stats
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.quiet = quiet
+        self.interval = interval if interval is not None else (0.2 if self.tty else 5.0)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "Progress":
+        if not self.quiet:
+            self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(2)
+
+    def _snapshot(self) -> tuple[int, int, int, int, int]:
+        s = self.stats
+        done = s.total("copied") + s.total("found") + len(s.failures)
+        return done, s.total("planned"), s.total("copied_bytes"), s.total("planned_bytes"), len(s.folders)
+
+    def _loop(self) -> None:
+        if self.tty:
+            self._draw_bars()
+        else:
+            self._print_lines()
+
+    def _draw_bars(self) -> None:
+        from tqdm import tqdm
+
+        msgs = tqdm(total=0, unit="msg", desc="messages", file=self.stream, position=0, leave=True)
+        data = tqdm(total=0, unit="B", unit_scale=True, desc="bytes   ", file=self.stream, position=1, leave=True)
+        try:
+            while True:
+                stopped = self._stop.wait(self.interval)
+                done, total, done_b, total_b, folders = self._snapshot()
+                msgs.total, data.total = total, total_b
+                msgs.n, data.n = done, done_b
+                msgs.set_postfix_str(f"{folders} folders", refresh=False)
+                msgs.refresh()
+                data.refresh()
+                if stopped:
+                    return
+        finally:
+            msgs.close()
+            data.close()
+
+    def _print_lines(self) -> None:
+        last = None
+        while not self._stop.wait(self.interval):
+            done, total, done_b, total_b, folders = self._snapshot()
+            if (done, total) == last:
+                continue
+            last = (done, total)
+            elapsed = self.stats.elapsed()
+            rate = done / elapsed if elapsed else 0.0
+            print(
+                f"progress: {done}/{total} messages, {done_b / 1e6:.1f}/{total_b / 1e6:.1f} MB, "
+                f"{folders} folders, {rate:.0f} msgs/s, {time.strftime('%H:%M:%S')}",
+                file=self.stream,
+                flush=True,
+            )

@@ -1,0 +1,144 @@
+"""Rendering what Stats counted: the end-of-run summary (text) and the JSON report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from migrator.engine.verify import FolderDiff
+from migrator.naming import display
+from migrator.stats import Stats
+
+REPORT_VERSION = 1
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def run_report(stats: Stats, *, command: str, source: str, destination: str, dry_run: bool,
+               would_create: list | None = None) -> dict[str, Any]:
+    elapsed = stats.elapsed()
+    copied = stats.total("copied")
+    folders = {}
+    for name, fc in sorted(stats.folders.items()):
+        folders[name] = {
+            "created": fc.created,
+            "to_copy": fc.planned,
+            "to_copy_bytes": fc.planned_bytes,
+            "copied": fc.copied,
+            "copied_bytes": fc.copied_bytes,
+            "already_copied": fc.already,
+            "found_on_destination": fc.found,
+            "skipped": dict(fc.skipped),
+            "failed": fc.failed,
+            "flags_updated": fc.flags_updated,
+            "deleted_extra": fc.deleted_extra,
+        }
+    return {
+        "report_version": REPORT_VERSION,
+        "command": command,
+        "dry_run": dry_run,
+        "source": source,
+        "destination": destination,
+        "ok": stats.ok,
+        "interrupted": stats.interrupted,
+        "elapsed_seconds": round(elapsed, 3),
+        "totals": {
+            "folders_created": sum(1 for fc in stats.folders.values() if fc.created),
+            "folders_to_create": [display(f) for f in (would_create or [])],
+            "to_copy": stats.total("planned"),
+            "to_copy_bytes": stats.total("planned_bytes"),
+            "copied": copied,
+            "copied_bytes": stats.total("copied_bytes"),
+            "already_copied": stats.total("already"),
+            "found_on_destination": stats.total("found"),
+            "skipped": dict(stats.total_skipped()),
+            "failed": len(stats.failures),
+            "flags_updated": stats.total("flags_updated"),
+            "deleted_extra": stats.total("deleted_extra"),
+            "messages_per_second": round(copied / elapsed, 1) if elapsed > 0 else 0.0,
+        },
+        "folders": folders,
+        "failures": [{"folder": f.folder, "uid": f.uid, "reason": f.reason} for f in stats.failures],
+        "folder_errors": [{"folder": f.folder, "reason": f.reason} for f in stats.folder_errors],
+        "warnings": list(stats.warnings),
+    }
+
+
+def render_run(report: dict[str, Any]) -> str:
+    t = report["totals"]
+    lines = []
+    if report["dry_run"]:
+        lines.append("Dry run: nothing was changed.")
+        if t["folders_to_create"]:
+            lines.append("Folders that would be created: " + ", ".join(t["folders_to_create"]))
+        for name, f in report["folders"].items():
+            if f["to_copy"] or f["found_on_destination"] or f["deleted_extra"] or f["flags_updated"]:
+                extra = f", {f['deleted_extra']} would be deleted (--delete-extra)" if f["deleted_extra"] else ""
+                flags = f", {f['flags_updated']} flag updates" if f["flags_updated"] else ""
+                lines.append(f"  {name}: {f['to_copy']} messages, {_mb(f['to_copy_bytes'])} to copy{flags}{extra}")
+        lines.append(f"Would copy {t['to_copy']} messages ({_mb(t['to_copy_bytes'])}); "
+                     f"{t['already_copied']} already copied.")
+    else:
+        lines.append(
+            f"Folders created: {t['folders_created']}. Messages copied: {t['copied']} ({_mb(t['copied_bytes'])}), "
+            f"already present: {t['already_copied'] + t['found_on_destination']}, failed: {t['failed']}."
+        )
+        if t["flags_updated"]:
+            lines.append(f"Flags updated: {t['flags_updated']}.")
+        if t["deleted_extra"]:
+            lines.append(f"Deleted from the destination (--delete-extra): {t['deleted_extra']}.")
+        lines.append(f"Elapsed {report['elapsed_seconds']:.1f} s, {t['messages_per_second']} msgs/s.")
+    for reason, n in t["skipped"].items():
+        lines.append(f"Skipped {n}: {reason}.")
+    for f in report["failures"]:
+        lines.append(f"FAILED {f['folder']} UID {f['uid']}: {f['reason']}")
+    for f in report["folder_errors"]:
+        lines.append(f"FOLDER FAILED {f['folder']}: {f['reason']}")
+    for w in report["warnings"]:
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)
+
+
+def verify_report(diffs: list[FolderDiff], source: str, destination: str) -> dict[str, Any]:
+    return {
+        "report_version": REPORT_VERSION,
+        "command": "verify",
+        "source": source,
+        "destination": destination,
+        "identical": all(d.identical for d in diffs),
+        "folders": [
+            {
+                "source": d.source,
+                "destination": d.destination,
+                "source_messages": d.source_count,
+                "destination_messages": d.destination_count,
+                "identical": d.identical,
+                "missing": d.missing,
+                "extra": d.extra,
+                "flags_differ": d.flags_differ,
+                "date_differs": d.date_differs,
+                "error": d.error,
+            }
+            for d in diffs
+        ],
+    }
+
+
+def render_verify(report: dict[str, Any]) -> str:
+    lines = []
+    for f in report["folders"]:
+        status = "identical" if f["identical"] else "DIFFERENT"
+        lines.append(f"{f['source']} -> {f['destination']}: {f['source_messages']} / {f['destination_messages']} messages, {status}")
+        if f["error"]:
+            lines.append(f"  error: {f['error']}")
+        for m in f["missing"]:
+            lines.append(f"  missing on destination: source UID {m['source_uid']} sha256 {m['sha256'][:16]}")
+        for m in f["extra"]:
+            lines.append(f"  extra on destination: UID {m['destination_uid']} sha256 {m['sha256'][:16]}")
+        for m in f["flags_differ"]:
+            lines.append(f"  flags differ: source UID {m['source_uid']} {m['source_flags']} vs destination UID {m['destination_uid']} {m['destination_flags']}")
+        for m in f["date_differs"]:
+            lines.append(f"  date differs: source UID {m['source_uid']} {m['source_date']} vs destination UID {m['destination_uid']} {m['destination_date']}")
+    lines.append("Identical." if report["identical"] else "Differences found.")
+    return "\n".join(lines)

@@ -1,0 +1,95 @@
+"""Where passwords and tokens come from. Secrets live only in memory.
+
+A plan or report records *where* a secret is found (SecretSource.describe()),
+never the secret. Sources, first match wins: --{role}-password-file, the
+MIGRATOR_{ROLE}_PASSWORD environment variable, the system keyring (if the
+`keyring` package is installed and holds one), a prompt on a TTY.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from migrator.errors import ConnectionFailed, UsageError
+
+
+def env_var(role: str) -> str:
+    return f"MIGRATOR_{role.upper()}_PASSWORD"
+
+
+@dataclass(frozen=True)
+class SecretSource:
+    role: str  # "src" or "dst"
+    password_file: str | None = None
+    oauth2_token_cmd: str | None = None
+
+    def describe(self) -> dict[str, str]:
+        """Safe to write to a plan: names the place, not the secret."""
+        if self.oauth2_token_cmd:
+            return {"oauth2_token_cmd": self.oauth2_token_cmd}
+        if self.password_file:
+            return {"password_file": self.password_file}
+        return {"password_env": env_var(self.role)}
+
+
+def read_password_file(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise UsageError(f"cannot read password file {path}: {e.strerror}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise UsageError(
+            f"password file {path} is readable by other users (mode {stat.S_IMODE(st.st_mode):o})",
+            hint=f"chmod 600 {path}",
+        )
+    with open(path, encoding="utf-8") as fh:
+        # First line only: a trailing newline is not part of the password.
+        return fh.readline().rstrip("\r\n")
+
+
+def _from_keyring(service_user: str) -> str | None:
+    try:
+        import keyring  # optional dependency
+    except ImportError:
+        return None
+    try:
+        return keyring.get_password("migrator", service_user)
+    except Exception:  # no backend, locked keyring: fall through to the next source
+        return None
+
+
+def get_password(source: SecretSource, account_label: str, interactive: bool | None = None) -> str:
+    """Return the password for one side, or raise UsageError saying how to give it."""
+    if source.password_file:
+        return read_password_file(source.password_file)
+    value = os.environ.get(env_var(source.role))
+    if value:
+        return value
+    value = _from_keyring(account_label)
+    if value:
+        return value
+    if interactive is None:
+        interactive = sys.stdin.isatty()
+    if interactive:
+        return getpass.getpass(f"Password for {account_label}: ")
+    raise UsageError(
+        f"no password for {account_label}",
+        hint=f"set {env_var(source.role)}, or use --{source.role}-password-file FILE",
+    )
+
+
+def run_token_command(cmd: str) -> str:
+    """Run the user's OAuth2 token command; its first output line is the access token."""
+    try:
+        out = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise ConnectionFailed("the OAuth2 token command did not finish within 120 s") from None
+    token = out.stdout.strip().splitlines()[0] if out.stdout.strip() else ""
+    if out.returncode != 0 or not token:
+        raise ConnectionFailed(f"the OAuth2 token command failed (exit {out.returncode}) and printed no token")
+    return token

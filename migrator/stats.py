@@ -1,0 +1,103 @@
+"""Counting, kept apart from drawing (rclone's accounting idea).
+
+Workers add to a Stats object under a lock; progress.py and report.py only read.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from migrator.naming import Folder, display
+
+
+@dataclass
+class Failure:
+    folder: str
+    uid: int | None
+    reason: str
+
+
+@dataclass
+class FolderCounts:
+    planned: int = 0  # messages to copy, as known after the march
+    planned_bytes: int = 0
+    copied: int = 0
+    copied_bytes: int = 0
+    already: int = 0  # recorded as copied by an earlier run
+    found: int = 0  # already on the destination, adopted without copying (reconciliation)
+    skipped: Counter = field(default_factory=Counter)  # reason -> count
+    failed: int = 0
+    flags_updated: int = 0
+    deleted_extra: int = 0
+    created: bool = False
+
+
+class Stats:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.started = time.monotonic()
+        self.finished: float | None = None
+        self.folders: dict[str, FolderCounts] = {}
+        self.failures: list[Failure] = []
+        self.warnings: list[str] = []
+        self.folder_errors: list[Failure] = []
+        self.interrupted = False
+
+    def _f(self, folder: Folder) -> FolderCounts:
+        return self.folders.setdefault(display(folder), FolderCounts())
+
+    def add(self, folder: Folder, **counts: int) -> None:
+        with self._lock:
+            fc = self._f(folder)
+            for key, value in counts.items():
+                setattr(fc, key, getattr(fc, key) + value)
+
+    def mark_created(self, folder: Folder) -> None:
+        with self._lock:
+            self._f(folder).created = True
+
+    def skip(self, folder: Folder, reason: str, n: int = 1) -> None:
+        if n:
+            with self._lock:
+                self._f(folder).skipped[reason] += n
+
+    def fail(self, folder: Folder, uid: int | None, reason: str) -> None:
+        with self._lock:
+            self._f(folder).failed += 1
+            self.failures.append(Failure(display(folder), uid, reason))
+
+    def folder_failed(self, folder: Folder, reason: str) -> None:
+        with self._lock:
+            self._f(folder)
+            self.folder_errors.append(Failure(display(folder), None, reason))
+
+    def warn(self, text: str) -> None:
+        with self._lock:
+            if text not in self.warnings:
+                self.warnings.append(text)
+
+    # -- read side -------------------------------------------------------------------------
+
+    def total(self, key: str) -> int:
+        with self._lock:
+            return sum(getattr(fc, key) for fc in self.folders.values())
+
+    def total_skipped(self) -> Counter:
+        with self._lock:
+            out: Counter = Counter()
+            for fc in self.folders.values():
+                out.update(fc.skipped)
+            return out
+
+    def elapsed(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    def finish(self) -> None:
+        self.finished = time.monotonic()
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.folder_errors and not self.interrupted

@@ -1,0 +1,122 @@
+"""The Store interface: what the engine needs from any end of a copy.
+
+One engine, several endpoints (like mbsync's driver.h or rclone's Fs): IMAP,
+POP3 (read-only, one folder) and the local archive all implement this. The
+engine never knows which one it talks to; it asks `capabilities` for optional
+features and falls back when they are missing.
+
+A Store object is one connection: not thread-safe. Each worker opens its own
+through a StoreFactory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
+
+from migrator.naming import Folder
+
+# Flags the engine never copies: \Recent is session state, not message state.
+NON_COPYABLE_FLAGS = frozenset({"\\Recent"})
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    name: Folder
+    server_name: str  # as the server spells it (decoded from modified UTF-7)
+    attributes: frozenset[str] = frozenset()  # \Noselect, \HasChildren, \Sent ...
+    special_use: str | None = None  # RFC 6154 attribute, e.g. "\\Sent"
+    subscribed: bool = False
+
+    @property
+    def selectable(self) -> bool:
+        lowered = {a.lower() for a in self.attributes}
+        return "\\noselect" not in lowered and "\\nonexistent" not in lowered
+
+
+@dataclass(frozen=True)
+class FolderStatus:
+    uidvalidity: int
+    uidnext: int = 0
+    messages: int = 0
+    size: int | None = None  # total bytes, when the store can say cheaply
+    highestmodseq: int | None = None
+
+
+@dataclass(frozen=True)
+class MessageMeta:
+    uid: int
+    size: int
+    flags: tuple[str, ...]  # sorted, without \Recent
+    internaldate: str  # IMAP date-time string "dd-Mon-yyyy hh:mm:ss +zzzz", timezone kept
+
+    @property
+    def deleted(self) -> bool:
+        return "\\Deleted" in self.flags
+
+
+@dataclass(frozen=True)
+class Message:
+    meta: MessageMeta
+    body: bytes
+
+
+@dataclass(frozen=True)
+class AppendItem:
+    body: bytes
+    flags: tuple[str, ...]
+    internaldate: str
+
+
+@dataclass
+class Capabilities:
+    writable: bool = True
+    multiappend: bool = False
+    uidplus: bool = False
+    condstore: bool = False
+    special_use: bool = False
+    keywords: bool = True  # can store arbitrary keywords ($Label1, NonJunk ...)
+    max_append_size: int | None = None
+    extra: set[str] = field(default_factory=set)
+
+
+def normalize_flags(flags: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted(f for f in flags if f not in NON_COPYABLE_FLAGS))
+
+
+class Store(Protocol):
+    """One open connection to one end of a copy."""
+
+    capabilities: Capabilities
+    separator: str | None
+
+    def list_folders(self) -> list[FolderInfo]: ...
+
+    def create_folder(self, name: Folder) -> None: ...
+
+    def subscribe(self, name: Folder) -> None: ...
+
+    def status(self, name: Folder) -> FolderStatus: ...
+
+    def select(self, name: Folder, readonly: bool = True) -> FolderStatus:
+        """Open a folder for the calls below; raises FolderError if it vanished."""
+        ...
+
+    def list_messages(self, uids: Sequence[int] | None = None) -> list[MessageMeta]:
+        """Metadata of the selected folder's messages (all, or the given UIDs)."""
+        ...
+
+    def fetch(self, uids: Sequence[int]) -> Iterator[Message]:
+        """Bodies of the given UIDs, exactly as stored, without setting \\Seen."""
+        ...
+
+    def append(self, name: Folder, items: Sequence[AppendItem]) -> list[int | None]:
+        """Store messages; returns the new UIDs where the store can tell (UIDPLUS)."""
+        ...
+
+    def set_flags(self, uid: int, add: Iterable[str], remove: Iterable[str]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+StoreFactory = Callable[[], Store]

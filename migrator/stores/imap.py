@@ -1,0 +1,492 @@
+"""IMAP store on top of imapclient.
+
+imapclient parses responses; a few things are done here by hand because the
+library does them in a way that breaks our guarantees:
+- APPEND: imaplib rewrites line endings of the message (bare CR/LF -> CRLF), so
+  messages are sent as raw literals here (LITERAL+ when offered, literal8 when
+  the message holds a NUL and the server has BINARY), one command per batch
+  with MULTIAPPEND, and the APPENDUID answer (RFC 4315) is parsed here.
+- Connecting: the TLS rule of the project (see connect()) lives here, in one place.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import logging
+import re
+import socket
+import ssl
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable, Iterable, Iterator, Sequence
+
+import imapclient
+from imapclient import exceptions as imapexc
+from imapclient.datetime_util import datetime_to_INTERNALDATE
+
+from migrator.accounts import Endpoint
+from migrator.errors import ConnectionFailed, FolderError, MessageRejected, TransientError, UsageError
+from migrator.naming import Folder, from_server, to_server
+from migrator.stores.base import (
+    AppendItem,
+    Capabilities,
+    FolderInfo,
+    FolderStatus,
+    Message,
+    MessageMeta,
+    normalize_flags,
+)
+
+log = logging.getLogger("migrator.imap")
+
+SPECIAL_USE_ATTRS = ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash", "\\Important")
+# Response codes that mean "try again later" rather than "this message is bad".
+TRANSIENT_CODES = ("UNAVAILABLE", "THROTTLED", "LIMIT", "INUSE", "SERVERBUG")
+META_FETCH_CHUNK = 5000  # UIDs per metadata FETCH: bounds the size of one response
+
+
+@dataclass(frozen=True)
+class ConnectOptions:
+    ca_file: str | None = None
+    insecure: bool = False
+    allow_plaintext: bool = False
+    timeout: float = 120.0
+    auth_user: str | None = None  # admin / master user: authenticates as this, acts as endpoint.user
+    oauth2_token_cmd: str | None = None
+    oauth2_mech: str = "XOAUTH2"
+
+
+class Credentials:
+    """Produces the secret on demand; the token of an OAuth2 command is re-fetched on expiry."""
+
+    def __init__(self, password: Callable[[], str] | None = None, token: Callable[[], str] | None = None):
+        self._password = password
+        self._token = token
+        self._cached: str | None = None
+
+    def secret(self, refresh: bool = False) -> str:
+        if self._cached is None or refresh:
+            source = self._token or self._password
+            if source is None:
+                raise UsageError("no password or token source configured")
+            self._cached = source()
+        return self._cached
+
+    @property
+    def is_token(self) -> bool:
+        return self._token is not None
+
+
+def make_ssl_context(opts: ConnectOptions) -> ssl.SSLContext:
+    if opts.insecure:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        ctx = ssl.create_default_context(cafile=opts.ca_file)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def _describe_os_error(e: BaseException, ep: Endpoint) -> str:
+    where = f"{ep.host}:{ep.port}"
+    if isinstance(e, socket.gaierror):
+        return f"cannot resolve host '{ep.host}'"
+    if isinstance(e, ConnectionRefusedError):
+        return f"connection refused by {where}"
+    if isinstance(e, (socket.timeout, TimeoutError)):
+        return f"timed out connecting to {where}"
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return f"TLS certificate of {where} not trusted: {e.verify_message or e.reason}"
+    if isinstance(e, ssl.SSLError):
+        return f"TLS handshake with {where} failed: {e.reason or e}"
+    return f"cannot connect to {where}: {getattr(e, 'strerror', None) or e}"
+
+
+def _tls_hint(e: BaseException) -> str | None:
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return "use --ca-file PEM for a private CA, or --insecure for a test server you trust"
+    return None
+
+
+def connect(ep: Endpoint, creds: Credentials, opts: ConnectOptions) -> imapclient.IMAPClient:
+    """Open, secure and authenticate one IMAP connection.
+
+    TLS rule: imaps:// is TLS from the first byte; imap:// to a non-loopback host
+    must upgrade with STARTTLS or we refuse to send credentials (unless
+    --allow-plaintext); imap:// to loopback (127.0.0.0/8, ::1) may stay plain,
+    the traffic never leaves the machine.
+    """
+    ctx = make_ssl_context(opts)
+    try:
+        client = imapclient.IMAPClient(
+            ep.host, port=ep.port, ssl=ep.implicit_tls, ssl_context=ctx, timeout=opts.timeout
+        )
+    except (OSError, imaplib.IMAP4.error) as e:
+        raise ConnectionFailed(_describe_os_error(e, ep), hint=_tls_hint(e)) from None
+    client.normalise_times = False  # keep INTERNALDATE's timezone
+    try:
+        if not ep.implicit_tls:
+            _maybe_starttls(client, ep, ctx, opts)
+        _authenticate(client, ep, creds, opts)
+    except ConnectionFailed:
+        _shutdown(client)
+        raise
+    except (OSError, imaplib.IMAP4.abort) as e:
+        _shutdown(client)
+        raise ConnectionFailed(_describe_os_error(e, ep), hint=_tls_hint(e)) from None
+    return client
+
+
+def _maybe_starttls(client, ep: Endpoint, ctx: ssl.SSLContext, opts: ConnectOptions) -> None:
+    if ep.is_loopback:
+        return  # local server or SSH tunnel: plain is fine (documented rule)
+    if client.has_capability("STARTTLS"):
+        try:
+            client.starttls(ctx)
+            return
+        except (OSError, imapexc.IMAPClientError, imaplib.IMAP4.error) as e:
+            if not opts.allow_plaintext:
+                raise ConnectionFailed(
+                    f"STARTTLS with {ep.host}:{ep.port} failed: {_describe_os_error(e, ep)}",
+                    hint=_tls_hint(e),
+                ) from None
+    if not opts.allow_plaintext:
+        raise ConnectionFailed(
+            f"{ep.host}:{ep.port} does not offer STARTTLS; refusing to send the password in clear",
+            hint="use imaps://, or --allow-plaintext if you accept the risk",
+        )
+    log.warning("sending credentials to %s:%s without TLS (--allow-plaintext)", ep.host, ep.port)
+
+
+def _authenticate(client, ep: Endpoint, creds: Credentials, opts: ConnectOptions) -> None:
+    who = f"{ep.user}@{ep.host}"
+    for attempt in (1, 2):
+        secret = creds.secret(refresh=attempt == 2)
+        try:
+            if creds.is_token:
+                if opts.oauth2_mech.upper() == "OAUTHBEARER":
+                    client.oauthbearer_login(ep.user, secret)
+                else:
+                    client.oauth2_login(ep.user, secret, mech=opts.oauth2_mech)
+            elif client.has_capability("AUTH=PLAIN"):
+                if opts.auth_user:
+                    client.plain_login(opts.auth_user, secret, authorization_identity=ep.user)
+                else:
+                    client.plain_login(ep.user, secret)
+            else:
+                if client.has_capability("LOGINDISABLED"):
+                    raise ConnectionFailed(f"{ep.host} refuses LOGIN on this connection (LOGINDISABLED)")
+                user = f"{ep.user}*{opts.auth_user}" if opts.auth_user else ep.user
+                client.login(user, secret)
+            return
+        except imapexc.LoginError as e:
+            if creds.is_token and attempt == 1:
+                continue  # token may have expired: ask the command for a fresh one, once
+            reason = _server_text(e, secret)
+            raise ConnectionFailed(f"login failed for {who}: {reason}") from None
+
+
+def _server_text(e: BaseException, secret: str | None = None) -> str:
+    text = str(e)
+    m = re.search(r"b?['\"](.*)['\"]", text)
+    if m:
+        text = m.group(1)
+    if secret:
+        text = text.replace(secret, "***")
+    return text[:200]
+
+
+def _shutdown(client) -> None:
+    try:
+        client.shutdown()
+    except Exception:
+        pass
+
+
+def _dec(v) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+def _format_date(value) -> str:
+    if isinstance(value, datetime):
+        return datetime_to_INTERNALDATE(value)
+    return _dec(value)
+
+
+class ImapStore:
+    """One IMAP connection. Not thread-safe: each worker opens its own."""
+
+    def __init__(self, ep: Endpoint, creds: Credentials, opts: ConnectOptions | None = None):
+        self.endpoint = ep
+        self._creds = creds
+        self._opts = opts or ConnectOptions()
+        self.client = connect(ep, creds, self._opts)
+        self._selected: Folder | None = None
+        self._selected_readonly = True
+        caps = {_dec(c).upper() for c in self.client.capabilities()}
+        self.raw_capabilities = caps
+        self.capabilities = Capabilities(
+            writable=True,
+            multiappend="MULTIAPPEND" in caps,
+            uidplus="UIDPLUS" in caps,
+            condstore="CONDSTORE" in caps,
+            special_use="SPECIAL-USE" in caps,
+            extra=caps,
+        )
+        for c in caps:
+            if c.startswith("APPENDLIMIT="):
+                self.capabilities.max_append_size = int(c.split("=", 1)[1] or 0) or None
+        self.separator, self.prefix = self._namespace()
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        """Run one imapclient call, turning library/socket errors into our classes."""
+        try:
+            return fn(*args, **kwargs)
+        except (imaplib.IMAP4.abort, imapexc.IMAPClientAbortError, OSError, EOFError) as e:
+            raise TransientError(f"connection to {self.endpoint.host} lost during {what}: {_server_text(e)}") from None
+        except (imaplib.IMAP4.error, imapexc.IMAPClientError) as e:
+            text = _server_text(e)
+            if any(f"[{code}" in text.upper() for code in TRANSIENT_CODES):
+                raise TransientError(f"{what} on {self.endpoint.host}: {text}") from None
+            raise FolderError(f"{what} failed on {self.endpoint.host}: {text}") from None
+
+    def _namespace(self) -> tuple[str | None, str]:
+        if self.client.has_capability("NAMESPACE"):
+            ns = self._call("NAMESPACE", self.client.namespace)
+            if ns.personal:
+                prefix, sep = ns.personal[0]
+                return (_dec(sep) if sep else None), _dec(prefix or "")
+        listed = self._call("LIST", self.client.list_folders, "", "")
+        sep = listed[0][1] if listed else None
+        return (_dec(sep) if sep else None), ""
+
+    def server_name(self, name: Folder) -> str:
+        return to_server(name, self.separator, self.prefix)
+
+    # -- Store interface -----------------------------------------------------------------
+
+    def list_folders(self) -> list[FolderInfo]:
+        listed = self._call("LIST", self.client.list_folders)
+        subscribed = {n for _, _, n in self._call("LSUB", self.client.list_sub_folders)}
+        out: dict[Folder, FolderInfo] = {}
+        for attrs, _sep, name in listed:
+            attrs = frozenset(_dec(a) for a in attrs)
+            special = next((a for a in SPECIAL_USE_ATTRS if a.lower() in {x.lower() for x in attrs}), None)
+            name = _dec(name)
+            comps = from_server(name, self.separator, self.prefix)
+            out[comps] = FolderInfo(comps, name, attrs, special, name in subscribed)
+        return sorted(out.values(), key=lambda f: (f.name != ("INBOX",), f.name))
+
+    def create_folder(self, name: Folder) -> None:
+        server = self.server_name(name)
+        try:
+            self.client.create_folder(server)
+        except (imaplib.IMAP4.error, imapexc.IMAPClientError) as e:
+            text = _server_text(e)
+            if "ALREADYEXISTS" in text.upper() or "already exists" in text.lower():
+                return
+            raise FolderError(f"cannot create folder '{server}' on {self.endpoint.host}: {text}") from None
+        except (imaplib.IMAP4.abort, OSError) as e:
+            raise TransientError(f"connection lost creating '{server}': {_server_text(e)}") from None
+
+    def subscribe(self, name: Folder) -> None:
+        self._call("SUBSCRIBE", self.client.subscribe_folder, self.server_name(name))
+
+    def status(self, name: Folder) -> FolderStatus:
+        items = [b"MESSAGES", b"UIDNEXT", b"UIDVALIDITY"]
+        if self.capabilities.condstore:
+            items.append(b"HIGHESTMODSEQ")
+        if "STATUS=SIZE" in self.raw_capabilities:
+            items.append(b"SIZE")
+        st = self._call(f"STATUS {self.server_name(name)}", self.client.folder_status, self.server_name(name), items)
+        return FolderStatus(
+            uidvalidity=int(st.get(b"UIDVALIDITY", 0)),
+            uidnext=int(st.get(b"UIDNEXT", 0)),
+            messages=int(st.get(b"MESSAGES", 0)),
+            size=int(st[b"SIZE"]) if b"SIZE" in st else None,
+            highestmodseq=int(st[b"HIGHESTMODSEQ"]) if b"HIGHESTMODSEQ" in st else None,
+        )
+
+    def select(self, name: Folder, readonly: bool = True) -> FolderStatus:
+        server = self.server_name(name)
+        try:
+            info = self.client.select_folder(server, readonly=readonly)
+        except (imaplib.IMAP4.abort, imapexc.IMAPClientAbortError, OSError) as e:
+            raise TransientError(f"connection lost selecting '{server}': {_server_text(e)}") from None
+        except (imaplib.IMAP4.error, imapexc.IMAPClientError) as e:
+            raise FolderError(f"folder '{server}' cannot be opened on {self.endpoint.host}: {_server_text(e)}") from None
+        self._selected, self._selected_readonly = name, readonly
+        return FolderStatus(
+            uidvalidity=int(info.get(b"UIDVALIDITY", 0)),
+            uidnext=int(info.get(b"UIDNEXT", 0)),
+            messages=int(info.get(b"EXISTS", 0)),
+            highestmodseq=int(info[b"HIGHESTMODSEQ"]) if b"HIGHESTMODSEQ" in info else None,
+        )
+
+    def search_uids(self) -> list[int]:
+        return sorted(self._call("UID SEARCH", self.client.search, "ALL"))
+
+    def list_messages(self, uids: Sequence[int] | None = None) -> list[MessageMeta]:
+        if uids is None:
+            uids = self.search_uids()
+        out: list[MessageMeta] = []
+        for i in range(0, len(uids), META_FETCH_CHUNK):
+            chunk = list(uids[i : i + META_FETCH_CHUNK])
+            resp = self._call("UID FETCH", self.client.fetch, chunk, ["RFC822.SIZE", "FLAGS", "INTERNALDATE"])
+            for uid in chunk:
+                d = resp.get(uid)
+                if d is None:
+                    continue  # expunged meanwhile
+                out.append(
+                    MessageMeta(
+                        uid=uid,
+                        size=int(d[b"RFC822.SIZE"]),
+                        flags=normalize_flags(_dec(f) for f in d[b"FLAGS"]),
+                        internaldate=_format_date(d[b"INTERNALDATE"]),
+                    )
+                )
+        return out
+
+    def fetch(self, uids: Sequence[int]) -> Iterator[Message]:
+        if not uids:
+            return iter(())
+        resp = self._call("UID FETCH BODY.PEEK[]", self.client.fetch, list(uids), ["BODY.PEEK[]", "RFC822.SIZE", "FLAGS", "INTERNALDATE"])
+        return self._messages(uids, resp)
+
+    @staticmethod
+    def _messages(uids, resp) -> Iterator[Message]:
+        for uid in uids:
+            d = resp.pop(uid, None)
+            if d is None or b"BODY[]" not in d:
+                continue
+            body = d[b"BODY[]"] or b""
+            meta = MessageMeta(
+                uid=uid,
+                size=int(d.get(b"RFC822.SIZE", len(body))),
+                flags=normalize_flags(_dec(f) for f in d.get(b"FLAGS", ())),
+                internaldate=_format_date(d[b"INTERNALDATE"]) if b"INTERNALDATE" in d else "",
+            )
+            yield Message(meta, body)
+
+    def set_flags(self, uid: int, add: Iterable[str], remove: Iterable[str]) -> None:
+        add, remove = list(add), list(remove)
+        if add:
+            self._call("UID STORE +FLAGS", self.client.add_flags, [uid], add, silent=True)
+        if remove:
+            self._call("UID STORE -FLAGS", self.client.remove_flags, [uid], remove, silent=True)
+
+    def expunge_uids(self, uids: Sequence[int]) -> None:
+        """Mark \\Deleted and expunge exactly these UIDs (UID EXPUNGE when available)."""
+        if not uids:
+            return
+        self._call("UID STORE +FLAGS \\Deleted", self.client.add_flags, list(uids), ["\\Deleted"], silent=True)
+        if self.capabilities.uidplus:
+            self._call("UID EXPUNGE", self.client.uid_expunge, list(uids))
+        else:
+            self._call("EXPUNGE", self.client.expunge)
+
+    def append(self, name: Folder, items: Sequence[AppendItem]) -> list[int | None]:
+        """APPEND items to a folder; MULTIAPPEND (one atomic command) when offered.
+
+        Raises MessageRejected when the server refuses (for a MULTIAPPEND batch:
+        the whole batch, nothing stored, as RFC 3502 requires), TransientError
+        when the connection fails or the server says try later.
+        """
+        if not items:
+            return []
+        if len(items) > 1 and not self.capabilities.multiappend:
+            out: list[int | None] = []
+            for item in items:
+                out.extend(self.append(name, [item]))
+            return out
+        text = self._send_append(self.server_name(name), items)
+        uids = parse_appenduid(text)
+        if len(uids) != len(items):
+            return [None] * len(items)
+        return uids
+
+    def _send_append(self, server_name: str, items: Sequence[AppendItem]) -> str:
+        imap = self.client._imap  # the imaplib connection imapclient wraps
+        literal_plus = "LITERAL+" in self.raw_capabilities
+        binary = "BINARY" in self.raw_capabilities
+        mailbox = self.client._normalise_folder(server_name)
+        try:
+            tag = imap._new_tag()
+            imap.send(tag + b" APPEND " + mailbox)
+            for item in items:
+                meta = b" (" + " ".join(item.flags).encode("ascii", "replace") + b")"
+                if item.internaldate:
+                    meta += b' "' + item.internaldate.encode("ascii") + b'"'
+                imap.send(meta)
+                use_literal8 = binary and b"\x00" in item.body
+                head = (b" ~{" if use_literal8 else b" {") + str(len(item.body)).encode()
+                if literal_plus:
+                    imap.send(head + b"+}\r\n" + item.body)
+                else:
+                    imap.send(head + b"}\r\n")
+                    self._wait_continuation(imap, tag)
+                    imap.send(item.body)
+            imap.send(b"\r\n")
+            typ, data = imap._command_complete("APPEND", tag)
+        except imaplib.IMAP4.abort as e:
+            raise TransientError(f"connection lost during APPEND to '{server_name}': {_server_text(e)}") from None
+        except OSError as e:
+            raise TransientError(f"connection lost during APPEND to '{server_name}': {e}") from None
+        except (imaplib.IMAP4.error, _AppendRefused) as e:
+            raise self._append_error(server_name, _server_text(e)) from None
+        text = _dec(data[0]) if data and data[0] is not None else ""
+        if typ != "OK":
+            raise self._append_error(server_name, text)
+        return text
+
+    @staticmethod
+    def _wait_continuation(imap, tag: bytes) -> None:
+        while imap._get_response():
+            if imap.tagged_commands.get(tag):
+                typ, data = imap.tagged_commands.pop(tag)
+                raise _AppendRefused(_dec(data[0]) if data else typ)
+
+    def _append_error(self, server_name: str, text: str) -> Exception:
+        upper = text.upper()
+        if any(f"[{code}" in upper for code in TRANSIENT_CODES):
+            return TransientError(f"APPEND to '{server_name}' on {self.endpoint.host}: {text}")
+        if "[TRYCREATE]" in upper or "mailbox doesn't exist" in text.lower():
+            return FolderError(f"destination folder '{server_name}' does not exist: {text}")
+        return MessageRejected(f"{text}")
+
+    def close(self) -> None:
+        try:
+            self.client.logout()
+        except Exception:
+            _shutdown(self.client)
+
+
+class _AppendRefused(Exception):
+    pass
+
+
+_APPENDUID = re.compile(r"\[APPENDUID (\d+) ([\d:,]+)\]", re.I)
+
+
+def parse_appenduid(text: str) -> list[int]:
+    """'[APPENDUID 38505 3955:3957]' -> [3955, 3956, 3957] (RFC 4315 uid-set, in order)."""
+    m = _APPENDUID.search(text or "")
+    if not m:
+        return []
+    out: list[int] = []
+    for part in m.group(2).split(","):
+        if ":" in part:
+            a, b = (int(x) for x in part.split(":"))
+            step = 1 if b >= a else -1
+            out.extend(range(a, b + step, step))
+        else:
+            out.append(int(part))
+    return out
+
+
+def appenduid_validity(text: str) -> int | None:
+    m = _APPENDUID.search(text or "")
+    return int(m.group(1)) if m else None

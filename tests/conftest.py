@@ -1,0 +1,73 @@
+"""Pytest fixtures: real Dovecot instances per xdist worker (see tests/rig.py)."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+
+import pytest
+
+from tests.rig import Dovecot, Account
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "e2e: talks to a real Dovecot started by the test rig")
+
+
+@pytest.fixture(scope="session")
+def rig_root():
+    """Per-worker scratch dir under /tmp (world-traversable for the migtest mail user)."""
+    root = tempfile.mkdtemp(prefix="mgr-", dir="/tmp")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _instance(root, name, **kw):
+    d = Dovecot(root, name, **kw)
+    try:
+        d.start()  # raises (test errors, never skips) with the Dovecot log tail
+    except BaseException:
+        d.cleanup()
+        raise
+    return d
+
+
+@pytest.fixture(scope="session")
+def dovecot_slash(rig_root):
+    """separator '/', no prefix, special-use folders Sent/Drafts/Trash/Junk/Archive declared."""
+    d = _instance(rig_root, "slash", separator="/", prefix="", special_use=True)
+    yield d
+    d.cleanup()
+
+
+@pytest.fixture(scope="session")
+def dovecot_dot(rig_root):
+    """separator '.', prefix 'INBOX.', no special-use."""
+    d = _instance(rig_root, "dot", separator=".", prefix="INBOX.", special_use=False)
+    yield d
+    d.cleanup()
+
+
+@pytest.fixture
+def src_account(dovecot_slash) -> Account:
+    return dovecot_slash.new_user("src")
+
+
+@pytest.fixture
+def dst_account(dovecot_slash) -> Account:
+    return dovecot_slash.new_user("dst")
+
+
+@pytest.fixture
+def dot_account(dovecot_dot) -> Account:
+    return dovecot_dot.new_user("dot")
+
+
+@pytest.fixture
+def new_account(dovecot_slash, dovecot_dot):
+    """Factory: new_account(instance='slash'|'dot', prefix='u', quota=None) -> Account."""
+    instances = {"slash": dovecot_slash, "dot": dovecot_dot}
+
+    def make(instance: str = "slash", prefix: str = "u", quota=None) -> Account:
+        return instances[instance].new_user(prefix, quota=quota)
+
+    return make

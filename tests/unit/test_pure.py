@@ -1,0 +1,121 @@
+"""Pure functions, table-driven: URL parsing, folder names, APPENDUID, batching, log masking."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from migrator.accounts import parse_endpoint
+from migrator.engine.batching import batches
+from migrator.errors import UsageError
+from migrator.logsafe import SecretMaskFilter
+from migrator.naming import from_server, to_server
+from migrator.stores.base import MessageMeta
+from migrator.stores.imap import parse_appenduid
+
+
+@pytest.mark.parametrize(
+    "url, scheme, user, host, port",
+    [
+        ("imaps://alice@mail.example.com", "imaps", "alice", "mail.example.com", 993),
+        ("imap://bob@127.0.0.1:1143", "imap", "bob", "127.0.0.1", 1143),
+        ("imaps://alice%40example.com@[::1]:10993", "imaps", "alice@example.com", "::1", 10993),
+        ("pop3s://carol@pop.example.com", "pop3s", "carol", "pop.example.com", 995),
+    ],
+)
+def test_parse_endpoint(url, scheme, user, host, port):
+    ep = parse_endpoint(url)
+    assert (ep.scheme, ep.user, ep.host, ep.port) == (scheme, user, host, port)
+
+
+@pytest.mark.parametrize(
+    "url, fragment",
+    [
+        ("mail.example.com", "not an account URL"),
+        ("ftp://a@b", "unknown scheme"),
+        ("imaps://b.example.com", "no user name"),
+        ("imaps://a:secret@b.example.com", "do not put the password"),
+        ("imaps://a@b.example.com:99999", "port"),
+        ("imaps://a@", "no host"),
+    ],
+)
+def test_parse_endpoint_errors(url, fragment):
+    with pytest.raises(UsageError) as e:
+        parse_endpoint(url)
+    assert fragment in str(e.value)
+    assert "secret" not in str(e.value)
+
+
+def test_loopback_rule():
+    assert parse_endpoint("imap://a@127.0.0.5").is_loopback
+    assert parse_endpoint("imap://a@[::1]").is_loopback
+    assert parse_endpoint("imap://a@localhost").is_loopback
+    assert not parse_endpoint("imap://a@10.0.0.1").is_loopback
+    assert not parse_endpoint("imap://a@mail.example.com").is_loopback
+
+
+@pytest.mark.parametrize(
+    "server, sep, prefix, comps",
+    [
+        ("INBOX", ".", "INBOX.", ("INBOX",)),
+        ("inbox", "/", "", ("INBOX",)),
+        ("INBOX.Archive.2020", ".", "INBOX.", ("Archive", "2020")),
+        ("Archive/2020", "/", "", ("Archive", "2020")),
+        ("INBOX/Sub", "/", "", ("INBOX", "Sub")),
+        ("Éléments envoyés", "/", "", ("Éléments envoyés",)),
+    ],
+)
+def test_from_server(server, sep, prefix, comps):
+    assert from_server(server, sep, prefix) == comps
+
+
+@pytest.mark.parametrize(
+    "comps, sep, prefix, server",
+    [
+        (("INBOX",), ".", "INBOX.", "INBOX"),
+        (("Archive", "2020"), ".", "INBOX.", "INBOX.Archive.2020"),
+        (("Archive", "2020"), "/", "", "Archive/2020"),
+        (("a.b",), ".", "INBOX.", "INBOX.a_b"),  # never silently a subfolder
+        (("a/b", "c"), "/", "", "a_b/c"),
+        (("x", "y"), None, "", "x_y"),
+    ],
+)
+def test_to_server(comps, sep, prefix, server):
+    assert to_server(comps, sep, prefix) == server
+
+
+@pytest.mark.parametrize(
+    "text, uids",
+    [
+        ("[APPENDUID 38505 3955] APPEND completed", [3955]),
+        ("[APPENDUID 1 5:7] Append completed.", [5, 6, 7]),
+        ("[APPENDUID 1 5,9:10] ok", [5, 9, 10]),
+        ("Append completed.", []),
+    ],
+)
+def test_parse_appenduid(text, uids):
+    assert parse_appenduid(text) == uids
+
+
+def test_batches_bound_bytes_and_count():
+    metas = [MessageMeta(i, size, (), "") for i, size in enumerate([10, 10, 10, 100, 5, 5, 5, 5])]
+    out = [[m.uid for m in b] for b in batches(metas, max_bytes=30, max_count=3)]
+    assert out == [[0, 1, 2], [3], [4, 5, 6], [7]]
+    assert sum(len(b) for b in out) == len(metas)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "> b'ABCD1 LOGIN alice \"s3cr3t-pw\"'",
+        "> b'ABCD1 LOGIN alice s3cr3t-pw'",
+        "> b'ABCD2 AUTHENTICATE PLAIN AGFsaWNlAHMzY3IzdC1wdw=='",
+        "> b'AGFsaWNlAHMzY3IzdC1wdw=='",
+    ],
+)
+def test_secret_mask_filter(line):
+    rec = logging.LogRecord("imapclient", logging.DEBUG, __file__, 1, line, (), None)
+    SecretMaskFilter().filter(rec)
+    text = rec.getMessage()
+    assert "s3cr3t-pw" not in text and "AGFsaWNlAHMzY3IzdC1wdw" not in text
