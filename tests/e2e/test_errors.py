@@ -1,0 +1,111 @@
+"""Errors a user will meet: one clear line, the documented exit code, never a traceback."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from migrator.accounts import parse_endpoint
+from migrator.engine.copy import EngineOptions
+from migrator.plan import Plan
+from migrator.runner import RunSettings, build_plan, execute
+from migrator.secrets import SecretSource
+from migrator.stores import Connector
+from tests import rig
+from tests.helpers import dt, migrate, migrator, simple_message
+
+pytestmark = pytest.mark.e2e
+
+
+def assert_one_line(res, code: int, fragment: str) -> None:
+    assert res.code == code, res.text
+    assert "Traceback" not in res.text
+    lines = [line for line in res.err.splitlines() if line.strip()]
+    assert len(lines) == 1, res.err
+    assert lines[0].startswith("migrator: error:")
+    assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "url, fragment",
+    [
+        ("not-a-url", "not an account URL"),
+        ("imaps://mail.example.com", "no user name"),
+        ("ftp://a@mail.example.com", "unknown scheme"),
+        ("imaps://a:pw@mail.example.com", "do not put the password in the URL"),
+    ],
+)
+def test_malformed_url(url, fragment, dst_account):
+    res = migrator("migrate", url, dst_account.url, dst=dst_account)
+    assert_one_line(res, 2, fragment)
+    assert ":pw@" not in res.text
+
+
+def test_unknown_host(dst_account):
+    res = migrator("migrate", "imaps://a@no-such-host.invalid", dst_account.url,
+                   env={"MIGRATOR_SRC_PASSWORD": "x"}, dst=dst_account, timeout=120)
+    assert_one_line(res, 3, "cannot resolve host 'no-such-host.invalid'")
+
+
+def test_connection_refused(dst_account):
+    port = rig.free_port()
+    res = migrator("migrate", f"imap://a@127.0.0.1:{port}", dst_account.url, env={"MIGRATOR_SRC_PASSWORD": "x"},
+                   dst=dst_account)
+    assert_one_line(res, 3, f"connection refused by 127.0.0.1:{port}")
+
+
+def test_wrong_password(src_account, dst_account):
+    res = migrator("migrate", src_account.url, dst_account.url, dst=dst_account,
+                   env={"MIGRATOR_SRC_PASSWORD": "wrong-password-123"})
+    assert_one_line(res, 3, f"login failed for {src_account.user}@127.0.0.1")
+    assert "wrong-password-123" not in res.text
+
+
+def test_no_password_without_a_terminal(src_account, dst_account):
+    res = migrator("migrate", src_account.url, dst_account.url, dst=dst_account)
+    assert_one_line(res, 2, "no password for")
+    assert "MIGRATOR_SRC_PASSWORD" in res.err
+
+
+def test_tls_verification_failure(src_account, dst_account):
+    """The rig's certificate comes from a private CA: not trusted unless --ca-file names it."""
+    res = migrator("migrate", src_account.imaps_url, dst_account.url, src=src_account, dst=dst_account)
+    assert_one_line(res, 3, "TLS certificate of 127.0.0.1")
+    ok = migrator("migrate", src_account.imaps_url, dst_account.url, "--ca-file", src_account.ca_file,
+                  "--state", "/tmp/ignore-" + src_account.user + ".sqlite", src=src_account, dst=dst_account)
+    assert ok.code == 0, ok.text
+
+
+def test_rejected_message_is_reported_and_the_rest_copied(src_account, new_account, tmp_path):
+    dst = new_account("slash", quota="1M")
+    big = simple_message(1, body="x" * 1_500_000)
+    small = [simple_message(i) for i in range(2, 7)]
+    rig.seed(src_account, ["INBOX"], [(big, (), dt(1))] + [(m, (), dt(i)) for i, m in enumerate(small)])
+    res, report = migrate(src_account, dst, tmp_path)
+    assert res.code == 1, res.text
+    assert report["totals"]["copied"] == 5
+    assert len(report["failures"]) == 1
+    failure = report["failures"][0]
+    assert failure["folder"] == "INBOX" and "OVERQUOTA" in failure["reason"].upper()
+    assert "FAILED INBOX UID" in res.out and "OVERQUOTA" in res.out.upper()  # the summary lists it too
+
+
+def test_source_folder_vanished_before_run(src_account, dst_account, tmp_path):
+    rig.seed(src_account, ["Doomed"], [simple_message(1)])
+    rig.seed(src_account, ["Kept"], [simple_message(2)])
+    src = Connector(parse_endpoint(src_account.url), SecretSource("src"))
+    dst = Connector(parse_endpoint(dst_account.url), SecretSource("dst"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MIGRATOR_SRC_PASSWORD", src_account.password)
+        mp.setenv("MIGRATOR_DST_PASSWORD", dst_account.password)
+        plan = build_plan(Plan(src.endpoint, dst.endpoint), src, dst)
+        c = rig.connect(src_account)
+        c.delete_folder("Doomed")
+        c.logout()
+        report = execute(plan, src, dst, RunSettings(EngineOptions(workers=2), state_path=str(tmp_path / "s.sqlite"),
+                                                     quiet=True), command="migrate", print_fn=lambda *_: None)
+    assert not report["ok"]
+    errors = {e["folder"]: e["reason"] for e in report["folder_errors"]}
+    assert "Doomed" in errors and "Doomed" in errors["Doomed"]
+    assert report["folders"]["Kept"]["copied"] == 1
