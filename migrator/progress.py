@@ -6,6 +6,7 @@ plain line every few seconds (cron, logs). --quiet: nothing.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -19,7 +20,10 @@ class Progress:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.quiet = quiet
-        self.interval = interval if interval is not None else (0.2 if self.tty else 5.0)
+        if interval is None:
+            # MIGRATOR_PROGRESS_INTERVAL: seconds between plain lines (tests use a short one).
+            interval = float(os.environ.get("MIGRATOR_PROGRESS_INTERVAL") or (0.2 if self.tty else 5.0))
+        self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -46,10 +50,12 @@ class Progress:
             self._print_lines()
 
     def _draw_bars(self) -> None:
+        """Overall bars (messages, bytes), plus one bar per folder while it is being copied."""
         from tqdm import tqdm
 
         msgs = tqdm(total=0, unit="msg", desc="messages", file=self.stream, position=0, leave=True)
         data = tqdm(total=0, unit="B", unit_scale=True, desc="bytes   ", file=self.stream, position=1, leave=True)
+        folder_bars: dict[str, tqdm] = {}
         try:
             while True:
                 stopped = self._stop.wait(self.interval)
@@ -59,11 +65,29 @@ class Progress:
                 msgs.set_postfix_str(f"{folders} folders", refresh=False)
                 msgs.refresh()
                 data.refresh()
+                for name, (f_done, f_total) in self._folders().items():
+                    bar = folder_bars.get(name)
+                    if bar is None and f_done < f_total and len(folder_bars) < 4:
+                        bar = folder_bars[name] = tqdm(total=f_total, unit="msg", desc=f"  {name[-30:]}",
+                                                       file=self.stream, position=2 + len(folder_bars), leave=False)
+                    if bar is not None:
+                        bar.n = f_done
+                        bar.refresh()
+                        if f_done >= f_total:
+                            bar.close()
+                            del folder_bars[name]
                 if stopped:
                     return
         finally:
+            for bar in folder_bars.values():
+                bar.close()
             msgs.close()
             data.close()
+
+    def _folders(self) -> dict[str, tuple[int, int]]:
+        with self.stats._lock:
+            return {name: (fc.copied + fc.found + fc.failed, fc.planned)
+                    for name, fc in self.stats.folders.items() if fc.planned}
 
     def _print_lines(self) -> None:
         last = None

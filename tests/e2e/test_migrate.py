@@ -170,3 +170,50 @@ def test_verify_and_migrate_do_not_touch_the_source(src_account, dst_account, tm
     assert res.code == 0
     migrator("verify", src_account.url, dst_account.url, src=src_account, dst=dst_account)
     assert rig.snapshot(src_account) == before  # no \Seen set by FETCH
+
+
+def test_progress_plain_lines_without_a_terminal_and_bars_on_one(src_account, dst_account, tmp_path):
+    rig.seed(src_account, ["INBOX"], [simple_message(i, body="x" * 20000) for i in range(300)])
+    res = migrator("migrate", src_account.url, dst_account.url, "--state", str(tmp_path / "s.sqlite"), "--workers", "1",
+                   "--batch-mb", "0.1", src=src_account, dst=dst_account, env={"MIGRATOR_PROGRESS_INTERVAL": "0.05"})
+    assert res.code == 0, res.text
+    assert "progress: " in res.err and "messages" in res.err
+    assert "Messages copied: 300" in res.out
+
+    quiet = migrator("migrate", src_account.url, dst_account.url, "--state", str(tmp_path / "s.sqlite"), "--quiet",
+                     src=src_account, dst=dst_account, env={"MIGRATOR_PROGRESS_INTERVAL": "0.05"})
+    assert quiet.code == 0 and quiet.out == "" and quiet.err == ""
+
+    # On a terminal: tqdm bars (run under a pseudo-terminal).
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    other = src_account.dovecot.new_user("tty")
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a new pty is 0 columns wide
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATOR_")}
+    env.update(src_account.env("src"), **other.env("dst"))
+    proc = subprocess.Popen([sys.executable, "-m", "migrator", "migrate", src_account.url, other.url, "--state",
+                             str(tmp_path / "t.sqlite"), "--workers", "1", "--batch-mb", "0.1"],
+                            stdin=slave, stdout=subprocess.PIPE, stderr=slave, env=env)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=120)
+    os.close(master)
+    screen = b"".join(chunks).decode("utf-8", "replace")
+    assert proc.returncode == 0
+    assert "messages" in screen and "msg/s" in screen and "%|" in screen
