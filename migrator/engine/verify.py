@@ -104,7 +104,7 @@ def _compare(diff: FolderDiff, s: dict[str, list[Entry]], d: dict[str, list[Entr
         unmatched_left = []
         for e in left:
             twin = next((r for r in unmatched_right if r.flags == e.flags and
-                         date_instant(r.date) == date_instant(e.date)), None)
+                         (not e.date or date_instant(r.date) == date_instant(e.date))), None)
             if twin is not None:
                 unmatched_right.remove(twin)
             else:
@@ -117,7 +117,7 @@ def _compare(diff: FolderDiff, s: dict[str, list[Entry]], d: dict[str, list[Entr
             item = {"sha256": digest, "source_uid": e.uid, "destination_uid": r.uid}
             if e.flags != r.flags:
                 diff.flags_differ.append({**item, "source_flags": list(e.flags), "destination_flags": list(r.flags)})
-            if date_instant(e.date) != date_instant(r.date):
+            if e.date and date_instant(e.date) != date_instant(r.date):  # '' = the source has no date (POP3)
                 diff.date_differs.append({**item, "source_date": e.date, "destination_date": r.date})
         for e in unmatched_left:
             diff.missing.append({"sha256": digest, "source_uid": e.uid, "flags": list(e.flags), "date": e.date})

@@ -1,0 +1,202 @@
+"""POP3 store: a read-only source with one folder, INBOX.
+
+POP3 has no UIDs, flags or INTERNALDATE, so this store makes what the engine
+needs out of what POP3 has:
+- UID: a stable 48-bit number derived from the server's UIDL string (RFC 1939
+  promises UIDL is stable across sessions), so the checkpoint recognises a
+  message on every run; UIDVALIDITY is constant.
+- flags: none.
+- INTERNALDATE: the date of the newest Received: header (when the message
+  reached the mailbox), else the Date: header, else empty (the destination
+  then uses its own clock, and verify does not compare that date).
+The TLS rule is the IMAP one: pop3s:// is TLS from the first byte; pop3:// to
+a non-loopback host must upgrade with STLS or migrator refuses to log in.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import poplib
+import re
+import ssl
+from typing import Iterable, Iterator, Sequence
+
+from migrator.accounts import Endpoint
+from migrator.errors import ConnectionFailed, FolderError, TransientError, UsageError
+from migrator.naming import INBOX, Folder, display
+from migrator.stores.base import AppendItem, Capabilities, FolderInfo, FolderStatus, Message, MessageMeta
+from migrator.stores.imap import ConnectOptions, Credentials, _describe_os_error, _tls_hint, make_ssl_context
+
+UIDVALIDITY = 1
+_RECEIVED_DATE = re.compile(rb";\s*([^;]*?)\s*$")
+
+
+def uid_from_uidl(uidl: bytes) -> int:
+    return int.from_bytes(hashlib.sha256(uidl).digest()[:6], "big") or 1
+
+
+def imap_date(value: str) -> str:
+    """RFC 5322 date -> IMAP date-time string, or '' if it cannot be read."""
+    try:
+        dt = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return ""
+    if dt is None or dt.tzinfo is None:
+        return ""
+    months = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
+    return dt.strftime(f"%d-{months[dt.month - 1]}-%Y %H:%M:%S %z")
+
+
+def date_from_headers(header_bytes: bytes) -> str:
+    """Newest Received: date (the first one, by RFC 5321 trace order), else Date:."""
+    unfolded = re.sub(rb"\r?\n[ \t]+", b" ", header_bytes)
+    received = date = None
+    for line in unfolded.splitlines():
+        name, _, value = line.partition(b":")
+        lname = name.strip().lower()
+        if lname == b"received" and received is None:
+            m = _RECEIVED_DATE.search(value)
+            if m:
+                received = m.group(1).decode("latin-1")
+        elif lname == b"date" and date is None:
+            date = value.decode("latin-1")
+    for candidate in (received, date):
+        if candidate:
+            text = imap_date(candidate)
+            if text:
+                return text
+    return ""
+
+
+class Pop3Store:
+    separator = None
+    prefix = ""
+
+    def __init__(self, ep: Endpoint, creds: Credentials, opts: ConnectOptions | None = None):
+        self.endpoint = ep
+        self._opts = opts or ConnectOptions()
+        self.capabilities = Capabilities(writable=False, keywords=False)
+        self._conn = self._connect(creds)
+        self._numbers: dict[int, int] = {}  # uid -> message number in this session
+        self._sizes: dict[int, int] = {}
+
+    # -- connection -------------------------------------------------------------------------
+
+    def _connect(self, creds: Credentials) -> poplib.POP3:
+        ep, opts = self.endpoint, self._opts
+        ctx = make_ssl_context(opts)
+        try:
+            if ep.implicit_tls:
+                conn = poplib.POP3_SSL(ep.host, ep.port, timeout=opts.timeout, context=ctx)
+            else:
+                conn = poplib.POP3(ep.host, ep.port, timeout=opts.timeout)
+        except (OSError, poplib.error_proto) as e:
+            raise ConnectionFailed(_describe_os_error(e, ep), hint=_tls_hint(e)) from None
+        try:
+            if not ep.implicit_tls and not ep.is_loopback:
+                self._stls(conn, ctx)
+            conn.user(ep.user)
+            conn.pass_(creds.secret())
+        except poplib.error_proto as e:
+            conn.close()
+            raise ConnectionFailed(f"login failed for {ep.user}@{ep.host}: {_text(e)}") from None
+        except OSError as e:
+            conn.close()
+            raise ConnectionFailed(_describe_os_error(e, ep), hint=_tls_hint(e)) from None
+        return conn
+
+    def _stls(self, conn: poplib.POP3, ctx: ssl.SSLContext) -> None:
+        where = f"{self.endpoint.host}:{self.endpoint.port}"
+        try:
+            caps = conn.capa()
+        except poplib.error_proto:
+            caps = {}
+        if "STLS" not in caps:
+            if self._opts.allow_plaintext:
+                return
+            raise ConnectionFailed(f"{where} does not offer STLS; refusing to log in without TLS",
+                                   hint="use pop3s://, or --allow-plaintext if you accept the risk")
+        conn.stls(ctx)
+
+    def _call(self, what: str, fn, *args):
+        try:
+            return fn(*args)
+        except (OSError, EOFError) as e:
+            raise TransientError(f"POP3 connection to {self.endpoint.host} lost during {what}: {e}") from None
+        except poplib.error_proto as e:
+            raise FolderError(f"POP3 {what} failed on {self.endpoint.host}: {_text(e)}") from None
+
+    # -- Store interface ----------------------------------------------------------------------
+
+    def list_folders(self) -> list[FolderInfo]:
+        return [FolderInfo(INBOX, "INBOX", frozenset(), None, True)]
+
+    def _only_inbox(self, name: Folder) -> None:
+        if name != INBOX:
+            raise FolderError(f"POP3 has only INBOX, not '{display(name)}'")
+
+    def status(self, name: Folder) -> FolderStatus:
+        self._only_inbox(name)
+        count, size = self._call("STAT", self._conn.stat)
+        return FolderStatus(uidvalidity=UIDVALIDITY, uidnext=0, messages=count, size=size)
+
+    def select(self, name: Folder, readonly: bool = True) -> FolderStatus:
+        self._only_inbox(name)
+        _resp, lines, _ = self._call("UIDL", self._conn.uidl)
+        _resp, sizes, _ = self._call("LIST", self._conn.list)
+        size_by_num = {int(n): int(s) for n, s in (line.split()[:2] for line in sizes)}
+        self._numbers.clear()
+        self._sizes.clear()
+        for line in lines:
+            num, uidl = line.split(None, 1)
+            uid = uid_from_uidl(uidl.strip())
+            self._numbers[uid] = int(num)
+            self._sizes[uid] = size_by_num.get(int(num), 0)
+        return FolderStatus(uidvalidity=UIDVALIDITY, messages=len(self._numbers), size=sum(self._sizes.values()))
+
+    def list_messages(self, uids: Sequence[int] | None = None) -> list[MessageMeta]:
+        wanted = uids if uids is not None else sorted(self._numbers, key=self._numbers.get)
+        out = []
+        for uid in wanted:
+            num = self._numbers.get(uid)
+            if num is None:
+                continue
+            _resp, lines, _ = self._call("TOP", self._conn.top, num, 0)
+            out.append(MessageMeta(uid, self._sizes[uid], (), date_from_headers(b"\r\n".join(lines))))
+        return out
+
+    def fetch(self, uids: Sequence[int]) -> Iterator[Message]:
+        for uid in uids:
+            num = self._numbers.get(uid)
+            if num is None:
+                continue
+            _resp, lines, _ = self._call("RETR", self._conn.retr, num)
+            body = b"".join(line + b"\r\n" for line in lines)
+            yield Message(MessageMeta(uid, len(body), (), ""), body)
+
+    def create_folder(self, name: Folder) -> None:
+        raise UsageError("POP3 is read-only: it can only be a source")
+
+    def subscribe(self, name: Folder) -> None:
+        raise UsageError("POP3 is read-only: it can only be a source")
+
+    def append(self, name: Folder, items: Sequence[AppendItem]) -> list[int | None]:
+        raise UsageError("POP3 is read-only: it can only be a source")
+
+    def set_flags(self, uid: int, add: Iterable[str], remove: Iterable[str]) -> None:
+        raise UsageError("POP3 is read-only: it can only be a source")
+
+    def close(self) -> None:
+        try:
+            self._conn.quit()  # QUIT without DELE: nothing is removed from the server
+        except Exception:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+
+
+def _text(e: BaseException) -> str:
+    arg = e.args[0] if e.args else e
+    return (arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg))[:200]

@@ -1,0 +1,19 @@
+"""POP3 has no INTERNALDATE: it is derived from the headers (pure function)."""
+
+from migrator.stores.pop3 import date_from_headers, uid_from_uidl
+
+
+def test_newest_received_wins_over_date():
+    h = (b"Received: from b by c;\r\n Tue, 02 Jun 2020 10:11:12 +0200\r\n"
+         b"Received: from a by b; Mon, 01 Jun 2020 09:00:00 +0000\r\nDate: Sun, 31 May 2020 08:00:00 -0700\r\n")
+    assert date_from_headers(h) == "02-Jun-2020 10:11:12 +0200"
+
+
+def test_date_header_then_nothing():
+    assert date_from_headers(b"Date: Sun, 31 May 2020 08:00:00 -0700\r\n") == "31-May-2020 08:00:00 -0700"
+    assert date_from_headers(b"Subject: no dates\r\nDate: garbage\r\n") == ""
+
+
+def test_uid_from_uidl_is_stable_and_distinct():
+    assert uid_from_uidl(b"abc") == uid_from_uidl(b"abc")
+    assert len({uid_from_uidl(str(i).encode()) for i in range(10000)}) == 10000
