@@ -2,17 +2,21 @@
 
 A Plan is what `migrator plan` writes for a person to review and what
 `migrator run` carries out. It holds where secrets are found, never secrets.
+Reading and writing the TOML file is plan_io's job.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 from migrator.accounts import Endpoint
-from migrator.naming import Folder
+from migrator.errors import UsageError
+from migrator.naming import Folder, display
 
 PLAN_VERSION = 1
 COPY, SKIP = "copy", "skip"
+ACTIONS = (COPY, SKIP)
 
 
 @dataclass
@@ -27,6 +31,8 @@ class FolderPlan:
     uidvalidity: int | None = None
     subscribed: bool = False
     merge: bool = False
+    note: str | None = None  # why the rule decided so; written as a comment
+    line: int | None = None  # line of its [[folder]] in the plan file, for error messages
 
 
 @dataclass
@@ -43,3 +49,24 @@ class Plan:
 
     def copying(self) -> list[FolderPlan]:
         return [f for f in self.folders if f.action == COPY]
+
+    def where(self, fp: FolderPlan) -> str:
+        """'plans/a.toml:12: ' for a folder read from a file, '' otherwise."""
+        if self.path and fp.line:
+            return f"{self.path}:{fp.line}: "
+        return ""
+
+    def check_collisions(self) -> None:
+        """Two copied source folders onto one destination folder: an error, unless all say merge = true."""
+        by_dst: dict[Folder, list[FolderPlan]] = defaultdict(list)
+        for fp in self.copying():
+            by_dst[fp.destination].append(fp)
+        for dst, fps in by_dst.items():
+            if len(fps) > 1 and not all(f.merge for f in fps):
+                names = " and ".join(
+                    f"'{display(f.source)}'" + (f" (line {f.line})" if f.line else "") for f in fps
+                )
+                raise UsageError(
+                    f"{self.where(fps[1])}source folders {names} both go to destination folder '{display(dst)}'",
+                    hint="change one destination (--map OLD=NEW), or set merge = true on each of them in the plan",
+                )

@@ -1,52 +1,267 @@
-"""Planner: both folder trees -> a Plan. Read-only on both servers.
+"""Planner: both folder trees -> a Plan. Read-only on both servers (LIST, LSUB, STATUS).
 
-Rules, in order (the first that applies decides the destination name):
-1. special-use: a source folder with an RFC 6154 attribute (\\Sent, \\Drafts ...)
-   goes to the destination folder with the same attribute, if there is one.
-2. same-name: otherwise the same path components; the destination store adds its
-   own separator and namespace prefix. A component holding the destination's
-   separator gets naming.SEPARATOR_SUBSTITUTE, with a warning.
+Which folders are copied (the first that applies decides; skipped folders stay
+in the plan with action = "skip", so a person can turn them back on):
+  1. exclude      --exclude GLOB matches the folder;
+  2. not-selected --include GLOB / --folder NAME were given and none matches
+                  (NAME/* selects NAME and everything below it);
+  3. preset:NAME  a preset skips it (e.g. Gmail's All Mail), unless the user
+                  asked for the folder by --include, --folder or --map.
+Where each folder goes (the first that applies decides):
+  1. rename          --map 'Old=New/Name'; a map also moves Old's subfolders;
+  2. special-use     the source marks it \\Sent, \\Drafts ... (RFC 6154) and the
+                     destination has its own folder with that attribute;
+  3. localized-name  the source marks no folder at all, and the name is in the
+                     table of localized names (presets/localized.toml), e.g.
+                     "Gesendete Elemente" -> the destination's \\Sent folder;
+                     subfolders of a folder moved by 2 or 3 move with it;
+  4. preset:NAME     a preset's rename (Gmail: drop the "[Gmail]/" level);
+  5. same-name       the same path components.
+The destination's own special folders are those it marks with special-use, or,
+when it marks none, its existing folders whose names are in the localized table.
+Names are components, so separators and namespace prefixes ("INBOX.") are
+translated by the stores. A component that holds the destination's separator
+("a.b" going to a '.' server) gets naming.SEPARATOR_SUBSTITUTE ('_') instead,
+written into the plan, with a warning: it never silently becomes a subfolder.
 \\Noselect source folders are not planned: they hold no mail, and creating a
 child on the destination creates its parents.
 """
 
 from __future__ import annotations
 
-from migrator.naming import Folder, display, needs_substitute
-from migrator.plan import COPY, FolderPlan, Plan
+import fnmatch
+from dataclasses import dataclass, field
+
+from migrator.errors import FolderError, UsageError
+from migrator.naming import INBOX, Folder, display, is_inbox, needs_substitute, parse_display, safe_component
+from migrator.plan import COPY, SKIP, FolderPlan, Plan
+from migrator.presets import Preset, load_preset, localized_names
 from migrator.stores.base import FolderInfo, Store
 
+SUBSCRIBE_MODES = ("source", "all", "none")
 
-def plan_folders(src: Store, dst: Store, plan: Plan) -> Plan:
-    src_folders = [f for f in src.list_folders() if f.selectable]
-    dst_folders = dst.list_folders()
-    dst_special = {f.special_use: f.name for f in dst_folders if f.special_use}
-    dst_sep = getattr(dst, "separator", None)
-    for info in src_folders:
-        destination, rule = _destination(info, dst_special)
-        if needs_substitute(destination, dst_sep):
-            plan.warnings.append(
-                f"folder '{display(info.name)}' contains the destination separator '{dst_sep}'; "
-                f"it is written with '_' instead"
+
+@dataclass
+class PlanningOptions:
+    maps: list[tuple[Folder, Folder]] = field(default_factory=list)
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    folders: list[str] = field(default_factory=list)
+    presets: list[str] = field(default_factory=list)
+    subscribe: str = "source"  # source: as on the source; all; none
+
+    def as_dict(self) -> dict[str, object]:
+        """What the plan file records under [options]."""
+        return {
+            "map": [f"{display(a)}={display(b)}" for a, b in self.maps],
+            "include": list(self.include),
+            "exclude": list(self.exclude),
+            "folders": list(self.folders),
+            "presets": list(self.presets),
+            "subscribe": self.subscribe,
+        }
+
+
+def parse_map(text: str) -> tuple[Folder, Folder]:
+    """'Old Name=New/Name' -> (('Old Name',), ('New', 'Name')). The last '=' splits (names may hold '=')."""
+    if "=" not in text:
+        raise UsageError(f"--map '{text}': expected OLD=NEW, e.g. --map 'Sent Items=Sent'")
+    old, new = text.rsplit("=", 1)
+    src, dst = parse_display(old), parse_display(new)
+    if not src or not dst:
+        raise UsageError(f"--map '{text}': both sides need a folder name")
+    return src, dst
+
+
+def planning_options(maps=(), include=(), exclude=(), folders=(), presets=(), subscribe="source") -> PlanningOptions:
+    if subscribe not in SUBSCRIBE_MODES:
+        raise UsageError(f"--subscribe {subscribe}: expected one of {', '.join(SUBSCRIBE_MODES)}")
+    for p in presets:
+        load_preset(p)  # unknown preset: a usage error now, not later
+    return PlanningOptions([parse_map(m) for m in maps], list(include), list(exclude), list(folders),
+                           list(presets), subscribe)
+
+
+# -- pure rules (unit-tested) ------------------------------------------------------------
+
+
+@dataclass
+class Decision:
+    info: FolderInfo
+    destination: Folder
+    action: str
+    rule: str
+    special_use: str | None
+    subscribed: bool
+    note: str | None = None
+
+
+def localized_use(folder: Folder) -> str | None:
+    """Special use a name implies: top-level folders and folders directly under INBOX."""
+    if len(folder) == 1 and not is_inbox(folder[0]):
+        name = folder[0]
+    elif len(folder) == 2 and is_inbox(folder[0]):
+        name = folder[1]
+    else:
+        return None
+    return localized_names().get(name.casefold())
+
+
+def special_folders(folders: list[FolderInfo]) -> dict[str, Folder]:
+    """use -> folder: marked by special-use; or, when no folder is marked, found by localized name."""
+    marked = [f for f in folders if f.special_use]
+    out: dict[str, Folder] = {}
+    if marked:
+        for f in marked:
+            out.setdefault(f.special_use, f.name)
+        return out
+    for f in folders:
+        use = localized_use(f.name) if f.selectable else None
+        if use:
+            out.setdefault(use, f.name)
+    return out
+
+
+def _prefix_map(folder: Folder, maps: list[tuple[Folder, Folder]]) -> Folder | None:
+    """Longest matching prefix wins; a map onto '' removes the level (not for the prefix folder itself)."""
+    best = None
+    for old, new in maps:
+        if folder[: len(old)] == old and (best is None or len(old) > len(best[0])):
+            if not new and len(folder) == len(old):
+                continue
+            best = (old, new)
+    if best is None:
+        return None
+    return best[1] + folder[len(best[0]) :]
+
+
+def _glob_any(folder: Folder, globs: list[str]) -> bool:
+    name = display(folder)
+    return any(fnmatch.fnmatchcase(name, g) for g in globs)
+
+
+def _selected_by_folder(folder: Folder, names: list[str]) -> bool:
+    for n in names:
+        if n.endswith("/*"):
+            root = parse_display(n[:-2])
+            if folder[: len(root)] == root:
+                return True
+        elif parse_display(n) == folder:
+            return True
+    return False
+
+
+def decide(src_folders: list[FolderInfo], dst_folders: list[FolderInfo], dst_separator: str | None,
+           opts: PlanningOptions) -> tuple[list[Decision], list[str]]:
+    """The rules of the module docstring, on names only: no server is touched."""
+    presets: list[Preset] = [load_preset(p) for p in opts.presets]
+    warnings = [w for p in presets for w in p.warnings]
+    selectable = [f for f in src_folders if f.selectable]
+    src_marks = any(f.special_use for f in src_folders)
+    dst_special = special_folders(dst_folders)
+    preset_maps = [(r.source, r.destination, p.name) for p in presets for r in p.renames]
+
+    own: dict[Folder, tuple[Folder, str, str | None]] = {}  # special-use / localized decisions, for children
+    decisions = []
+    for info in selectable:
+        name = info.name
+        use = info.special_use if src_marks else localized_use(name)
+        by_use_rule = "special-use" if src_marks else "localized-name"
+        note = None
+        # -- where it goes
+        mapped = _prefix_map(name, opts.maps)
+        if is_inbox(name[0]) and len(name) == 1 and mapped is None:
+            dest, rule = INBOX, "inbox"
+        elif mapped is not None:
+            dest, rule = mapped, "rename"
+        elif use and use in dst_special:
+            dest, rule = dst_special[use], by_use_rule
+            own[name] = (dest, rule, use)
+        else:
+            parent = next((name[:i] for i in range(len(name) - 1, 0, -1) if name[:i] in own), None)
+            pmapped = _prefix_map(name, [(old, new) for old, new, _ in preset_maps])
+            if parent is not None:
+                dest, rule = own[parent][0] + name[len(parent) :], own[parent][1]
+                note = f"moves with its parent '{display(parent)}'"
+            elif pmapped is not None:
+                preset = next(p for old, _, p in preset_maps if name[: len(old)] == old)
+                dest, rule = pmapped, f"preset:{preset}"
+            else:
+                dest, rule = name, "same-name"
+        if needs_substitute(dest, dst_separator):
+            fixed = tuple(safe_component(c, dst_separator) for c in dest)
+            warnings.append(
+                f"folder '{display(name)}': the destination uses '{dst_separator}' as its separator, "
+                f"so it becomes '{display(fixed)}' (not a subfolder)"
             )
-        st = src.status(info.name)
+            note = f"'{dst_separator}' replaced by '_': it is the destination's separator"
+            dest = fixed
+        # -- whether it is copied
+        asked = (
+            _glob_any(name, opts.include) or _selected_by_folder(name, opts.folders)
+            or _prefix_map(name, opts.maps) is not None
+        )
+        action = COPY
+        if opts.exclude and _glob_any(name, opts.exclude):
+            action, rule, note = SKIP, "exclude", "matches --exclude"
+        elif (opts.include or opts.folders) and not (
+            _glob_any(name, opts.include) or _selected_by_folder(name, opts.folders)
+        ):
+            action, rule, note = SKIP, "not-selected", "not matched by --include / --folder"
+        elif not asked:
+            for p in presets:
+                hit = next((s for s in p.skips if s.matches(name, info.special_use)), None)
+                if hit:
+                    action, rule, note = SKIP, f"preset:{p.name}", hit.reason
+                    break
+        subscribed = {"source": info.subscribed, "all": True, "none": False}[opts.subscribe]
+        decisions.append(Decision(info, dest, action, rule, use, subscribed, note))
+    return decisions, warnings
+
+
+# -- against the servers ------------------------------------------------------------------
+
+
+def plan_folders(src: Store, dst: Store, plan: Plan, opts: PlanningOptions | None = None) -> Plan:
+    opts = opts or PlanningOptions()
+    decisions, warnings = decide(src.list_folders(), dst.list_folders(), getattr(dst, "separator", None), opts)
+    plan.warnings.extend(warnings)
+    plan.options = opts.as_dict()
+    for d in decisions:
+        messages, size, uidvalidity = _status(src, d.info.name)
         plan.folders.append(
             FolderPlan(
-                source=info.name,
-                destination=destination,
-                action=COPY,
-                rule=rule,
-                special_use=info.special_use,
-                messages=st.messages,
-                size=st.size,
-                uidvalidity=st.uidvalidity,
-                subscribed=info.subscribed,
+                source=d.info.name, destination=d.destination, action=d.action, rule=d.rule,
+                special_use=d.special_use, messages=messages, size=size, uidvalidity=uidvalidity,
+                subscribed=d.subscribed, note=d.note,
             )
         )
     return plan
 
 
-def _destination(info: FolderInfo, dst_special: dict[str, Folder]) -> tuple[Folder, str]:
-    if info.special_use and info.special_use in dst_special:
-        return dst_special[info.special_use], "special-use"
-    return info.name, "same-name"
+def _status(src: Store, folder: Folder) -> tuple[int | None, int | None, int | None]:
+    try:
+        st = src.status(folder)
+    except FolderError:
+        return None, None, None  # listed but not readable: the run reports it
+    size = st.size
+    if size is None and st.messages and hasattr(src, "select"):
+        # No STATUS=SIZE: sum RFC822.SIZE after EXAMINE (read-only; changes nothing).
+        src.select(folder, readonly=True)
+        size = sum(m.size for m in src.list_messages())
+    return st.messages, size, st.uidvalidity
+
+
+def invalid_destination(folder: Folder, separator: str | None) -> str | None:
+    """Why a destination name cannot be created as written on a server with this separator, or None."""
+    for c in folder:
+        if not c:
+            return "it has an empty level ('//' or a trailing '/')"
+        if separator and separator in c:
+            return (f"'{c}' contains '{separator}', the destination's separator: it would become a subfolder "
+                    f"(write it as '{c.replace(separator, '_')}' or as separate levels with '/')")
+        if "*" in c or "%" in c:
+            return f"'{c}' contains an IMAP wildcard ('*' or '%')"
+        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in c):
+            return f"{c!r} contains a control character"
+    return None

@@ -1,0 +1,136 @@
+"""plan SOURCE DESTINATION -> a reviewable TOML file; run PLAN carries it out."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Optional
+
+import typer
+
+from migrator.cli.app import app, finish_run
+from migrator.cli.options import (
+    AllowPlain, BatchMB, CaFile, DeleteExtra, DryRun, DstAuthUser, DstPwFile, DstToken, Debug, ExcludeOpt,
+    FolderOpt, IncludeDeleted, IncludeOpt, Insecure, MapOpt, NoSyncFlags, PresetOpt, Quiet, Report, ResetState,
+    RetryFailed, SrcAuthUser, SrcPwFile, SrcToken, State, SubscribeOpt, Workers, connectors, plan_connectors,
+    planning, setup_logging,
+)
+from migrator.engine.copy import EngineOptions
+from migrator.errors import UsageError
+from migrator.naming import display
+from migrator.plan import Plan
+
+PLANS_DIR = "plans"
+
+
+def default_plan_path(plan: Plan) -> str:
+    def safe(s: str) -> str:
+        return "".join(c if c.isalnum() or c in "._-@" else "_" for c in s)
+
+    return os.path.join(PLANS_DIR, f"{safe(plan.source.user)}@{safe(plan.source.host)}.toml")
+
+
+@app.command(name="plan")
+def plan_cmd(
+    source: Annotated[str, typer.Argument(help="Source account, e.g. imaps://alice@old.example.com")],
+    destination: Annotated[str, typer.Argument(help="Destination account, e.g. imaps://alice@new.example.com")],
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Plan file to write (default: plans/USER@HOST.toml).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing plan file.")] = False,
+    map_: MapOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    folder: FolderOpt = None,
+    preset: PresetOpt = None,
+    subscribe: SubscribeOpt = "source",
+    src_password_file: SrcPwFile = None,
+    dst_password_file: DstPwFile = None,
+    ca_file: CaFile = None,
+    insecure: Insecure = False,
+    allow_plaintext: AllowPlain = False,
+    src_auth_user: SrcAuthUser = None,
+    dst_auth_user: DstAuthUser = None,
+    src_oauth2_token_cmd: SrcToken = None,
+    dst_oauth2_token_cmd: DstToken = None,
+    debug: Debug = False,
+) -> None:
+    """Write a plan: where each source folder goes, for a person to review and edit. Read-only on both servers.
+
+    Rules, in order. Skipped: --exclude GLOB; not matched by --include GLOB / --folder NAME (NAME/* = subtree);
+    a preset's skip (unless asked for by --include/--folder/--map). Destination: --map OLD=NEW (with its
+    subfolders); the destination's own special folder for a source special-use folder (\\Sent ...), or, when
+    the source marks none, for a localized name (Sent Items, Gesendete Elemente, ...); a preset's rename;
+    the same name. Separators and INBOX. prefixes are translated; a name holding the destination's
+    separator gets '_' in its place, with a warning.
+    """
+    from migrator import runner
+    from migrator.plan_io import write_plan
+
+    setup_logging(debug)
+    planning_opts = planning(map_, include, exclude, folder, preset, subscribe)
+    src, dst = connectors(
+        source, destination, src_password_file=src_password_file, dst_password_file=dst_password_file,
+        ca_file=ca_file, insecure=insecure, allow_plaintext=allow_plaintext, src_auth_user=src_auth_user,
+        dst_auth_user=dst_auth_user, src_token_cmd=src_oauth2_token_cmd, dst_token_cmd=dst_oauth2_token_cmd,
+    )
+    plan = Plan(src.endpoint, dst.endpoint, source_secret=src.secret.describe(), destination_secret=dst.secret.describe())
+    runner.check_endpoints(plan)
+    path = output or default_plan_path(plan)
+    if os.path.exists(path) and not force:
+        raise UsageError(f"plan file {path} exists", hint="use --force to overwrite it, or -o another file")
+    plan = runner.build_plan(plan, src, dst, planning_opts)
+    write_plan(plan, path)
+    for fp in plan.folders:
+        arrow = f"-> {display(fp.destination)}" if fp.action == "copy" else "(skip)"
+        size = f"{fp.messages or 0} msgs" + (f", {fp.size / 1e6:.1f} MB" if fp.size is not None else "")
+        typer.echo(f"  {display(fp.source)} {arrow}  [{fp.rule}; {size}]")
+    for w in plan.warnings:
+        typer.echo(f"warning: {w}", err=True)
+    typer.echo(f"Plan written to {path}. Review it, then: migrator run {path} --dry-run")
+    # Written even with a collision, so the person can fix it in the file.
+    plan.check_collisions()
+
+
+@app.command(name="run")
+def run_cmd(
+    plan_file: Annotated[str, typer.Argument(metavar="PLAN", help="Plan file written by `migrator plan` (and maybe edited).")],
+    dry_run: DryRun = False,
+    workers: Workers = 4,
+    state: State = None,
+    reset_state: ResetState = False,
+    report: Report = None,
+    include_deleted: IncludeDeleted = False,
+    no_sync_flags: NoSyncFlags = False,
+    delete_extra: DeleteExtra = False,
+    retry_failed: RetryFailed = False,
+    batch_mb: BatchMB = 8.0,
+    src_password_file: SrcPwFile = None,
+    dst_password_file: DstPwFile = None,
+    ca_file: CaFile = None,
+    insecure: Insecure = False,
+    allow_plaintext: AllowPlain = False,
+    src_auth_user: SrcAuthUser = None,
+    dst_auth_user: DstAuthUser = None,
+    src_oauth2_token_cmd: SrcToken = None,
+    dst_oauth2_token_cmd: DstToken = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Carry out a PLAN: create the destination folders and copy the messages (rerun to resume)."""
+    from migrator import runner
+    from migrator.plan_io import read_plan
+
+    setup_logging(debug)
+    plan = read_plan(plan_file)
+    runner.check_endpoints(plan)
+    src, dst = plan_connectors(
+        plan, src_password_file=src_password_file, dst_password_file=dst_password_file, ca_file=ca_file,
+        insecure=insecure, allow_plaintext=allow_plaintext, src_auth_user=src_auth_user,
+        dst_auth_user=dst_auth_user, src_token_cmd=src_oauth2_token_cmd, dst_token_cmd=dst_oauth2_token_cmd,
+    )
+    vanished = runner.check_plan(plan, src, dst, delete_extra=delete_extra)
+    opts = EngineOptions(
+        workers=workers, dry_run=dry_run, include_deleted=include_deleted, sync_flags=not no_sync_flags,
+        delete_extra=delete_extra, retry_failed=retry_failed, batch_bytes=int(batch_mb * 1e6),
+    )
+    settings = runner.RunSettings(opts, state_path=state, reset_state=reset_state, report_path=report, quiet=quiet)
+    result = runner.execute(plan, src, dst, settings, command="run", folder_errors=vanished)
+    finish_run(result)
