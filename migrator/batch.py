@@ -1,0 +1,125 @@
+"""Batches: many mailboxes from one CSV file, each an ordinary migrate with its own checkpoint.
+
+CSV columns (header required; '#' lines are comments):
+    source, destination                      required: account URLs (or archive:// URLs)
+    src_password_file, dst_password_file     optional: per-mailbox password files (mode 0600)
+    src_auth_user, dst_auth_user             optional: admin / master user for that row
+Rows without password files use MIGRATOR_SRC_PASSWORD / MIGRATOR_DST_PASSWORD,
+which with an admin user (--src-auth-user) is the admin's password: the usual
+way to move a whole domain without knowing users' passwords.
+
+A failure in one mailbox is recorded and the batch goes on with the next; the
+batch's exit code is the worst of its mailboxes'. Rerunning the batch resumes
+every mailbox where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+from migrator.accounts import parse_endpoint
+from migrator.errors import EXIT_INTERRUPTED, MigratorError, UsageError
+
+REQUIRED = ("source", "destination")
+OPTIONAL = ("src_password_file", "dst_password_file", "src_auth_user", "dst_auth_user")
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    line: int
+    source: str
+    destination: str
+    src_password_file: str | None = None
+    dst_password_file: str | None = None
+    src_auth_user: str | None = None
+    dst_auth_user: str | None = None
+
+
+def read_batch(path: str) -> list[BatchRow]:
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            lines = [(n, line) for n, line in enumerate(fh, start=1) if line.strip() and not line.lstrip().startswith("#")]
+    except OSError as e:
+        raise UsageError(f"cannot read batch file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not a UTF-8 text file") from None
+    if not lines:
+        raise UsageError(f"{path}: no header and no rows")
+    reader = csv.reader(line for _n, line in lines)
+    header = [h.strip() for h in next(reader)]
+    unknown = [h for h in header if h not in REQUIRED + OPTIONAL]
+    if unknown:
+        raise UsageError(f"{path}:{lines[0][0]}: unknown column '{unknown[0]}'",
+                         hint="columns: " + ", ".join(REQUIRED + OPTIONAL))
+    missing = [h for h in REQUIRED if h not in header]
+    if missing:
+        raise UsageError(f"{path}:{lines[0][0]}: the header has no '{missing[0]}' column")
+    rows: list[BatchRow] = []
+    for (number, _text), values in zip(lines[1:], reader):
+        if len(values) > len(header):
+            raise UsageError(f"{path}:{number}: {len(values)} values for {len(header)} columns")
+        cells = {h: (v.strip() or None) for h, v in zip(header, values)}
+        for key in REQUIRED:
+            if not cells.get(key):
+                raise UsageError(f"{path}:{number}: '{key}' is empty")
+            try:
+                parse_endpoint(cells[key])
+            except UsageError as e:
+                raise UsageError(f"{path}:{number}: {e}", hint=e.hint) from None
+        rows.append(BatchRow(number, **{k: cells.get(k) for k in REQUIRED + OPTIONAL}))
+    if not rows:
+        raise UsageError(f"{path}: no mailboxes listed")
+    return rows
+
+
+@dataclass
+class RowResult:
+    row: BatchRow
+    exit_code: int
+    copied: int = 0
+    failed: int = 0
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"line": self.row.line, "source": self.row.source, "destination": self.row.destination,
+                "exit_code": self.exit_code, "copied": self.copied, "failed": self.failed, "error": self.error}
+
+
+def run_batch(rows: list[BatchRow], migrate_one: Callable[[BatchRow], dict], parallel: int = 1,
+              on_done: Callable[[RowResult], None] = lambda r: None, stop: threading.Event | None = None) -> list[RowResult]:
+    """Run migrate_one for every row (at most `parallel` at once); a failing row never stops the others."""
+    stop = stop or threading.Event()
+
+    def one(row: BatchRow) -> RowResult:
+        if stop.is_set():
+            return RowResult(row, EXIT_INTERRUPTED, error="not started: the batch was interrupted")
+        try:
+            report = migrate_one(row)
+        except MigratorError as e:
+            result = RowResult(row, e.exit_code, error=str(e))
+        else:
+            code = EXIT_INTERRUPTED if report["interrupted"] else (0 if report["ok"] else 1)
+            result = RowResult(row, code, report["totals"]["copied"], report["totals"]["failed"])
+        if result.exit_code == EXIT_INTERRUPTED:
+            stop.set()
+        on_done(result)
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="mailbox") as pool:
+        return list(pool.map(one, rows))
+
+
+def batch_exit_code(results: list[RowResult]) -> int:
+    codes = [r.exit_code for r in results]
+    if EXIT_INTERRUPTED in codes:
+        return EXIT_INTERRUPTED
+    return max(codes, default=0)
+
+
+def state_path_for(state_dir: str, default_path: str) -> str:
+    return os.path.join(state_dir, os.path.basename(default_path))

@@ -1,0 +1,86 @@
+"""batch FILE.csv: migrate many mailboxes, one line each, worst exit code wins."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from migrator.cli.app import app
+from migrator.cli.options import (
+    AllowPlain, BatchMB, CaFile, DryRun, DstAuthUser, Debug, ExcludeOpt, FolderOpt, IncludeDeleted, IncludeOpt,
+    Insecure, MapOpt, NoSyncFlags, PresetOpt, Quiet, RetryFailed, SrcAuthUser, Workers, connectors, planning,
+    setup_logging,
+)
+from migrator.engine.copy import EngineOptions
+from migrator.plan import Plan
+
+
+@app.command()
+def batch(
+    csv_file: Annotated[str, typer.Argument(help="CSV with columns source,destination[,src_password_file,dst_password_file,src_auth_user,dst_auth_user]")],
+    parallel: Annotated[int, typer.Option("--parallel", "-p", min=1, max=32, help="Mailboxes migrated at once.")] = 1,
+    workers: Workers = 2,
+    state_dir: Annotated[Optional[str], typer.Option("--state-dir", help="Directory for the per-mailbox checkpoint files (default ~/.local/state/migrator/).")] = None,
+    report: Annotated[Optional[str], typer.Option("--report", help="Write one JSON report for the whole batch.")] = None,
+    dry_run: DryRun = False,
+    include_deleted: IncludeDeleted = False,
+    no_sync_flags: NoSyncFlags = False,
+    retry_failed: RetryFailed = False,
+    batch_mb: BatchMB = 8.0,
+    map_: MapOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    folder: FolderOpt = None,
+    preset: PresetOpt = None,
+    ca_file: CaFile = None,
+    insecure: Insecure = False,
+    allow_plaintext: AllowPlain = False,
+    src_auth_user: SrcAuthUser = None,
+    dst_auth_user: DstAuthUser = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Migrate every mailbox listed in CSV_FILE; a failing mailbox does not stop the others. Rerun to resume."""
+    from migrator import runner
+    from migrator.batch import batch_exit_code, read_batch, run_batch, state_path_for
+    from migrator.fsutil import write_json
+
+    setup_logging(debug)
+    rows = read_batch(csv_file)
+    planning_opts = planning(map_, include, exclude, folder, preset, "source")
+
+    def migrate_one(row) -> dict:
+        src, dst = connectors(
+            row.source, row.destination, src_password_file=row.src_password_file,
+            dst_password_file=row.dst_password_file, ca_file=ca_file, insecure=insecure, allow_plaintext=allow_plaintext,
+            src_auth_user=row.src_auth_user or src_auth_user, dst_auth_user=row.dst_auth_user or dst_auth_user,
+            src_token_cmd=None, dst_token_cmd=None,
+        )
+        plan = Plan(src.endpoint, dst.endpoint, source_secret=src.secret.describe(),
+                    destination_secret=dst.secret.describe())
+        runner.check_endpoints(plan)
+        plan = runner.build_plan(plan, src, dst, planning_opts)
+        plan.check_collisions()
+        opts = EngineOptions(workers=workers, dry_run=dry_run, include_deleted=include_deleted,
+                             sync_flags=not no_sync_flags, retry_failed=retry_failed, batch_bytes=int(batch_mb * 1e6))
+        state = state_path_for(state_dir, runner.default_state_path(plan)) if state_dir else None
+        settings = runner.RunSettings(opts, state_path=state, quiet=True)
+        return runner.execute(plan, src, dst, settings, command="batch", print_fn=lambda *_: None)
+
+    def on_done(result) -> None:
+        status = "ok" if result.exit_code == 0 else f"exit {result.exit_code}"
+        detail = f": {result.error}" if result.error else f", {result.copied} copied, {result.failed} failed"
+        if not quiet or result.exit_code:
+            typer.echo(f"line {result.row.line}: {result.row.source} -> {result.row.destination}: {status}{detail}")
+
+    results = run_batch(rows, migrate_one, parallel, on_done)
+    code = batch_exit_code(results)
+    if report:
+        write_json(report, {"report_version": 1, "command": "batch", "file": csv_file, "exit_code": code,
+                            "mailboxes": [r.as_dict() for r in results]})
+    ok = sum(1 for r in results if r.exit_code == 0)
+    if not quiet or code:
+        typer.echo(f"{ok} of {len(results)} mailboxes done without errors.")
+    if code:
+        raise typer.Exit(code)

@@ -1,0 +1,62 @@
+"""batch: many mailboxes from a CSV, with a master user; one failing mailbox does not stop the others."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests import rig
+from tests.helpers import migrator, simple_message
+
+pytestmark = pytest.mark.e2e
+
+
+def test_batch_with_master_user_continues_past_a_failing_mailbox(dovecot_slash, new_account, tmp_path):
+    users = [new_account("slash") for _ in range(3)]
+    targets = [new_account("dot") for _ in range(3)]
+    for i, u in enumerate(users):
+        rig.seed(u, ["INBOX"], [simple_message(10 * i + k) for k in range(3)])
+    dst_pw = {t.user: tmp_path / f"{t.user}.pw" for t in targets}
+    for t in targets:
+        dst_pw[t.user].write_text(t.password)
+        dst_pw[t.user].chmod(0o600)
+    lines = ["# a comment", "source,destination,dst_password_file"]
+    lines += [f"{u.url},{t.url},{dst_pw[t.user]}" for u, t in zip(users, targets)]
+    lines.insert(3, f"imap://nosuchuser@127.0.0.1:{dovecot_slash.port},{targets[0].url},{dst_pw[targets[0].user]}")
+    csv_file = tmp_path / "batch.csv"
+    csv_file.write_text("\n".join(lines) + "\n")
+
+    env = {"MIGRATOR_SRC_PASSWORD": dovecot_slash.master_password}
+    args = ["batch", str(csv_file), "--src-auth-user", dovecot_slash.master_user, "--parallel", "2",
+            "--state-dir", str(tmp_path / "state"), "--report", str(tmp_path / "r.json")]
+    res = migrator(*args, env=env)
+    assert res.code == 3, res.text  # the unknown user cannot log in: the worst code wins
+    report = json.loads((tmp_path / "r.json").read_text())
+    codes = [m["exit_code"] for m in report["mailboxes"]]
+    assert sorted(codes) == [0, 0, 0, 3]
+    assert sum(m["copied"] for m in report["mailboxes"]) == 9
+    for u, t in zip(users, targets):
+        assert rig.snapshot(t)[("INBOX",)] == rig.snapshot(u)[("INBOX",)]
+    assert f"line 4: imap://nosuchuser@" in res.out and "exit 3" in res.out
+
+    again = migrator(*args, env=env)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert sum(m["copied"] for m in report["mailboxes"]) == 0 and again.code == 3
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("source,destination,colour\n", "unknown column 'colour'"),
+        ("destination\nimap://a@127.0.0.1\n", "no 'source' column"),
+        ("source,destination\nimap://a@127.0.0.1,\n", ":2: 'destination' is empty"),
+        ("source,destination\n\nfoo,imap://a@127.0.0.1\n", ":3: 'foo' is not an account URL"),
+    ],
+)
+def test_bad_batch_files(tmp_path, content, fragment):
+    f = tmp_path / "b.csv"
+    f.write_text(content)
+    res = migrator("batch", str(f))
+    assert res.code == 2, res.text
+    assert fragment in res.err and "Traceback" not in res.err
