@@ -13,6 +13,8 @@ import typer
 
 from migrator.cli.app import app
 from migrator.cli import cmd_migrate  # noqa: F401  (registers commands)
+from migrator.cli import cmd_plan  # noqa: F401
+from migrator.cli import cmd_batch  # noqa: F401
 from migrator.errors import EXIT_INTERRUPTED, EXIT_MESSAGES_FAILED, EXIT_OK, EXIT_USAGE, Interrupted, MigratorError
 
 
