@@ -39,3 +39,12 @@ def test_backup_cron_script_is_incremental(src_account, tmp_path):
     assert second.returncode == 0, second.stdout + second.stderr
     report = json.loads((tmp_path / "backups" / f"{src_account.user}.last-report.json").read_text())
     assert report["totals"]["copied"] == 1 and report["totals"]["already_copied"] == 4
+
+
+def test_demo_runs_end_to_end():
+    """The README's first command runs examples/demo.py: it must keep working."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATOR_")}
+    res = subprocess.run([sys.executable, str(EXAMPLES / "demo.py")], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "DEMO OK" in res.stdout and "[restore: exit 0]" in res.stdout
