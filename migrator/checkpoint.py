@@ -7,6 +7,13 @@ destination folder). The journal idea comes from mbsync: a row is written as
 leaves a pending row; the next run settles it by looking at what the
 destination really holds (engine.march), never by copying blindly.
 
+A second table keeps per-folder *watermarks* (UIDVALIDITY, UIDNEXT, MESSAGES,
+HIGHESTMODSEQ of both sides, as of the end of the last complete pass): a rerun
+that finds the same STATUS on both sides skips the folder (engine.copy).
+
+The state is bound to one source and one destination account (meta table):
+using it for another pair is refused, as its rows would mean nothing there.
+
 Rows whose UIDVALIDITY no longer matches the server are simply not consulted:
 the engine then reconciles that folder by fingerprint.
 
@@ -51,6 +58,25 @@ CREATE TABLE IF NOT EXISTS messages (
     PRIMARY KEY (src_folder, src_uidvalidity, src_uid, dst_folder)
 );
 CREATE INDEX IF NOT EXISTS messages_dst ON messages (dst_folder, dst_uidvalidity, dst_uid);
+-- What STATUS said about both folders when a folder pair was last left complete.
+-- A rerun that sees the same values on both sides has nothing to do there.
+CREATE TABLE IF NOT EXISTS watermarks (
+    src_folder TEXT NOT NULL,
+    dst_folder TEXT NOT NULL,
+    options TEXT NOT NULL,
+    src_uidvalidity INTEGER NOT NULL,
+    src_uidnext INTEGER NOT NULL,
+    src_messages INTEGER NOT NULL,
+    src_modseq INTEGER NOT NULL,
+    dst_uidvalidity INTEGER NOT NULL,
+    dst_uidnext INTEGER NOT NULL,
+    dst_messages INTEGER NOT NULL,
+    dst_modseq INTEGER NOT NULL,
+    settled INTEGER NOT NULL,
+    skipped_deleted INTEGER NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (src_folder, dst_folder)
+);
 """
 
 
@@ -68,6 +94,21 @@ class Row:
     flags: tuple[str, ...]
     status: str
     reason: str | None
+
+
+@dataclass(frozen=True)
+class Watermark:
+    options: str
+    src_uidvalidity: int
+    src_uidnext: int
+    src_messages: int
+    src_modseq: int
+    dst_uidvalidity: int
+    dst_uidnext: int
+    dst_messages: int
+    dst_modseq: int
+    settled: int  # source messages known to be on the destination
+    skipped_deleted: int
 
 
 @dataclass(frozen=True)
@@ -93,21 +134,27 @@ class Checkpoint:
                 f"state file {path} is in use by another migrator process",
                 hint="wait for it to finish, or use another --state file",
             ) from None
-        existed = os.path.exists(path) and os.path.getsize(path) > 0
+        existed = os.path.exists(path)
         if not existed:
             # Create with 0600 before SQLite opens it: it holds folder names and message hashes.
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         self._mutex = threading.Lock()
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            # The WAL may hold what the main file does not yet: ask SQLite, not the file size.
+            # Checked before switching to WAL, so a foreign database is refused untouched.
+            existed = existed and self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] > 0
             if existed:
                 self._check_format()
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives kill -9
+            if existed:
+                self._db.executescript(_SCHEMA)  # IF NOT EXISTS: adds tables newer than the file
             else:
-                self._db.executescript(_SCHEMA)
-                self._db.executemany(
-                    "INSERT INTO meta(key, value) VALUES (?, ?)", [("format", FORMAT), ("version", str(VERSION))]
+                # One transaction: a crash here leaves an empty file, not a headless one.
+                self._db.executescript(
+                    f"BEGIN; {_SCHEMA} INSERT INTO meta(key, value) VALUES "
+                    f"('format', '{FORMAT}'), ('version', '{VERSION}'); COMMIT;"
                 )
         except sqlite3.DatabaseError as e:
             self.close()
@@ -115,6 +162,9 @@ class Checkpoint:
                 f"state file {path} is not a migrator state file ({e})",
                 hint="point --state elsewhere, or start over with --reset-state",
             ) from None
+        except StateError:
+            self.close()
+            raise
         for suffix in ("-wal", "-shm"):
             if os.path.exists(path + suffix):
                 os.chmod(path + suffix, 0o600)
@@ -140,11 +190,32 @@ class Checkpoint:
             except FileNotFoundError:
                 pass
 
+    def bind(self, source: str, destination: str, write: bool = True) -> None:
+        """Tie the state to one account pair; refuse a state written for another pair."""
+        with self._mutex:
+            meta = dict(self._db.execute("SELECT key, value FROM meta"))
+        if "source" not in meta:
+            if not write:
+                return
+            self._write("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                        [("source", source), ("destination", destination)])
+        elif (meta["source"], meta.get("destination")) != (source, destination):
+            raise StateError(
+                f"state file {self.path} belongs to another migration "
+                f"({meta['source']} -> {meta.get('destination')})",
+                hint="use another --state file for this pair, or start over with --reset-state",
+            )
+
     def close(self) -> None:
+        # Take the mutex so a worker thread is never cut off in the middle of a write.
+        locked = self._mutex.acquire(timeout=5) if hasattr(self, "_mutex") else False
         try:
             self._db.close()
         except Exception:
             pass
+        finally:
+            if locked:
+                self._mutex.release()
         try:
             self._lock_fh.close()
         except Exception:
@@ -167,6 +238,16 @@ class Checkpoint:
         with self._mutex:
             cur = self._db.execute("SELECT src_folder, src_uid, reason FROM messages WHERE status=?", (FAILED,))
             return [(tuple(json.loads(f)), uid, reason or "") for f, uid, reason in cur.fetchall()]
+
+    def watermark(self, src: Folder, dst: Folder) -> Watermark | None:
+        with self._mutex:
+            r = self._db.execute(
+                "SELECT options, src_uidvalidity, src_uidnext, src_messages, src_modseq, dst_uidvalidity, "
+                "dst_uidnext, dst_messages, dst_modseq, settled, skipped_deleted FROM watermarks "
+                "WHERE src_folder=? AND dst_folder=?",
+                (folder_key(src), folder_key(dst)),
+            ).fetchone()
+        return Watermark(*r) if r else None
 
     # -- writes (each one a committed transaction: the journal must be on disk before we act) --
 
@@ -219,6 +300,19 @@ class Checkpoint:
         self._write(
             "DELETE FROM messages WHERE src_folder=? AND src_uidvalidity=? AND src_uid=? AND dst_folder=?",
             [(folder_key(src), src_uidvalidity, uid, folder_key(dst)) for uid in src_uids],
+        )
+
+    def set_watermark(self, src: Folder, dst: Folder, wm: Watermark | None) -> None:
+        """Store (or, with None, drop) the watermark of a folder pair."""
+        key = (folder_key(src), folder_key(dst))
+        if wm is None:
+            self._write("DELETE FROM watermarks WHERE src_folder=? AND dst_folder=?", [key])
+            return
+        self._write(
+            "INSERT OR REPLACE INTO watermarks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [(*key, wm.options, wm.src_uidvalidity, wm.src_uidnext, wm.src_messages, wm.src_modseq,
+              wm.dst_uidvalidity, wm.dst_uidnext, wm.dst_messages, wm.dst_modseq, wm.settled, wm.skipped_deleted,
+              time.time())],
         )
 
     def _write(self, sql: str, params: list[tuple]) -> None:

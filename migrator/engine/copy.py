@@ -1,7 +1,7 @@
 """The copy engine: one engine for every pair of stores.
 
 Per folder, a *march* compares source, destination and checkpoint and decides
-what to do (like rclone's march + mbsync's sync.c):
+what to do (engine/march.py, like rclone's march + mbsync's sync.c):
   - source messages the checkpoint says were copied, whose copy is still on the
     destination: nothing to copy; flags brought in step;
   - destination messages the checkpoint cannot account for (a crash between
@@ -15,23 +15,32 @@ folder is copied by several connections at once.
 
 Safety: the intent (source UID + SHA-256) is committed to the checkpoint before
 each APPEND and confirmed after it. Any transient failure makes the folder be
-marched again, which settles pending intents by looking at the destination.
+marched again (exponential backoff with jitter, at most max_attempts marches),
+which settles pending intents by looking at the destination.
+
+Fast reruns: when a folder pair is left complete, the STATUS of both sides is
+stored as a watermark; a rerun that sees the same UIDVALIDITY, UIDNEXT,
+MESSAGES and HIGHESTMODSEQ on both sides skips the folder without listing it.
+Without CONDSTORE (no HIGHESTMODSEQ) flag changes are invisible to STATUS, so
+every rerun marches. See docs/resume.md.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
 import random
 import threading
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import Callable
 
-from migrator.checkpoint import ALTERED, DONE, FAILED, Checkpoint, Intent
+from migrator.checkpoint import ALTERED, DONE, Checkpoint, Intent, Watermark
 from migrator.engine.batching import batches, chunks
+from migrator.engine.crashpoints import crash
+from migrator.engine.jobs import (  # noqa: F401  (EngineOptions is imported from here by the CLI)
+    OVERQUOTA_HINT, ChunkJob, EngineOptions, FolderRun, MarchJob, close_quietly, sha256, Connections,
+)
+from migrator.engine.march import copy_flags, decide, pool_candidates
 from migrator.errors import ConnectionFailed, FolderError, MessageRejected, TransientError
 from migrator.naming import Folder, display, parents
 from migrator.plan import FolderPlan, Plan
@@ -39,69 +48,6 @@ from migrator.stats import Stats
 from migrator.stores.base import AppendItem, MessageMeta, Store
 
 log = logging.getLogger("migrator.engine")
-
-
-@dataclass
-class EngineOptions:
-    workers: int = 4
-    batch_bytes: int = 8 * 1024 * 1024  # per FETCH / APPEND batch: bounds memory per worker
-    batch_count: int = 100
-    chunk_messages: int = 1000  # a folder is split into chunks this big for parallel workers
-    include_deleted: bool = False
-    sync_flags: bool = True
-    delete_extra: bool = False
-    dry_run: bool = False
-    retry_failed: bool = False
-    max_attempts: int = 6  # per folder, for transient errors
-    backoff_base: float = 0.5  # seconds; doubled per attempt, with jitter, capped at backoff_max
-    backoff_max: float = 30.0
-    check_size: bool = True
-
-
-def sha256(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
-
-
-def copy_flags(meta: MessageMeta, include_deleted: bool) -> tuple[str, ...]:
-    return meta.flags if include_deleted else tuple(f for f in meta.flags if f != "\\Deleted")
-
-
-# -- work items ------------------------------------------------------------------------------
-
-
-@dataclass
-class FolderRun:
-    """Shared by the chunks of one folder while they are copied."""
-
-    fp: FolderPlan
-    attempt: int
-    src_uidvalidity: int = 0
-    dst_uidvalidity: int = 0
-    pool: dict[str, list[int]] = field(default_factory=dict)  # sha256 -> unaccounted destination UIDs
-    extras: list[int] = field(default_factory=list)  # unaccounted destination UIDs not in the pool
-    pending_chunks: int = 0
-    transient: str | None = None  # set by the first chunk that hit a transient error
-    failed: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def take(self, digest: str) -> int | None:
-        with self.lock:
-            uids = self.pool.get(digest)
-            return uids.pop() if uids else None
-
-
-@dataclass
-class MarchJob:
-    fp: FolderPlan
-    attempt: int = 1
-    not_before: float = 0.0
-
-
-@dataclass
-class ChunkJob:
-    run: FolderRun
-    metas: list[MessageMeta]
-
 
 # -- the engine ------------------------------------------------------------------------------
 
@@ -128,19 +74,16 @@ class Engine:
         self._q: queue.Queue = queue.Queue()
         self._outstanding = 0
         self._outstanding_lock = threading.Lock()
+        self._reported: set[Folder] = set()  # folders whose march counts are in stats already
 
     # -- top level -----------------------------------------------------------------------
 
     def run(self) -> Stats:
         folders = self.plan.copying()
-        src, dst = self.open_src(), self.open_dst()
-        try:
-            self._prepare_destination(src, dst, folders)
-        finally:
-            src.close()
-            dst.close()
+        self._prepare_with_retries(folders)
         for fp in folders:
-            self._put(MarchJob(fp))
+            if fp.action != "failed":
+                self._put(MarchJob(fp))
         threads = [
             threading.Thread(target=self._worker, name=f"worker-{i}", daemon=True)
             for i in range(max(1, self.opts.workers))
@@ -156,35 +99,59 @@ class Engine:
             self.stats.interrupted = True
         for _ in threads:
             self._q.put(None)
+        # Interrupted: give workers a few seconds to finish the batch in hand, then leave them
+        # (daemon threads). Safe: an APPEND is only sent after its intent is committed.
+        deadline = time.monotonic() + self.opts.stop_grace
         for t in threads:
-            while t.is_alive():
+            while t.is_alive() and not (self.stop.is_set() and time.monotonic() > deadline):
                 t.join(0.2)
         self.stats.finish()
         return self.stats
 
+    def _prepare_with_retries(self, folders: list[FolderPlan]) -> None:
+        for attempt in range(1, self.opts.max_attempts + 1):
+            src = dst = None
+            try:
+                src, dst = self.open_src(), self.open_dst()
+                self._prepare_destination(src, dst, folders)
+                return
+            except TransientError as e:
+                if attempt == self.opts.max_attempts:
+                    raise
+                self.stats.warn(f"preparing folders: {e}; retrying")
+                if self.stop.wait(self._backoff(attempt)):
+                    return
+            finally:
+                for store in (src, dst):
+                    if store is not None:
+                        close_quietly(store)
+
     def _prepare_destination(self, src: Store, dst: Store, folders: list[FolderPlan]) -> None:
         """Create missing destination folders (empty ones too) and copy subscriptions."""
-        existing = {f.name for f in dst.list_folders()}
-        src_subscribed = {f.name for f in src.list_folders() if f.subscribed}
+        listed = dst.list_folders()
+        existing = {f.name for f in listed}
+        # The plan says what to subscribe (planner: as on the source, or --subscribe all/none);
+        # a destination folder that already existed is subscribed too.
+        dst_subscribed = {f.name for f in listed if f.subscribed}
         for fp in folders:
-            if fp.destination in existing:
-                continue
-            if self.opts.dry_run:
-                self.would_create.append(fp.destination)
+            if fp.destination not in existing:
+                if self.opts.dry_run:
+                    self.would_create.append(fp.destination)
+                    existing.add(fp.destination)
+                    continue
+                try:
+                    dst.create_folder(fp.destination)
+                except FolderError as e:
+                    self.stats.folder_failed(fp.source, str(e))
+                    fp.action = "failed"
+                    continue
                 existing.add(fp.destination)
-                continue
-            try:
-                dst.create_folder(fp.destination)
-            except FolderError as e:
-                self.stats.folder_failed(fp.source, str(e))
-                fp.action = "failed"
-                continue
-            existing.add(fp.destination)
-            existing.update(parents(fp.destination))
-            self.stats.mark_created(fp.destination)
-            if fp.source in src_subscribed or fp.subscribed:
+                existing.update(parents(fp.destination))
+                self.stats.mark_created(fp.destination)
+            if fp.subscribed and fp.destination not in dst_subscribed and not self.opts.dry_run:
                 try:
                     dst.subscribe(fp.destination)
+                    dst_subscribed.add(fp.destination)
                 except FolderError as e:
                     self.stats.warn(f"cannot subscribe '{display(fp.destination)}': {e}")
 
@@ -210,7 +177,7 @@ class Engine:
     # -- workers ---------------------------------------------------------------------------
 
     def _worker(self) -> None:
-        conn = _Connections(self.open_src, self.open_dst)
+        conn = Connections(self.open_src, self.open_dst)
         try:
             while True:
                 job = self._q.get()
@@ -236,9 +203,11 @@ class Engine:
             conn.close()
 
     def _retry_folder(self, fp: FolderPlan, attempt: int, reason: str) -> None:
+        if self.stop.is_set():
+            return
         if attempt >= self.opts.max_attempts:
             self.stats.folder_failed(
-                fp.source, f"gave up after {attempt} attempts: {reason} (rerun to resume)"
+                fp.source, f"gave up after {attempt} attempts: {reason} (rerun the same command to resume)"
             )
             return
         self.stats.warn(f"'{display(fp.source)}': {reason}; retrying")
@@ -246,9 +215,11 @@ class Engine:
 
     # -- march: decide what one folder needs ----------------------------------------------------
 
-    def _run_march(self, job: MarchJob, conn: "_Connections") -> None:
+    def _run_march(self, job: MarchJob, conn: Connections) -> None:
         fp = job.fp
         try:
+            if self._unchanged(fp, conn):
+                return
             run = self._march(fp, job.attempt, conn)
         except (TransientError, ConnectionFailed) as e:
             conn.drop()
@@ -257,96 +228,115 @@ class Engine:
         except FolderError as e:
             self.stats.folder_failed(fp.source, str(e))
             return
-        if run is None:
-            return
-        if not self.opts.dry_run and run.pending_chunks == 0:
+        if run is not None and run.pending_chunks == 0:
             self._finish_folder(run, conn)
 
-    def _march(self, fp: FolderPlan, attempt: int, conn: "_Connections") -> FolderRun | None:
+    def _unchanged(self, fp: FolderPlan, conn: Connections) -> bool:
+        """Fast rerun: both sides still show the STATUS stored when this folder was left complete."""
+        if self.ckpt is None or self.opts.retry_failed:
+            return False
+        wm = self.ckpt.watermark(fp.source, fp.destination)
+        if wm is None or wm.options != self.opts.key():
+            return False
+        s = conn.src().status(fp.source)
+        d = conn.dst().status(fp.destination)
+        if s.highestmodseq is None or d.highestmodseq is None:
+            return False  # without CONDSTORE a flag change leaves STATUS unchanged: march
+        if (s.uidvalidity, s.uidnext, s.messages, s.highestmodseq) != (
+                wm.src_uidvalidity, wm.src_uidnext, wm.src_messages, wm.src_modseq):
+            return False
+        if (d.uidvalidity, d.uidnext, d.messages, d.highestmodseq) != (
+                wm.dst_uidvalidity, wm.dst_uidnext, wm.dst_messages, wm.dst_modseq):
+            return False
+        self.stats.add(fp.source, already=wm.settled)
+        self.stats.skip(fp.source, "flagged \\Deleted on the source (--include-deleted copies them)",
+                        wm.skipped_deleted)
+        return True
+
+    def _march(self, fp: FolderPlan, attempt: int, conn: Connections) -> FolderRun | None:
         opts, stats = self.opts, self.stats
         src, dst = conn.src(), conn.dst()
+        first = fp.source not in self._reported
+        # STATUS before listing: whatever changes after it shows in the next run's STATUS.
+        s_status = src.status(fp.source) if self.ckpt and not opts.dry_run else None
         s_st = src.select(fp.source, readonly=True)
-        if fp.uidvalidity and s_st.uidvalidity != fp.uidvalidity and attempt == 1:
+        if fp.uidvalidity and s_st.uidvalidity != fp.uidvalidity and first:
             stats.warn(
                 f"source folder '{display(fp.source)}' has a new UIDVALIDITY since it was planned "
                 f"({fp.uidvalidity} -> {s_st.uidvalidity}); its messages are matched by content"
             )
         src_msgs = src.list_messages()
+        run = FolderRun(fp, attempt, s_st.uidvalidity, src_status=s_status)
         if opts.dry_run and fp.destination in self.would_create:
-            dst_msgs, d_uidvalidity = [], 0
+            dst_msgs = []
         else:
             d_st = dst.select(fp.destination, readonly=opts.dry_run)
-            d_uidvalidity = d_st.uidvalidity
             dst_msgs = dst.list_messages()
-        run = FolderRun(fp, attempt, s_st.uidvalidity, d_uidvalidity)
+            run.dst_uidvalidity, run.dst_uidnext, run.dst_messages = d_st.uidvalidity, d_st.uidnext, len(dst_msgs)
+            run.dst_consistent = d_st.messages == len(dst_msgs)
+        crash("march-listed")
+        if self.ckpt and not opts.dry_run:
+            self.ckpt.set_watermark(fp.source, fp.destination, None)  # not complete until _finish_folder
         rows = self.ckpt.rows(fp.source, s_st.uidvalidity, fp.destination) if self.ckpt else {}
-        dst_by_uid = {m.uid: m for m in dst_msgs}
-        accounted: set[int] = set()
-        to_copy: list[MessageMeta] = []
-        flag_updates: list[tuple[MessageMeta, MessageMeta]] = []
-        already = 0
-        deleted_skipped = 0
-        for m in src_msgs:
-            if m.deleted and not opts.include_deleted:
-                deleted_skipped += 1
-                continue
-            row = rows.get(m.uid)
-            if row is not None and row.dst_uidvalidity == d_uidvalidity:
-                if row.status in (DONE, ALTERED) and (row.dst_uid is None or row.dst_uid in dst_by_uid):
-                    if row.dst_uid is not None:
-                        accounted.add(row.dst_uid)
-                        want = copy_flags(m, opts.include_deleted)
-                        have = dst_by_uid[row.dst_uid]
-                        if opts.sync_flags and set(want) != set(have.flags):
-                            flag_updates.append((m, have))
-                    already += 1
-                    if row.status == ALTERED:
-                        stats.fail(fp.source, m.uid, row.reason or "altered by the destination")
-                    continue
-                if row.status == FAILED and not opts.retry_failed:
-                    stats.fail(fp.source, m.uid, f"{row.reason} (failed in an earlier run; --retry-failed tries again)")
-                    continue
-            to_copy.append(m)
-        if attempt == 1:
-            stats.skip(fp.source, "flagged \\Deleted on the source (--include-deleted copies them)", deleted_skipped)
-            stats.add(fp.source, already=already)
-        unaccounted = [d for d in dst_msgs if d.uid not in accounted]
-        if to_copy and unaccounted:
-            self._fill_pool(run, dst, to_copy, unaccounted)
-        else:
-            run.extras = [d.uid for d in unaccounted]
-        self._sync_flags(run, dst, flag_updates)
-        planned_bytes = sum(m.size for m in to_copy)
-        if attempt == 1:
-            stats.add(fp.source, planned=len(to_copy), planned_bytes=planned_bytes)
+        dec = decide(src_msgs, dst_msgs, rows, run.dst_uidvalidity, include_deleted=opts.include_deleted,
+                     sync_flags=opts.sync_flags, retry_failed=opts.retry_failed)
+        sizes = {m.size for m in dec.to_copy} | {r.size for r in dec.claims}
+        candidates, rest = pool_candidates(dec.unaccounted, sizes)
+        run.extras = [m.uid for m in rest]
+        self._fill_pool(run, dst, candidates)
+        crash("pool-fetched")
+        self._settle_claims(run, dec.claims)
+        if first:
+            self._reported.add(fp.source)
+            stats.skip(fp.source, "flagged \\Deleted on the source (--include-deleted copies them)",
+                       dec.deleted_skipped)
+            stats.add(fp.source, already=dec.already)
+            for uid, reason in dec.altered:
+                stats.fail(fp.source, uid, reason)
+            for uid, reason in dec.failed_earlier:
+                stats.fail(fp.source, uid, f"{reason} (failed in an earlier run; --retry-failed tries again)")
+        self._sync_flags(run, dst, dec.flag_updates)
         if opts.dry_run:
-            found = sum(len(v) for v in run.pool.values())
-            stats.add(fp.source, copied=0)
+            adoptable = self._preview(run, src, dec.to_copy, {m.size for m in candidates})
+            stats.add(fp.source, planned=len(dec.to_copy) - adoptable,
+                      planned_bytes=sum(m.size for m in dec.to_copy), found=adoptable)
             if opts.delete_extra:
-                stats.add(fp.source, deleted_extra=len(run.extras) + max(0, found - len(to_copy)))
+                stats.add(fp.source, deleted_extra=len(run.extras) + len(run.pool))
             return None
-        pieces = chunks(to_copy, opts.chunk_messages, max(opts.batch_bytes * 8, 1))
+        if first:
+            stats.add(fp.source, planned=len(dec.to_copy), planned_bytes=sum(m.size for m in dec.to_copy))
+        pieces = chunks(dec.to_copy, opts.chunk_messages, max(opts.batch_bytes * 8, 1))
         run.pending_chunks = len(pieces)
         for piece in pieces:
             self._put(ChunkJob(run, piece))
         return run
 
-    def _fill_pool(self, run: FolderRun, dst: Store, to_copy: list[MessageMeta], unaccounted: list[MessageMeta]) -> None:
-        """Fingerprint destination messages the checkpoint cannot account for.
-
-        Only those whose size equals the size of some message still to copy can
-        match, so only those are fetched: a clean first run fetches nothing.
-        """
-        sizes = {m.size for m in to_copy}
-        candidates = [d for d in unaccounted if d.size in sizes]
-        run.extras = [d.uid for d in unaccounted if d.size not in sizes]
-        pool: dict[str, list[int]] = defaultdict(list)
+    def _fill_pool(self, run: FolderRun, dst: Store, candidates: list[MessageMeta]) -> None:
+        """Fingerprint the destination messages that could match something still to copy."""
+        by_uid = {m.uid: m for m in candidates}
         for batch in batches(candidates, self.opts.batch_bytes, self.opts.batch_count):
             for msg in dst.fetch([d.uid for d in batch]):
-                pool[sha256(msg.body)].append(msg.meta.uid)
-        for uids in pool.values():
-            uids.sort(reverse=True)  # pop() adopts the lowest UID first: stable across reruns
-        run.pool = dict(pool)
+                run.pool.add(sha256(msg.body), by_uid[msg.meta.uid])
+
+    def _settle_claims(self, run: FolderRun, claims) -> None:
+        """Copies confirmed without a UID (no UIDPLUS): find them by fingerprint and record their UID."""
+        found = []
+        for row in claims:
+            meta = run.pool.take(row.sha256)
+            if meta is not None:
+                found.append((Intent(row.src_uid, row.size, row.sha256, row.flags), meta.uid))
+        if found and self.ckpt and not self.opts.dry_run:
+            self._confirm(run, found)
+
+    def _preview(self, run: FolderRun, src: Store, to_copy: list[MessageMeta], pool_sizes: set[int]) -> int:
+        """Dry run: how many of to_copy would be adopted from the pool (fetches only same-size ones)."""
+        maybe = [m for m in to_copy if m.size in pool_sizes]
+        adopted = 0
+        for batch in batches(maybe, self.opts.batch_bytes, self.opts.batch_count):
+            for msg in src.fetch([m.uid for m in batch]):
+                if run.pool.take(sha256(msg.body), msg.meta) is not None:
+                    adopted += 1
+        return adopted
 
     def _sync_flags(self, run: FolderRun, dst: Store, updates: list[tuple[MessageMeta, MessageMeta]]) -> None:
         if not updates:
@@ -360,6 +350,7 @@ class Engine:
             want = set(copy_flags(src_meta, self.opts.include_deleted))
             have = set(dst_meta.flags)
             dst.set_flags(dst_meta.uid, sorted(want - have), sorted(have - want))
+            crash("flags-set")
             done.append((src_meta.uid, tuple(sorted(want))))
         if self.ckpt:
             self.ckpt.update_flags(fp.source, run.src_uidvalidity, fp.destination, done)
@@ -367,13 +358,15 @@ class Engine:
 
     # -- chunks: copy -----------------------------------------------------------------------------
 
-    def _run_chunk(self, job: ChunkJob, conn: "_Connections") -> None:
+    def _run_chunk(self, job: ChunkJob, conn: Connections) -> None:
         run = job.run
         try:
             if run.transient is None and not run.failed:
                 self._copy_chunk(run, job.metas, conn)
         except (TransientError, ConnectionFailed) as e:
             conn.drop()
+            if self.opts.throttle:
+                self.opts.throttle.backoff(str(e))  # [THROTTLED]/[LIMIT]: slow every worker down
             with run.lock:
                 run.transient = run.transient or str(e)
         except FolderError as e:
@@ -391,18 +384,21 @@ class Engine:
         else:
             self._retry_folder(run.fp, run.attempt, run.transient)
 
-    def _copy_chunk(self, run: FolderRun, metas: list[MessageMeta], conn: "_Connections") -> None:
+    def _copy_chunk(self, run: FolderRun, metas: list[MessageMeta], conn: Connections) -> None:
         fp, opts, stats = run.fp, self.opts, self.stats
         src, dst = conn.src(), conn.dst()
-        s_st = conn.select_src(fp.source)
-        if s_st.uidvalidity != run.src_uidvalidity:
+        if conn.select_src(fp.source).uidvalidity != run.src_uidvalidity:
             raise TransientError(f"UIDVALIDITY of source folder '{display(fp.source)}' changed during the run")
-        if opts.check_size:
-            conn.select_dst(fp.destination)
+        # Read-write: adopted messages may need their flags set; the size check lists the new messages.
+        if conn.select_dst(fp.destination, readonly=False).uidvalidity != run.dst_uidvalidity:
+            raise TransientError(f"UIDVALIDITY of destination folder '{display(fp.destination)}' changed during the run")
         for batch in batches(metas, opts.batch_bytes, opts.batch_count):
             if self.stop.is_set():
                 return
+            if opts.throttle and not opts.throttle.acquire(len(batch), sum(m.size for m in batch), self.stop):
+                return
             fetched = {msg.meta.uid: msg for msg in src.fetch([m.uid for m in batch])}
+            crash("fetched")
             vanished = sum(1 for m in batch if m.uid not in fetched)
             stats.skip(fp.source, "expunged from the source during the run", vanished)
             intents: list[Intent] = []
@@ -414,15 +410,20 @@ class Engine:
                     continue
                 flags = copy_flags(m, opts.include_deleted)
                 intent = Intent(m.uid, len(msg.body), sha256(msg.body), flags)
-                found = run.take(intent.sha256)
+                found = run.pool.take(intent.sha256, m)
                 if found is not None:
-                    adopted.append((intent, found))
+                    if opts.sync_flags and set(found.flags) != set(flags):
+                        dst.set_flags(found.uid, sorted(set(flags) - set(found.flags)),
+                                      sorted(set(found.flags) - set(flags)))
+                        stats.add(fp.source, flags_updated=1)
+                    adopted.append((intent, found.uid))
                     continue
                 intents.append(intent)
                 items.append(AppendItem(msg.body, flags, m.internaldate))
             del fetched
             if adopted:
                 self._confirm(run, adopted)
+                crash("adopted")
                 stats.add(fp.source, found=len(adopted))
             if items:
                 self._append(run, dst, intents, items)
@@ -437,6 +438,7 @@ class Engine:
         fp = run.fp
         if self.ckpt:
             self.ckpt.record_intents(fp.source, run.src_uidvalidity, fp.destination, run.dst_uidvalidity, intents)
+        crash("intent-written")
         try:
             uids = dst.append(fp.destination, items)
         except MessageRejected as e:
@@ -447,9 +449,14 @@ class Engine:
             for intent, item in zip(intents, items):
                 self._append(run, dst, [intent], [item])
             return
+        crash("append-sent")  # stored on the server, not yet confirmed: settled by the next march
+        with run.lock:
+            run.appended.extend(u for u in uids if u is not None)
+            run.unknown_uids = run.unknown_uids or None in uids
         results = list(zip(intents, uids))
         altered = self._check_sizes(dst, results) if self.opts.check_size else {}
         self._confirm(run, [r for r in results if r[0].src_uid not in altered])
+        crash("confirmed")
         for intent, uid in results:
             if intent.src_uid in altered:
                 self._confirm(run, [(intent, uid)], ALTERED, altered[intent.src_uid])
@@ -474,61 +481,53 @@ class Engine:
 
     def _reject(self, run: FolderRun, intent: Intent, reason: str) -> None:
         fp = run.fp
+        text = f"rejected by the destination: {reason}"
         if self.ckpt:
-            self.ckpt.record_failed(fp.source, run.src_uidvalidity, fp.destination, run.dst_uidvalidity, intent,
-                                    f"rejected by the destination: {reason}")
-        self.stats.fail(fp.source, intent.src_uid, f"rejected by the destination: {reason}")
+            self.ckpt.record_failed(fp.source, run.src_uidvalidity, fp.destination, run.dst_uidvalidity, intent, text)
+        self.stats.fail(fp.source, intent.src_uid, text)
+        if "OVERQUOTA" in reason.upper():
+            self.stats.warn(OVERQUOTA_HINT)
 
     # -- end of a folder ----------------------------------------------------------------------------
 
-    def _finish_folder(self, run: FolderRun, conn: "_Connections") -> None:
-        """Mirror mode: remove destination messages that match nothing on the source."""
-        if not self.opts.delete_extra:
-            return
-        leftovers = run.extras + [uid for uids in run.pool.values() for uid in uids]
-        if not leftovers:
-            return
+    def _finish_folder(self, run: FolderRun, conn: Connections) -> None:
+        """All chunks done: mirror mode removes what matches nothing; then the watermark is stored."""
         try:
-            conn.select_dst(run.fp.destination, readonly=False)
-            conn.dst().expunge_uids(sorted(leftovers))
-            self.stats.add(run.fp.source, deleted_extra=len(leftovers))
+            if self.opts.delete_extra:
+                leftovers = sorted(run.extras + run.pool.leftovers())
+                if leftovers:
+                    conn.select_dst(run.fp.destination, readonly=False)
+                    conn.dst().expunge_uids(leftovers)
+                    crash("expunged")
+                    run.expunged += len(leftovers)
+                    self.stats.add(run.fp.source, deleted_extra=len(leftovers))
+            self._store_watermark(run, conn)
         except (TransientError, ConnectionFailed) as e:
             conn.drop()
             self._retry_folder(run.fp, run.attempt, str(e))
+        except FolderError as e:
+            self.stats.folder_failed(run.fp.source, str(e))
 
+    def _store_watermark(self, run: FolderRun, conn: Connections) -> None:
+        """Remember both sides' STATUS, but only if the destination holds exactly what this run made of it.
 
-class _Connections:
-    """A worker's own pair of connections, opened lazily, dropped on transient errors."""
-
-    def __init__(self, open_src, open_dst):
-        self._open_src, self._open_dst = open_src, open_dst
-        self._src: Store | None = None
-        self._dst: Store | None = None
-
-    def src(self) -> Store:
-        if self._src is None:
-            self._src = self._open_src()
-        return self._src
-
-    def dst(self) -> Store:
-        if self._dst is None:
-            self._dst = self._open_dst()
-        return self._dst
-
-    def select_src(self, folder: Folder):
-        return self.src().select(folder, readonly=True)
-
-    def select_dst(self, folder: Folder, readonly: bool = True):
-        return self.dst().select(folder, readonly=readonly)
-
-    def drop(self) -> None:
-        for store in (self._src, self._dst):
-            if store is not None:
-                try:
-                    store.close()
-                except Exception:
-                    pass
-        self._src = self._dst = None
-
-    def close(self) -> None:
-        self.drop()
+        Expected: the listed messages + our APPENDs - our expunges, and UIDNEXT just past our last
+        APPENDUID. Anything else means someone else wrote there meanwhile: no watermark, next run marches.
+        """
+        fp, s = run.fp, run.src_status
+        if self.ckpt is None or self.opts.dry_run or self.stop.is_set() or s is None or s.highestmodseq is None:
+            return
+        counts = self.stats.folders.get(display(fp.source))
+        if counts is None or counts.failed or run.unknown_uids or not run.dst_consistent:
+            return  # failed messages must be reported again by the next run's march
+        d = conn.dst().status(fp.destination)
+        expected_next = max([run.dst_uidnext] + [u + 1 for u in run.appended])
+        if (d.highestmodseq is None or d.uidvalidity != run.dst_uidvalidity or d.uidnext != expected_next
+                or d.messages != run.dst_messages + len(run.appended) - run.expunged):
+            return
+        self.ckpt.set_watermark(fp.source, fp.destination, Watermark(
+            self.opts.key(), s.uidvalidity, s.uidnext, s.messages, s.highestmodseq,
+            d.uidvalidity, d.uidnext, d.messages, d.highestmodseq,
+            settled=counts.already + counts.copied + counts.found,
+            skipped_deleted=sum(n for r, n in counts.skipped.items() if "\\Deleted" in r),
+        ))

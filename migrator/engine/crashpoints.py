@@ -1,0 +1,31 @@
+"""Test-only crash points, so the fault tests can kill -9 the run at exact moments.
+
+MIGRATOR_TEST_CRASH_AT="NAME:N" makes the process SIGKILL itself (no cleanup,
+no atexit, no flush: exactly like `kill -9`) the Nth time the engine passes the
+point NAME. Without the variable (always, outside the tests) crash() is a no-op.
+
+Points (see engine/copy.py): march-listed, pool-fetched, fetched,
+intent-written, append-sent (the server stored the messages, the checkpoint
+does not know yet), confirmed, adopted, flags-set, expunged.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+_name, _, _count = os.environ.get("MIGRATOR_TEST_CRASH_AT", "").partition(":")
+_at = int(_count or 1) if _name else 0
+_seen = 0
+_lock = threading.Lock()
+
+
+def crash(point: str) -> None:
+    global _seen
+    if point != _name:
+        return
+    with _lock:
+        _seen += 1
+        if _seen == _at:
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,126 @@
+"""Work items and per-worker connections of the copy engine (engine/copy.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass, field
+
+from migrator.engine.march import Pool
+from migrator.naming import Folder
+from migrator.plan import FolderPlan
+from migrator.stores.base import FolderStatus, MessageMeta, Store
+
+OVERQUOTA_HINT = ("the destination is over quota: free space or raise the quota, "
+                  "then rerun with --retry-failed")
+
+
+@dataclass
+class EngineOptions:
+    workers: int = 4
+    batch_bytes: int = 8 * 1024 * 1024  # per FETCH / APPEND batch: bounds memory per worker
+    batch_count: int = 100
+    chunk_messages: int = 1000  # a folder is split into chunks this big for parallel workers
+    include_deleted: bool = False
+    sync_flags: bool = True
+    delete_extra: bool = False
+    dry_run: bool = False
+    retry_failed: bool = False
+    # Transient errors: a folder is marched at most max_attempts times per run, waiting
+    # backoff_base * 2**(n-1) seconds (times 0.5..1 jitter, capped at backoff_max) before
+    # attempt n+1: 0.5, 1, 2, 4, 8 s by default. Then the folder is given up for this run
+    # (exit 1); its state is kept and the next run resumes it.
+    max_attempts: int = 6
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    check_size: bool = True
+    stop_grace: float = 5.0  # after Ctrl-C, seconds to let workers finish their batch
+    throttle: object = None  # migrator.throttle.Throttle: run-wide rate limits, shared by all workers
+
+    def key(self) -> str:
+        """The options a watermark depends on: a folder left complete under others is marched again."""
+        return f"deleted={int(self.include_deleted)},flags={int(self.sync_flags)},mirror={int(self.delete_extra)}"
+
+
+def sha256(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+# -- work items ------------------------------------------------------------------------------
+
+
+@dataclass
+class FolderRun:
+    """Shared by the chunks of one folder while they are copied."""
+
+    fp: FolderPlan
+    attempt: int
+    src_uidvalidity: int = 0
+    dst_uidvalidity: int = 0
+    src_status: FolderStatus | None = None  # STATUS before listing: the base of the next watermark
+    dst_messages: int = 0  # destination as listed by the march ...
+    dst_uidnext: int = 0
+    dst_consistent: bool = True  # ... when SELECT and the listing agreed
+    appended: list[int] = field(default_factory=list)  # ... and what this run changed there
+    unknown_uids: bool = False
+    expunged: int = 0
+    pool: Pool = field(default_factory=Pool)  # unaccounted destination messages, by SHA-256
+    extras: list[int] = field(default_factory=list)  # unaccounted destination UIDs not in the pool
+    pending_chunks: int = 0
+    transient: str | None = None  # set by the first chunk that hit a transient error
+    failed: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class MarchJob:
+    fp: FolderPlan
+    attempt: int = 1
+    not_before: float = 0.0
+
+
+@dataclass
+class ChunkJob:
+    run: FolderRun
+    metas: list[MessageMeta]
+
+
+def close_quietly(store: Store) -> None:
+    try:
+        store.close()
+    except Exception:
+        pass
+
+
+class Connections:
+    """A worker's own pair of connections, opened lazily, dropped on transient errors."""
+
+    def __init__(self, open_src, open_dst):
+        self._open_src, self._open_dst = open_src, open_dst
+        self._src: Store | None = None
+        self._dst: Store | None = None
+
+    def src(self) -> Store:
+        if self._src is None:
+            self._src = self._open_src()
+        return self._src
+
+    def dst(self) -> Store:
+        if self._dst is None:
+            self._dst = self._open_dst()
+        return self._dst
+
+    def select_src(self, folder: Folder):
+        return self.src().select(folder, readonly=True)
+
+    def select_dst(self, folder: Folder, readonly: bool = True):
+        return self.dst().select(folder, readonly=readonly)
+
+    def drop(self) -> None:
+        for store in (self._src, self._dst):
+            if store is not None:
+                close_quietly(store)
+        self._src = self._dst = None
+
+    def close(self) -> None:
+        self.drop()

@@ -1,0 +1,119 @@
+"""The march of one folder, as pure functions: source + destination + checkpoint -> what to do.
+
+No I/O here (the engine lists, fetches and acts), so the decisions are unit-tested.
+
+A source message is *settled* when the checkpoint says it was copied (or adopted)
+into the destination folder with the destination's current UIDVALIDITY and that
+destination UID still exists. Everything else is copied, unless an identical
+message (same SHA-256 of the bytes) is in the *pool*: destination messages the
+checkpoint cannot account for. The pool is a multiset: each destination message
+is adopted at most once, so two identical source messages need two identical
+destination messages.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from migrator.checkpoint import ALTERED, DONE, FAILED, Row
+from migrator.engine.verify import date_instant
+from migrator.stores.base import MessageMeta
+
+
+def copy_flags(meta: MessageMeta, include_deleted: bool) -> tuple[str, ...]:
+    return meta.flags if include_deleted else tuple(f for f in meta.flags if f != "\\Deleted")
+
+
+@dataclass
+class Decision:
+    to_copy: list[MessageMeta] = field(default_factory=list)
+    flag_updates: list[tuple[MessageMeta, MessageMeta]] = field(default_factory=list)  # (source, destination)
+    already: int = 0
+    deleted_skipped: int = 0
+    failed_earlier: list[tuple[int, str]] = field(default_factory=list)  # (source UID, reason): not retried
+    altered: list[tuple[int, str]] = field(default_factory=list)
+    unaccounted: list[MessageMeta] = field(default_factory=list)  # destination messages no row points to
+    claims: list[Row] = field(default_factory=list)  # done rows without a destination UID (no UIDPLUS)
+
+
+def decide(src_msgs: list[MessageMeta], dst_msgs: list[MessageMeta], rows: dict[int, Row], dst_uidvalidity: int,
+           *, include_deleted: bool, sync_flags: bool, retry_failed: bool) -> Decision:
+    d = Decision()
+    dst_by_uid = {m.uid: m for m in dst_msgs}
+    accounted: set[int] = set()
+    for m in src_msgs:
+        if m.deleted and not include_deleted:
+            d.deleted_skipped += 1
+            continue
+        row = rows.get(m.uid)
+        if row is not None and row.dst_uidvalidity == dst_uidvalidity:
+            if row.status in (DONE, ALTERED) and (row.dst_uid is None or row.dst_uid in dst_by_uid):
+                if row.dst_uid is None:
+                    d.claims.append(row)
+                elif row.dst_uid not in accounted:
+                    accounted.add(row.dst_uid)
+                    have = dst_by_uid[row.dst_uid]
+                    if sync_flags and set(copy_flags(m, include_deleted)) != set(have.flags):
+                        d.flag_updates.append((m, have))
+                d.already += 1
+                if row.status == ALTERED:
+                    d.altered.append((m.uid, row.reason or "altered by the destination"))
+                continue
+            if row.status == FAILED and not retry_failed:
+                d.failed_earlier.append((m.uid, row.reason or "failed"))
+                continue
+        d.to_copy.append(m)
+    d.unaccounted = [m for m in dst_msgs if m.uid not in accounted]
+    return d
+
+
+class Pool:
+    """Unaccounted destination messages by SHA-256; take() adopts each one at most once.
+
+    Among identical candidates the one with the same INTERNALDATE and flags is
+    preferred, then the same date, then the lowest UID (stable across reruns).
+    Shared by the chunks of one folder, hence the lock.
+    """
+
+    def __init__(self) -> None:
+        self._by_digest: dict[str, list[MessageMeta]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, digest: str, meta: MessageMeta) -> None:
+        with self._lock:
+            self._by_digest.setdefault(digest, []).append(meta)
+
+    def take(self, digest: str, want: MessageMeta | None = None) -> MessageMeta | None:
+        with self._lock:
+            cands = self._by_digest.get(digest)
+            if not cands:
+                return None
+            when = date_instant(want.internaldate) if want else None
+
+            def rank(c: MessageMeta):
+                same_date = want is not None and date_instant(c.internaldate) == when
+                same_flags = want is not None and set(c.flags) == set(want.flags)
+                return (not same_date, not same_flags, c.uid)
+
+            best = min(cands, key=rank)
+            cands.remove(best)
+            return best
+
+    def leftovers(self) -> list[int]:
+        with self._lock:
+            return sorted(m.uid for ms in self._by_digest.values() for m in ms)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(v) for v in self._by_digest.values())
+
+
+def pool_candidates(unaccounted: list[MessageMeta], wanted_sizes: set[int]) -> tuple[list[MessageMeta], list[MessageMeta]]:
+    """Split unaccounted destination messages into those worth fingerprinting (a size we look for) and the rest.
+
+    A message can only be identical to one of the same size, so a clean first run fetches nothing.
+    """
+    cands = [m for m in unaccounted if m.size in wanted_sizes]
+    rest = [m for m in unaccounted if m.size not in wanted_sizes]
+    return cands, rest

@@ -1,0 +1,204 @@
+"""Checkpoint store, march decisions, the adoption pool and error classification: no server needed."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from migrator.checkpoint import DONE, FAILED, PENDING, Checkpoint, Intent, Watermark
+from migrator.engine.jobs import EngineOptions
+from migrator.engine.march import Pool, decide, pool_candidates
+from migrator.errors import StateError
+from migrator.stores.base import MessageMeta
+from migrator.stores.imap import FOLDER, MESSAGE, TRANSIENT, classify
+
+INBOX = ("INBOX",)
+DATE = "14-Mar-2019 15:09:26 +0000"
+
+
+def meta(uid, size=100, flags=(), date=DATE):
+    return MessageMeta(uid, size, tuple(sorted(flags)), date)
+
+
+# -- checkpoint file ---------------------------------------------------------------------------
+
+
+def test_intent_then_confirm_round_trip(tmp_path):
+    path = str(tmp_path / "s.sqlite")
+    ck = Checkpoint(path)
+    ck.record_intents(INBOX, 7, INBOX, 9, [Intent(1, 10, "aa", ("\\Seen",)), Intent(2, 20, "bb", ())])
+    rows = ck.rows(INBOX, 7, INBOX)
+    assert {r.status for r in rows.values()} == {PENDING} and rows[1].dst_uid is None
+    ck.record_done(INBOX, 7, INBOX, 9, [(Intent(1, 10, "aa", ("\\Seen",)), 41)])
+    ck.record_failed(INBOX, 7, INBOX, 9, Intent(2, 20, "bb", ()), "rejected: [OVERQUOTA]")
+    ck.close()
+    ck = Checkpoint(path)  # survives a reopen
+    rows = ck.rows(INBOX, 7, INBOX)
+    assert (rows[1].status, rows[1].dst_uid, rows[1].flags) == (DONE, 41, ("\\Seen",))
+    assert rows[2].status == FAILED and "OVERQUOTA" in rows[2].reason
+    assert ck.rows(INBOX, 8, INBOX) == {}  # another UIDVALIDITY: nothing known
+    assert ck.failed() == [(INBOX, 2, "rejected: [OVERQUOTA]")]
+    ck.close()
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+
+
+def test_watermark_round_trip_and_drop(tmp_path):
+    ck = Checkpoint(str(tmp_path / "s.sqlite"))
+    wm = Watermark(EngineOptions().key(), 1, 5, 4, 10, 2, 7, 4, 12, settled=4, skipped_deleted=0)
+    assert ck.watermark(INBOX, INBOX) is None
+    ck.set_watermark(INBOX, INBOX, wm)
+    assert ck.watermark(INBOX, INBOX) == wm
+    ck.set_watermark(INBOX, INBOX, None)
+    assert ck.watermark(INBOX, INBOX) is None
+    ck.close()
+
+
+@pytest.mark.parametrize("content", [b"not a database at all" * 50, b""])
+def test_garbage_state_file_is_refused_with_the_way_out(tmp_path, content):
+    path = tmp_path / "s.sqlite"
+    path.write_bytes(content)
+    if not content:  # an empty file is a state that was never written: it is simply started
+        Checkpoint(str(path)).close()
+        return
+    with pytest.raises(StateError) as e:
+        Checkpoint(str(path))
+    assert "not a migrator state file" in str(e.value) and "--reset-state" in e.value.hint
+    assert path.read_bytes() == content  # left untouched
+
+
+def test_foreign_sqlite_database_is_refused_untouched(tmp_path):
+    path = tmp_path / "other.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE t (x)")
+    db.commit()
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(StateError, match="not a migrator state file"):
+        Checkpoint(str(path))
+    assert path.read_bytes() == before  # not even switched to WAL
+
+
+def test_state_of_another_account_pair_is_refused(tmp_path):
+    path = str(tmp_path / "s.sqlite")
+    ck = Checkpoint(path)
+    ck.bind("a@one", "b@two")
+    ck.close()
+    ck = Checkpoint(path)
+    ck.bind("a@one", "b@two")
+    with pytest.raises(StateError, match="belongs to another migration") as e:
+        ck.bind("a@one", "c@three")
+    assert "--reset-state" in e.value.hint
+    ck.close()
+
+
+def test_second_process_is_locked_out(tmp_path):
+    path = str(tmp_path / "s.sqlite")
+    ck = Checkpoint(path)
+    code = (
+        "import sys\nfrom migrator.checkpoint import Checkpoint\nfrom migrator.errors import StateError\n"
+        f"try:\n    Checkpoint({path!r})\nexcept StateError as e:\n    print(e); sys.exit(7)\n"
+    )
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    ck.close()
+    assert other.returncode == 7 and "in use by another migrator process" in other.stdout
+    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stdout + again.stderr  # free once the first one is closed
+
+
+# -- march decisions -----------------------------------------------------------------------------
+
+
+def _row_done(uid, dst_uid, dst_uidvalidity=9, status=DONE, flags=(), sha="x"):
+    from migrator.checkpoint import Row
+
+    return Row(uid, dst_uidvalidity, dst_uid, 100, sha, flags, status, "why" if status == FAILED else None)
+
+
+def _decide(src, dst, rows, validity=9, **kw):
+    opts = dict(include_deleted=False, sync_flags=True, retry_failed=False)
+    opts.update(kw)
+    return decide(src, dst, rows, validity, **opts)
+
+
+def test_decide_settled_copied_and_unaccounted():
+    src = [meta(1, flags=["\\Seen"]), meta(2), meta(3), meta(4, flags=["\\Deleted"])]
+    dst = [meta(10), meta(11), meta(12)]
+    rows = {1: _row_done(1, 10), 2: _row_done(2, 99)}  # 2's copy was removed from the destination
+    d = _decide(src, dst, rows)
+    assert [m.uid for m in d.to_copy] == [2, 3]
+    assert d.already == 1 and d.deleted_skipped == 1
+    assert [(s.uid, t.uid) for s, t in d.flag_updates] == [(1, 10)]  # \Seen set on the source since
+    assert [m.uid for m in d.unaccounted] == [11, 12]
+    assert not _decide(src, dst, rows, sync_flags=False).flag_updates
+
+
+def test_decide_ignores_rows_of_another_destination_uidvalidity():
+    d = _decide([meta(1)], [meta(10)], {1: _row_done(1, 10, dst_uidvalidity=8)})
+    assert [m.uid for m in d.to_copy] == [1] and [m.uid for m in d.unaccounted] == [10]
+
+
+def test_decide_failed_rows_wait_for_retry_failed():
+    rows = {1: _row_done(1, None, status=FAILED)}
+    assert _decide([meta(1)], [], rows).failed_earlier == [(1, "why")]
+    assert [m.uid for m in _decide([meta(1)], [], rows, retry_failed=True).to_copy] == [1]
+
+
+def test_decide_pending_intent_is_copied_again_unless_found_in_the_pool():
+    rows = {1: _row_done(1, None, status=PENDING)}
+    d = _decide([meta(1)], [meta(10)], rows)
+    assert [m.uid for m in d.to_copy] == [1] and [m.uid for m in d.unaccounted] == [10]
+
+
+def test_decide_done_without_uid_becomes_a_claim():
+    d = _decide([meta(1)], [meta(10)], {1: _row_done(1, None)})
+    assert d.already == 1 and [r.src_uid for r in d.claims] == [1] and not d.to_copy
+
+
+def test_pool_candidates_only_same_sizes():
+    cands, rest = pool_candidates([meta(1, 10), meta(2, 20), meta(3, 30)], {20, 30})
+    assert [m.uid for m in cands] == [2, 3] and [m.uid for m in rest] == [1]
+
+
+def test_pool_is_a_multiset_preferring_same_date_and_flags():
+    pool = Pool()
+    pool.add("h", meta(5, date="01-Jan-2020 00:00:00 +0000"))
+    pool.add("h", meta(3, flags=["\\Seen"]))
+    pool.add("h", meta(4))
+    assert pool.take("other") is None
+    assert pool.take("h", meta(1)).uid == 4  # same date, same (no) flags
+    assert pool.take("h", meta(2, flags=["\\Seen"])).uid == 3
+    assert pool.take("h", meta(9)).uid == 5  # what is left
+    assert pool.take("h", meta(9)) is None  # each destination message adopted once
+    assert len(pool) == 0 and pool.leftovers() == []
+
+
+# -- error classes ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, kind", [
+    ("NO [OVERQUOTA] Quota exceeded (mailbox for user is full)", MESSAGE),
+    ("NO [PARSE] Invalid message", MESSAGE),
+    ("NO [TOOBIG] Message too large", MESSAGE),
+    ("NO Message too big", MESSAGE),
+    ("NO [UNAVAILABLE] Temporary failure", TRANSIENT),
+    ("NO [THROTTLED] slow down", TRANSIENT),
+    ("NO [LIMIT] Too many commands", TRANSIENT),
+    ("NO [SERVERBUG] Internal error occurred", TRANSIENT),
+    ("NO [TRYCREATE] Mailbox doesn't exist: X", FOLDER),
+])
+def test_classify_server_answers(text, kind):
+    assert classify(text) == kind
+
+
+def test_crash_point_kills_the_process_at_the_nth_pass():
+    code = "from migrator.engine.crashpoints import crash\nfor i in range(5):\n    crash('x'); print(i, flush=True)\n"
+    env = {**os.environ, "MIGRATOR_TEST_CRASH_AT": "x:3"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == -9 and res.stdout.split() == ["0", "1"]
+    env.pop("MIGRATOR_TEST_CRASH_AT")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0 and len(res.stdout.split()) == 5
