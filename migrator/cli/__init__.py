@@ -49,16 +49,17 @@ def _print_error(e: MigratorError) -> None:
 
 
 def _click_or_bug(e: Exception) -> int:
+    """Typer's own click (typer._click) and plain click raise look-alike classes: test by shape."""
     import click
 
-    if isinstance(e, click.exceptions.Abort):
+    if isinstance(e, (typer.Abort, click.exceptions.Abort)):
         _print_error(Interrupted("interrupted", hint="run the same command again to resume where it stopped"))
         return EXIT_INTERRUPTED
-    if isinstance(e, click.ClickException):
-        print(f"migrator: error: {e.format_message()}", file=sys.stderr)
-        return EXIT_USAGE
-    if isinstance(e, click.exceptions.Exit):
+    if isinstance(e, (typer.Exit, click.exceptions.Exit)):
         return e.exit_code
+    if hasattr(e, "format_message"):  # ClickException: bad option, missing argument, out-of-range value
+        print(f"migrator: error: {e.format_message()} (see --help)", file=sys.stderr)
+        return EXIT_USAGE
     logging.getLogger("migrator").debug("unexpected error", exc_info=True)
     print(f"migrator: internal error: {type(e).__name__}: {e} (please report this; rerun with --debug for details)",
           file=sys.stderr)

@@ -109,3 +109,18 @@ def test_source_folder_vanished_before_run(src_account, dst_account, tmp_path):
     errors = {e["folder"]: e["reason"] for e in report["folder_errors"]}
     assert "Doomed" in errors and "Doomed" in errors["Doomed"]
     assert report["folders"]["Kept"]["copied"] == 1
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["migrate", "--no-such-option"], "No such option: --no-such-option"),
+        (["migrate"], "Missing argument"),
+        (["frobnicate"], "No such command"),
+        (["migrate", "imap://a@127.0.0.1", "imap://b@127.0.0.1", "--batch-mb", "0.01"], "--batch-mb"),
+        (["migrate", "imap://a@127.0.0.1", "imap://b@127.0.0.1", "--workers", "0"], "--workers"),
+    ],
+)
+def test_bad_command_lines(args, fragment):
+    res = migrator(*args)
+    assert_one_line(res, 2, fragment)
