@@ -7,6 +7,7 @@ secret is found (an env var name or a file path), never the secret itself.
 from __future__ import annotations
 
 import ipaddress
+import os
 import urllib.parse
 from dataclasses import dataclass
 
@@ -51,8 +52,16 @@ class Endpoint:
         return self.url()
 
 
+# TEST-ONLY seam: a comma-separated list of hosts to treat as remote, so the
+# STARTTLS rule can be proven against a local test server. Never set it otherwise.
+TEST_NONLOCAL_ENV = "MIGRATOR_TEST_NONLOCAL_HOSTS"
+
+
 def is_loopback_host(host: str) -> bool:
     """True for 127.0.0.0/8, ::1 and 'localhost': traffic that never leaves the machine."""
+    nonlocal_hosts = os.environ.get(TEST_NONLOCAL_ENV, "")
+    if host.lower() in {h.strip().lower() for h in nonlocal_hosts.split(",") if h.strip()}:
+        return False
     if host.lower() in ("localhost", "localhost.localdomain"):
         return True
     try:

@@ -8,9 +8,20 @@ from typing import Any
 
 
 def ensure_private_dir(path: str) -> None:
+    """Create PATH and any missing parents with mode 0700 (existing directories are left alone).
+
+    os.makedirs(mode=...) applies the mode to the last level only (Python >= 3.7),
+    so the missing levels are created one by one here.
+    """
     if not path or os.path.isdir(path):
         return
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    parent = os.path.dirname(os.path.abspath(path))
+    if parent != os.path.abspath(path):
+        ensure_private_dir(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
 
 
 def write_private(path: str, data: str | bytes) -> None:

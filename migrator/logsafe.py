@@ -11,8 +11,9 @@ import logging
 import re
 import sys
 
-_LOGIN = re.compile(r"(LOGIN\s+\S+\s+)(\"(?:[^\"\\]|\\.)*\"|\S+)", re.I)
-_AUTH = re.compile(r"(AUTHENTICATE\s+\S+)(\s+\S+)?", re.I)
+# Lookbehind: the LOGIN command, not "Pre-login capabilities" in a server greeting.
+_LOGIN = re.compile(r"(?<![\w-])(LOGIN\s+\S+\s+)(\"(?:[^\"\\]|\\.)*\"|\S+)", re.I)
+_AUTH = re.compile(r"(?<![\w-])(AUTHENTICATE\s+\S+)(\s+\S+)?", re.I)
 _B64_LINE = re.compile(r"^(?:>\s*)?b?['\"]?[A-Za-z0-9+/=]{16,}['\"]?$")
 
 
@@ -33,9 +34,17 @@ class SecretMaskFilter(logging.Filter):
         return True
 
 
+class _LowerLevelFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelname = record.levelname.lower()
+        return super().format(record)
+
+
 def configure_logging(debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(name)s: %(message)s"))
+    # Without --debug only warnings show: make them read like our other messages.
+    fmt = "%(asctime)s %(threadName)s %(name)s: %(message)s" if debug else "migrator: %(levelname)s: %(message)s"
+    handler.setFormatter(_LowerLevelFormatter(fmt))
     handler.addFilter(SecretMaskFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -52,44 +52,69 @@ def read_password_file(path: str) -> str:
         return fh.readline().rstrip("\r\n")
 
 
-def _from_keyring(service_user: str) -> str | None:
+KEYRING_SERVICE = "migrator"
+
+
+def keyring_name(user: str, host: str) -> str:
+    """The keyring entry of an account: service 'migrator', user name 'USER@HOST'."""
+    return f"{user}@{host}"
+
+
+def _from_keyring(name: str) -> str | None:
     try:
         import keyring  # optional dependency
     except ImportError:
         return None
     try:
-        return keyring.get_password("migrator", service_user)
+        return keyring.get_password(KEYRING_SERVICE, name)
     except Exception:  # no backend, locked keyring: fall through to the next source
         return None
 
 
-def get_password(source: SecretSource, account_label: str, interactive: bool | None = None) -> str:
-    """Return the password for one side, or raise UsageError saying how to give it."""
+def get_password(source: SecretSource, account_label: str, keyring_user: str | None = None,
+                 interactive: bool | None = None) -> str:
+    """Return the password for one side, or raise UsageError saying how to give it.
+
+    Sources, first match wins: the password file, the environment variable, the
+    keyring (entry KEYRING_SERVICE / keyring_user), a prompt when stdin is a TTY.
+    """
     if source.password_file:
         return read_password_file(source.password_file)
     value = os.environ.get(env_var(source.role))
     if value:
         return value
-    value = _from_keyring(account_label)
+    value = _from_keyring(keyring_user) if keyring_user else None
     if value:
         return value
     if interactive is None:
         interactive = sys.stdin.isatty()
-    if interactive:
+    if interactive:  # never in scripts or CI: stdin is not a terminal there
         return getpass.getpass(f"Password for {account_label}: ")
     raise UsageError(
         f"no password for {account_label}",
-        hint=f"set {env_var(source.role)}, or use --{source.role}-password-file FILE",
+        hint=f"set {env_var(source.role)}, use --{source.role}-password-file FILE, "
+        f"or store it with: keyring set {KEYRING_SERVICE} {keyring_user or account_label}",
     )
 
 
 def run_token_command(cmd: str) -> str:
-    """Run the user's OAuth2 token command; its first output line is the access token."""
+    """Run the user's OAuth2 token command; the first line it prints is the access token.
+
+    Its stderr is passed through (it may need to tell the user something) but
+    never parsed or repeated in our messages; the passwords of the run are not
+    passed to it.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in (env_var("src"), env_var("dst"))}
     try:
-        out = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=120)
+        out = subprocess.run(cmd, shell=True, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                             text=True, timeout=120, env=env)
     except subprocess.TimeoutExpired:
         raise ConnectionFailed("the OAuth2 token command did not finish within 120 s") from None
-    token = out.stdout.strip().splitlines()[0] if out.stdout.strip() else ""
+    lines = out.stdout.strip().splitlines()
+    token = lines[0].strip() if lines else ""
     if out.returncode != 0 or not token:
-        raise ConnectionFailed(f"the OAuth2 token command failed (exit {out.returncode}) and printed no token")
+        raise ConnectionFailed(
+            f"the OAuth2 token command failed (exit {out.returncode}){'' if token else ' and printed no token'}",
+            hint="run it by hand to see why",
+        )
     return token

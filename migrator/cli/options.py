@@ -12,13 +12,13 @@ from migrator.stores import Connector
 
 SrcPwFile = Annotated[Optional[str], typer.Option("--src-password-file", help="File holding the source password (mode 0600).")]
 DstPwFile = Annotated[Optional[str], typer.Option("--dst-password-file", help="File holding the destination password (mode 0600).")]
-CaFile = Annotated[Optional[str], typer.Option("--ca-file", help="PEM file of CA certificates to trust (private CA).")]
+CaFile = Annotated[Optional[str], typer.Option("--ca-file", help="PEM file of extra CA certificates to trust (private CA), added to the system store.")]
 Insecure = Annotated[bool, typer.Option("--insecure", help="Do not verify TLS certificates (test servers only).")]
-AllowPlain = Annotated[bool, typer.Option("--allow-plaintext", help="Allow logging in without TLS to a non-loopback host.")]
+AllowPlain = Annotated[bool, typer.Option("--allow-plaintext", help="Allow logging in without TLS to a non-loopback host whose server offers no STARTTLS.")]
 SrcAuthUser = Annotated[Optional[str], typer.Option("--src-auth-user", help="Admin/master user to authenticate as on the source.")]
 DstAuthUser = Annotated[Optional[str], typer.Option("--dst-auth-user", help="Admin/master user to authenticate as on the destination.")]
-SrcToken = Annotated[Optional[str], typer.Option("--src-oauth2-token-cmd", help="Command printing an OAuth2 access token for the source.")]
-DstToken = Annotated[Optional[str], typer.Option("--dst-oauth2-token-cmd", help="Command printing an OAuth2 access token for the destination.")]
+SrcToken = Annotated[Optional[str], typer.Option("--src-oauth2-token-cmd", help="Command printing an OAuth2 access token for the source (XOAUTH2/OAUTHBEARER); re-run when the token is rejected.")]
+DstToken = Annotated[Optional[str], typer.Option("--dst-oauth2-token-cmd", help="Command printing an OAuth2 access token for the destination; re-run when the token is rejected.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, summary only on failure (for cron).")]
 Debug = Annotated[bool, typer.Option("--debug", help="Log the IMAP protocol to stderr (passwords masked).")]
 DryRun = Annotated[bool, typer.Option("--dry-run", "-n", help="Show what would be done; change nothing anywhere.")]
@@ -31,6 +31,23 @@ NoSyncFlags = Annotated[bool, typer.Option("--no-sync-flags", help="On reruns, d
 DeleteExtra = Annotated[bool, typer.Option("--delete-extra", help="Mirror: delete destination messages that are not on the source.")]
 RetryFailed = Annotated[bool, typer.Option("--retry-failed", help="Try again messages that failed permanently in an earlier run.")]
 BatchMB = Annotated[float, typer.Option("--batch-mb", min=0.1, help="Bytes per FETCH/APPEND batch, in MB (bounds memory).")]
+MaxBps = Annotated[Optional[float], typer.Option("--max-bytes-per-second", min=1, help="Limit the whole run to this many message bytes per second.")]
+MaxMps = Annotated[Optional[float], typer.Option("--max-messages-per-second", min=0.01, help="Limit the whole run to this many messages per second.")]
+MaxConns = Annotated[int, typer.Option("--max-connections-per-host", min=1, help="Open connections per host, all workers together (Gmail allows 15).")]
+
+# Mapping options (planner rules; see `migrator plan --help` for their order).
+MapOpt = Annotated[Optional[list[str]], typer.Option("--map", help="Rename a folder and its subfolders: 'Old Name=New/Name' (repeatable).")]
+IncludeOpt = Annotated[Optional[list[str]], typer.Option("--include", help="Copy only folders whose '/'-joined name matches this glob (repeatable).")]
+ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", help="Skip folders whose '/'-joined name matches this glob (repeatable; beats --include).")]
+FolderOpt = Annotated[Optional[list[str]], typer.Option("--folder", help="Copy only this folder; 'NAME/*' for NAME and its subtree (repeatable).")]
+PresetOpt = Annotated[Optional[list[str]], typer.Option("--preset", help="Apply a preset: gmail, office365 (repeatable).")]
+SubscribeOpt = Annotated[str, typer.Option("--subscribe", help="Subscribe destination folders: 'source' (as on the source), 'all' or 'none'.")]
+
+
+def planning(maps, include, exclude, folders, presets, subscribe):
+    from migrator.planner import planning_options
+
+    return planning_options(maps or (), include or (), exclude or (), folders or (), presets or (), subscribe)
 
 
 def connectors(src_url: str, dst_url: str, *, src_password_file, dst_password_file, ca_file, insecure,
@@ -39,6 +56,24 @@ def connectors(src_url: str, dst_url: str, *, src_password_file, dst_password_fi
     common = dict(ca_file=ca_file, insecure=insecure, allow_plaintext=allow_plaintext)
     src = Connector(src_ep, SecretSource("src", src_password_file, src_token_cmd), auth_user=src_auth_user, **common)
     dst = Connector(dst_ep, SecretSource("dst", dst_password_file, dst_token_cmd), auth_user=dst_auth_user, **common)
+    if insecure:
+        typer.echo("warning: --insecure: TLS certificates are NOT verified", err=True)
+    return src, dst
+
+
+def plan_connectors(plan, *, src_password_file, dst_password_file, ca_file, insecure, allow_plaintext,
+                    src_auth_user, dst_auth_user, src_token_cmd, dst_token_cmd) -> tuple[Connector, Connector]:
+    """Connectors for a plan read from a file: its secret sources, unless the command line names others."""
+    def secret(role, side, pw_file, token_cmd):
+        if pw_file or token_cmd:
+            return SecretSource(role, pw_file, token_cmd)
+        return SecretSource(role, side.get("password_file"), side.get("oauth2_token_cmd"))
+
+    common = dict(ca_file=ca_file, insecure=insecure, allow_plaintext=allow_plaintext)
+    src = Connector(plan.source, secret("src", plan.source_secret, src_password_file, src_token_cmd),
+                    auth_user=src_auth_user, **common)
+    dst = Connector(plan.destination, secret("dst", plan.destination_secret, dst_password_file, dst_token_cmd),
+                    auth_user=dst_auth_user, **common)
     if insecure:
         typer.echo("warning: --insecure: TLS certificates are NOT verified", err=True)
     return src, dst

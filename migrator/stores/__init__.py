@@ -7,8 +7,18 @@ from dataclasses import dataclass, field
 
 from migrator.accounts import Endpoint
 from migrator.errors import UsageError
-from migrator.secrets import SecretSource, get_password, run_token_command
+from migrator.secrets import SecretSource, get_password, keyring_name, run_token_command
 from migrator.stores.base import Store
+
+# --max-connections-per-host: one semaphore per host name for the whole process,
+# shared by both sides and all workers (Gmail allows 15 connections per account).
+_host_slots: dict[str, threading.BoundedSemaphore] = {}
+_host_slots_lock = threading.Lock()
+
+
+def _slots(host: str, limit: int) -> threading.BoundedSemaphore:
+    with _host_slots_lock:
+        return _host_slots.setdefault(host.lower(), threading.BoundedSemaphore(limit))
 
 
 @dataclass
@@ -26,6 +36,7 @@ class Connector:
     allow_plaintext: bool = False
     auth_user: str | None = None
     timeout: float = 120.0
+    max_connections: int | None = None  # per host, None: unlimited
     _creds: object = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -38,11 +49,40 @@ class Connector:
                     cmd = self.secret.oauth2_token_cmd
                     self._creds = Credentials(token=lambda: run_token_command(cmd))
                 else:
-                    password = get_password(self.secret, self.endpoint.url())
+                    ep = self.endpoint
+                    password = get_password(self.secret, ep.url(), keyring_user=keyring_name(ep.user, ep.host))
                     self._creds = Credentials(password=lambda: password)
             return self._creds
 
     def open(self) -> Store:
+        """A new connection; waits for a free slot under --max-connections-per-host."""
+        if not self.max_connections or not self.endpoint.is_network:
+            return self._open()
+        slots = _slots(self.endpoint.host, self.max_connections)
+        if not slots.acquire(timeout=self.timeout):
+            from migrator.errors import ConnectionFailed
+
+            raise ConnectionFailed(f"no free connection to {self.endpoint.host} within {self.timeout:.0f} s "
+                                   f"(--max-connections-per-host {self.max_connections})")
+        try:
+            store = self._open()
+        except BaseException:
+            slots.release()
+            raise
+        close, released = store.close, []
+
+        def close_and_release() -> None:
+            try:
+                close()
+            finally:
+                if not released:
+                    released.append(True)
+                    slots.release()
+
+        store.close = close_and_release
+        return store
+
+    def _open(self) -> Store:
         scheme = self.endpoint.scheme
         if scheme in ("imap", "imaps"):
             from migrator.stores.imap import ConnectOptions, ImapStore
@@ -56,4 +96,16 @@ class Connector:
                 oauth2_token_cmd=self.secret.oauth2_token_cmd,
             )
             return ImapStore(self.endpoint, self._credentials(), opts)
+        if scheme in ("pop3", "pop3s"):
+            from migrator.stores.imap import ConnectOptions
+            from migrator.stores.pop3 import Pop3Store
+
+            opts = ConnectOptions(ca_file=self.ca_file, insecure=self.insecure,
+                                  allow_plaintext=self.allow_plaintext, timeout=self.timeout)
+            return Pop3Store(self.endpoint, self._credentials(), opts)
+        if scheme == "archive":
+            from migrator.stores.archive import ArchiveStore
+
+            # A source archive must exist; a destination archive is created on first use.
+            return ArchiveStore(self.endpoint.path, create=self.secret.role == "dst")
         raise UsageError(f"{self.endpoint.url()}: {scheme}:// is not supported yet")
