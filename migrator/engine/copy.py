@@ -140,7 +140,7 @@ class Engine:
                     existing.add(fp.destination)
                     continue
                 try:
-                    dst.create_folder(fp.destination)
+                    dst.create_folder(fp.destination, special_use=fp.special_use)
                 except FolderError as e:
                     self.stats.folder_failed(fp.source, str(e))
                     fp.action = "failed"

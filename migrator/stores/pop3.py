@@ -175,7 +175,7 @@ class Pop3Store:
             body = b"".join(line + b"\r\n" for line in lines)
             yield Message(MessageMeta(uid, len(body), (), ""), body)
 
-    def create_folder(self, name: Folder) -> None:
+    def create_folder(self, name: Folder, special_use: str | None = None) -> None:
         raise UsageError("POP3 is read-only: it can only be a source")
 
     def subscribe(self, name: Folder) -> None:

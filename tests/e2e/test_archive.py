@@ -23,6 +23,7 @@ def _seed_mixed(account) -> None:
     rig.seed(account, ["Archive", "2020"], [(raw, flag_sets[i % 4], dt(i)) for i, (_p, raw) in enumerate(corpus[60:])])
     rig.seed(account, ["Dups"], [(simple_message(1), (), dt(1))] * 3)
     rig.create_folder(account, ["Empty"], subscribe=True)
+    rig.seed(account, ["Sent"], [(simple_message(2), ("\\Seen",), dt(2))])  # special-use \Sent on this server
 
 
 def test_backup_verify_restore_roundtrip(src_account, new_account, tmp_path):
@@ -43,6 +44,15 @@ def test_backup_verify_restore_roundtrip(src_account, new_account, tmp_path):
     data_files = list((archive / "data").iterdir())
     assert data_files and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in data_files)
     assert sum(f.stat().st_size for f in data_files) < report["totals"]["copied_bytes"]
+
+    from migrator.stores.archive import ArchiveStore
+
+    arc = ArchiveStore(str(archive), create=False, readonly=True)
+    try:
+        special = {f.name: f.special_use for f in arc.list_folders()}
+    finally:
+        arc.close()
+    assert special[("Sent",)] == "\\Sent"  # kept, so a restore can map it onto the new server's Sent
 
     ok = migrator("verify", src_account.url, url, src=src_account)
     assert ok.code == 0, ok.text
