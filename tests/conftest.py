@@ -67,7 +67,7 @@ def new_account(dovecot_slash, dovecot_dot):
     """Factory: new_account(instance='slash'|'dot', prefix='u', quota=None) -> Account."""
     instances = {"slash": dovecot_slash, "dot": dovecot_dot}
 
-    def make(instance: str = "slash", prefix: str = "u", quota=None) -> Account:
-        return instances[instance].new_user(prefix, quota=quota)
+    def make(instance: str = "slash", prefix: str = "u", quota=None, max_mail_size=None) -> Account:
+        return instances[instance].new_user(prefix, quota=quota, max_mail_size=max_mail_size)
 
     return make

@@ -354,6 +354,8 @@ service imap {{
         if quota is None and info.get("had_quota"):
             quota = "0"  # explicit unlimited; see top: maildirsize keeps old limits
         extra = f"userdb_quota_rule=*:storage={quota}" if quota else ""
+        if info.get("max_mail_size"):  # per-message size limit: APPEND answers NO [LIMIT]
+            extra = f"{extra} userdb_quota_max_mail_size={info['max_mail_size']}".strip()
         home = self.mail_dir / user
         # user:password:uid:gid:gecos:home:shell:extra_fields
         line = f"{user}:{{PLAIN}}{info['password']}::::{home}::{extra}\n"
@@ -537,13 +539,15 @@ service imap {{
         return len(pids)
 
     # ----------------------------------------------------------------- users
-    def new_user(self, prefix: str = "u", quota: Optional[str] = None) -> Account:
+    def new_user(self, prefix: str = "u", quota: Optional[str] = None,
+                 max_mail_size: Optional[str] = None) -> Account:
         with _counter_lock:
             n = next(_user_counter)
         user = f"{prefix}{worker_id()}n{n}{secrets.token_hex(2)}"
         password = secrets.token_urlsafe(12).replace(":", "x")
         with self._lock:
-            self._users[user] = {"password": password, "quota": quota, "had_quota": bool(quota)}
+            self._users[user] = {"password": password, "quota": quota, "had_quota": bool(quota),
+                                 "max_mail_size": max_mail_size}
             self._write_passwd(user)
         return Account(port=self.port, imaps_port=self.imaps_port, pop3_port=self.pop3_port,
                        user=user, password=password, separator=self.separator,

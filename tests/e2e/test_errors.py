@@ -124,3 +124,19 @@ def test_source_folder_vanished_before_run(src_account, dst_account, tmp_path):
 def test_bad_command_lines(args, fragment):
     res = migrator(*args)
     assert_one_line(res, 2, fragment)
+
+
+def test_too_big_message_is_rejected_for_good_not_retried(src_account, new_account, tmp_path):
+    """Dovecot's per-message size limit answers NO [LIMIT]: a message error, not throttling."""
+    dst = new_account("slash", max_mail_size="100k")
+    big = simple_message(1, body="y" * 200_000)
+    rig.seed(src_account, ["INBOX"], [big] + [simple_message(i) for i in range(2, 5)])
+    res, report = migrate(src_account, dst, tmp_path)
+    assert res.code == 1, res.text
+    assert report["totals"]["copied"] == 3
+    assert len(report["failures"]) == 1
+    assert report["failures"][0]["reason"].startswith("rejected by the destination: [LIMIT] Mail size is larger")
+    assert not report["folder_errors"] and report["elapsed_seconds"] < 30  # not retried with backoff
+    again, report2 = migrate(src_account, dst, tmp_path, report="r2.json")
+    assert again.code == 1 and report2["totals"]["copied"] == 0
+    assert "--retry-failed" in report2["failures"][0]["reason"]
