@@ -17,7 +17,8 @@ from migrator.engine.verify import verify
 from migrator.errors import UsageError
 from migrator.fsutil import write_json
 from migrator.plan import Plan
-from migrator.planner import plan_folders
+from migrator.naming import Folder, display
+from migrator.planner import PlanningOptions, invalid_destination, plan_folders
 from migrator.progress import Progress
 from migrator.report import render_run, render_verify, run_report, verify_report
 from migrator.stats import Stats
@@ -45,23 +46,70 @@ def default_state_path(plan: Plan) -> str:
         return root + ".state.sqlite"
     key = f"{plan.source.url()} -> {plan.destination.url()}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in f"{plan.source.user}@{plan.source.host}")
+    label = f"{plan.source.user}@{plan.source.host}" if plan.source.is_network else os.path.basename(plan.source.path)
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
     return os.path.join(state_dir(), f"{safe}-{digest}.sqlite")
 
 
-def build_plan(plan: Plan, src: Connector, dst: Connector) -> Plan:
+def _identity(ep) -> str:
+    """Which mailbox a state file belongs to: user and host (not scheme or port, which may change)."""
+    return ep.url() if ep.scheme == "archive" else f"{ep.user}@{ep.host}"
+
+
+def build_plan(plan: Plan, src: Connector, dst: Connector, opts: PlanningOptions | None = None) -> Plan:
     s, d = src.open(), dst.open()
     try:
-        return plan_folders(s, d, plan)
+        return plan_folders(s, d, plan, opts)
     finally:
         s.close()
         d.close()
 
 
+def check_plan(plan: Plan, src: Connector, dst: Connector, delete_extra: bool = False) -> list[tuple[Folder, str]]:
+    """Before running a plan (also an edited one): refuse what cannot be right, report what changed.
+
+    Raises UsageError (with file and line) for colliding destinations, names the
+    destination server cannot hold, and --delete-extra on a merged folder.
+    Returns the planned source folders that no longer exist, as folder errors;
+    they are taken out of the run. (A changed UIDVALIDITY is reported by the engine.)
+    """
+    from migrator.plan_io import dest_line
+
+    plan.check_collisions()
+    if delete_extra:
+        merged = next((fp for fp in plan.copying() if fp.merge), None)
+        if merged:
+            raise UsageError(
+                f"{plan.where(merged)}--delete-extra cannot be used with merge = true: "
+                f"it would delete the other folder's messages from '{display(merged.destination)}'"
+            )
+    s, d = src.open(), dst.open()
+    try:
+        for fp in plan.copying():
+            reason = invalid_destination(fp.destination, d.separator)
+            if reason:
+                raise UsageError(f"{dest_line(plan, fp)}destination '{display(fp.destination)}' is not valid on "
+                                 f"{plan.destination.url()}: {reason}")
+        listed = {f.name: f for f in s.list_folders()}
+    finally:
+        s.close()
+        d.close()
+    errors = []
+    for fp in plan.copying():
+        info = listed.get(fp.source)
+        if info is None or not info.selectable:
+            errors.append((fp.source, f"{plan.where(fp)}source folder '{display(fp.source)}' no longer exists "
+                                      f"(it was planned with {fp.messages or 0} messages); nothing copied"))
+            fp.action = "vanished"
+    return errors
+
+
 def execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, command: str,
-            print_fn=print) -> dict:
+            print_fn=print, folder_errors: list[tuple[Folder, str]] = ()) -> dict:
     """Run a plan; returns the report dict (also written to --report)."""
     state_path = settings.state_path or default_state_path(plan)
+    if plan.source.scheme in ("pop3", "pop3s"):
+        settings.engine.workers = 1  # many POP3 servers lock the mailbox: one session at a time
     ckpt = None
     if not settings.engine.dry_run:
         if settings.reset_state:
@@ -69,9 +117,17 @@ def execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, c
         ckpt = Checkpoint(state_path)
     elif os.path.exists(state_path):
         ckpt = Checkpoint(state_path)  # read, to preview only what a real run would copy
+    if ckpt:
+        try:
+            ckpt.bind(_identity(plan.source), _identity(plan.destination), write=not settings.engine.dry_run)
+        except Exception:
+            ckpt.close()
+            raise
     stats = Stats()
     for w in plan.warnings:
         stats.warn(w)
+    for folder, reason in folder_errors:
+        stats.folder_failed(folder, reason)
     stop = threading.Event()
     engine = Engine(plan, src.open, dst.open, ckpt, settings.engine, stats, stop)
     try:
@@ -110,7 +166,7 @@ def execute_verify(plan: Plan, src: Connector, dst: Connector, include_deleted: 
     return report
 
 
-def require_network(plan: Plan) -> None:
-    for ep in (plan.source, plan.destination):
-        if not ep.is_network:
-            raise UsageError(f"{ep.url()}: archives are not supported yet")
+def check_endpoints(plan: Plan) -> None:
+    """Refuse pairs no store can serve, before any connection is opened."""
+    if plan.destination.scheme in ("pop3", "pop3s"):
+        raise UsageError(f"{plan.destination.url()}: POP3 can only be a source (it cannot store messages)")

@@ -1,8 +1,8 @@
-"""migrate and verify: SOURCE DESTINATION commands."""
+"""migrate and verify: SOURCE DESTINATION commands (verify also takes a PLAN file)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -10,10 +10,12 @@ from migrator.cli.app import app, finish_run
 from migrator.cli.options import (
     AllowPlain, BatchMB, CaFile, DeleteExtra, DryRun, DstAuthUser, DstPwFile, DstToken, Debug, IncludeDeleted,
     Insecure, NoSyncFlags, Quiet, Report, ResetState, RetryFailed, SrcAuthUser, SrcPwFile, SrcToken, State,
-    Workers, connectors, setup_logging,
+    Workers, connectors, setup_logging, MaxBps, MaxMps, MaxConns,
+    ExcludeOpt, FolderOpt, IncludeOpt, MapOpt, PresetOpt, SubscribeOpt, planning, plan_connectors,
 )
+from migrator import throttle
 from migrator.engine.copy import EngineOptions
-from migrator.errors import EXIT_MESSAGES_FAILED
+from migrator.errors import EXIT_MESSAGES_FAILED, UsageError
 from migrator.plan import Plan
 
 
@@ -31,6 +33,15 @@ def migrate(
     delete_extra: DeleteExtra = False,
     retry_failed: RetryFailed = False,
     batch_mb: BatchMB = 8.0,
+    max_bytes_per_second: MaxBps = None,
+    max_messages_per_second: MaxMps = None,
+    max_connections_per_host: MaxConns = 10,
+    map_: MapOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    folder: FolderOpt = None,
+    preset: PresetOpt = None,
+    subscribe: SubscribeOpt = "source",
     src_password_file: SrcPwFile = None,
     dst_password_file: DstPwFile = None,
     ca_file: CaFile = None,
@@ -47,18 +58,25 @@ def migrate(
     from migrator import runner
 
     setup_logging(debug)
+    planning_opts = planning(map_, include, exclude, folder, preset, subscribe)
     src, dst = connectors(
         source, destination, src_password_file=src_password_file, dst_password_file=dst_password_file,
         ca_file=ca_file, insecure=insecure, allow_plaintext=allow_plaintext, src_auth_user=src_auth_user,
         dst_auth_user=dst_auth_user, src_token_cmd=src_oauth2_token_cmd, dst_token_cmd=dst_oauth2_token_cmd,
     )
+    workers = throttle.connection_limits(src, dst, workers, max_connections_per_host)
+    limiter = throttle.Throttle(max_bytes_per_second, max_messages_per_second)
+
     plan = Plan(src.endpoint, dst.endpoint, source_secret=src.secret.describe(), destination_secret=dst.secret.describe())
-    runner.require_network(plan)
-    plan = runner.build_plan(plan, src, dst)
+    runner.check_endpoints(plan)
+    plan = runner.build_plan(plan, src, dst, planning_opts)
+    plan.check_collisions()
     opts = EngineOptions(
         workers=workers, dry_run=dry_run, include_deleted=include_deleted, sync_flags=not no_sync_flags,
         delete_extra=delete_extra, retry_failed=retry_failed, batch_bytes=int(batch_mb * 1e6),
+        throttle=limiter if limiter.limited else None,
     )
+    opts.batch_bytes, opts.batch_count = throttle.batch_limits(opts.throttle, opts.batch_bytes, opts.batch_count)
     settings = runner.RunSettings(opts, state_path=state, reset_state=reset_state, report_path=report, quiet=quiet)
     result = runner.execute(plan, src, dst, settings, command="migrate")
     finish_run(result)
@@ -66,11 +84,16 @@ def migrate(
 
 @app.command(name="verify")
 def verify_cmd(
-    source: Annotated[str, typer.Argument(help="Source account URL")],
-    destination: Annotated[str, typer.Argument(help="Destination account URL")],
+    source: Annotated[str, typer.Argument(help="Source account URL, or a PLAN file (then no DESTINATION)")],
+    destination: Annotated[Optional[str], typer.Argument(help="Destination account URL")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     report: Report = None,
     include_deleted: IncludeDeleted = False,
+    map_: MapOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    folder: FolderOpt = None,
+    preset: PresetOpt = None,
     src_password_file: SrcPwFile = None,
     dst_password_file: DstPwFile = None,
     ca_file: CaFile = None,
@@ -82,18 +105,30 @@ def verify_cmd(
     dst_oauth2_token_cmd: DstToken = None,
     debug: Debug = False,
 ) -> None:
-    """Compare SOURCE and DESTINATION message by message (bytes, flags, dates). Read-only; exit 0 only if identical."""
+    """Compare SOURCE and DESTINATION (or the folders of a PLAN) message by message. Read-only; exit 0 only if identical."""
     from migrator import runner
 
     setup_logging(debug)
-    src, dst = connectors(
-        source, destination, src_password_file=src_password_file, dst_password_file=dst_password_file,
-        ca_file=ca_file, insecure=insecure, allow_plaintext=allow_plaintext, src_auth_user=src_auth_user,
-        dst_auth_user=dst_auth_user, src_token_cmd=src_oauth2_token_cmd, dst_token_cmd=dst_oauth2_token_cmd,
-    )
-    plan = Plan(src.endpoint, dst.endpoint)
-    runner.require_network(plan)
-    plan = runner.build_plan(plan, src, dst)
+    conn = dict(src_password_file=src_password_file, dst_password_file=dst_password_file, ca_file=ca_file,
+                insecure=insecure, allow_plaintext=allow_plaintext, src_auth_user=src_auth_user,
+                dst_auth_user=dst_auth_user, src_token_cmd=src_oauth2_token_cmd, dst_token_cmd=dst_oauth2_token_cmd)
+    if destination is None:
+        from migrator.plan_io import read_plan
+
+        if "://" in source:
+            raise UsageError("verify needs SOURCE and DESTINATION, or one PLAN file")
+        if map_ or include or exclude or folder or preset:
+            raise UsageError("with a PLAN file, edit the plan instead of giving --map/--include/--exclude/--folder/--preset")
+        plan = read_plan(source)
+        runner.check_endpoints(plan)
+        src, dst = plan_connectors(plan, **conn)
+        plan.check_collisions()
+    else:
+        planning_opts = planning(map_, include, exclude, folder, preset, "source")
+        src, dst = connectors(source, destination, **conn)
+        plan = Plan(src.endpoint, dst.endpoint)
+        runner.check_endpoints(plan)
+        plan = runner.build_plan(plan, src, dst, planning_opts)
     result = runner.execute_verify(plan, src, dst, include_deleted, report, as_json)
     if not result["identical"]:
         raise typer.Exit(EXIT_MESSAGES_FAILED)

@@ -1,0 +1,105 @@
+"""A TCP proxy on 127.0.0.1 that delays every chunk by rtt/2 in each direction.
+
+It simulates a WAN link's latency (not its bandwidth): each chunk read from one
+side is written to the other side rtt/2 later, in order. It also counts open
+connections (the tests use it to check --max-connections-per-host).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+
+class DelayProxy:
+    def __init__(self, target_port: int, rtt_ms: float = 0.0, target_host: str = "127.0.0.1"):
+        self.target = (target_host, target_port)
+        self.delay = rtt_ms / 2000.0
+        self.port = 0
+        self.open_now = 0
+        self.peak = 0
+        self.total = 0
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="delay-proxy", daemon=True)
+
+    def start(self) -> "DelayProxy":
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("delay proxy did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            server.close()
+            for task in asyncio.all_tasks(self._loop):
+                task.cancel()
+            self._loop.run_until_complete(asyncio.sleep(0))
+            self._loop.close()
+
+    def _count(self, n: int) -> None:
+        with self._lock:
+            self.open_now += n
+            self.total += max(n, 0)
+            self.peak = max(self.peak, self.open_now)
+
+    async def _handle(self, c_reader, c_writer) -> None:
+        try:
+            s_reader, s_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            c_writer.close()
+            return
+        self._count(1)
+        try:
+            await asyncio.gather(self._pipe(c_reader, s_writer), self._pipe(s_reader, c_writer))
+        finally:
+            self._count(-1)
+            for w in (c_writer, s_writer):
+                w.close()
+
+    async def _pipe(self, reader, writer) -> None:
+        """Copy reader -> writer; a second task writes each chunk when its delay is over."""
+        q: asyncio.Queue = asyncio.Queue(maxsize=64)  # bounded: backpressure, not buffering
+
+        async def send() -> None:
+            while True:
+                due, data = await q.get()
+                if data is None:
+                    break
+                wait = due - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                writer.write(data)
+                await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()
+
+        sender = asyncio.ensure_future(send())
+        try:
+            while True:
+                data = await reader.read(256 * 1024)
+                await q.put((time.monotonic() + self.delay, data or None))
+                if not data:
+                    break
+            await sender
+        except (ConnectionError, OSError):
+            sender.cancel()
