@@ -40,11 +40,12 @@ def migrator(*args: str, src: Account | None = None, dst: Account | None = None,
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-def migrate(src: Account, dst: Account, tmp_path: Path, *extra: str, report: str = "report.json") -> tuple[Result, dict]:
+def migrate(src: Account, dst: Account, tmp_path: Path, *extra: str, report: str = "report.json",
+            env: dict | None = None) -> tuple[Result, dict]:
     """migrate src -> dst with a state file and a JSON report under tmp_path."""
     rep = tmp_path / report
     res = migrator("migrate", src.url, dst.url, "--state", str(tmp_path / "state.sqlite"), "--report", str(rep),
-                   "--quiet", *extra, src=src, dst=dst)
+                   "--quiet", *extra, src=src, dst=dst, env=env)
     data = json.loads(rep.read_text()) if rep.exists() else {}
     return res, data
 

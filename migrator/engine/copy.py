@@ -32,7 +32,7 @@ import queue
 import random
 import threading
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 from migrator.checkpoint import ALTERED, DONE, Checkpoint, Intent, Watermark
 from migrator.engine.batching import batches, chunks
@@ -40,7 +40,7 @@ from migrator.engine.crashpoints import crash
 from migrator.engine.jobs import (  # noqa: F401  (EngineOptions is imported from here by the CLI)
     OVERQUOTA_HINT, ChunkJob, EngineOptions, FolderRun, MarchJob, close_quietly, sha256, Connections,
 )
-from migrator.engine.march import copy_flags, decide, pool_candidates
+from migrator.engine.march import altered_reason, copy_flags, decide, pool_candidates
 from migrator.errors import ConnectionFailed, FolderError, MessageRejected, TransientError
 from migrator.naming import Folder, display, parents
 from migrator.plan import FolderPlan, Plan
@@ -286,6 +286,9 @@ class Engine:
         self._fill_pool(run, dst, candidates)
         crash("pool-fetched")
         self._settle_claims(run, dec.claims)
+        if dec.newly_altered and self.ckpt and not opts.dry_run:
+            for row, reason in dec.newly_altered:
+                self._confirm(run, [(Intent(row.src_uid, row.size, row.sha256, row.flags), row.dst_uid)], ALTERED, reason)
         if first:
             self._reported.add(fp.source)
             stats.skip(fp.source, "flagged \\Deleted on the source (--include-deleted copies them)",
@@ -392,12 +395,7 @@ class Engine:
         # Read-write: adopted messages may need their flags set; the size check lists the new messages.
         if conn.select_dst(fp.destination, readonly=False).uidvalidity != run.dst_uidvalidity:
             raise TransientError(f"UIDVALIDITY of destination folder '{display(fp.destination)}' changed during the run")
-        for batch in batches(metas, opts.batch_bytes, opts.batch_count):
-            if self.stop.is_set():
-                return
-            if opts.throttle and not opts.throttle.acquire(len(batch), sum(m.size for m in batch), self.stop):
-                return
-            fetched = {msg.meta.uid: msg for msg in src.fetch([m.uid for m in batch])}
+        for batch, fetched in self._prefetch(src, batches(metas, opts.batch_bytes, opts.batch_count)):
             crash("fetched")
             vanished = sum(1 for m in batch if m.uid not in fetched)
             stats.skip(fp.source, "expunged from the source during the run", vanished)
@@ -428,6 +426,57 @@ class Engine:
             if items:
                 self._append(run, dst, intents, items)
 
+    def _prefetch(self, src: Store, pieces) -> Iterator[tuple[list[MessageMeta], dict]]:
+        """Yield (batch, {uid: Message}) while a helper thread already FETCHes the next batch.
+
+        The source and destination then work at the same time instead of taking turns
+        (the round trip of each FETCH is hidden behind an APPEND). At most two batches
+        are in memory per worker: the one being appended and the one prefetched.
+        """
+        out: queue.Queue = queue.Queue(maxsize=1)
+        done = threading.Event()
+        opts = self.opts
+
+        def produce() -> None:
+            try:
+                for batch in pieces:
+                    if self.stop.is_set() or done.is_set():
+                        break
+                    if opts.throttle and not opts.throttle.acquire(len(batch), sum(m.size for m in batch), self.stop):
+                        break
+                    fetched = {msg.meta.uid: msg for msg in src.fetch([m.uid for m in batch])}
+                    while not done.is_set():
+                        try:
+                            out.put((batch, fetched, None), timeout=0.2)
+                            break
+                        except queue.Full:
+                            continue
+            except BaseException as e:  # handed to the consumer, which owns error handling
+                out.put((None, None, e))
+            finally:
+                out.put(None)
+
+        producer = threading.Thread(target=produce, name=threading.current_thread().name + "-fetch", daemon=True)
+        producer.start()
+        try:
+            while True:
+                item = out.get()
+                if item is None:
+                    return
+                batch, fetched, error = item
+                if error is not None:
+                    raise error
+                if self.stop.is_set():
+                    return
+                yield batch, fetched
+        finally:
+            done.set()
+            while producer.is_alive():  # unblock a producer waiting to put, then let it finish
+                try:
+                    out.get(timeout=0.2)
+                except queue.Empty:
+                    pass
+
     def _confirm(self, run: FolderRun, results: list[tuple[Intent, int | None]], status: str = DONE,
                  reason: str | None = None) -> None:
         if self.ckpt:
@@ -454,30 +503,32 @@ class Engine:
             run.appended.extend(u for u in uids if u is not None)
             run.unknown_uids = run.unknown_uids or None in uids
         results = list(zip(intents, uids))
-        altered = self._check_sizes(dst, results) if self.opts.check_size else {}
-        self._confirm(run, [r for r in results if r[0].src_uid not in altered])
+        self._confirm(run, results)
         crash("confirmed")
-        for intent, uid in results:
-            if intent.src_uid in altered:
-                self._confirm(run, [(intent, uid)], ALTERED, altered[intent.src_uid])
-                self.stats.fail(fp.source, intent.src_uid, altered[intent.src_uid])
-        copied = len(results) - len(altered)
-        self.stats.add(fp.source, copied=copied, copied_bytes=sum(i.size for i in intents))
+        if self.opts.check_size:
+            with run.lock:  # sizes are checked once per folder, at its end (_check_sizes)
+                run.unchecked.extend((intent, uid) for intent, uid in results if uid is not None)
+        self.stats.add(fp.source, copied=len(results), copied_bytes=sum(i.size for i in intents))
 
-    def _check_sizes(self, dst: Store, results: list[tuple[Intent, int | None]]) -> dict[int, str]:
-        """Ask the destination how big each new message is: a server that rewrites bytes is caught here."""
-        by_uid = {uid: intent for intent, uid in results if uid is not None}
+    def _check_sizes(self, run: FolderRun, conn: Connections) -> None:
+        """Ask the destination how big each new message is: a server that rewrites bytes is caught here.
+
+        Done once per folder, not per batch (a round trip saved on every batch). A crash
+        before this check is covered too: the next march compares every recorded size with
+        the destination's RFC822.SIZE (march.decide).
+        """
+        with run.lock:
+            by_uid, run.unchecked = {uid: intent for intent, uid in run.unchecked}, []
         if not by_uid:
-            return {}
-        altered = {}
-        for meta in dst.list_messages(sorted(by_uid)):
+            return
+        conn.select_dst(run.fp.destination, readonly=False)
+        for meta in conn.dst().list_messages(sorted(by_uid)):
             intent = by_uid[meta.uid]
             if meta.size != intent.size:
-                altered[intent.src_uid] = (
-                    f"the destination server changed the message while storing it "
-                    f"({intent.size} bytes sent, {meta.size} stored)"
-                )
-        return altered
+                reason = altered_reason(intent.size, meta.size)
+                self._confirm(run, [(intent, meta.uid)], ALTERED, reason)
+                self.stats.fail(run.fp.source, intent.src_uid, reason)
+                self.stats.add(run.fp.source, copied=-1, copied_bytes=-intent.size)
 
     def _reject(self, run: FolderRun, intent: Intent, reason: str) -> None:
         fp = run.fp
@@ -493,6 +544,7 @@ class Engine:
     def _finish_folder(self, run: FolderRun, conn: Connections) -> None:
         """All chunks done: mirror mode removes what matches nothing; then the watermark is stored."""
         try:
+            self._check_sizes(run, conn)
             if self.opts.delete_extra:
                 leftovers = sorted(run.extras + run.pool.leftovers())
                 if leftovers:

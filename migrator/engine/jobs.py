@@ -62,6 +62,7 @@ class FolderRun:
     dst_uidnext: int = 0
     dst_consistent: bool = True  # ... when SELECT and the listing agreed
     appended: list[int] = field(default_factory=list)  # ... and what this run changed there
+    unchecked: list = field(default_factory=list)  # (Intent, destination UID) whose stored size is not checked yet
     unknown_uids: bool = False
     expunged: int = 0
     pool: Pool = field(default_factory=Pool)  # unaccounted destination messages, by SHA-256

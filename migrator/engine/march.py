@@ -21,6 +21,10 @@ from migrator.engine.verify import date_instant
 from migrator.stores.base import MessageMeta
 
 
+def altered_reason(sent: int, stored: int) -> str:
+    return f"the destination server changed the message while storing it ({sent} bytes sent, {stored} stored)"
+
+
 def copy_flags(meta: MessageMeta, include_deleted: bool) -> tuple[str, ...]:
     return meta.flags if include_deleted else tuple(f for f in meta.flags if f != "\\Deleted")
 
@@ -33,6 +37,7 @@ class Decision:
     deleted_skipped: int = 0
     failed_earlier: list[tuple[int, str]] = field(default_factory=list)  # (source UID, reason): not retried
     altered: list[tuple[int, str]] = field(default_factory=list)
+    newly_altered: list[tuple[Row, str]] = field(default_factory=list)  # done rows whose stored size differs
     unaccounted: list[MessageMeta] = field(default_factory=list)  # destination messages no row points to
     claims: list[Row] = field(default_factory=list)  # done rows without a destination UID (no UIDPLUS)
 
@@ -59,6 +64,11 @@ def decide(src_msgs: list[MessageMeta], dst_msgs: list[MessageMeta], rows: dict[
                 d.already += 1
                 if row.status == ALTERED:
                     d.altered.append((m.uid, row.reason or "altered by the destination"))
+                elif row.dst_uid is not None and dst_by_uid[row.dst_uid].size != row.size:
+                    # Copied, but stored with another size (a run that stopped before its size check).
+                    reason = altered_reason(row.size, dst_by_uid[row.dst_uid].size)
+                    d.altered.append((m.uid, reason))
+                    d.newly_altered.append((row, reason))
                 continue
             if row.status == FAILED and not retry_failed:
                 d.failed_earlier.append((m.uid, row.reason or "failed"))

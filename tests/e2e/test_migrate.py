@@ -217,3 +217,22 @@ def test_progress_plain_lines_without_a_terminal_and_bars_on_one(src_account, ds
     screen = b"".join(chunks).decode("utf-8", "replace")
     assert proc.returncode == 0
     assert "messages" in screen and "msg/s" in screen and "%|" in screen
+
+
+def test_altered_message_is_reported_even_if_the_run_died_before_its_size_check(src_account, dst_account, tmp_path):
+    """Dovecot drops a trailing bare CR on APPEND: the copy differs, and that is reported, never hidden."""
+    rig.seed(src_account, ["INBOX"], [simple_message(1) + b"\r\r"] + [simple_message(i) for i in range(2, 5)])
+    assert rig.fetch_bodies(src_account, ["INBOX"])[0].endswith(b"\r")  # the source serves one bare CR
+    res, _ = migrate(src_account, dst_account, tmp_path, "--workers", "1",
+                     env={"MIGRATOR_TEST_CRASH_AT": "confirmed:1"})
+    assert res.code == -9  # killed after confirming, before the per-folder size check
+
+    res, report = migrate(src_account, dst_account, tmp_path)
+    assert res.code == 1, res.text
+    assert [f["uid"] for f in report["failures"]] == [1]
+    assert "changed the message while storing it" in report["failures"][0]["reason"]
+    assert len(rig.snapshot(dst_account)[("INBOX",)]) == 4  # kept, not duplicated
+
+    res, report = migrate(src_account, dst_account, tmp_path, report="again.json")
+    assert res.code == 1 and report["totals"]["copied"] == 0  # reported again, still not copied twice
+    assert len(report["failures"]) == 1
