@@ -278,6 +278,8 @@ def main() -> int:
     ap.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated subset of {','.join(TOOLS)}")
     ap.add_argument("--memory", action="store_true", help="measure peak RSS on 100,000 messages + one 50 MB message")
     ap.add_argument("--memory-messages", type=int, default=100_000)
+    ap.add_argument("--migrator-args", action="append", default=[], metavar="ARGS",
+                    help="an extra migrator row with these options, e.g. '--workers 8' (repeatable)")
     args = ap.parse_args()
     if args.memory:
         from benchmarks.memory import run_memory
@@ -310,8 +312,10 @@ def main() -> int:
             src_port, dst_port_for = sp.port, (lambda acc: dp.port)
         env = Env(src, dst_dc, src_port, dst_port_for, tmp, want, args.messages, total_mb)
         rows = []
-        for name in tools:
-            row = TOOLS[name](env)
+        extra = {f"migrator {a}": (lambda e, a=a: migrator_row(e, f"migrator {a}", *a.split()))
+                 for a in args.migrator_args}
+        for name in tools + list(extra):
+            row = (TOOLS.get(name) or extra[name])(env)
             rows.append(row)
             print(f"  {row.tool}: {row.wall and round(row.wall, 1)} s {row.identical} {row.note}", flush=True)
         rtt = f", RTT {args.rtt_ms:g} ms (delay proxy)" if args.rtt_ms else ", loopback"
