@@ -19,7 +19,7 @@ OVERQUOTA_HINT = ("the destination is over quota: free space or raise the quota,
 class EngineOptions:
     workers: int = 4
     batch_bytes: int = 8 * 1024 * 1024  # per FETCH / APPEND batch: bounds memory per worker
-    batch_count: int = 100
+    batch_count: int = 400
     chunk_messages: int = 1000  # a folder is split into chunks this big for parallel workers
     include_deleted: bool = False
     sync_flags: bool = True
