@@ -234,6 +234,21 @@ class Checkpoint:
                 r[0]: Row(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6], r[7]) for r in cur.fetchall()
             }
 
+    def claims_of_others(self, dst: Folder, dst_uidvalidity: int, src: Folder,
+                         others: Iterable[Folder]) -> set[int]:
+        """For merged folders: the destination UIDs that OTHER source folders' rows point to."""
+        keys = [folder_key(o) for o in others if o != src]
+        if not keys:
+            return set()
+        marks = ",".join("?" * len(keys))
+        with self._mutex:
+            rows = self._db.execute(
+                f"SELECT dst_uid, status FROM messages WHERE dst_folder=? AND dst_uidvalidity=? "
+                f"AND src_folder IN ({marks})",
+                (folder_key(dst), dst_uidvalidity, *keys),
+            ).fetchall()
+        return {uid for uid, status in rows if uid is not None and status in (DONE, ALTERED)}
+
     def failed(self) -> list[tuple[Folder, int, str]]:
         with self._mutex:
             cur = self._db.execute("SELECT src_folder, src_uid, reason FROM messages WHERE status=?", (FAILED,))

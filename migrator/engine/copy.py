@@ -32,6 +32,7 @@ import queue
 import random
 import threading
 import time
+from collections import Counter
 from typing import Callable, Iterator
 
 from migrator.checkpoint import ALTERED, DONE, Checkpoint, Intent, Watermark
@@ -74,6 +75,7 @@ class Engine:
         self._q: queue.Queue = queue.Queue()
         self._outstanding = 0
         self._outstanding_lock = threading.Lock()
+        self._live: Counter = Counter()  # source folder -> its queued or running jobs
         self._reported: set[Folder] = set()  # folders whose march counts are in stats already
 
     # -- top level -----------------------------------------------------------------------
@@ -160,11 +162,17 @@ class Engine:
     def _put(self, job) -> None:
         with self._outstanding_lock:
             self._outstanding += 1
+            self._live[_source(job)] += 1  # a retry is put before its failed job is done: stays > 0
         self._q.put(job)
 
-    def _done(self) -> None:
+    def _done(self, job) -> None:
         with self._outstanding_lock:
             self._outstanding -= 1
+            self._live[_source(job)] -= 1
+
+    def _in_progress(self, folder: Folder) -> bool:
+        with self._outstanding_lock:
+            return self._live[folder] > 0
 
     def _outstanding_count(self) -> int:
         with self._outstanding_lock:
@@ -198,7 +206,7 @@ class Engine:
                     fp = job.fp if isinstance(job, MarchJob) else job.run.fp
                     self.stats.folder_failed(fp.source, f"internal error: {type(e).__name__}: {e}")
                 finally:
-                    self._done()
+                    self._done(job)
         finally:
             conn.close()
 
@@ -221,6 +229,9 @@ class Engine:
             if self._unchanged(fp, conn):
                 return
             run = self._march(fp, job.attempt, conn)
+        except _WaitForMerged:
+            self._put(MarchJob(fp, job.attempt, time.monotonic() + 0.5))
+            return
         except (TransientError, ConnectionFailed) as e:
             conn.drop()
             self._retry_folder(fp, job.attempt, str(e))
@@ -280,6 +291,7 @@ class Engine:
         rows = self.ckpt.rows(fp.source, s_st.uidvalidity, fp.destination) if self.ckpt else {}
         dec = decide(src_msgs, dst_msgs, rows, run.dst_uidvalidity, include_deleted=opts.include_deleted,
                      sync_flags=opts.sync_flags, retry_failed=opts.retry_failed)
+        self._exclude_merged(fp, run, dec)
         sizes = {m.size for m in dec.to_copy} | {r.size for r in dec.claims}
         candidates, rest = pool_candidates(dec.unaccounted, sizes)
         run.extras = [m.uid for m in rest]
@@ -313,6 +325,26 @@ class Engine:
         for piece in pieces:
             self._put(ChunkJob(run, piece))
         return run
+
+    def _exclude_merged(self, fp: FolderPlan, run: FolderRun, dec) -> None:
+        """merge = true: messages another source folder copied here are not ours to adopt.
+
+        Without this, two merged folders holding the same message would end with one
+        copy (the second would adopt the first one's). Folders merged into one
+        destination are therefore copied one after the other, in plan order (a folder
+        waits while an earlier one still has work queued: no deadlock), and each leaves
+        alone what the others' checkpoint rows point to. A copy left unconfirmed by a
+        crash may still be adopted by another merged folder: the owner then copies its
+        message again, so the count stays right.
+        """
+        group = [o.source for o in self.plan.copying() if o.destination == fp.destination]
+        if len(group) < 2 or self.ckpt is None:
+            return
+        earlier = group[: group.index(fp.source)]
+        if any(self._in_progress(o) for o in earlier):
+            raise _WaitForMerged()  # march again when it is done; no attempt is used up
+        claimed = self.ckpt.claims_of_others(fp.destination, run.dst_uidvalidity, fp.source, group)
+        dec.unaccounted = [m for m in dec.unaccounted if m.uid not in claimed]
 
     def _fill_pool(self, run: FolderRun, dst: Store, candidates: list[MessageMeta]) -> None:
         """Fingerprint the destination messages that could match something still to copy."""
@@ -583,3 +615,11 @@ class Engine:
             settled=counts.already + counts.copied + counts.found,
             skipped_deleted=sum(n for r, n in counts.skipped.items() if "\\Deleted" in r),
         ))
+
+
+class _WaitForMerged(Exception):
+    """Another source folder merged into the same destination still has APPENDs in flight."""
+
+
+def _source(job) -> Folder:
+    return job.fp.source if isinstance(job, MarchJob) else job.run.fp.source

@@ -71,19 +71,27 @@ def _side(store: Store, folder: Folder, include_deleted: bool, batch_bytes: int,
 
 def verify(plan: Plan, src: Store, dst: Store, include_deleted: bool = False,
            batch_bytes: int = 8 << 20, batch_count: int = 100) -> list[FolderDiff]:
+    """One comparison per destination folder; folders merged into one are compared as their union."""
     dst_names = {f.name for f in dst.list_folders()}
-    out: list[FolderDiff] = []
+    groups: dict[Folder, list[Folder]] = {}
     for fp in plan.copying():
-        diff = FolderDiff(display(fp.source), display(fp.destination))
+        groups.setdefault(fp.destination, []).append(fp.source)
+    out: list[FolderDiff] = []
+    for destination, sources in groups.items():
+        diff = FolderDiff(" + ".join(display(s) for s in sources), display(destination))
         out.append(diff)
+        s: dict[str, list[Entry]] = defaultdict(list)
         try:
-            s = _side(src, fp.source, include_deleted, batch_bytes, batch_count, skip_deleted=True)
+            for source in sources:
+                for digest, entries in _side(src, source, include_deleted, batch_bytes, batch_count,
+                                             skip_deleted=True).items():
+                    s[digest].extend(entries)
         except FolderError as e:
             diff.error = f"source folder cannot be read: {e}"
             continue
-        if fp.destination in dst_names:
+        if destination in dst_names:
             try:
-                d = _side(dst, fp.destination, include_deleted, batch_bytes, batch_count, skip_deleted=False)
+                d = _side(dst, destination, include_deleted, batch_bytes, batch_count, skip_deleted=False)
             except FolderError as e:
                 diff.error = f"destination folder cannot be read: {e}"
                 continue
