@@ -49,13 +49,11 @@ def _print_error(e: MigratorError) -> None:
 
 
 def _click_or_bug(e: Exception) -> int:
-    """Typer's own click (typer._click) and plain click raise look-alike classes: test by shape."""
-    import click
-
-    if isinstance(e, (typer.Abort, click.exceptions.Abort)):
+    """Typer raises its own copy of click's exceptions (typer._click), so test by shape, not by class."""
+    if isinstance(e, typer.Abort):
         _print_error(Interrupted("interrupted", hint="run the same command again to resume where it stopped"))
         return EXIT_INTERRUPTED
-    if isinstance(e, (typer.Exit, click.exceptions.Exit)):
+    if isinstance(e, typer.Exit):
         return e.exit_code
     if hasattr(e, "format_message"):  # ClickException: bad option, missing argument, out-of-range value
         print(f"migrator: error: {e.format_message()} (see --help)", file=sys.stderr)
