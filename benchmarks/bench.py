@@ -153,7 +153,7 @@ def migrator_row(e: Env, label: str, *extra: str, rerun: bool = False) -> Row:
     if os.environ.get("BENCH_PROFILE") and not extra:  # py-spy flame graph of the default run
         path = os.environ["BENCH_PROFILE"]
         fmt = "raw" if path.endswith(".txt") else "flamegraph"  # raw = collapsed stacks, greppable
-        cmd = ["py-spy", "record", "-o", path, "-r", "200", "--format", fmt, "--", *cmd]
+        cmd = ["py-spy", "record", "-o", path, "-r", "200", "--format", fmt, *os.environ.get("BENCH_PROFILE_ARGS", "").split(), "--", *cmd]
     wall, rss, code, out = run_measured(cmd, env, cwd=str(ROOT))
     if code != 0:
         return Row(label, wall, rss, "no", f"exit {code}: {out.strip().splitlines()[-1:] }")

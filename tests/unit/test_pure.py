@@ -119,3 +119,27 @@ def test_secret_mask_filter(line):
     SecretMaskFilter().filter(rec)
     text = rec.getMessage()
     assert "s3cr3t-pw" not in text and "AGFsaWNlAHMzY3IzdC1wdw" not in text
+
+
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        (b'12 (UID 34 RFC822.SIZE 2345 FLAGS (\\Seen $X) INTERNALDATE " 4-Mar-2019 15:09:26 +0200")',
+         (b"34", b"2345", b"\\Seen $X", b" 4-Mar-2019 15:09:26 +0200")),
+        (b'1 (FLAGS () INTERNALDATE "14-Mar-2019 15:09:26 -0700" RFC822.SIZE 9 UID 7)',
+         (b"7", b"9", b"", b"14-Mar-2019 15:09:26 -0700")),
+        (b"5 (FLAGS (\\Seen))", None),  # unsolicited: skipped
+    ],
+)
+def test_metadata_fetch_line(line, expected):
+    from migrator.stores.imap import _META_LINE
+
+    m = _META_LINE.search(line)
+    assert (m.group("uid", "size", "flags", "date") if m else None) == expected
+
+
+def test_uid_set_compacts_ranges():
+    from migrator.stores.imap import uid_set
+
+    assert uid_set([10, 9, 1, 2, 3, 7]) == "1:3,7,9:10"
+    assert uid_set([5]) == "5"
