@@ -9,10 +9,9 @@ import typer
 from migrator.cli.app import app
 from migrator.cli.options import (
     AllowPlain, BatchMB, CaFile, DryRun, DstAuthUser, Debug, ExcludeOpt, FolderOpt, IncludeDeleted, IncludeOpt,
-    Insecure, MapOpt, NoSyncFlags, PresetOpt, Quiet, RetryFailed, SrcAuthUser, Workers, connectors, planning,
-    setup_logging,
+    Insecure, MapOpt, MaxConns, NoSyncFlags, PresetOpt, Quiet, RetryFailed, SrcAuthUser, Workers, connectors,
+    engine_options, planning, setup_logging,
 )
-from migrator.engine.copy import EngineOptions
 from migrator.plan import Plan
 
 
@@ -28,6 +27,7 @@ def batch(
     no_sync_flags: NoSyncFlags = False,
     retry_failed: RetryFailed = False,
     batch_mb: BatchMB = 8.0,
+    max_connections_per_host: MaxConns = 10,
     map_: MapOpt = None,
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
@@ -62,8 +62,12 @@ def batch(
         runner.check_endpoints(plan)
         plan = runner.build_plan(plan, src, dst, planning_opts)
         plan.check_collisions()
-        opts = EngineOptions(workers=workers, dry_run=dry_run, include_deleted=include_deleted,
-                             sync_flags=not no_sync_flags, retry_failed=retry_failed, batch_bytes=int(batch_mb * 1e6))
+        # Rates (--max-*-per-second) are per run; a batch runs several: not offered here.
+        opts = engine_options(
+            src, dst, workers=workers, dry_run=dry_run, include_deleted=include_deleted, no_sync_flags=no_sync_flags,
+            delete_extra=False, retry_failed=retry_failed, batch_mb=batch_mb, max_bytes_per_second=None,
+            max_messages_per_second=None, max_connections_per_host=max_connections_per_host,
+        )
         state = state_path_for(state_dir, runner.default_state_path(plan)) if state_dir else None
         settings = runner.RunSettings(opts, state_path=state, quiet=True)
         return runner.execute(plan, src, dst, settings, command="batch", print_fn=lambda *_: None)

@@ -10,11 +10,9 @@ from migrator.cli.app import app, finish_run
 from migrator.cli.options import (
     AllowPlain, BatchMB, CaFile, DeleteExtra, DryRun, DstAuthUser, DstPwFile, DstToken, Debug, IncludeDeleted,
     Insecure, NoSyncFlags, Quiet, Report, ResetState, RetryFailed, SrcAuthUser, SrcPwFile, SrcToken, State,
-    Workers, connectors, setup_logging, MaxBps, MaxMps, MaxConns,
+    Workers, connectors, engine_options, setup_logging, MaxBps, MaxMps, MaxConns,
     ExcludeOpt, FolderOpt, IncludeOpt, MapOpt, PresetOpt, SubscribeOpt, planning, plan_connectors,
 )
-from migrator import throttle
-from migrator.engine.copy import EngineOptions
 from migrator.errors import EXIT_MESSAGES_FAILED, UsageError
 from migrator.plan import Plan
 
@@ -64,19 +62,16 @@ def migrate(
         ca_file=ca_file, insecure=insecure, allow_plaintext=allow_plaintext, src_auth_user=src_auth_user,
         dst_auth_user=dst_auth_user, src_token_cmd=src_oauth2_token_cmd, dst_token_cmd=dst_oauth2_token_cmd,
     )
-    workers = throttle.connection_limits(src, dst, workers, max_connections_per_host)
-    limiter = throttle.Throttle(max_bytes_per_second, max_messages_per_second)
-
+    opts = engine_options(
+        src, dst, workers=workers, dry_run=dry_run, include_deleted=include_deleted, no_sync_flags=no_sync_flags,
+        delete_extra=delete_extra, retry_failed=retry_failed, batch_mb=batch_mb,
+        max_bytes_per_second=max_bytes_per_second, max_messages_per_second=max_messages_per_second,
+        max_connections_per_host=max_connections_per_host,
+    )
     plan = Plan(src.endpoint, dst.endpoint, source_secret=src.secret.describe(), destination_secret=dst.secret.describe())
     runner.check_endpoints(plan)
     plan = runner.build_plan(plan, src, dst, planning_opts)
     plan.check_collisions()
-    opts = EngineOptions(
-        workers=workers, dry_run=dry_run, include_deleted=include_deleted, sync_flags=not no_sync_flags,
-        delete_extra=delete_extra, retry_failed=retry_failed, batch_bytes=int(batch_mb * 1e6),
-        throttle=limiter if limiter.limited else None,
-    )
-    opts.batch_bytes, opts.batch_count = throttle.batch_limits(opts.throttle, opts.batch_bytes, opts.batch_count)
     settings = runner.RunSettings(opts, state_path=state, reset_state=reset_state, report_path=report, quiet=quiet)
     result = runner.execute(plan, src, dst, settings, command="migrate")
     finish_run(result)

@@ -12,9 +12,8 @@ from migrator.cli.options import (
     AllowPlain, BatchMB, CaFile, DeleteExtra, DryRun, DstAuthUser, DstPwFile, DstToken, Debug, ExcludeOpt,
     FolderOpt, IncludeDeleted, IncludeOpt, Insecure, MapOpt, NoSyncFlags, PresetOpt, Quiet, Report, ResetState,
     RetryFailed, SrcAuthUser, SrcPwFile, SrcToken, State, SubscribeOpt, Workers, connectors, plan_connectors,
-    planning, setup_logging,
+    planning, setup_logging, engine_options, MaxBps, MaxMps, MaxConns,
 )
-from migrator.engine.copy import EngineOptions
 from migrator.errors import UsageError
 from migrator.naming import display
 from migrator.plan import Plan
@@ -102,6 +101,9 @@ def run_cmd(
     delete_extra: DeleteExtra = False,
     retry_failed: RetryFailed = False,
     batch_mb: BatchMB = 8.0,
+    max_bytes_per_second: MaxBps = None,
+    max_messages_per_second: MaxMps = None,
+    max_connections_per_host: MaxConns = 10,
     src_password_file: SrcPwFile = None,
     dst_password_file: DstPwFile = None,
     ca_file: CaFile = None,
@@ -127,9 +129,11 @@ def run_cmd(
         dst_auth_user=dst_auth_user, src_token_cmd=src_oauth2_token_cmd, dst_token_cmd=dst_oauth2_token_cmd,
     )
     vanished = runner.check_plan(plan, src, dst, delete_extra=delete_extra)
-    opts = EngineOptions(
-        workers=workers, dry_run=dry_run, include_deleted=include_deleted, sync_flags=not no_sync_flags,
-        delete_extra=delete_extra, retry_failed=retry_failed, batch_bytes=int(batch_mb * 1e6),
+    opts = engine_options(
+        src, dst, workers=workers, dry_run=dry_run, include_deleted=include_deleted, no_sync_flags=no_sync_flags,
+        delete_extra=delete_extra, retry_failed=retry_failed, batch_mb=batch_mb,
+        max_bytes_per_second=max_bytes_per_second, max_messages_per_second=max_messages_per_second,
+        max_connections_per_host=max_connections_per_host,
     )
     settings = runner.RunSettings(opts, state_path=state, reset_state=reset_state, report_path=report, quiet=quiet)
     result = runner.execute(plan, src, dst, settings, command="run", folder_errors=vanished)

@@ -85,3 +85,19 @@ def setup_logging(debug: bool) -> None:
     configure_logging(debug)
 
 
+def engine_options(src: Connector, dst: Connector, *, workers: int, dry_run: bool, include_deleted: bool,
+                   no_sync_flags: bool, delete_extra: bool, retry_failed: bool, batch_mb: float,
+                   max_bytes_per_second: float | None, max_messages_per_second: float | None,
+                   max_connections_per_host: int | None):
+    """The run options shared by migrate, run and batch, in one place (dry-run included)."""
+    from migrator import throttle
+    from migrator.engine.copy import EngineOptions
+
+    limiter = throttle.Throttle(max_bytes_per_second, max_messages_per_second)
+    opts = EngineOptions(
+        workers=throttle.connection_limits(src, dst, workers, max_connections_per_host),
+        dry_run=dry_run, include_deleted=include_deleted, sync_flags=not no_sync_flags, delete_extra=delete_extra,
+        retry_failed=retry_failed, batch_bytes=int(batch_mb * 1e6), throttle=limiter if limiter.limited else None,
+    )
+    opts.batch_bytes, opts.batch_count = throttle.batch_limits(opts.throttle, opts.batch_bytes, opts.batch_count)
+    return opts
