@@ -56,13 +56,38 @@ def _identity(ep) -> str:
     return ep.url() if ep.scheme == "archive" else f"{ep.user}@{ep.host}"
 
 
-def build_plan(plan: Plan, src: Connector, dst: Connector, opts: PlanningOptions | None = None) -> Plan:
-    s, d = src.open(), dst.open()
+def build_plan(plan: Plan, src: Connector, dst: Connector, opts: PlanningOptions | None = None,
+               with_status: bool = True) -> Plan:
+    s, d = open_both(src, dst)
     try:
-        return plan_folders(s, d, plan, opts)
+        return plan_folders(s, d, plan, opts, with_status)
     finally:
         s.close()
         d.close()
+
+
+def open_both(src: Connector, dst: Connector):
+    """Log in to both sides at the same time: on a WAN each login is several round trips."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    src.ask_secret()
+    dst.ask_secret()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        fs, fd = pool.submit(src.open), pool.submit(dst.open)
+        try:
+            s = fs.result()
+        except BaseException:
+            try:
+                fd.result().close()
+            except BaseException:
+                pass
+            raise
+        try:
+            d = fd.result()
+        except BaseException:
+            s.close()
+            raise
+    return s, d
 
 
 def check_plan(plan: Plan, src: Connector, dst: Connector, delete_extra: bool = False) -> list[tuple[Folder, str]]:

@@ -60,7 +60,7 @@ def batch(
         plan = Plan(src.endpoint, dst.endpoint, source_secret=src.secret.describe(),
                     destination_secret=dst.secret.describe())
         runner.check_endpoints(plan)
-        plan = runner.build_plan(plan, src, dst, planning_opts)
+        plan = runner.build_plan(plan, src, dst, planning_opts, with_status=False)
         plan.check_collisions()
         # Rates (--max-*-per-second) are per run; a batch runs several: not offered here.
         opts = engine_options(

@@ -70,7 +70,7 @@ def migrate(
     )
     plan = Plan(src.endpoint, dst.endpoint, source_secret=src.secret.describe(), destination_secret=dst.secret.describe())
     runner.check_endpoints(plan)
-    plan = runner.build_plan(plan, src, dst, planning_opts)
+    plan = runner.build_plan(plan, src, dst, planning_opts, with_status=False)
     plan.check_collisions()
     settings = runner.RunSettings(opts, state_path=state, reset_state=reset_state, report_path=report, quiet=quiet)
     result = runner.execute(plan, src, dst, settings, command="migrate")
@@ -123,7 +123,7 @@ def verify_cmd(
         src, dst = connectors(source, destination, **conn)
         plan = Plan(src.endpoint, dst.endpoint)
         runner.check_endpoints(plan)
-        plan = runner.build_plan(plan, src, dst, planning_opts)
+        plan = runner.build_plan(plan, src, dst, planning_opts, with_status=False)
     result = runner.execute_verify(plan, src, dst, include_deleted, report, as_json)
     if not result["identical"]:
         raise typer.Exit(EXIT_MESSAGES_FAILED)

@@ -33,6 +33,7 @@ import random
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
 from migrator.checkpoint import ALTERED, DONE, Checkpoint, Intent, Watermark
@@ -114,7 +115,11 @@ class Engine:
         for attempt in range(1, self.opts.max_attempts + 1):
             src = dst = None
             try:
-                src, dst = self.open_src(), self.open_dst()
+                with ThreadPoolExecutor(max_workers=2) as pool:  # both logins at once (WAN round trips)
+                    futures = [pool.submit(self.open_src), pool.submit(self.open_dst)]
+                src, dst = (f.result() if f.exception() is None else None for f in futures)
+                for f in futures:
+                    f.result()  # raise the first failure; `finally` closes the one that opened
                 self._prepare_destination(src, dst, folders)
                 return
             except TransientError as e:

@@ -54,6 +54,12 @@ class Connector:
                     self._creds = Credentials(password=lambda: password)
             return self._creds
 
+    def ask_secret(self) -> None:
+        """Get the password now (prompt, file, env, keyring): before connections open in parallel,
+        so two prompts never interleave on the terminal."""
+        if self.endpoint.is_network:
+            self._credentials()
+
     def open(self) -> Store:
         """A new connection; waits for a free slot under --max-connections-per-host."""
         if not self.max_connections or not self.endpoint.is_network:
