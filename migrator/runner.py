@@ -22,7 +22,7 @@ from migrator.planner import PlanningOptions, invalid_destination, plan_folders
 from migrator.progress import Progress
 from migrator.report import render_run, render_verify, run_report, verify_report
 from migrator.stats import Stats
-from migrator.stores import Connector
+from migrator.stores import Connector, open_pair
 
 
 @dataclass
@@ -67,27 +67,10 @@ def build_plan(plan: Plan, src: Connector, dst: Connector, opts: PlanningOptions
 
 
 def open_both(src: Connector, dst: Connector):
-    """Log in to both sides at the same time: on a WAN each login is several round trips."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """Both sides at once; passwords asked first, so two prompts never interleave on a terminal."""
     src.ask_secret()
     dst.ask_secret()
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        fs, fd = pool.submit(src.open), pool.submit(dst.open)
-        try:
-            s = fs.result()
-        except BaseException:
-            try:
-                fd.result().close()
-            except BaseException:
-                pass
-            raise
-        try:
-            d = fd.result()
-        except BaseException:
-            s.close()
-            raise
-    return s, d
+    return open_pair(src.open, dst.open)
 
 
 def check_plan(plan: Plan, src: Connector, dst: Connector, delete_extra: bool = False) -> list[tuple[Folder, str]]:

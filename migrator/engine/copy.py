@@ -33,7 +33,6 @@ import random
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
 from migrator.checkpoint import ALTERED, DONE, Checkpoint, Intent, Watermark
@@ -47,6 +46,7 @@ from migrator.errors import ConnectionFailed, FolderError, MessageRejected, Tran
 from migrator.naming import Folder, display, parents
 from migrator.plan import FolderPlan, Plan
 from migrator.stats import Stats
+from migrator.stores import open_pair
 from migrator.stores.base import AppendItem, MessageMeta, Store
 
 log = logging.getLogger("migrator.engine")
@@ -115,11 +115,7 @@ class Engine:
         for attempt in range(1, self.opts.max_attempts + 1):
             src = dst = None
             try:
-                with ThreadPoolExecutor(max_workers=2) as pool:  # both logins at once (WAN round trips)
-                    futures = [pool.submit(self.open_src), pool.submit(self.open_dst)]
-                src, dst = (f.result() if f.exception() is None else None for f in futures)
-                for f in futures:
-                    f.result()  # raise the first failure; `finally` closes the one that opened
+                src, dst = open_pair(self.open_src, self.open_dst)
                 self._prepare_destination(src, dst, folders)
                 return
             except TransientError as e:
@@ -271,7 +267,7 @@ class Engine:
 
     def _march(self, fp: FolderPlan, attempt: int, conn: Connections) -> FolderRun | None:
         opts, stats = self.opts, self.stats
-        src, dst = conn.src(), conn.dst()
+        src, dst = conn.both()
         first = fp.source not in self._reported
         # STATUS before listing: whatever changes after it shows in the next run's STATUS.
         s_status = src.status(fp.source) if self.ckpt and not opts.dry_run else None
@@ -426,7 +422,7 @@ class Engine:
 
     def _copy_chunk(self, run: FolderRun, metas: list[MessageMeta], conn: Connections) -> None:
         fp, opts, stats = run.fp, self.opts, self.stats
-        src, dst = conn.src(), conn.dst()
+        src, dst = conn.both()
         if conn.select_src(fp.source).uidvalidity != run.src_uidvalidity:
             raise TransientError(f"UIDVALIDITY of source folder '{display(fp.source)}' changed during the run")
         # Read-write: adopted messages may need their flags set; the size check lists the new messages.

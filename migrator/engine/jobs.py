@@ -111,6 +111,13 @@ class Connections:
             self._dst = self._open_dst()
         return self._dst
 
+    def both(self) -> tuple[Store, Store]:
+        if self._src is None and self._dst is None:
+            from migrator.stores import open_pair
+
+            self._src, self._dst = open_pair(self._open_src, self._open_dst)
+        return self.src(), self.dst()
+
     def select_src(self, folder: Folder):
         return self.src().select(folder, readonly=True)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Callable
 
 from migrator.accounts import Endpoint
 from migrator.errors import UsageError
@@ -115,3 +116,24 @@ class Connector:
             # A source archive must exist; a destination archive is created on first use.
             return ArchiveStore(self.endpoint.path, create=self.secret.role == "dst")
         raise UsageError(f"{self.endpoint.url()}: {scheme}:// is not supported yet")
+
+
+def open_pair(open_src: Callable[[], Store], open_dst: Callable[[], Store]) -> tuple[Store, Store]:
+    """Open both sides at the same time: on a WAN each login is several round trips.
+
+    If one side fails, the other is closed and the first failure (source first) is raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(open_src), pool.submit(open_dst)]
+    opened = [f.result() if f.exception() is None else None for f in futures]
+    if None in opened:
+        for store in opened:
+            if store is not None:
+                try:
+                    store.close()
+                except Exception:
+                    pass
+        for f in futures:
+            f.result()  # raises
+    return opened[0], opened[1]
