@@ -23,6 +23,7 @@ from migrator.progress import Progress
 from migrator.report import render_run, render_verify, run_report, verify_report
 from migrator.stats import Stats
 from migrator.stores import Connector, open_pair
+from migrator.stores.base import Store
 
 
 @dataclass
@@ -64,6 +65,21 @@ def build_plan(plan: Plan, src: Connector, dst: Connector, opts: PlanningOptions
     finally:
         s.close()
         d.close()
+
+
+def plan_keeping_connections(plan: Plan, src: Connector, dst: Connector, opts: PlanningOptions | None = None,
+                             with_status: bool = True) -> tuple[Plan, tuple[Store, Store]]:
+    """Plan (refusing colliding destinations), and keep the two connections open for the run
+    that follows at once (execute(spare=...)): one login less per side."""
+    s, d = open_both(src, dst)
+    try:
+        plan = plan_folders(s, d, plan, opts, with_status)
+        plan.check_collisions()
+        return plan, (s, d)
+    except BaseException:
+        s.close()
+        d.close()
+        raise
 
 
 def open_both(src: Connector, dst: Connector):
@@ -113,8 +129,23 @@ def check_plan(plan: Plan, src: Connector, dst: Connector, delete_extra: bool = 
 
 
 def execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, command: str,
-            print_fn=print, folder_errors: list[tuple[Folder, str]] = ()) -> dict:
-    """Run a plan; returns the report dict (also written to --report)."""
+            print_fn=print, folder_errors: list[tuple[Folder, str]] = (),
+            spare: tuple[Store, Store] | None = None) -> dict:
+    """Run a plan; returns the report dict (also written to --report). spare: open connections
+    (from plan_keeping_connections) the run uses first; closed by the run."""
+    try:
+        return _execute(plan, src, dst, settings, command, print_fn, folder_errors, spare)
+    except BaseException:
+        for store in spare or ():
+            try:
+                store.close()
+            except Exception:
+                pass
+        raise
+
+
+def _execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, command: str, print_fn,
+             folder_errors, spare) -> dict:
     state_path = settings.state_path or default_state_path(plan)
     if plan.source.scheme in ("pop3", "pop3s"):
         settings.engine.workers = 1  # many POP3 servers lock the mailbox: one session at a time
@@ -137,7 +168,7 @@ def execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, c
     for folder, reason in folder_errors:
         stats.folder_failed(folder, reason)
     stop = threading.Event()
-    engine = Engine(plan, src.open, dst.open, ckpt, settings.engine, stats, stop)
+    engine = Engine(plan, src.open, dst.open, ckpt, settings.engine, stats, stop, spare=spare)
     try:
         with Progress(stats, quiet=settings.quiet):
             engine.run()

@@ -70,10 +70,9 @@ def migrate(
     )
     plan = Plan(src.endpoint, dst.endpoint, source_secret=src.secret.describe(), destination_secret=dst.secret.describe())
     runner.check_endpoints(plan)
-    plan = runner.build_plan(plan, src, dst, planning_opts, with_status=False)
-    plan.check_collisions()
+    plan, spare = runner.plan_keeping_connections(plan, src, dst, planning_opts, with_status=False)
     settings = runner.RunSettings(opts, state_path=state, reset_state=reset_state, report_path=report, quiet=quiet)
-    result = runner.execute(plan, src, dst, settings, command="migrate")
+    result = runner.execute(plan, src, dst, settings, command="migrate", spare=spare)
     finish_run(result)
 
 

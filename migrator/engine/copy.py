@@ -64,8 +64,13 @@ class Engine:
         opts: EngineOptions,
         stats: Stats | None = None,
         stop: threading.Event | None = None,
+        spare: tuple[Store, Store] | None = None,
     ):
         self.plan = plan
+        # Open connections handed over by the planner: used to prepare folders, then by a worker,
+        # so a run logs in once less per side (several round trips each on a WAN).
+        self._spare = spare
+        self._spare_lock = threading.Lock()
         self.open_src = open_src
         self.open_dst = open_dst
         self.ckpt = checkpoint
@@ -108,15 +113,25 @@ class Engine:
         for t in threads:
             while t.is_alive() and not (self.stop.is_set() and time.monotonic() > deadline):
                 t.join(0.2)
+        for store in self._take_spare() or ():
+            close_quietly(store)
         self.stats.finish()
         return self.stats
+
+    def _take_spare(self) -> tuple[Store, Store] | None:
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+            return spare
 
     def _prepare_with_retries(self, folders: list[FolderPlan]) -> None:
         for attempt in range(1, self.opts.max_attempts + 1):
             src = dst = None
             try:
-                src, dst = open_pair(self.open_src, self.open_dst)
+                src, dst = self._take_spare() or open_pair(self.open_src, self.open_dst)
                 self._prepare_destination(src, dst, folders)
+                with self._spare_lock:
+                    self._spare = (src, dst)  # for the first worker
+                src = dst = None
                 return
             except TransientError as e:
                 if attempt == self.opts.max_attempts:
@@ -186,7 +201,7 @@ class Engine:
     # -- workers ---------------------------------------------------------------------------
 
     def _worker(self) -> None:
-        conn = Connections(self.open_src, self.open_dst)
+        conn = Connections(self.open_src, self.open_dst, self._take_spare())
         try:
             while True:
                 job = self._q.get()

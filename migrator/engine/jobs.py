@@ -96,10 +96,9 @@ def close_quietly(store: Store) -> None:
 class Connections:
     """A worker's own pair of connections, opened lazily, dropped on transient errors."""
 
-    def __init__(self, open_src, open_dst):
+    def __init__(self, open_src, open_dst, opened: tuple[Store, Store] | None = None):
         self._open_src, self._open_dst = open_src, open_dst
-        self._src: Store | None = None
-        self._dst: Store | None = None
+        self._src, self._dst = opened or (None, None)
 
     def src(self) -> Store:
         if self._src is None:

@@ -331,8 +331,10 @@ def test_oauth2_login_with_a_token_command(instances, introspection, dst_account
 
 
 def test_expired_token_makes_the_command_run_again_mid_run(instances, introspection, dst_account, tmp_path):
-    """Every token expires after two logins: the run's later connections are
-    rejected with the cached token and must get a fresh one from the command."""
+    """Every token expires after one login: the run's later connections are
+    rejected with the cached token and must get a fresh one from the command.
+    (A run logs in to the source twice here: planning, whose connection a worker
+    then keeps, and the second worker.)"""
     d = instances("oauth-OAUTHBEARER", mechanisms="plain login xoauth2 oauthbearer", oauth2_url=introspection.url)
     src = d.new_user("src")
     rig.seed(src, ["INBOX"], [simple_message(i) for i in range(6)])
@@ -340,7 +342,7 @@ def test_expired_token_makes_the_command_run_again_mid_run(instances, introspect
     cmd, counter = _token_command(tmp_path, "exp")
     for n in range(1, 60):
         introspection.tokens[f"exp-{n}"] = src.user
-    introspection.max_uses = 2
+    introspection.max_uses = 1
     try:
         res = migrator("migrate", src.url, dst_account.url, "--state", str(tmp_path / "s.sqlite"), "--quiet",
                        "--workers", "2", "--src-oauth2-token-cmd", cmd, dst=dst_account)
