@@ -8,9 +8,9 @@ import typer
 
 from migrator.cli.app import app
 from migrator.cli.options import (
-    AllowPlain, BatchMB, CaFile, DryRun, DstAuthUser, Debug, ExcludeOpt, FolderOpt, IncludeDeleted, IncludeOpt,
-    Insecure, MapOpt, MaxConns, NoSyncFlags, PresetOpt, Quiet, RetryFailed, SrcAuthUser, Workers, connectors,
-    engine_options, planning, setup_logging,
+    AllowPlain, BatchMB, CaFile, ConnOptions, Debug, DryRun, DstAuthUser, ExcludeOpt, FolderOpt,
+    IncludeDeleted, IncludeOpt, Insecure, MapOpt, MaxConns, NoSyncFlags, PresetOpt, Quiet, RetryFailed,
+    SrcAuthUser, Workers, connectors, engine_options, planning, setup_logging,
 )
 from migrator.plan import Plan
 
@@ -51,12 +51,12 @@ def batch(
     planning_opts = planning(map_, include, exclude, folder, preset, "source")
 
     def migrate_one(row) -> dict:
-        src, dst = connectors(
-            row.source, row.destination, src_password_file=row.src_password_file,
-            dst_password_file=row.dst_password_file, ca_file=ca_file, insecure=insecure, allow_plaintext=allow_plaintext,
-            src_auth_user=row.src_auth_user or src_auth_user, dst_auth_user=row.dst_auth_user or dst_auth_user,
-            src_token_cmd=None, dst_token_cmd=None,
+        conn = ConnOptions(
+            src_password_file=row.src_password_file, dst_password_file=row.dst_password_file, ca_file=ca_file,
+            insecure=insecure, allow_plaintext=allow_plaintext, src_auth_user=row.src_auth_user or src_auth_user,
+            dst_auth_user=row.dst_auth_user or dst_auth_user,
         )
+        src, dst = connectors(row.source, row.destination, conn)
         plan = Plan(src.endpoint, dst.endpoint, source_secret=src.secret.describe(),
                     destination_secret=dst.secret.describe())
         runner.check_endpoints(plan)

@@ -8,16 +8,17 @@ import typer
 
 from migrator.cli.app import app, finish_run
 from migrator.cli.options import (
-    AllowPlain, BatchMB, CaFile, DeleteExtra, DryRun, DstAuthUser, DstPwFile, DstToken, Debug, IncludeDeleted,
-    Insecure, NoSyncFlags, Quiet, Report, ResetState, RetryFailed, SrcAuthUser, SrcPwFile, SrcToken, State,
-    Workers, connectors, engine_options, setup_logging, MaxBps, MaxMps, MaxConns,
-    ExcludeOpt, FolderOpt, IncludeOpt, MapOpt, PresetOpt, SubscribeOpt, planning, plan_connectors,
+    BatchMB, ConnOptions, Debug, DeleteExtra, DryRun, ExcludeOpt, FolderOpt, IncludeDeleted, IncludeOpt,
+    MapOpt, MaxBps, MaxConns, MaxMps, NoSyncFlags, PresetOpt, Quiet, Report, ResetState, RetryFailed, State,
+    SubscribeOpt, Workers, connectors, engine_options, plan_connectors, planning, setup_logging,
+    with_connection_options,
 )
 from migrator.errors import EXIT_MESSAGES_FAILED, UsageError
 from migrator.plan import Plan
 
 
 @app.command()
+@with_connection_options
 def migrate(
     source: Annotated[str, typer.Argument(help="Source account, e.g. imaps://alice@old.example.com")],
     destination: Annotated[str, typer.Argument(help="Destination account, e.g. imaps://alice@new.example.com")],
@@ -40,28 +41,17 @@ def migrate(
     folder: FolderOpt = None,
     preset: PresetOpt = None,
     subscribe: SubscribeOpt = "source",
-    src_password_file: SrcPwFile = None,
-    dst_password_file: DstPwFile = None,
-    ca_file: CaFile = None,
-    insecure: Insecure = False,
-    allow_plaintext: AllowPlain = False,
-    src_auth_user: SrcAuthUser = None,
-    dst_auth_user: DstAuthUser = None,
-    src_oauth2_token_cmd: SrcToken = None,
-    dst_oauth2_token_cmd: DstToken = None,
     quiet: Quiet = False,
     debug: Debug = False,
+    *,
+    conn: ConnOptions,
 ) -> None:
     """Copy every folder and message from SOURCE to DESTINATION (plan + run in one step)."""
     from migrator import runner
 
     setup_logging(debug)
     planning_opts = planning(map_, include, exclude, folder, preset, subscribe)
-    src, dst = connectors(
-        source, destination, src_password_file=src_password_file, dst_password_file=dst_password_file,
-        ca_file=ca_file, insecure=insecure, allow_plaintext=allow_plaintext, src_auth_user=src_auth_user,
-        dst_auth_user=dst_auth_user, src_token_cmd=src_oauth2_token_cmd, dst_token_cmd=dst_oauth2_token_cmd,
-    )
+    src, dst = connectors(source, destination, conn)
     opts = engine_options(
         src, dst, workers=workers, dry_run=dry_run, include_deleted=include_deleted, no_sync_flags=no_sync_flags,
         delete_extra=delete_extra, retry_failed=retry_failed, batch_mb=batch_mb,
@@ -77,6 +67,7 @@ def migrate(
 
 
 @app.command(name="verify")
+@with_connection_options
 def verify_cmd(
     source: Annotated[str, typer.Argument(help="Source account URL, or a PLAN file (then no DESTINATION)")],
     destination: Annotated[Optional[str], typer.Argument(help="Destination account URL")] = None,
@@ -88,24 +79,14 @@ def verify_cmd(
     exclude: ExcludeOpt = None,
     folder: FolderOpt = None,
     preset: PresetOpt = None,
-    src_password_file: SrcPwFile = None,
-    dst_password_file: DstPwFile = None,
-    ca_file: CaFile = None,
-    insecure: Insecure = False,
-    allow_plaintext: AllowPlain = False,
-    src_auth_user: SrcAuthUser = None,
-    dst_auth_user: DstAuthUser = None,
-    src_oauth2_token_cmd: SrcToken = None,
-    dst_oauth2_token_cmd: DstToken = None,
     debug: Debug = False,
+    *,
+    conn: ConnOptions,
 ) -> None:
     """Compare SOURCE and DESTINATION (or the folders of a PLAN) message by message. Read-only; exit 0 only if identical."""
     from migrator import runner
 
     setup_logging(debug)
-    conn = dict(src_password_file=src_password_file, dst_password_file=dst_password_file, ca_file=ca_file,
-                insecure=insecure, allow_plaintext=allow_plaintext, src_auth_user=src_auth_user,
-                dst_auth_user=dst_auth_user, src_token_cmd=src_oauth2_token_cmd, dst_token_cmd=dst_oauth2_token_cmd)
     if destination is None:
         from migrator.plan_io import read_plan
 
@@ -115,11 +96,11 @@ def verify_cmd(
             raise UsageError("with a PLAN file, edit the plan instead of giving --map/--include/--exclude/--folder/--preset")
         plan = read_plan(source)
         runner.check_endpoints(plan)
-        src, dst = plan_connectors(plan, **conn)
+        src, dst = plan_connectors(plan, conn)
         plan.check_collisions()
     else:
         planning_opts = planning(map_, include, exclude, folder, preset, "source")
-        src, dst = connectors(source, destination, **conn)
+        src, dst = connectors(source, destination, conn)
         plan = Plan(src.endpoint, dst.endpoint)
         runner.check_endpoints(plan)
         plan = runner.build_plan(plan, src, dst, planning_opts, with_status=False)

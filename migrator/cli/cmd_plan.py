@@ -9,10 +9,10 @@ import typer
 
 from migrator.cli.app import app, finish_run
 from migrator.cli.options import (
-    AllowPlain, BatchMB, CaFile, DeleteExtra, DryRun, DstAuthUser, DstPwFile, DstToken, Debug, ExcludeOpt,
-    FolderOpt, IncludeDeleted, IncludeOpt, Insecure, MapOpt, NoSyncFlags, PresetOpt, Quiet, Report, ResetState,
-    RetryFailed, SrcAuthUser, SrcPwFile, SrcToken, State, SubscribeOpt, Workers, connectors, plan_connectors,
-    planning, setup_logging, engine_options, MaxBps, MaxMps, MaxConns,
+    BatchMB, ConnOptions, Debug, DeleteExtra, DryRun, ExcludeOpt, FolderOpt, IncludeDeleted, IncludeOpt,
+    MapOpt, MaxBps, MaxConns, MaxMps, NoSyncFlags, PresetOpt, Quiet, Report, ResetState, RetryFailed, State,
+    SubscribeOpt, Workers, connectors, engine_options, plan_connectors, planning, setup_logging,
+    with_connection_options,
 )
 from migrator.errors import UsageError
 from migrator.naming import display
@@ -29,6 +29,7 @@ def default_plan_path(plan: Plan) -> str:
 
 
 @app.command(name="plan")
+@with_connection_options
 def plan_cmd(
     source: Annotated[str, typer.Argument(help="Source account, e.g. imaps://alice@old.example.com")],
     destination: Annotated[str, typer.Argument(help="Destination account, e.g. imaps://alice@new.example.com")],
@@ -40,16 +41,9 @@ def plan_cmd(
     folder: FolderOpt = None,
     preset: PresetOpt = None,
     subscribe: SubscribeOpt = "source",
-    src_password_file: SrcPwFile = None,
-    dst_password_file: DstPwFile = None,
-    ca_file: CaFile = None,
-    insecure: Insecure = False,
-    allow_plaintext: AllowPlain = False,
-    src_auth_user: SrcAuthUser = None,
-    dst_auth_user: DstAuthUser = None,
-    src_oauth2_token_cmd: SrcToken = None,
-    dst_oauth2_token_cmd: DstToken = None,
     debug: Debug = False,
+    *,
+    conn: ConnOptions,
 ) -> None:
     """Write a plan: where each source folder goes, for a person to review and edit. Read-only on both servers.
 
@@ -65,11 +59,7 @@ def plan_cmd(
 
     setup_logging(debug)
     planning_opts = planning(map_, include, exclude, folder, preset, subscribe)
-    src, dst = connectors(
-        source, destination, src_password_file=src_password_file, dst_password_file=dst_password_file,
-        ca_file=ca_file, insecure=insecure, allow_plaintext=allow_plaintext, src_auth_user=src_auth_user,
-        dst_auth_user=dst_auth_user, src_token_cmd=src_oauth2_token_cmd, dst_token_cmd=dst_oauth2_token_cmd,
-    )
+    src, dst = connectors(source, destination, conn)
     plan = Plan(src.endpoint, dst.endpoint, source_secret=src.secret.describe(), destination_secret=dst.secret.describe())
     runner.check_endpoints(plan)
     path = output or default_plan_path(plan)
@@ -89,6 +79,7 @@ def plan_cmd(
 
 
 @app.command(name="run")
+@with_connection_options
 def run_cmd(
     plan_file: Annotated[str, typer.Argument(metavar="PLAN", help="Plan file written by `migrator plan` (and maybe edited).")],
     dry_run: DryRun = False,
@@ -104,17 +95,10 @@ def run_cmd(
     max_bytes_per_second: MaxBps = None,
     max_messages_per_second: MaxMps = None,
     max_connections_per_host: MaxConns = 10,
-    src_password_file: SrcPwFile = None,
-    dst_password_file: DstPwFile = None,
-    ca_file: CaFile = None,
-    insecure: Insecure = False,
-    allow_plaintext: AllowPlain = False,
-    src_auth_user: SrcAuthUser = None,
-    dst_auth_user: DstAuthUser = None,
-    src_oauth2_token_cmd: SrcToken = None,
-    dst_oauth2_token_cmd: DstToken = None,
     quiet: Quiet = False,
     debug: Debug = False,
+    *,
+    conn: ConnOptions,
 ) -> None:
     """Carry out a PLAN: create the destination folders and copy the messages (rerun to resume)."""
     from migrator import runner
@@ -123,11 +107,7 @@ def run_cmd(
     setup_logging(debug)
     plan = read_plan(plan_file)
     runner.check_endpoints(plan)
-    src, dst = plan_connectors(
-        plan, src_password_file=src_password_file, dst_password_file=dst_password_file, ca_file=ca_file,
-        insecure=insecure, allow_plaintext=allow_plaintext, src_auth_user=src_auth_user,
-        dst_auth_user=dst_auth_user, src_token_cmd=src_oauth2_token_cmd, dst_token_cmd=dst_oauth2_token_cmd,
-    )
+    src, dst = plan_connectors(plan, conn)
     vanished = runner.check_plan(plan, src, dst, delete_extra=delete_extra)
     opts = engine_options(
         src, dst, workers=workers, dry_run=dry_run, include_deleted=include_deleted, no_sync_flags=no_sync_flags,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from dataclasses import dataclass
 from typing import Annotated, Optional
 
 import typer
@@ -50,32 +53,81 @@ def planning(maps, include, exclude, folders, presets, subscribe):
     return planning_options(maps or (), include or (), exclude or (), folders or (), presets or (), subscribe)
 
 
-def connectors(src_url: str, dst_url: str, *, src_password_file, dst_password_file, ca_file, insecure,
-               allow_plaintext, src_auth_user, dst_auth_user, src_token_cmd, dst_token_cmd) -> tuple[Connector, Connector]:
-    src_ep, dst_ep = parse_endpoint(src_url), parse_endpoint(dst_url)
-    common = dict(ca_file=ca_file, insecure=insecure, allow_plaintext=allow_plaintext)
-    src = Connector(src_ep, SecretSource("src", src_password_file, src_token_cmd), auth_user=src_auth_user, **common)
-    dst = Connector(dst_ep, SecretSource("dst", dst_password_file, dst_token_cmd), auth_user=dst_auth_user, **common)
-    if insecure:
+@dataclass(frozen=True)
+class ConnOptions:
+    """How to reach and log in to both sides: the options every account-touching command takes."""
+
+    src_password_file: str | None = None
+    dst_password_file: str | None = None
+    ca_file: str | None = None
+    insecure: bool = False
+    allow_plaintext: bool = False
+    src_auth_user: str | None = None
+    dst_auth_user: str | None = None
+    src_oauth2_token_cmd: str | None = None
+    dst_oauth2_token_cmd: str | None = None
+
+
+_CONN_PARAMS = [  # (parameter name, option type, default), in --help order
+    ("src_password_file", SrcPwFile, None), ("dst_password_file", DstPwFile, None), ("ca_file", CaFile, None),
+    ("insecure", Insecure, False), ("allow_plaintext", AllowPlain, False), ("src_auth_user", SrcAuthUser, None),
+    ("dst_auth_user", DstAuthUser, None), ("src_oauth2_token_cmd", SrcToken, None),
+    ("dst_oauth2_token_cmd", DstToken, None),
+]
+
+
+def with_connection_options(fn):
+    """Give a command the connection options without repeating them in its signature.
+
+    The command declares a keyword-only `conn: ConnOptions`; typer sees the nine
+    options instead (the wrapper's signature), and the wrapper folds them back into one
+    ConnOptions."""
+    sig = inspect.signature(fn, eval_str=True)
+    own = [p for p in sig.parameters.values() if p.name != "conn"]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+             for name, kind, default in _CONN_PARAMS]
+
+    @functools.wraps(fn)
+    def command(*args, **kwargs):
+        conn = ConnOptions(**{name: kwargs.pop(name) for name, _kind, _default in _CONN_PARAMS})
+        return fn(*args, conn=conn, **kwargs)
+
+    del command.__wrapped__  # typer must read the signature below, not the function's own
+    command.__signature__ = sig.replace(parameters=own + added)
+    command.__annotations__ = {p.name: p.annotation for p in own + added}
+    return command
+
+
+def _warn_insecure(conn: ConnOptions) -> None:
+    if conn.insecure:
         typer.echo("warning: --insecure: TLS certificates are NOT verified", err=True)
+
+
+def connectors(src_url: str, dst_url: str, conn: ConnOptions) -> tuple[Connector, Connector]:
+    src_ep, dst_ep = parse_endpoint(src_url), parse_endpoint(dst_url)
+    common = dict(ca_file=conn.ca_file, insecure=conn.insecure, allow_plaintext=conn.allow_plaintext)
+    src = Connector(src_ep, SecretSource("src", conn.src_password_file, conn.src_oauth2_token_cmd),
+                    auth_user=conn.src_auth_user, **common)
+    dst = Connector(dst_ep, SecretSource("dst", conn.dst_password_file, conn.dst_oauth2_token_cmd),
+                    auth_user=conn.dst_auth_user, **common)
+    _warn_insecure(conn)
     return src, dst
 
 
-def plan_connectors(plan, *, src_password_file, dst_password_file, ca_file, insecure, allow_plaintext,
-                    src_auth_user, dst_auth_user, src_token_cmd, dst_token_cmd) -> tuple[Connector, Connector]:
+def plan_connectors(plan, conn: ConnOptions) -> tuple[Connector, Connector]:
     """Connectors for a plan read from a file: its secret sources, unless the command line names others."""
     def secret(role, side, pw_file, token_cmd):
         if pw_file or token_cmd:
             return SecretSource(role, pw_file, token_cmd)
         return SecretSource(role, side.get("password_file"), side.get("oauth2_token_cmd"))
 
-    common = dict(ca_file=ca_file, insecure=insecure, allow_plaintext=allow_plaintext)
-    src = Connector(plan.source, secret("src", plan.source_secret, src_password_file, src_token_cmd),
-                    auth_user=src_auth_user, **common)
-    dst = Connector(plan.destination, secret("dst", plan.destination_secret, dst_password_file, dst_token_cmd),
-                    auth_user=dst_auth_user, **common)
-    if insecure:
-        typer.echo("warning: --insecure: TLS certificates are NOT verified", err=True)
+    common = dict(ca_file=conn.ca_file, insecure=conn.insecure, allow_plaintext=conn.allow_plaintext)
+    src = Connector(plan.source, secret("src", plan.source_secret, conn.src_password_file, conn.src_oauth2_token_cmd),
+                    auth_user=conn.src_auth_user, **common)
+    dst = Connector(plan.destination,
+                    secret("dst", plan.destination_secret, conn.dst_password_file, conn.dst_oauth2_token_cmd),
+                    auth_user=conn.dst_auth_user, **common)
+    _warn_insecure(conn)
     return src, dst
 
 
