@@ -10,7 +10,7 @@ from migrator.cli.app import app
 from migrator.cli.options import (
     AllowPlain, BatchMB, CaFile, ConnOptions, Debug, DryRun, DstAuthUser, ExcludeOpt, FolderOpt,
     IncludeDeleted, IncludeOpt, Insecure, MapOpt, MaxConns, NoSyncFlags, PresetOpt, Quiet, RetryFailed,
-    SrcAuthUser, Workers, connectors, engine_options, planning, setup_logging,
+    RunOptions, SrcAuthUser, Workers, connectors, planning, run_settings, setup_logging,
 )
 from migrator.plan import Plan
 
@@ -63,13 +63,11 @@ def batch(
         plan = runner.build_plan(plan, src, dst, planning_opts, with_status=False)
         plan.check_collisions()
         # Rates (--max-*-per-second) are per run; a batch runs several: not offered here.
-        opts = engine_options(
-            src, dst, workers=workers, dry_run=dry_run, include_deleted=include_deleted, no_sync_flags=no_sync_flags,
-            delete_extra=False, retry_failed=retry_failed, batch_mb=batch_mb, max_bytes_per_second=None,
-            max_messages_per_second=None, max_connections_per_host=max_connections_per_host,
-        )
         state = state_path_for(state_dir, runner.default_state_path(plan)) if state_dir else None
-        settings = runner.RunSettings(opts, state_path=state, quiet=True)
+        run = RunOptions(dry_run=dry_run, workers=workers, state=state, include_deleted=include_deleted,
+                         no_sync_flags=no_sync_flags, retry_failed=retry_failed, batch_mb=batch_mb,
+                         max_connections_per_host=max_connections_per_host)
+        settings = run_settings(src, dst, run, quiet=True)
         return runner.execute(plan, src, dst, settings, command="batch", print_fn=lambda *_: None)
 
     def on_done(result) -> None:

@@ -8,33 +8,20 @@ import typer
 
 from migrator.cli.app import app, finish_run
 from migrator.cli.options import (
-    BatchMB, ConnOptions, Debug, DeleteExtra, DryRun, ExcludeOpt, FolderOpt, IncludeDeleted, IncludeOpt,
-    MapOpt, MaxBps, MaxConns, MaxMps, NoSyncFlags, PresetOpt, Quiet, Report, ResetState, RetryFailed, State,
-    SubscribeOpt, Workers, connectors, engine_options, plan_connectors, planning, setup_logging,
-    with_connection_options,
+    ConnOptions, Debug, ExcludeOpt, FolderOpt, IncludeDeleted, IncludeOpt, MapOpt, PresetOpt, Quiet, Report,
+    RunOptions, SubscribeOpt, connectors, plan_connectors, planning, run_settings, setup_logging,
+    with_connection_options, with_run_options,
 )
 from migrator.errors import EXIT_MESSAGES_FAILED, UsageError
 from migrator.plan import Plan
 
 
 @app.command()
+@with_run_options
 @with_connection_options
 def migrate(
     source: Annotated[str, typer.Argument(help="Source account, e.g. imaps://alice@old.example.com")],
     destination: Annotated[str, typer.Argument(help="Destination account, e.g. imaps://alice@new.example.com")],
-    dry_run: DryRun = False,
-    workers: Workers = 4,
-    state: State = None,
-    reset_state: ResetState = False,
-    report: Report = None,
-    include_deleted: IncludeDeleted = False,
-    no_sync_flags: NoSyncFlags = False,
-    delete_extra: DeleteExtra = False,
-    retry_failed: RetryFailed = False,
-    batch_mb: BatchMB = 8.0,
-    max_bytes_per_second: MaxBps = None,
-    max_messages_per_second: MaxMps = None,
-    max_connections_per_host: MaxConns = 10,
     map_: MapOpt = None,
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
@@ -45,6 +32,7 @@ def migrate(
     debug: Debug = False,
     *,
     conn: ConnOptions,
+    run: RunOptions,
 ) -> None:
     """Copy every folder and message from SOURCE to DESTINATION (plan + run in one step)."""
     from migrator import runner
@@ -52,16 +40,10 @@ def migrate(
     setup_logging(debug)
     planning_opts = planning(map_, include, exclude, folder, preset, subscribe)
     src, dst = connectors(source, destination, conn)
-    opts = engine_options(
-        src, dst, workers=workers, dry_run=dry_run, include_deleted=include_deleted, no_sync_flags=no_sync_flags,
-        delete_extra=delete_extra, retry_failed=retry_failed, batch_mb=batch_mb,
-        max_bytes_per_second=max_bytes_per_second, max_messages_per_second=max_messages_per_second,
-        max_connections_per_host=max_connections_per_host,
-    )
+    settings = run_settings(src, dst, run, quiet)
     plan = Plan(src.endpoint, dst.endpoint, source_secret=src.secret.describe(), destination_secret=dst.secret.describe())
     runner.check_endpoints(plan)
     plan, spare = runner.plan_keeping_connections(plan, src, dst, planning_opts, with_status=False)
-    settings = runner.RunSettings(opts, state_path=state, reset_state=reset_state, report_path=report, quiet=quiet)
     result = runner.execute(plan, src, dst, settings, command="migrate", spare=spare)
     finish_run(result)
 

@@ -9,10 +9,8 @@ import typer
 
 from migrator.cli.app import app, finish_run
 from migrator.cli.options import (
-    BatchMB, ConnOptions, Debug, DeleteExtra, DryRun, ExcludeOpt, FolderOpt, IncludeDeleted, IncludeOpt,
-    MapOpt, MaxBps, MaxConns, MaxMps, NoSyncFlags, PresetOpt, Quiet, Report, ResetState, RetryFailed, State,
-    SubscribeOpt, Workers, connectors, engine_options, plan_connectors, planning, setup_logging,
-    with_connection_options,
+    ConnOptions, Debug, ExcludeOpt, FolderOpt, IncludeOpt, MapOpt, PresetOpt, Quiet, RunOptions, SubscribeOpt,
+    connectors, plan_connectors, planning, run_settings, setup_logging, with_connection_options, with_run_options,
 )
 from migrator.errors import UsageError
 from migrator.naming import display
@@ -79,26 +77,15 @@ def plan_cmd(
 
 
 @app.command(name="run")
+@with_run_options
 @with_connection_options
 def run_cmd(
     plan_file: Annotated[str, typer.Argument(metavar="PLAN", help="Plan file written by `migrator plan` (and maybe edited).")],
-    dry_run: DryRun = False,
-    workers: Workers = 4,
-    state: State = None,
-    reset_state: ResetState = False,
-    report: Report = None,
-    include_deleted: IncludeDeleted = False,
-    no_sync_flags: NoSyncFlags = False,
-    delete_extra: DeleteExtra = False,
-    retry_failed: RetryFailed = False,
-    batch_mb: BatchMB = 8.0,
-    max_bytes_per_second: MaxBps = None,
-    max_messages_per_second: MaxMps = None,
-    max_connections_per_host: MaxConns = 10,
     quiet: Quiet = False,
     debug: Debug = False,
     *,
     conn: ConnOptions,
+    run: RunOptions,
 ) -> None:
     """Carry out a PLAN: create the destination folders and copy the messages (rerun to resume)."""
     from migrator import runner
@@ -108,13 +95,7 @@ def run_cmd(
     plan = read_plan(plan_file)
     runner.check_endpoints(plan)
     src, dst = plan_connectors(plan, conn)
-    vanished = runner.check_plan(plan, src, dst, delete_extra=delete_extra)
-    opts = engine_options(
-        src, dst, workers=workers, dry_run=dry_run, include_deleted=include_deleted, no_sync_flags=no_sync_flags,
-        delete_extra=delete_extra, retry_failed=retry_failed, batch_mb=batch_mb,
-        max_bytes_per_second=max_bytes_per_second, max_messages_per_second=max_messages_per_second,
-        max_connections_per_host=max_connections_per_host,
-    )
-    settings = runner.RunSettings(opts, state_path=state, reset_state=reset_state, report_path=report, quiet=quiet)
+    vanished = runner.check_plan(plan, src, dst, delete_extra=run.delete_extra)
+    settings = run_settings(src, dst, run, quiet)
     result = runner.execute(plan, src, dst, settings, command="run", folder_errors=vanished)
     finish_run(result)

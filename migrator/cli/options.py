@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from dataclasses import dataclass
@@ -76,26 +77,59 @@ _CONN_PARAMS = [  # (parameter name, option type, default), in --help order
 ]
 
 
-def with_connection_options(fn):
-    """Give a command the connection options without repeating them in its signature.
+def _folded(name: str, cls, params):
+    """A decorator giving a command a group of options without repeating them in its signature.
 
-    The command declares a keyword-only `conn: ConnOptions`; typer sees the nine
-    options instead (the wrapper's signature), and the wrapper folds them back into one
-    ConnOptions."""
-    sig = inspect.signature(fn, eval_str=True)
-    own = [p for p in sig.parameters.values() if p.name != "conn"]
-    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
-             for name, kind, default in _CONN_PARAMS]
+    The command declares a keyword-only parameter NAME of type CLS; typer sees the group's
+    options instead (the wrapper's signature), and the wrapper folds them back into one CLS."""
 
-    @functools.wraps(fn)
-    def command(*args, **kwargs):
-        conn = ConnOptions(**{name: kwargs.pop(name) for name, _kind, _default in _CONN_PARAMS})
-        return fn(*args, conn=conn, **kwargs)
+    def decorate(fn):
+        sig = inspect.signature(fn, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.name != name]
+        added = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+                 for n, kind, default in params]
 
-    del command.__wrapped__  # typer must read the signature below, not the function's own
-    command.__signature__ = sig.replace(parameters=own + added)
-    command.__annotations__ = {p.name: p.annotation for p in own + added}
-    return command
+        @functools.wraps(fn)
+        def command(*args, **kwargs):
+            group = cls(**{n: kwargs.pop(n) for n, _kind, _default in params})
+            return fn(*args, **{name: group}, **kwargs)
+
+        del command.__wrapped__  # typer must read the signature below, not the function's own
+        command.__signature__ = sig.replace(parameters=own + added)
+        command.__annotations__ = {p.name: p.annotation for p in own + added}
+        return command
+
+    return decorate
+
+
+with_connection_options = _folded("conn", ConnOptions, _CONN_PARAMS)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What a run does and how hard it pushes: the options migrate and run share."""
+
+    dry_run: bool = False
+    workers: int = 4
+    state: str | None = None
+    reset_state: bool = False
+    report: str | None = None
+    include_deleted: bool = False
+    no_sync_flags: bool = False
+    delete_extra: bool = False
+    retry_failed: bool = False
+    batch_mb: float = 8.0
+    max_bytes_per_second: float | None = None
+    max_messages_per_second: float | None = None
+    max_connections_per_host: int | None = 10
+
+
+_RUN_PARAMS = [(f.name, kind, f.default) for f, kind in zip(
+    dataclasses.fields(RunOptions),
+    [DryRun, Workers, State, ResetState, Report, IncludeDeleted, NoSyncFlags, DeleteExtra, RetryFailed, BatchMB,
+     MaxBps, MaxMps, MaxConns],
+)]
+with_run_options = _folded("run", RunOptions, _RUN_PARAMS)
 
 
 def _warn_insecure(conn: ConnOptions) -> None:
@@ -137,19 +171,24 @@ def setup_logging(debug: bool) -> None:
     configure_logging(debug)
 
 
-def engine_options(src: Connector, dst: Connector, *, workers: int, dry_run: bool, include_deleted: bool,
-                   no_sync_flags: bool, delete_extra: bool, retry_failed: bool, batch_mb: float,
-                   max_bytes_per_second: float | None, max_messages_per_second: float | None,
-                   max_connections_per_host: int | None):
-    """The run options shared by migrate, run and batch, in one place (dry-run included)."""
+def engine_options(src: Connector, dst: Connector, run: RunOptions):
+    """Engine options from the run options, in one place (dry-run included)."""
     from migrator import throttle
     from migrator.engine.copy import EngineOptions
 
-    limiter = throttle.Throttle(max_bytes_per_second, max_messages_per_second)
+    limiter = throttle.Throttle(run.max_bytes_per_second, run.max_messages_per_second)
     opts = EngineOptions(
-        workers=throttle.connection_limits(src, dst, workers, max_connections_per_host),
-        dry_run=dry_run, include_deleted=include_deleted, sync_flags=not no_sync_flags, delete_extra=delete_extra,
-        retry_failed=retry_failed, batch_bytes=int(batch_mb * 1e6), throttle=limiter if limiter.limited else None,
+        workers=throttle.connection_limits(src, dst, run.workers, run.max_connections_per_host),
+        dry_run=run.dry_run, include_deleted=run.include_deleted, sync_flags=not run.no_sync_flags,
+        delete_extra=run.delete_extra, retry_failed=run.retry_failed, batch_bytes=int(run.batch_mb * 1e6),
+        throttle=limiter if limiter.limited else None,
     )
     opts.batch_bytes, opts.batch_count = throttle.batch_limits(opts.throttle, opts.batch_bytes, opts.batch_count)
     return opts
+
+
+def run_settings(src: Connector, dst: Connector, run: RunOptions, quiet: bool):
+    from migrator.runner import RunSettings
+
+    return RunSettings(engine_options(src, dst, run), state_path=run.state, reset_state=run.reset_state,
+                       report_path=run.report, quiet=quiet)
