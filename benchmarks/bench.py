@@ -11,6 +11,7 @@ Needs: dovecot-imapd (the test rig), and for the peer rows `apt-get install -y i
 from __future__ import annotations
 
 import argparse
+import compileall
 import hashlib
 import os
 import shutil
@@ -80,9 +81,13 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None
     pages it shared with us before exec).
     """
     out = tempfile.TemporaryFile()
+    full_env = {**os.environ, **(env or {})}
+    # Python tools start as installed ones do, from byte-compiled modules (pip compiles what it
+    # installs; main() compiles migrator's), even where the shell sets PYTHONDONTWRITEBYTECODE.
+    full_env.pop("PYTHONDONTWRITEBYTECODE", None)
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
+                            env=full_env, cwd=cwd, start_new_session=True)
     hwm: dict[int, int] = {}
     try:
         proc.wait(0.02)
@@ -298,6 +303,7 @@ def main() -> int:
     unknown = [t for t in tools if t not in TOOLS]
     if unknown:
         ap.error(f"unknown tool(s) {', '.join(unknown)}; choose from {', '.join(TOOLS)}")
+    compileall.compile_dir(str(ROOT / "migrator"), quiet=1)
     tmp = Path(tempfile.mkdtemp(prefix="mgb-", dir="/tmp"))
     src_dc = rig.Dovecot(tmp, "src", separator="/", special_use=True)
     dst_dc = rig.Dovecot(tmp, "dst", separator="/", special_use=True)
