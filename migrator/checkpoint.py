@@ -23,6 +23,7 @@ One process at a time: an exclusive flock on PATH.lock.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import sqlite3
@@ -80,6 +81,7 @@ CREATE TABLE IF NOT EXISTS watermarks (
 """
 
 
+@functools.lru_cache(maxsize=4096)  # called for every row written; folders are few
 def folder_key(folder: Folder) -> str:
     return json.dumps(list(folder), ensure_ascii=False)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
+from migrator.errors import FolderError
 from migrator.naming import Folder
 
 # Flags the engine never copies: \Recent is session state, not message state.
@@ -100,12 +101,30 @@ class Store(Protocol):
 
     def status(self, name: Folder) -> FolderStatus: ...
 
+    # The three below act on many folders at once, so that a store on a network can send
+    # the commands together (one round trip instead of one per folder). Stores without
+    # that inherit FolderBatches, which loops over the one-folder calls.
+
+    def statuses(self, names: Sequence[Folder]) -> dict[Folder, FolderStatus]:
+        """STATUS of many folders; a folder whose STATUS fails is left out of the answer."""
+        ...
+
+    def create_folders(self, folders: Sequence[tuple[Folder, str | None]]) -> dict[Folder, str | None]:
+        """Create (folder, special_use) pairs in order, parents first; per folder None when
+        it was created or already existed, else the server's reason."""
+        ...
+
+    def subscribe_folders(self, names: Sequence[Folder]) -> dict[Folder, str | None]:
+        """Subscribe folders; per folder None, or the reason it failed."""
+        ...
+
     def select(self, name: Folder, readonly: bool = True) -> FolderStatus:
         """Open a folder for the calls below; raises FolderError if it vanished."""
         ...
 
     def list_messages(self, uids: Sequence[int] | None = None) -> list[MessageMeta]:
-        """Metadata of the selected folder's messages (all, or the given UIDs)."""
+        """Metadata of the selected folder's messages: all of them as of the select() (a store
+        may use what SELECT answered), or the given UIDs."""
         ...
 
     def fetch(self, uids: Sequence[int]) -> Iterator[Message]:
@@ -122,3 +141,36 @@ class Store(Protocol):
 
 
 StoreFactory = Callable[[], Store]
+
+
+class FolderBatches:
+    """The many-folder calls of Store, one folder at a time (for local or read-only stores)."""
+
+    def statuses(self, names: Sequence[Folder]) -> dict[Folder, FolderStatus]:
+        out = {}
+        for name in names:
+            try:
+                out[name] = self.status(name)  # type: ignore[attr-defined]
+            except FolderError:
+                continue
+        return out
+
+    def create_folders(self, folders: Sequence[tuple[Folder, str | None]]) -> dict[Folder, str | None]:
+        out: dict[Folder, str | None] = {}
+        for name, special_use in folders:
+            try:
+                self.create_folder(name, special_use=special_use)  # type: ignore[attr-defined]
+                out[name] = None
+            except FolderError as e:
+                out[name] = str(e)
+        return out
+
+    def subscribe_folders(self, names: Sequence[Folder]) -> dict[Folder, str | None]:
+        out: dict[Folder, str | None] = {}
+        for name in names:
+            try:
+                self.subscribe(name)  # type: ignore[attr-defined]
+                out[name] = None
+            except FolderError as e:
+                out[name] = str(e)
+        return out

@@ -25,7 +25,7 @@ from typing import Iterable, Iterator, Sequence
 from migrator.accounts import Endpoint
 from migrator.errors import ConnectionFailed, FolderError, TransientError, UsageError
 from migrator.naming import INBOX, Folder, display
-from migrator.stores.base import AppendItem, Capabilities, FolderInfo, FolderStatus, Message, MessageMeta
+from migrator.stores.base import AppendItem, Capabilities, FolderBatches, FolderInfo, FolderStatus, Message, MessageMeta
 from migrator.stores.imap import ConnectOptions, Credentials, _describe_os_error, _tls_hint, make_ssl_context
 
 UIDVALIDITY = 1
@@ -69,7 +69,7 @@ def date_from_headers(header_bytes: bytes) -> str:
     return ""
 
 
-class Pop3Store:
+class Pop3Store(FolderBatches):
     separator = None
     prefix = ""
 

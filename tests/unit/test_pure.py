@@ -143,3 +143,32 @@ def test_uid_set_compacts_ranges():
 
     assert uid_set([10, 9, 1, 2, 3, 7]) == "1:3,7,9:10"
     assert uid_set([5]) == "5"
+
+
+@pytest.mark.parametrize(
+    "data, fast, general",
+    [
+        ([(b"1 (UID 1 BODY[] {5}", b"hello"), b")", (b"2 (UID 9 BODY[] {0}", b""), b")"], {1: b"hello", 9: b""},
+         {1: b"hello", 9: b""}),
+        ([(b"1 (UID 1 BODY[] {5}", b"hello"), b")", b"3 (FLAGS (\\Seen))"], {1: b"hello"}, {1: b"hello"}),
+        ([None], {}, {}),  # nothing answered (all expunged)
+        ([(b"1 (BODY[] {5}", b"hello"), b" UID 1)"], None, {1: b"hello"}),  # UID after the literal
+        ([b"1 (UID 1 BODY[] NIL)"], None, {1: b""}),  # no literal
+    ],
+)
+def test_bodies_from_fetch(data, fast, general):
+    """The fast reader takes the usual form and declines the rest, which the general parser reads."""
+    from migrator.stores.imap import bodies_from_any_fetch, bodies_from_fetch
+
+    assert bodies_from_fetch(data) == fast
+    assert bodies_from_any_fetch(data) == general
+
+
+def test_parse_status_answer():
+    from migrator.stores.imap import _parse_status
+
+    st = _parse_status([b'"Sent Items" (MESSAGES 3 UIDNEXT 4 UIDVALIDITY 5 HIGHESTMODSEQ 9)'])
+    assert (st.messages, st.uidnext, st.uidvalidity, st.highestmodseq) == (3, 4, 5, 9)
+    literal_name = _parse_status([(b"{3}", b"a b"), b" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY 7)"])
+    assert (literal_name.uidvalidity, literal_name.highestmodseq) == (7, None)
+    assert _parse_status([]) is None
