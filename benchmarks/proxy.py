@@ -2,7 +2,9 @@
 
 It simulates a WAN link's latency (not its bandwidth): each chunk read from one
 side is written to the other side rtt/2 later, in order. It also counts open
-connections (the tests use it to check --max-connections-per-host).
+connections (the tests use it to check --max-connections-per-host) and *turns*:
+how often a client spoke again after the server had answered, i.e. the round
+trips it waited for (the tests use it to check that commands are pipelined).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class DelayProxy:
         self.open_now = 0
         self.peak = 0
         self.total = 0
+        self.turns = 0
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -69,14 +72,16 @@ class DelayProxy:
             c_writer.close()
             return
         self._count(1)
+        last = ["server"]  # who sent the last chunk on this connection (the server greets first)
         try:
-            await asyncio.gather(self._pipe(c_reader, s_writer), self._pipe(s_reader, c_writer))
+            await asyncio.gather(self._pipe(c_reader, s_writer, "client", last),
+                                 self._pipe(s_reader, c_writer, "server", last))
         finally:
             self._count(-1)
             for w in (c_writer, s_writer):
                 w.close()
 
-    async def _pipe(self, reader, writer) -> None:
+    async def _pipe(self, reader, writer, side: str, last: list) -> None:
         """Copy reader -> writer; a second task writes each chunk when its delay is over."""
         q: asyncio.Queue = asyncio.Queue(maxsize=64)  # bounded: backpressure, not buffering
 
@@ -97,6 +102,11 @@ class DelayProxy:
         try:
             while True:
                 data = await reader.read(256 * 1024)
+                if data:
+                    if side == "client" and last[0] == "server":
+                        with self._lock:
+                            self.turns += 1
+                    last[0] = side
                 await q.put((time.monotonic() + self.delay, data or None))
                 if not data:
                     break
