@@ -30,6 +30,7 @@ child on the destination creates its parents.
 from __future__ import annotations
 
 import fnmatch
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from migrator.errors import FolderError, UsageError
@@ -227,11 +228,16 @@ def plan_folders(src: Store, dst: Store, plan: Plan, opts: PlanningOptions | Non
     """with_status: ask each source folder's STATUS (and size) for the plan file. `migrate`,
     which runs the plan at once, does not need them: one round trip (or a listing) less per folder."""
     opts = opts or PlanningOptions()
-    decisions, warnings = decide(src.list_folders(), dst.list_folders(), getattr(dst, "separator", None), opts)
+    with ThreadPoolExecutor(max_workers=1) as other_side:  # both listings in the same round trip
+        dst_listed = other_side.submit(dst.list_folders)
+        src_listed = src.list_folders()
+        dst_folders = dst_listed.result()
+    decisions, warnings = decide(src_listed, dst_folders, getattr(dst, "separator", None), opts)
     plan.warnings.extend(warnings)
     plan.options = opts.as_dict()
+    statuses = src.statuses([d.info.name for d in decisions]) if with_status else {}
     for d in decisions:
-        messages, size, uidvalidity = _status(src, d.info.name) if with_status else (None, None, None)
+        messages, size, uidvalidity = _status(src, d.info.name, statuses) if with_status else (None, None, None)
         plan.folders.append(
             FolderPlan(
                 source=d.info.name, destination=d.destination, action=d.action, rule=d.rule,
@@ -242,16 +248,18 @@ def plan_folders(src: Store, dst: Store, plan: Plan, opts: PlanningOptions | Non
     return plan
 
 
-def _status(src: Store, folder: Folder) -> tuple[int | None, int | None, int | None]:
-    try:
-        st = src.status(folder)
-    except FolderError:
+def _status(src: Store, folder: Folder, statuses) -> tuple[int | None, int | None, int | None]:
+    st = statuses.get(folder)
+    if st is None:
         return None, None, None  # listed but not readable: the run reports it
     size = st.size
     if size is None and st.messages and hasattr(src, "select"):
         # No STATUS=SIZE: sum RFC822.SIZE after EXAMINE (read-only; changes nothing).
-        src.select(folder, readonly=True)
-        size = sum(m.size for m in src.list_messages())
+        try:
+            src.select(folder, readonly=True)
+            size = sum(m.size for m in src.list_messages())
+        except FolderError:
+            pass  # gone since its STATUS: the run reports it
     return st.messages, size, st.uidvalidity
 
 

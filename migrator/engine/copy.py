@@ -86,27 +86,46 @@ class Engine:
         self._reported: set[Folder] = set()  # folders whose march counts are in stats already
         self._settled: set[Folder] = set()  # source folders found unchanged since the last run
         self._src_status: dict[Folder, FolderStatus] = {}  # taken while preparing, before any listing
-        self._lister = ThreadPoolExecutor(max_workers=max(1, opts.workers), thread_name_prefix="list-dst")
+        self._dst_side = ThreadPoolExecutor(max_workers=max(1, opts.workers), thread_name_prefix="list-dst")
 
     # -- top level -----------------------------------------------------------------------
 
     def run(self) -> Stats:
         folders = self.plan.copying()
-        self._prepare_with_retries(folders)
-        for fp in folders:
-            if fp.action != "failed" and fp.source not in self._settled:
-                self._put(MarchJob(fp))
+        n = max(1, self.opts.workers)
+        # When there is copying to do (a folder without a usable watermark), workers 1..n-1 log
+        # in while the folders are prepared, instead of after: on a WAN that is several round
+        # trips off the critical path. Worker 0 takes the planning connections afterwards.
+        early = n > 1 and self._work_expected(folders)
         threads = [
-            threading.Thread(target=self._worker, name=f"worker-{i}", daemon=True)
-            for i in range(max(1, self.opts.workers))
+            threading.Thread(target=self._worker, args=(early and i > 0,), name=f"worker-{i}", daemon=True)
+            for i in range(n)
         ]
-        for t in threads:
-            t.start()
+        started: list[threading.Thread] = []
         try:
-            while self._outstanding_count() and not self.stop.is_set():
-                time.sleep(0.05)
-        except KeyboardInterrupt:
-            self.stop.set()
+            if early:
+                for t in threads[1:]:
+                    t.start()
+                    started.append(t)
+            self._prepare_with_retries(folders)
+            for fp in folders:
+                if fp.action != "failed" and fp.source not in self._settled:
+                    self._put(MarchJob(fp))
+            for t in threads:
+                if t not in started:
+                    t.start()
+                    started.append(t)
+            try:
+                while self._outstanding_count() and not self.stop.is_set():
+                    time.sleep(0.05)
+            except KeyboardInterrupt:
+                self.stop.set()
+        finally:
+            self._stop_workers(started)
+        self.stats.finish()
+        return self.stats
+
+    def _stop_workers(self, threads: list[threading.Thread]) -> None:
         if self.stop.is_set():
             self.stats.interrupted = True
         for _ in threads:
@@ -119,9 +138,18 @@ class Engine:
                 t.join(0.2)
         for store in self._take_spare() or ():
             close_quietly(store)
-        self._lister.shutdown(wait=False)
-        self.stats.finish()
-        return self.stats
+        self._dst_side.shutdown(wait=False)
+
+    def _work_expected(self, folders: list[FolderPlan]) -> bool:
+        """Some folder cannot be skipped by a fast rerun (no watermark for these options)."""
+        return any(self._watermark(fp) is None for fp in folders)
+
+    def _watermark(self, fp: FolderPlan) -> Watermark | None:
+        """The folder pair's watermark, if a fast rerun may use it."""
+        if self.ckpt is None or self.opts.retry_failed:
+            return None
+        wm = self.ckpt.watermark(fp.source, fp.destination)
+        return wm if wm is not None and wm.options == self.opts.key() else None
 
     def _take_spare(self) -> tuple[Store, Store] | None:
         with self._spare_lock:
@@ -212,8 +240,13 @@ class Engine:
 
     # -- workers ---------------------------------------------------------------------------
 
-    def _worker(self) -> None:
-        conn = Connections(self.open_src, self.open_dst, self._take_spare())
+    def _worker(self, log_in_now: bool = False) -> None:
+        conn = Connections(self.open_src, self.open_dst, None if log_in_now else self._take_spare())
+        if log_in_now:
+            try:
+                conn.both()
+            except (TransientError, ConnectionFailed):
+                conn.drop()  # the first job connects again, and reports what fails
         try:
             while True:
                 job = self._q.get()
@@ -272,15 +305,11 @@ class Engine:
         """Fast rerun: the source folders whose pair still shows, on both sides, the STATUS stored
         when it was left complete. One pipelined STATUS batch per side for all of them, so a
         rerun with nothing new costs two round trips, not two per folder plus a login per worker."""
-        if self.ckpt is None or self.opts.retry_failed:
-            return set()
-        key = self.opts.key()
         marks = {}
         for fp in folders:
-            if fp.action != "failed":
-                wm = self.ckpt.watermark(fp.source, fp.destination)
-                if wm is not None and wm.options == key:
-                    marks[fp.source] = (fp, wm)
+            wm = self._watermark(fp) if fp.action != "failed" else None
+            if wm is not None:
+                marks[fp.source] = (fp, wm)
         if not marks:
             return set()
         s_st = self._src_status
@@ -304,7 +333,7 @@ class Engine:
         # two sides' round trips overlap instead of adding up.
         dst_side = None
         if not (opts.dry_run and fp.destination in self.would_create):
-            dst_side = self._lister.submit(_list_folder, dst, fp.destination, not opts.dry_run)
+            dst_side = self._dst_side.submit(_list_folder, conn, fp.destination, not opts.dry_run)
         try:
             # STATUS before listing: whatever changes after it shows in the next run's STATUS.
             # Usually it was taken for all folders at once while preparing (_prepare_with_retries).
@@ -464,10 +493,16 @@ class Engine:
     def _copy_chunk(self, run: FolderRun, metas: list[MessageMeta], conn: Connections) -> None:
         fp, opts, stats = run.fp, self.opts, self.stats
         src, dst = conn.both()
-        if conn.select_src(fp.source).uidvalidity != run.src_uidvalidity:
+        # Both folders opened at the same time (a round trip instead of two). Read-write on the
+        # destination: adopted messages may need their flags set.
+        dst_side = self._dst_side.submit(conn.select_dst, fp.destination, False)
+        try:
+            s_st = conn.select_src(fp.source)
+        finally:
+            d_st = dst_side.result()
+        if s_st.uidvalidity != run.src_uidvalidity:
             raise TransientError(f"UIDVALIDITY of source folder '{display(fp.source)}' changed during the run")
-        # Read-write: adopted messages may need their flags set; the size check lists the new messages.
-        if conn.select_dst(fp.destination, readonly=False).uidvalidity != run.dst_uidvalidity:
+        if d_st.uidvalidity != run.dst_uidvalidity:
             raise TransientError(f"UIDVALIDITY of destination folder '{display(fp.destination)}' changed during the run")
         for batch, fetched in self._prefetch(src, batches(metas, opts.batch_bytes, opts.batch_count)):
             crash("fetched")
@@ -595,8 +630,14 @@ class Engine:
             by_uid, run.unchecked = {uid: intent for intent, uid in run.unchecked}, []
         if not by_uid:
             return
-        conn.select_dst(run.fp.destination, readonly=False)
-        for meta in conn.dst().list_messages(sorted(by_uid)):
+        folder, uids = run.fp.destination, sorted(by_uid)
+        metas = conn.dst().list_messages(uids) if conn.dst_selected_writable(folder) else []
+        if len(metas) < len(uids):
+            # Not selected here, or messages another worker appended are not in this session's
+            # view yet: a fresh SELECT shows them all (a round trip saved when it is not needed).
+            conn.select_dst(folder, readonly=False)
+            metas = conn.dst().list_messages(uids)
+        for meta in metas:
             intent = by_uid[meta.uid]
             if meta.size != intent.size:
                 reason = altered_reason(intent.size, meta.size)
@@ -663,9 +704,9 @@ class _WaitForMerged(Exception):
     """Another source folder merged into the same destination still has APPENDs in flight."""
 
 
-def _list_folder(store: Store, folder: Folder, writable: bool) -> tuple[FolderStatus, list[MessageMeta]]:
-    st = store.select(folder, readonly=not writable)
-    return st, store.list_messages()
+def _list_folder(conn: Connections, folder: Folder, writable: bool) -> tuple[FolderStatus, list[MessageMeta]]:
+    st = conn.select_dst(folder, readonly=not writable)
+    return st, conn.dst().list_messages()
 
 
 def _matches(wm: Watermark, s, d) -> bool:

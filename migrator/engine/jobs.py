@@ -99,6 +99,7 @@ class Connections:
     def __init__(self, open_src, open_dst, opened: tuple[Store, Store] | None = None):
         self._open_src, self._open_dst = open_src, open_dst
         self._src, self._dst = opened or (None, None)
+        self._dst_selected: tuple[Folder, bool] | None = None  # (folder, readonly) last selected here
 
     def src(self) -> Store:
         if self._src is None:
@@ -121,13 +122,20 @@ class Connections:
         return self.src().select(folder, readonly=True)
 
     def select_dst(self, folder: Folder, readonly: bool = True):
-        return self.dst().select(folder, readonly=readonly)
+        self._dst_selected = None
+        st = self.dst().select(folder, readonly=readonly)
+        self._dst_selected = (folder, readonly)
+        return st
+
+    def dst_selected_writable(self, folder: Folder) -> bool:
+        return self._dst is not None and self._dst_selected == (folder, False)
 
     def drop(self) -> None:
         for store in (self._src, self._dst):
             if store is not None:
                 close_quietly(store)
         self._src = self._dst = None
+        self._dst_selected = None
 
     def close(self) -> None:
         self.drop()

@@ -11,6 +11,7 @@ library does them in a way that breaks our guarantees:
 
 from __future__ import annotations
 
+import base64
 import functools
 import imaplib
 import logging
@@ -236,10 +237,11 @@ def _authenticate(client, ep: Endpoint, creds: Credentials, opts: ConnectOptions
     try:
         if client.has_capability("AUTH=PLAIN"):
             # Master user: authenticate as auth_user, act as ep.user (SASL authzid, RFC 4616).
-            if opts.auth_user:
-                client.plain_login(opts.auth_user, secret, authorization_identity=ep.user)
+            authc, authz = (opts.auth_user, ep.user) if opts.auth_user else (ep.user, "")
+            if client.has_capability("SASL-IR"):
+                _plain_initial_response(client, authc, secret, authz)
             else:
-                client.plain_login(ep.user, secret)
+                client.plain_login(authc, secret, authorization_identity=authz)
         else:
             if client.has_capability("LOGINDISABLED"):
                 raise ConnectionFailed(f"{ep.host} refuses LOGIN on this connection (LOGINDISABLED)")
@@ -248,6 +250,21 @@ def _authenticate(client, ep: Endpoint, creds: Credentials, opts: ConnectOptions
             client.login(user, secret)
     except imapexc.LoginError as e:
         raise ConnectionFailed(f"login failed for {who}: {_server_text(e, secret)}") from None
+
+
+def _plain_initial_response(client, authc: str, secret: str, authz: str) -> None:
+    """AUTHENTICATE PLAIN with the credentials on the command line (SASL-IR, RFC 4959): one round
+    trip instead of two (imaplib waits for the server's empty challenge first). imapclient's
+    logger shows AUTHENTICATE lines as **REDACTED**."""
+    imap = client._imap
+    token = base64.b64encode(f"{authz}\0{authc}\0{secret}".encode()).decode("ascii")
+    try:
+        typ, data = imap._simple_command("AUTHENTICATE", "PLAIN", token)
+    except imaplib.IMAP4.error as e:  # BAD
+        raise imapexc.LoginError(str(e)) from None
+    if typ != "OK":
+        raise imapexc.LoginError(_dec(data[-1]) if data and data[-1] is not None else typ)
+    imap.state = "AUTH"
 
 
 def _oauth2_mech(client, opts: ConnectOptions) -> str:
@@ -385,8 +402,16 @@ class ImapStore:
     # -- Store interface -----------------------------------------------------------------
 
     def list_folders(self) -> list[FolderInfo]:
-        listed = self._call("LIST", self.client.list_folders)
-        subscribed = {n for _, _, n in self._call("LSUB", self.client.list_sub_folders)}
+        pattern = (self.client._normalise_folder(""), self.client._normalise_folder("*"))
+        answers = self._pipeline([("LIST", pattern), ("LSUB", pattern)])  # one round trip for both
+        for (typ, data, _untagged), what in zip(answers, ("LIST", "LSUB")):
+            if typ != "OK":
+                text = _text(data)
+                if classify(text) == TRANSIENT:
+                    raise TransientError(f"{what} on {self.endpoint.host}: {text}")
+                raise FolderError(f"{what} failed on {self.endpoint.host}: {text}")
+        listed = self.client._proc_folder_list(answers[0][2])
+        subscribed = {n for _, _, n in self.client._proc_folder_list(answers[1][2])}
         out: dict[Folder, FolderInfo] = {}
         for attrs, _sep, name in listed:
             attrs = frozenset(_dec(a) for a in attrs)
@@ -455,31 +480,37 @@ class ImapStore:
         return self.client._normalise_folder(self.server_name(name))
 
     def _pipelined(self, command: str, arglist: Sequence[tuple]) -> list[tuple[str, list, list]]:
-        """Send one command many times without waiting for each answer (RFC 3501 5.5);
-        returns (OK/NO, tagged data, this command's untagged data) per argument tuple, in order.
+        """One command many times, sent without waiting for each answer: see _pipeline."""
+        return self._pipeline([(command, args) for args in arglist])
+
+    def _pipeline(self, commands: Sequence[tuple[str, tuple]]) -> list[tuple[str, list, list]]:
+        """Send commands without waiting for each answer (RFC 3501 5.5); returns
+        (OK/NO/BAD, tagged data, that command's untagged data) per command, in order.
 
         At most PIPELINE_WINDOW commands are in flight, so the answers cannot fill our receive
         buffer while we are still sending. A lost connection raises TransientError; BAD answers
         are returned as they are ("BAD", data) and decided by the caller.
         """
         imap = self.client._imap
-        key = command.upper()
         out: list[tuple[str, list, list]] = []
         try:
-            for i in range(0, len(arglist), PIPELINE_WINDOW):
-                imap.untagged_responses.pop(key, None)
-                tags = [imap._command(key, *args) for args in arglist[i : i + PIPELINE_WINDOW]]
-                for tag in tags:
+            for i in range(0, len(commands), PIPELINE_WINDOW):
+                window = [(name.upper(), args) for name, args in commands[i : i + PIPELINE_WINDOW]]
+                for name, _args in window:
+                    imap.untagged_responses.pop(name, None)
+                tags = [imap._command(name, *args) for name, args in window]
+                for (name, _args), tag in zip(window, tags):
                     try:
-                        typ, data = imap._command_complete(key, tag)
+                        typ, data = imap._command_complete(name, tag)
                     except imaplib.IMAP4.abort:
                         raise
                     except imaplib.IMAP4.error as e:  # BAD: this command only
                         typ, data = "BAD", [str(e).encode()]
                     # the server answers in order, so what came untagged so far is this command's
-                    out.append((typ, data, imap.untagged_responses.pop(key, [])))
+                    out.append((typ, data, imap.untagged_responses.pop(name, [])))
         except (imaplib.IMAP4.abort, OSError, EOFError) as e:
-            raise TransientError(f"connection to {self.endpoint.host} lost during {key}: {_server_text(e)}") from None
+            what = " ".join(dict.fromkeys(name.upper() for name, _args in commands))
+            raise TransientError(f"connection to {self.endpoint.host} lost during {what}: {_server_text(e)}") from None
         return out
 
     def select(self, name: Folder, readonly: bool = True) -> FolderStatus:
