@@ -1,7 +1,9 @@
 """A TCP proxy on 127.0.0.1 that delays every chunk by rtt/2 in each direction.
 
-It simulates a WAN link's latency (not its bandwidth): each chunk read from one
-side is written to the other side rtt/2 later, in order. It also counts open
+It simulates a WAN link: each chunk read from one side is written to the other
+side rtt/2 later, in order; with mbit, the link also carries at most that many
+megabits per second in each direction, shared by all connections (a slow line,
+where compression may pay). It also counts open
 connections (the tests use it to check --max-connections-per-host) and *turns*:
 how often a client spoke again after the server had answered, i.e. the round
 trips it waited for (the tests use it to check that commands are pipelined).
@@ -15,9 +17,13 @@ import time
 
 
 class DelayProxy:
-    def __init__(self, target_port: int, rtt_ms: float = 0.0, target_host: str = "127.0.0.1"):
+    def __init__(self, target_port: int, rtt_ms: float = 0.0, target_host: str = "127.0.0.1",
+                 mbit: float | None = None):
         self.target = (target_host, target_port)
         self.delay = rtt_ms / 2000.0
+        self.bytes_per_s = mbit * 125_000 if mbit else None
+        self._line_free = {"client": 0.0, "server": 0.0}  # when each direction's line is idle again
+        self.bytes = {"client": 0, "server": 0}  # bytes each side sent through the proxy
         self.port = 0
         self.open_now = 0
         self.peak = 0
@@ -90,6 +96,10 @@ class DelayProxy:
                 due, data = await q.get()
                 if data is None:
                     break
+                if self.bytes_per_s:  # the line carries one chunk after another, at its rate
+                    start = max(time.monotonic(), self._line_free[side])
+                    self._line_free[side] = start + len(data) / self.bytes_per_s
+                    due = max(due, self._line_free[side])
                 wait = due - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
@@ -103,8 +113,9 @@ class DelayProxy:
             while True:
                 data = await reader.read(256 * 1024)
                 if data:
-                    if side == "client" and last[0] == "server":
-                        with self._lock:
+                    with self._lock:
+                        self.bytes[side] += len(data)
+                        if side == "client" and last[0] == "server":
                             self.turns += 1
                     last[0] = side
                 await q.put((time.monotonic() + self.delay, data or None))

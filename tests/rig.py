@@ -288,7 +288,8 @@ disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_failure_delay = 0
 auth_master_user_separator = {MASTER_SEPARATOR}
-mail_plugins = $mail_plugins quota
+# zlib: only so that imap_zlib can offer COMPRESS=DEFLATE (RFC 4978); mail is stored as is.
+mail_plugins = $mail_plugins quota zlib
 ssl = yes
 ssl_cert = <{self.cert_file}
 ssl_key = <{self.key_file}
@@ -319,7 +320,7 @@ plugin {{
 }}
 
 protocol imap {{
-  mail_plugins = $mail_plugins imap_quota
+  mail_plugins = $mail_plugins imap_quota imap_zlib
 }}
 
 service imap-login {{

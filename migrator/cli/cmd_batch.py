@@ -8,7 +8,7 @@ import typer
 
 from migrator.cli.app import app
 from migrator.cli.options import (
-    AllowPlain, BatchMB, CaFile, ConnOptions, Debug, DryRun, DstAuthUser, ExcludeOpt, FolderOpt,
+    AllowPlain, BatchMB, CaFile, Compress, ConnOptions, Debug, DryRun, DstAuthUser, ExcludeOpt, FolderOpt,
     IncludeDeleted, IncludeOpt, Insecure, MapOpt, MaxConns, NoSyncFlags, PresetOpt, Quiet, RetryFailed,
     RunOptions, SrcAuthUser, Workers, connectors, planning, run_settings, setup_logging,
 )
@@ -36,6 +36,7 @@ def batch(
     ca_file: CaFile = None,
     insecure: Insecure = False,
     allow_plaintext: AllowPlain = False,
+    compress: Compress = False,
     src_auth_user: SrcAuthUser = None,
     dst_auth_user: DstAuthUser = None,
     quiet: Quiet = False,
@@ -53,7 +54,8 @@ def batch(
     def migrate_one(row) -> dict:
         conn = ConnOptions(
             src_password_file=row.src_password_file, dst_password_file=row.dst_password_file, ca_file=ca_file,
-            insecure=insecure, allow_plaintext=allow_plaintext, src_auth_user=row.src_auth_user or src_auth_user,
+            insecure=insecure, allow_plaintext=allow_plaintext, compress=compress,
+            src_auth_user=row.src_auth_user or src_auth_user,
             dst_auth_user=row.dst_auth_user or dst_auth_user,
         )
         src, dst = connectors(row.source, row.destination, conn)

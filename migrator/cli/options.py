@@ -19,6 +19,7 @@ DstPwFile = Annotated[Optional[str], typer.Option("--dst-password-file", help="F
 CaFile = Annotated[Optional[str], typer.Option("--ca-file", help="PEM file of extra CA certificates to trust (private CA), added to the system store.")]
 Insecure = Annotated[bool, typer.Option("--insecure", help="Do not verify TLS certificates (test servers only).")]
 AllowPlain = Annotated[bool, typer.Option("--allow-plaintext", help="Allow logging in without TLS to a non-loopback host whose server offers no STARTTLS.")]
+Compress = Annotated[bool, typer.Option("--compress", help="COMPRESS=DEFLATE on IMAP connections whose server offers it: faster on slow links (below ~50 Mbit/s), slower on a LAN.")]
 SrcAuthUser = Annotated[Optional[str], typer.Option("--src-auth-user", help="Admin/master user to authenticate as on the source.")]
 DstAuthUser = Annotated[Optional[str], typer.Option("--dst-auth-user", help="Admin/master user to authenticate as on the destination.")]
 SrcToken = Annotated[Optional[str], typer.Option("--src-oauth2-token-cmd", help="Command printing an OAuth2 access token for the source (XOAUTH2/OAUTHBEARER); re-run when the token is rejected.")]
@@ -63,6 +64,7 @@ class ConnOptions:
     ca_file: str | None = None
     insecure: bool = False
     allow_plaintext: bool = False
+    compress: bool = False
     src_auth_user: str | None = None
     dst_auth_user: str | None = None
     src_oauth2_token_cmd: str | None = None
@@ -71,7 +73,8 @@ class ConnOptions:
 
 _CONN_PARAMS = [  # (parameter name, option type, default), in --help order
     ("src_password_file", SrcPwFile, None), ("dst_password_file", DstPwFile, None), ("ca_file", CaFile, None),
-    ("insecure", Insecure, False), ("allow_plaintext", AllowPlain, False), ("src_auth_user", SrcAuthUser, None),
+    ("insecure", Insecure, False), ("allow_plaintext", AllowPlain, False), ("compress", Compress, False),
+    ("src_auth_user", SrcAuthUser, None),
     ("dst_auth_user", DstAuthUser, None), ("src_oauth2_token_cmd", SrcToken, None),
     ("dst_oauth2_token_cmd", DstToken, None),
 ]
@@ -139,7 +142,8 @@ def _warn_insecure(conn: ConnOptions) -> None:
 
 def connectors(src_url: str, dst_url: str, conn: ConnOptions) -> tuple[Connector, Connector]:
     src_ep, dst_ep = parse_endpoint(src_url), parse_endpoint(dst_url)
-    common = dict(ca_file=conn.ca_file, insecure=conn.insecure, allow_plaintext=conn.allow_plaintext)
+    common = dict(ca_file=conn.ca_file, insecure=conn.insecure, allow_plaintext=conn.allow_plaintext,
+                  compress=conn.compress)
     src = Connector(src_ep, SecretSource("src", conn.src_password_file, conn.src_oauth2_token_cmd),
                     auth_user=conn.src_auth_user, **common)
     dst = Connector(dst_ep, SecretSource("dst", conn.dst_password_file, conn.dst_oauth2_token_cmd),
@@ -155,7 +159,8 @@ def plan_connectors(plan, conn: ConnOptions) -> tuple[Connector, Connector]:
             return SecretSource(role, pw_file, token_cmd)
         return SecretSource(role, side.get("password_file"), side.get("oauth2_token_cmd"))
 
-    common = dict(ca_file=conn.ca_file, insecure=conn.insecure, allow_plaintext=conn.allow_plaintext)
+    common = dict(ca_file=conn.ca_file, insecure=conn.insecure, allow_plaintext=conn.allow_plaintext,
+                  compress=conn.compress)
     src = Connector(plan.source, secret("src", plan.source_secret, conn.src_password_file, conn.src_oauth2_token_cmd),
                     auth_user=conn.src_auth_user, **common)
     dst = Connector(plan.destination,

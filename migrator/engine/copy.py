@@ -27,6 +27,7 @@ every rerun marches. See docs/resume.md.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import random
@@ -79,7 +80,10 @@ class Engine:
         self.stats = stats or Stats()
         self.stop = stop or threading.Event()
         self.would_create: list[Folder] = []
-        self._q: queue.Queue = queue.Queue()
+        # Marches first (they find the work), then the biggest chunks (a big chunk taken last
+        # leaves the other workers idle at the end); a stop sentinel before anything.
+        self._q: queue.PriorityQueue = queue.PriorityQueue()
+        self._seq = itertools.count()
         self._outstanding = 0
         self._outstanding_lock = threading.Lock()
         self._live: Counter = Counter()  # source folder -> its queued or running jobs
@@ -129,7 +133,7 @@ class Engine:
         if self.stop.is_set():
             self.stats.interrupted = True
         for _ in threads:
-            self._q.put(None)
+            self._q.put(((-1, 0, next(self._seq)), None))
         # Interrupted: give workers a few seconds to finish the batch in hand, then leave them
         # (daemon threads). Safe: an APPEND is only sent after its intent is committed.
         deadline = time.monotonic() + self.opts.stop_grace
@@ -219,7 +223,11 @@ class Engine:
         with self._outstanding_lock:
             self._outstanding += 1
             self._live[_source(job)] += 1  # a retry is put before its failed job is done: stays > 0
-        self._q.put(job)
+        if isinstance(job, MarchJob):
+            rank = (0, 0, next(self._seq))
+        else:
+            rank = (1, -sum(m.size for m in job.metas), next(self._seq))
+        self._q.put((rank, job))
 
     def _done(self, job) -> None:
         with self._outstanding_lock:
@@ -249,7 +257,7 @@ class Engine:
                 conn.drop()  # the first job connects again, and reports what fails
         try:
             while True:
-                job = self._q.get()
+                _rank, job = self._q.get()
                 if job is None:
                     return
                 try:

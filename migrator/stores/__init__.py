@@ -35,6 +35,7 @@ class Connector:
     ca_file: str | None = None
     insecure: bool = False
     allow_plaintext: bool = False
+    compress: bool = False  # COMPRESS=DEFLATE on IMAP, when the server offers it
     auth_user: str | None = None
     timeout: float = 120.0
     max_connections: int | None = None  # per host, None: unlimited
@@ -101,6 +102,7 @@ class Connector:
                 timeout=self.timeout,
                 auth_user=self.auth_user,
                 oauth2_token_cmd=self.secret.oauth2_token_cmd,
+                compress=self.compress,
             )
             return ImapStore(self.endpoint, self._credentials(), opts)
         if scheme in ("pop3", "pop3s"):

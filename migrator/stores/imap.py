@@ -31,6 +31,7 @@ from imapclient.response_parser import parse_fetch_response, parse_response
 from migrator.accounts import Endpoint
 from migrator.errors import ConnectionFailed, FolderError, MessageRejected, TransientError, UsageError
 from migrator.naming import Folder, from_server, to_server
+from migrator.stores import deflate
 from migrator.stores.base import (
     AppendItem,
     Capabilities,
@@ -42,6 +43,7 @@ from migrator.stores.base import (
 )
 
 log = logging.getLogger("migrator.imap")
+imaplib.Commands.setdefault("COMPRESS", ("AUTH", "SELECTED"))  # RFC 4978; imaplib lacks it
 
 SPECIAL_USE_ATTRS = ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash", "\\Important")
 # Response codes (RFC 5530) that mean "try again later" rather than "this message is bad":
@@ -79,6 +81,7 @@ class ConnectOptions:
     auth_user: str | None = None  # admin / master user: authenticates as this, acts as endpoint.user
     oauth2_token_cmd: str | None = None
     oauth2_mech: str = "auto"  # auto: OAUTHBEARER when the server offers it, else XOAUTH2
+    compress: bool = False  # COMPRESS=DEFLATE (RFC 4978) when offered
 
 
 class Credentials:
@@ -179,6 +182,12 @@ def connect(ep: Endpoint, creds: Credentials, opts: ConnectOptions) -> imapclien
     except (OSError, imaplib.IMAP4.error) as e:
         raise ConnectionFailed(_describe_os_error(e, ep), hint=_tls_hint(e)) from None
     client.normalise_times = False  # keep INTERNALDATE's timezone
+    # No Nagle: a small write (a pipelined command, the CRLF ending an APPEND after a big body)
+    # would otherwise wait for the ACK of the previous one, a round trip on a WAN.
+    try:
+        client._imap.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        pass
     try:
         if not ep.implicit_tls:
             _maybe_starttls(client, ep, ctx, opts)
@@ -370,6 +379,9 @@ class ImapStore:
         for c in caps:
             if c.startswith("APPENDLIMIT="):
                 self.capabilities.max_append_size = int(c.split("=", 1)[1] or 0) or None
+        self.compressed = False
+        if self._opts.compress and "COMPRESS=DEFLATE" in caps:
+            self._start_compression()
         self.separator, self.prefix = self._namespace()
 
     # -- helpers -------------------------------------------------------------------------
@@ -385,6 +397,20 @@ class ImapStore:
             if classify(text) == TRANSIENT:
                 raise TransientError(f"{what} on {self.endpoint.host}: {text}") from None
             raise FolderError(f"{what} failed on {self.endpoint.host}: {text}") from None
+
+    def _start_compression(self) -> None:
+        imap = self.client._imap
+        try:
+            typ, data = imap._simple_command("COMPRESS", "DEFLATE")
+        except (imaplib.IMAP4.abort, OSError) as e:
+            raise ConnectionFailed(f"connection to {self.endpoint.host} lost during COMPRESS: {_server_text(e)}") from None
+        except imaplib.IMAP4.error as e:  # BAD: carry on uncompressed
+            typ, data = "BAD", [str(e).encode()]
+        if typ == "OK":
+            deflate.start(imap)
+            self.compressed = True
+        else:
+            _warn_once(f"{self.endpoint.host} refused COMPRESS DEFLATE ({_text(data)}); continuing uncompressed")
 
     def _namespace(self) -> tuple[str | None, str]:
         if self.client.has_capability("NAMESPACE"):
@@ -498,7 +524,7 @@ class ImapStore:
                 window = [(name.upper(), args) for name, args in commands[i : i + PIPELINE_WINDOW]]
                 for name, _args in window:
                     imap.untagged_responses.pop(name, None)
-                tags = [imap._command(name, *args) for name, args in window]
+                tags = _sent_together(imap, lambda: [imap._command(name, *args) for name, args in window])
                 for (name, _args), tag in zip(window, tags):
                     try:
                         typ, data = imap._command_complete(name, tag)
@@ -727,6 +753,24 @@ class ImapStore:
             self.client.logout()
         except Exception:
             _shutdown(self.client)
+
+
+def _sent_together(imap, issue):
+    """Run issue() (which sends commands through imap.send) with the writes gathered into one:
+    the server gets the whole batch in one segment and can answer it in one go."""
+    own = vars(imap).get("send")  # deflate.start() puts a compressing send on the instance
+    real_send = own or imap.send
+    parts: list[bytes] = []
+    imap.send = parts.append
+    try:
+        result = issue()
+    finally:
+        if own is None:
+            del imap.send
+        else:
+            imap.send = own
+    real_send(b"".join(parts))
+    return result
 
 
 def _text(data) -> str:
