@@ -124,3 +124,40 @@ class DelayProxy:
             await sender
         except (ConnectionError, OSError):
             sender.cancel()
+
+
+class ProxyProcess:
+    """A DelayProxy in a process of its own (the benchmark's): two in-process proxies would share
+    one GIL, and copying every byte of a run through it capped the fastest tool's row."""
+
+    def __init__(self, target_port: int, rtt_ms: float = 0.0, mbit: float | None = None):
+        self.args = [str(target_port), str(rtt_ms), str(mbit or 0)]
+        self.port = 0
+        self._proc = None
+
+    def start(self) -> "ProxyProcess":
+        import subprocess
+        import sys
+
+        self._proc = subprocess.Popen([sys.executable, __file__, *self.args], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True)
+        self.port = int(self._proc.stdout.readline())
+        return self
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.stdin.close()  # the child exits when its stdin closes
+            try:
+                self._proc.wait(10)
+            except Exception:
+                self._proc.kill()
+
+
+if __name__ == "__main__":  # python proxy.py TARGET_PORT RTT_MS MBIT: prints its port, runs until stdin closes
+    import sys
+
+    port, rtt, mbit = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+    proxy = DelayProxy(port, rtt, mbit=mbit or None).start()
+    print(proxy.port, flush=True)
+    sys.stdin.read()
+    proxy.stop()

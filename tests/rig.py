@@ -205,7 +205,7 @@ class Account:
 
 class Dovecot:
     def __init__(self, root: Union[str, Path, None] = None, name: str = "dovecot",
-                 separator: str = "/", prefix: str = "", special_use: bool = False):
+                 separator: str = "/", prefix: str = "", special_use: bool = False, compress: bool = True):
         if separator not in ("/", "."):
             raise ValueError("separator must be '/' or '.'")
         if prefix and not prefix.endswith(separator):
@@ -216,6 +216,7 @@ class Dovecot:
         self.separator = separator
         self.prefix = prefix
         self.special_use = special_use
+        self.compress = compress  # offer COMPRESS=DEFLATE (imap_zlib)
         self.uid, self.gid = ensure_mail_user()
         self.dir = self.root / name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -289,7 +290,7 @@ auth_mechanisms = plain login
 auth_failure_delay = 0
 auth_master_user_separator = {MASTER_SEPARATOR}
 # zlib: only so that imap_zlib can offer COMPRESS=DEFLATE (RFC 4978); mail is stored as is.
-mail_plugins = $mail_plugins quota zlib
+mail_plugins = $mail_plugins quota{" zlib" if self.compress else ""}
 ssl = yes
 ssl_cert = <{self.cert_file}
 ssl_key = <{self.key_file}
@@ -320,7 +321,7 @@ plugin {{
 }}
 
 protocol imap {{
-  mail_plugins = $mail_plugins imap_quota imap_zlib
+  mail_plugins = $mail_plugins imap_quota{" imap_zlib" if self.compress else ""}
 }}
 
 service imap-login {{
