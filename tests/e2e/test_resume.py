@@ -194,11 +194,12 @@ def test_sigkill_while_flags_are_synced_and_while_extras_are_deleted(source, new
     assert_identical(source, dst)
 
 
-@pytest.mark.parametrize("side, direction, at", [
-    ("src", "down", 20_000), ("src", "down", 110_000),  # in the middle of a FETCH response
-    ("dst", "up", 30_000), ("dst", "up", 120_000),  # in the middle of an APPEND literal
+@pytest.mark.parametrize("side, direction, at, extra", [
+    ("src", "down", 20_000, ()), ("src", "down", 110_000, ()),  # in the middle of a FETCH response
+    ("dst", "up", 30_000, ()), ("dst", "up", 120_000, ()),  # in the middle of an APPEND literal
+    ("dst", "up", 6_000, ("--compress",)),  # in the middle of a compressed APPEND
 ])
-def test_sigkill_while_bytes_are_in_flight(source, new_account, tmp_path, side, direction, at):
+def test_sigkill_while_bytes_are_in_flight(source, new_account, tmp_path, side, direction, at, extra):
     dst = new_account("slash", "rdst")
     box: dict = {}
 
@@ -208,11 +209,11 @@ def test_sigkill_while_bytes_are_in_flight(source, new_account, tmp_path, side, 
     target = source if side == "src" else dst
     with FaultProxy(target.port, cut_at=[at], direction=direction, on_threshold=kill) as proxy:
         s, d = (via(source, proxy), dst) if side == "src" else (source, via(dst, proxy))
-        box["proc"] = popen(s, d, tmp_path)
+        box["proc"] = popen(s, d, tmp_path, *extra)
         box["proc"].communicate(timeout=120)
         assert box["proc"].returncode == -signal.SIGKILL
         assert proxy.thresholds_left == 0
-    finish(source, dst, tmp_path)
+    finish(source, dst, tmp_path, *extra)
     assert_identical(source, dst)
 
 
@@ -241,14 +242,15 @@ def test_connections_cut_after_n_bytes_are_retried(source, new_account, tmp_path
     assert_identical(source, dst)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_random_cuts_on_both_sides(source, new_account, tmp_path, seed):
+@pytest.mark.parametrize("seed, extra", [(1, ()), (2, ()), (3, ()), (4, ("--compress",))])
+def test_random_cuts_on_both_sides(source, new_account, tmp_path, seed, extra):
+    """--compress too: a cut in the middle of a deflate stream is a lost connection like any other."""
     dst = new_account("slash", "rdst")
     with FaultProxy(source.port, random_cuts=3, random_every=(0.05, 0.5), seed=seed, rst=True) as sp, \
             FaultProxy(dst.port, random_cuts=3, random_every=(0.05, 0.5), seed=seed + 100) as dp:
         s, d = via(source, sp), via(dst, dp)
         for i in range(4):  # bounded: a cut during planning ends a run; the next one resumes
-            res, _ = run(s, d, tmp_path, name=f"r{i}")
+            res, _ = run(s, d, tmp_path, *extra, name=f"r{i}")
             if res.code == 0:
                 break
             assert res.code in (1, 3), res.text
