@@ -31,7 +31,7 @@ from imapclient.response_parser import parse_fetch_response, parse_response
 from migrator.accounts import Endpoint
 from migrator.errors import ConnectionFailed, FolderError, MessageRejected, TransientError, UsageError
 from migrator.naming import Folder, from_server, to_server
-from migrator.stores import deflate
+from migrator.stores import deflate, lean
 from migrator.stores.base import (
     AppendItem,
     Capabilities,
@@ -382,6 +382,8 @@ class ImapStore:
         self.compressed = False
         if self._opts.compress and "COMPRESS=DEFLATE" in caps:
             self._start_compression()
+        if self.client._imap.debug < 4:  # --debug wants imaplib's own trace of every line
+            lean.install(self.client._imap)
         self.separator, self.prefix = self._namespace()
 
     # -- helpers -------------------------------------------------------------------------
