@@ -90,7 +90,7 @@ class Engine:
         self._reported: set[Folder] = set()  # folders whose march counts are in stats already
         self._settled: set[Folder] = set()  # source folders found unchanged since the last run
         self._src_status: dict[Folder, FolderStatus] = {}  # taken while preparing, before any listing
-        self._dst_side = ThreadPoolExecutor(max_workers=max(1, opts.workers), thread_name_prefix="list-dst")
+        self._dst_side = ThreadPoolExecutor(max_workers=max(1, opts.workers), thread_name_prefix="dst-side")
 
     # -- top level -----------------------------------------------------------------------
 
