@@ -135,6 +135,14 @@ _RUN_PARAMS = [(f.name, kind, f.default) for f, kind in zip(
 with_run_options = _folded("run", RunOptions, _RUN_PARAMS)
 
 
+def _check_ca_file(conn: ConnOptions) -> None:
+    """A bad --ca-file is a usage error at once, even when no connection of the run uses TLS."""
+    if conn.ca_file:
+        from migrator.stores.imap import ConnectOptions, make_ssl_context
+
+        make_ssl_context(ConnectOptions(ca_file=conn.ca_file))
+
+
 def _warn_insecure(conn: ConnOptions) -> None:
     if conn.insecure:
         typer.echo("warning: --insecure: TLS certificates are NOT verified", err=True)
@@ -148,6 +156,7 @@ def connectors(src_url: str, dst_url: str, conn: ConnOptions) -> tuple[Connector
                     auth_user=conn.src_auth_user, **common)
     dst = Connector(dst_ep, SecretSource("dst", conn.dst_password_file, conn.dst_oauth2_token_cmd),
                     auth_user=conn.dst_auth_user, **common)
+    _check_ca_file(conn)
     _warn_insecure(conn)
     return src, dst
 
@@ -166,6 +175,7 @@ def plan_connectors(plan, conn: ConnOptions) -> tuple[Connector, Connector]:
     dst = Connector(plan.destination,
                     secret("dst", plan.destination_secret, conn.dst_password_file, conn.dst_oauth2_token_cmd),
                     auth_user=conn.dst_auth_user, **common)
+    _check_ca_file(conn)
     _warn_insecure(conn)
     return src, dst
 

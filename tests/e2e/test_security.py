@@ -227,12 +227,14 @@ def test_insecure_accepts_any_certificate_and_warns_on_every_run(instances, dst_
 
 
 def test_unreadable_ca_file_is_a_usage_error(src_account, dst_account, tmp_path):
+    """Refused before anything connects, TLS or not (plain loopback builds no TLS context)."""
     bogus = tmp_path / "ca.pem"
     bogus.write_text("not a certificate\n")
     for path in (str(bogus), str(tmp_path / "missing.pem")):
-        res = _run(src_account, dst_account, tmp_path, "--ca-file", path, src_url=src_account.imaps_url)
-        assert res.code == 2, res.text
-        assert len(_error_lines(res)) == 1 and "--ca-file" in res.err
+        for src_url in (src_account.imaps_url, src_account.url):
+            res = _run(src_account, dst_account, tmp_path, "--ca-file", path, src_url=src_url)
+            assert res.code == 2, res.text
+            assert len(_error_lines(res)) == 1 and "--ca-file" in res.err
 
 
 # --------------------------------------------------------------------------- STARTTLS
