@@ -205,6 +205,15 @@ def execute_verify(plan: Plan, src: Connector, dst: Connector, include_deleted: 
     return report
 
 
+def new_plan(src: Connector, dst: Connector) -> Plan:
+    """An empty plan for two accounts named on the command line, refused at once if no store
+    can serve the pair (before any connection is opened)."""
+    plan = Plan(src.endpoint, dst.endpoint, source_secret=src.secret.describe(),
+                destination_secret=dst.secret.describe())
+    check_endpoints(plan)
+    return plan
+
+
 def check_endpoints(plan: Plan) -> None:
     """Refuse pairs no store can serve, before any connection is opened."""
     if plan.destination.scheme in ("pop3", "pop3s"):

@@ -12,7 +12,6 @@ from migrator.cli.options import (
     IncludeDeleted, IncludeOpt, Insecure, MapOpt, MaxConns, NoSyncFlags, PresetOpt, Quiet, RetryFailed,
     RunOptions, SrcAuthUser, Workers, connectors, planning, run_settings, setup_logging,
 )
-from migrator.plan import Plan
 
 
 @app.command()
@@ -59,10 +58,7 @@ def batch(
             dst_auth_user=row.dst_auth_user or dst_auth_user,
         )
         src, dst = connectors(row.source, row.destination, conn)
-        plan = Plan(src.endpoint, dst.endpoint, source_secret=src.secret.describe(),
-                    destination_secret=dst.secret.describe())
-        runner.check_endpoints(plan)
-        plan = runner.build_plan(plan, src, dst, planning_opts, with_status=False)
+        plan = runner.build_plan(runner.new_plan(src, dst), src, dst, planning_opts, with_status=False)
         plan.check_collisions()
         # Rates (--max-*-per-second) are per run; a batch runs several: not offered here.
         state = state_path_for(state_dir, runner.default_state_path(plan)) if state_dir else None

@@ -13,7 +13,6 @@ from migrator.cli.options import (
     with_connection_options, with_run_options,
 )
 from migrator.errors import EXIT_MESSAGES_FAILED, UsageError
-from migrator.plan import Plan
 
 
 @app.command()
@@ -41,9 +40,8 @@ def migrate(
     planning_opts = planning(map_, include, exclude, folder, preset, subscribe)
     src, dst = connectors(source, destination, conn)
     settings = run_settings(src, dst, run, quiet)
-    plan = Plan(src.endpoint, dst.endpoint, source_secret=src.secret.describe(), destination_secret=dst.secret.describe())
-    runner.check_endpoints(plan)
-    plan, spare = runner.plan_keeping_connections(plan, src, dst, planning_opts, with_status=False)
+    plan, spare = runner.plan_keeping_connections(runner.new_plan(src, dst), src, dst, planning_opts,
+                                                  with_status=False)
     result = runner.execute(plan, src, dst, settings, command="migrate", spare=spare)
     finish_run(result)
 
@@ -83,9 +81,7 @@ def verify_cmd(
     else:
         planning_opts = planning(map_, include, exclude, folder, preset, "source")
         src, dst = connectors(source, destination, conn)
-        plan = Plan(src.endpoint, dst.endpoint)
-        runner.check_endpoints(plan)
-        plan = runner.build_plan(plan, src, dst, planning_opts, with_status=False)
+        plan = runner.build_plan(runner.new_plan(src, dst), src, dst, planning_opts, with_status=False)
     result = runner.execute_verify(plan, src, dst, include_deleted, report, as_json)
     if not result["identical"]:
         raise typer.Exit(EXIT_MESSAGES_FAILED)

@@ -58,8 +58,7 @@ def plan_cmd(
     setup_logging(debug)
     planning_opts = planning(map_, include, exclude, folder, preset, subscribe)
     src, dst = connectors(source, destination, conn)
-    plan = Plan(src.endpoint, dst.endpoint, source_secret=src.secret.describe(), destination_secret=dst.secret.describe())
-    runner.check_endpoints(plan)
+    plan = runner.new_plan(src, dst)
     path = output or default_plan_path(plan)
     if os.path.exists(path) and not force:
         raise UsageError(f"plan file {path} exists", hint="use --force to overwrite it, or -o another file")
