@@ -113,23 +113,29 @@ class Credentials:
         return self._token is not None
 
 
-@functools.lru_cache(maxsize=16)  # loading the system CA store costs ~50 ms of CPU per connection
 def make_ssl_context(opts: ConnectOptions) -> ssl.SSLContext:
     """TLS 1.2 or newer; verifies chain and host name against the system store (+ --ca-file)."""
-    if opts.insecure:
+    return _ssl_context(opts.ca_file, opts.insecure)
+
+
+# Keyed by what the context depends on only, so the --ca-file check, every connection of both
+# sides and the POP3 store share one: loading the system CA store costs ~50 ms of CPU.
+@functools.lru_cache(maxsize=16)
+def _ssl_context(ca_file: str | None, insecure: bool) -> ssl.SSLContext:
+    if insecure:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     else:
         ctx = ssl.create_default_context()
-        if opts.ca_file:
+        if ca_file:
             # Added to the system store, not instead of it: one side may be a public
             # provider (Gmail) and the other a private server.
             try:
-                ctx.load_verify_locations(cafile=opts.ca_file)
+                ctx.load_verify_locations(cafile=ca_file)
             except (OSError, ssl.SSLError) as e:
                 reason = getattr(e, "strerror", None) or getattr(e, "reason", None) or "not a PEM certificate file"
-                raise UsageError(f"cannot load --ca-file {opts.ca_file}: {reason}") from None
+                raise UsageError(f"cannot load --ca-file {ca_file}: {reason}") from None
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
 
@@ -395,10 +401,13 @@ class ImapStore:
         except (imaplib.IMAP4.abort, imapexc.IMAPClientAbortError, OSError, EOFError) as e:
             raise TransientError(f"connection to {self.endpoint.host} lost during {what}: {_server_text(e)}") from None
         except (imaplib.IMAP4.error, imapexc.IMAPClientError) as e:
-            text = _server_text(e)
-            if classify(text) == TRANSIENT:
-                raise TransientError(f"{what} on {self.endpoint.host}: {text}") from None
-            raise FolderError(f"{what} failed on {self.endpoint.host}: {text}") from None
+            raise self._refused(what, _server_text(e)) from None
+
+    def _refused(self, what: str, text: str) -> Exception:
+        """A NO/BAD to a command other than APPEND: try again later, or this folder fails."""
+        if classify(text) == TRANSIENT:
+            return TransientError(f"{what} on {self.endpoint.host}: {text}")
+        return FolderError(f"{what} failed on {self.endpoint.host}: {text}")
 
     def _start_compression(self) -> None:
         imap = self.client._imap
@@ -434,10 +443,7 @@ class ImapStore:
         answers = self._pipeline([("LIST", pattern), ("LSUB", pattern)])  # one round trip for both
         for (typ, data, _untagged), what in zip(answers, ("LIST", "LSUB")):
             if typ != "OK":
-                text = _text(data)
-                if classify(text) == TRANSIENT:
-                    raise TransientError(f"{what} on {self.endpoint.host}: {text}")
-                raise FolderError(f"{what} failed on {self.endpoint.host}: {text}")
+                raise self._refused(what, _text(data))
         listed = self.client._proc_folder_list(answers[0][2])
         subscribed = {n for _, _, n in self.client._proc_folder_list(answers[1][2])}
         out: dict[Folder, FolderInfo] = {}
@@ -488,10 +494,8 @@ class ImapStore:
         typ, data, untagged = self._pipelined("STATUS", [(self._wire(name), self._status_items())])[0]
         st = _parse_status(untagged) if typ == "OK" else None
         if st is None:
-            text = _text(data) if typ != "OK" else "no STATUS data in the answer"
-            if classify(text) == TRANSIENT:
-                raise TransientError(f"STATUS {self.server_name(name)} on {self.endpoint.host}: {text}")
-            raise FolderError(f"STATUS {self.server_name(name)} failed on {self.endpoint.host}: {text}")
+            raise self._refused(f"STATUS {self.server_name(name)}",
+                                _text(data) if typ != "OK" else "no STATUS data in the answer")
         return st
 
     def statuses(self, names: Sequence[Folder]) -> dict[Folder, FolderStatus]:
