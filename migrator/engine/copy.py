@@ -88,6 +88,7 @@ class Engine:
         self._outstanding_lock = threading.Lock()
         self._live: Counter = Counter()  # source folder -> its queued or running jobs
         self._reported: set[Folder] = set()  # folders whose march counts are in stats already
+        self._marks: dict[Folder, Watermark] = {}  # usable watermarks, read by run()
         self._settled: set[Folder] = set()  # source folders found unchanged since the last run
         self._src_status: dict[Folder, FolderStatus] = {}  # taken while preparing, before any listing
         self._dst_side = ThreadPoolExecutor(max_workers=max(1, opts.workers), thread_name_prefix="dst-side")
@@ -100,7 +101,8 @@ class Engine:
         # When there is copying to do (a folder without a usable watermark), workers 1..n-1 log
         # in while the folders are prepared, instead of after: on a WAN that is several round
         # trips off the critical path. Worker 0 takes the planning connections afterwards.
-        early = n > 1 and self._work_expected(folders)
+        self._marks = self._watermarks(folders)
+        early = n > 1 and len(self._marks) < len(folders)
         threads = [
             threading.Thread(target=self._worker, args=(early and i > 0,), name=f"worker-{i}", daemon=True)
             for i in range(n)
@@ -144,16 +146,17 @@ class Engine:
             close_quietly(store)
         self._dst_side.shutdown(wait=False)
 
-    def _work_expected(self, folders: list[FolderPlan]) -> bool:
-        """Some folder cannot be skipped by a fast rerun (no watermark for these options)."""
-        return any(self._watermark(fp) is None for fp in folders)
-
-    def _watermark(self, fp: FolderPlan) -> Watermark | None:
-        """The folder pair's watermark, if a fast rerun may use it."""
+    def _watermarks(self, folders: list[FolderPlan]) -> dict[Folder, Watermark]:
+        """Source folder -> its pair's watermark, for the folders a fast rerun may skip
+        (left complete by a run with these options); read once, before preparing."""
         if self.ckpt is None or self.opts.retry_failed:
-            return None
-        wm = self.ckpt.watermark(fp.source, fp.destination)
-        return wm if wm is not None and wm.options == self.opts.key() else None
+            return {}
+        key, out = self.opts.key(), {}
+        for fp in folders:
+            wm = self.ckpt.watermark(fp.source, fp.destination)
+            if wm is not None and wm.options == key:
+                out[fp.source] = wm
+        return out
 
     def _take_spare(self) -> tuple[Store, Store] | None:
         with self._spare_lock:
@@ -309,15 +312,23 @@ class Engine:
         if run is not None and run.pending_chunks == 0:
             self._finish_folder(run, conn)
 
+    def _both_sides(self, on_src: Callable, on_dst: Callable | None) -> tuple:
+        """(on_src(), on_dst()), the destination's call made by a helper thread on its own
+        connection meanwhile: the two sides' round trips overlap instead of adding up.
+        Either one's error is raised, after both are done."""
+        dst_side = self._dst_side.submit(on_dst) if on_dst is not None else None
+        try:
+            from_src = on_src()
+        finally:
+            from_dst = dst_side.result() if dst_side is not None else None
+        return from_src, from_dst
+
     def _settle_unchanged(self, dst: Store, folders: list[FolderPlan]) -> set[Folder]:
         """Fast rerun: the source folders whose pair still shows, on both sides, the STATUS stored
         when it was left complete. One pipelined STATUS batch per side for all of them, so a
         rerun with nothing new costs two round trips, not two per folder plus a login per worker."""
-        marks = {}
-        for fp in folders:
-            wm = self._watermark(fp) if fp.action != "failed" else None
-            if wm is not None:
-                marks[fp.source] = (fp, wm)
+        marks = {fp.source: (fp, self._marks[fp.source]) for fp in folders
+                 if fp.action != "failed" and fp.source in self._marks}
         if not marks:
             return set()
         s_st = self._src_status
@@ -337,21 +348,21 @@ class Engine:
         opts, stats = self.opts, self.stats
         src, dst = conn.both()
         first = fp.source not in self._reported
-        # The destination is listed by a helper thread on its own connection meanwhile: the
-        # two sides' round trips overlap instead of adding up.
-        dst_side = None
-        if not (opts.dry_run and fp.destination in self.would_create):
-            dst_side = self._dst_side.submit(_list_folder, conn, fp.destination, not opts.dry_run)
-        try:
+
+        def list_source():
             # STATUS before listing: whatever changes after it shows in the next run's STATUS.
             # Usually it was taken for all folders at once while preparing (_prepare_with_retries).
-            s_status = None
+            status = None
             if self.ckpt and not opts.dry_run:
-                s_status = self._src_status.get(fp.source) or src.status(fp.source)
-            s_st = src.select(fp.source, readonly=True)
-            src_msgs = src.list_messages()
-        finally:
-            listed = dst_side.result() if dst_side is not None else None  # re-raises its error
+                status = self._src_status.get(fp.source) or src.status(fp.source)
+            return status, src.select(fp.source, readonly=True), src.list_messages()
+
+        def list_destination():
+            st = conn.select_dst(fp.destination, readonly=opts.dry_run)
+            return st, conn.dst().list_messages()
+
+        to_create = opts.dry_run and fp.destination in self.would_create
+        (s_status, s_st, src_msgs), listed = self._both_sides(list_source, None if to_create else list_destination)
         if fp.uidvalidity and s_st.uidvalidity != fp.uidvalidity and first:
             stats.warn(
                 f"source folder '{display(fp.source)}' has a new UIDVALIDITY since it was planned "
@@ -501,13 +512,9 @@ class Engine:
     def _copy_chunk(self, run: FolderRun, metas: list[MessageMeta], conn: Connections) -> None:
         fp, opts, stats = run.fp, self.opts, self.stats
         src, dst = conn.both()
-        # Both folders opened at the same time (a round trip instead of two). Read-write on the
-        # destination: adopted messages may need their flags set.
-        dst_side = self._dst_side.submit(conn.select_dst, fp.destination, False)
-        try:
-            s_st = conn.select_src(fp.source)
-        finally:
-            d_st = dst_side.result()
+        # Read-write on the destination: adopted messages may need their flags set.
+        s_st, d_st = self._both_sides(lambda: conn.select_src(fp.source),
+                                      lambda: conn.select_dst(fp.destination, readonly=False))
         if s_st.uidvalidity != run.src_uidvalidity:
             raise TransientError(f"UIDVALIDITY of source folder '{display(fp.source)}' changed during the run")
         if d_st.uidvalidity != run.dst_uidvalidity:
@@ -710,11 +717,6 @@ class Engine:
 
 class _WaitForMerged(Exception):
     """Another source folder merged into the same destination still has APPENDs in flight."""
-
-
-def _list_folder(conn: Connections, folder: Folder, writable: bool) -> tuple[FolderStatus, list[MessageMeta]]:
-    st = conn.select_dst(folder, readonly=not writable)
-    return st, conn.dst().list_messages()
 
 
 def _matches(wm: Watermark, s, d) -> bool:
