@@ -98,20 +98,20 @@ def finish(src, dst, tmp_path: Path, *extra: str, runs: int = 3) -> dict:
     raise AssertionError(f"no clean run after {runs} reruns: {res.text}")
 
 
-def message_count(account, folder=("INBOX",)) -> int:
+def status_item(account, item: str, folder=("INBOX",)) -> int:
     c = rig.connect(account)
     try:
-        return c.folder_status(rig.folder_name(account, folder), ["MESSAGES"])[b"MESSAGES"]
+        return c.folder_status(rig.folder_name(account, folder), [item])[item.encode()]
     finally:
         c.logout()
+
+
+def message_count(account, folder=("INBOX",)) -> int:
+    return status_item(account, "MESSAGES", folder)
 
 
 def uidvalidity(account, folder=("INBOX",)) -> int:
-    c = rig.connect(account)
-    try:
-        return c.folder_status(rig.folder_name(account, folder), ["UIDVALIDITY"])[b"UIDVALIDITY"]
-    finally:
-        c.logout()
+    return status_item(account, "UIDVALIDITY", folder)
 
 
 def reset_uidvalidity(account, folder=("INBOX",)) -> None:
