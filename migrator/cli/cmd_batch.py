@@ -8,13 +8,14 @@ import typer
 
 from migrator.cli.app import app
 from migrator.cli.options import (
-    AllowPlain, BatchMB, CaFile, Compress, ConnOptions, Debug, DryRun, DstAuthUser, ExcludeOpt, FolderOpt,
-    IncludeDeleted, IncludeOpt, Insecure, MapOpt, MaxConns, NoSyncFlags, PresetOpt, Quiet, RetryFailed,
-    RunOptions, SrcAuthUser, Workers, connectors, planning, run_settings, setup_logging,
+    AllowPlain, BatchMB, CaFile, Compress, ConnOptions, Debug, DryRun, DstAuthUser, IncludeDeleted, Insecure,
+    MappingOptions, MaxConns, NoSyncFlags, Quiet, RetryFailed, RunOptions, SrcAuthUser, Workers, connectors,
+    run_settings, setup_logging, with_folder_choice,
 )
 
 
 @app.command()
+@with_folder_choice
 def batch(
     csv_file: Annotated[str, typer.Argument(help="CSV with columns source,destination[,src_password_file,dst_password_file,src_auth_user,dst_auth_user]")],
     parallel: Annotated[int, typer.Option("--parallel", "-p", min=1, max=32, help="Mailboxes migrated at once.")] = 1,
@@ -27,11 +28,6 @@ def batch(
     retry_failed: RetryFailed = False,
     batch_mb: BatchMB = 8.0,
     max_connections_per_host: MaxConns = 10,
-    map_: MapOpt = None,
-    include: IncludeOpt = None,
-    exclude: ExcludeOpt = None,
-    folder: FolderOpt = None,
-    preset: PresetOpt = None,
     ca_file: CaFile = None,
     insecure: Insecure = False,
     allow_plaintext: AllowPlain = False,
@@ -40,6 +36,8 @@ def batch(
     dst_auth_user: DstAuthUser = None,
     quiet: Quiet = False,
     debug: Debug = False,
+    *,
+    mapping: MappingOptions,
 ) -> None:
     """Migrate every mailbox listed in CSV_FILE; a failing mailbox does not stop the others. Rerun to resume."""
     from migrator import runner
@@ -48,7 +46,7 @@ def batch(
 
     setup_logging(debug)
     rows = read_batch(csv_file)
-    planning_opts = planning(map_, include, exclude, folder, preset, "source")
+    planning_opts = mapping.planning()
 
     def migrate_one(row) -> dict:
         conn = ConnOptions(

@@ -8,9 +8,8 @@ import typer
 
 from migrator.cli.app import app, finish_run
 from migrator.cli.options import (
-    ConnOptions, Debug, ExcludeOpt, FolderOpt, IncludeDeleted, IncludeOpt, MapOpt, PresetOpt, Quiet, Report,
-    RunOptions, SubscribeOpt, connectors, plan_connectors, planning, run_settings, setup_logging,
-    with_connection_options, with_run_options,
+    ConnOptions, Debug, IncludeDeleted, MappingOptions, Quiet, Report, RunOptions, connectors, plan_connectors,
+    run_settings, setup_logging, with_connection_options, with_folder_choice, with_mapping_options, with_run_options,
 )
 from migrator.errors import EXIT_MESSAGES_FAILED, UsageError
 
@@ -18,18 +17,14 @@ from migrator.errors import EXIT_MESSAGES_FAILED, UsageError
 @app.command()
 @with_run_options
 @with_connection_options
+@with_mapping_options
 def migrate(
     source: Annotated[str, typer.Argument(help="Source account, e.g. imaps://alice@old.example.com")],
     destination: Annotated[str, typer.Argument(help="Destination account, e.g. imaps://alice@new.example.com")],
-    map_: MapOpt = None,
-    include: IncludeOpt = None,
-    exclude: ExcludeOpt = None,
-    folder: FolderOpt = None,
-    preset: PresetOpt = None,
-    subscribe: SubscribeOpt = "source",
     quiet: Quiet = False,
     debug: Debug = False,
     *,
+    mapping: MappingOptions,
     conn: ConnOptions,
     run: RunOptions,
 ) -> None:
@@ -37,10 +32,9 @@ def migrate(
     from migrator import runner
 
     setup_logging(debug)
-    planning_opts = planning(map_, include, exclude, folder, preset, subscribe)
     src, dst = connectors(source, destination, conn)
     settings = run_settings(src, dst, run, quiet)
-    plan, spare = runner.plan_keeping_connections(runner.new_plan(src, dst), src, dst, planning_opts,
+    plan, spare = runner.plan_keeping_connections(runner.new_plan(src, dst), src, dst, mapping.planning(),
                                                   with_status=False)
     result = runner.execute(plan, src, dst, settings, command="migrate", spare=spare)
     finish_run(result)
@@ -48,19 +42,16 @@ def migrate(
 
 @app.command(name="verify")
 @with_connection_options
+@with_folder_choice
 def verify_cmd(
     source: Annotated[str, typer.Argument(help="Source account URL, or a PLAN file (then no DESTINATION)")],
     destination: Annotated[Optional[str], typer.Argument(help="Destination account URL")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     report: Report = None,
     include_deleted: IncludeDeleted = False,
-    map_: MapOpt = None,
-    include: IncludeOpt = None,
-    exclude: ExcludeOpt = None,
-    folder: FolderOpt = None,
-    preset: PresetOpt = None,
     debug: Debug = False,
     *,
+    mapping: MappingOptions,
     conn: ConnOptions,
 ) -> None:
     """Compare SOURCE and DESTINATION (or the folders of a PLAN) message by message. Read-only; exit 0 only if identical."""
@@ -72,16 +63,15 @@ def verify_cmd(
 
         if "://" in source:
             raise UsageError("verify needs SOURCE and DESTINATION, or one PLAN file")
-        if map_ or include or exclude or folder or preset:
+        if mapping.given:
             raise UsageError("with a PLAN file, edit the plan instead of giving --map/--include/--exclude/--folder/--preset")
         plan = read_plan(source)
         runner.check_endpoints(plan)
         src, dst = plan_connectors(plan, conn)
         plan.check_collisions()
     else:
-        planning_opts = planning(map_, include, exclude, folder, preset, "source")
         src, dst = connectors(source, destination, conn)
-        plan = runner.build_plan(runner.new_plan(src, dst), src, dst, planning_opts, with_status=False)
+        plan = runner.build_plan(runner.new_plan(src, dst), src, dst, mapping.planning(), with_status=False)
     result = runner.execute_verify(plan, src, dst, include_deleted, report, as_json)
     if not result["identical"]:
         raise typer.Exit(EXIT_MESSAGES_FAILED)

@@ -9,8 +9,8 @@ import typer
 
 from migrator.cli.app import app, finish_run
 from migrator.cli.options import (
-    ConnOptions, Debug, ExcludeOpt, FolderOpt, IncludeOpt, MapOpt, PresetOpt, Quiet, RunOptions, SubscribeOpt,
-    connectors, plan_connectors, planning, run_settings, setup_logging, with_connection_options, with_run_options,
+    ConnOptions, Debug, MappingOptions, Quiet, RunOptions, connectors, plan_connectors, run_settings, setup_logging,
+    with_connection_options, with_mapping_options, with_run_options,
 )
 from migrator.errors import UsageError
 from migrator.naming import display
@@ -28,19 +28,15 @@ def default_plan_path(plan: Plan) -> str:
 
 @app.command(name="plan")
 @with_connection_options
+@with_mapping_options
 def plan_cmd(
     source: Annotated[str, typer.Argument(help="Source account, e.g. imaps://alice@old.example.com")],
     destination: Annotated[str, typer.Argument(help="Destination account, e.g. imaps://alice@new.example.com")],
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Plan file to write (default: plans/USER@HOST.toml).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing plan file.")] = False,
-    map_: MapOpt = None,
-    include: IncludeOpt = None,
-    exclude: ExcludeOpt = None,
-    folder: FolderOpt = None,
-    preset: PresetOpt = None,
-    subscribe: SubscribeOpt = "source",
     debug: Debug = False,
     *,
+    mapping: MappingOptions,
     conn: ConnOptions,
 ) -> None:
     """Write a plan: where each source folder goes, for a person to review and edit. Read-only on both servers.
@@ -56,13 +52,12 @@ def plan_cmd(
     from migrator.plan_io import write_plan
 
     setup_logging(debug)
-    planning_opts = planning(map_, include, exclude, folder, preset, subscribe)
     src, dst = connectors(source, destination, conn)
     plan = runner.new_plan(src, dst)
     path = output or default_plan_path(plan)
     if os.path.exists(path) and not force:
         raise UsageError(f"plan file {path} exists", hint="use --force to overwrite it, or -o another file")
-    plan = runner.build_plan(plan, src, dst, planning_opts)
+    plan = runner.build_plan(plan, src, dst, mapping.planning())
     write_plan(plan, path)
     for fp in plan.folders:
         arrow = f"-> {display(fp.destination)}" if fp.action == "copy" else "(skip)"

@@ -49,10 +49,6 @@ PresetOpt = Annotated[Optional[list[str]], typer.Option("--preset", help="Apply 
 SubscribeOpt = Annotated[str, typer.Option("--subscribe", help="Subscribe destination folders: 'source' (as on the source), 'all' or 'none'.")]
 
 
-def planning(maps, include, exclude, folders, presets, subscribe):
-    from migrator.planner import planning_options
-
-    return planning_options(maps or (), include or (), exclude or (), folders or (), presets or (), subscribe)
 
 
 @dataclass(frozen=True)
@@ -106,6 +102,38 @@ def _folded(name: str, cls, params):
 
 
 with_connection_options = _folded("conn", ConnOptions, _CONN_PARAMS)
+
+
+@dataclass(frozen=True)
+class MappingOptions:
+    """Which source folders are copied and where they go: what the planner is told."""
+
+    map_: list[str] | None = None
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    folder: list[str] | None = None
+    preset: list[str] | None = None
+    subscribe: str = "source"
+
+    @property
+    def given(self) -> bool:
+        """Any folder-choosing option given (--map, --include, --exclude, --folder, --preset)."""
+        return bool(self.map_ or self.include or self.exclude or self.folder or self.preset)
+
+    def planning(self):
+        from migrator.planner import planning_options
+
+        return planning_options(self.map_ or (), self.include or (), self.exclude or (), self.folder or (),
+                                self.preset or (), self.subscribe)
+
+
+_FOLDER_CHOICE_PARAMS = [
+    ("map_", MapOpt, None), ("include", IncludeOpt, None), ("exclude", ExcludeOpt, None),
+    ("folder", FolderOpt, None), ("preset", PresetOpt, None),
+]
+# migrate and plan: the folder choice and --subscribe; verify and batch: the folder choice only.
+with_mapping_options = _folded("mapping", MappingOptions, _FOLDER_CHOICE_PARAMS + [("subscribe", SubscribeOpt, "source")])
+with_folder_choice = _folded("mapping", MappingOptions, _FOLDER_CHOICE_PARAMS)
 
 
 @dataclass(frozen=True)
