@@ -741,8 +741,24 @@ def fetch_bodies(account: Account, components: Sequence[str]) -> list[bytes]:
 
 
 def corpus_dir() -> Path:
+    """MIGRATOR_CORPUS; else shared/corpus beside the repository; else beside the local
+    repository this checkout was cloned from (a CI trial in `git clone . /tmp/ci-try`)."""
     env = os.environ.get("MIGRATOR_CORPUS")
-    return Path(env) if env else (REPO_ROOT.parent / "shared" / "corpus")
+    if env:
+        return Path(env)
+    beside = REPO_ROOT.parent / "shared" / "corpus"
+    if beside.is_dir():
+        return beside
+    try:
+        origin = subprocess.run(["git", "-C", str(REPO_ROOT), "config", "--get", "remote.origin.url"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        origin = ""
+    if origin.startswith("/"):  # a local path, not a URL
+        cloned_from = Path(origin).resolve().parent / "shared" / "corpus"
+        if cloned_from.is_dir():
+            return cloned_from
+    return beside
 
 
 def corpus_messages() -> list[tuple[str, bytes]]:
