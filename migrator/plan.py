@@ -46,6 +46,9 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     version: int = PLAN_VERSION
     path: str | None = None  # where it was read from or written to
+    # What the planner listed on the destination, when the plan was made in this process: the
+    # run that follows at once creates folders from it instead of listing again. Not in the file.
+    destination_listing: list | None = field(default=None, repr=False, compare=False)
 
     def copying(self) -> list[FolderPlan]:
         return [f for f in self.folders if f.action == COPY]

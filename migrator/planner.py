@@ -232,6 +232,7 @@ def plan_folders(src: Store, dst: Store, plan: Plan, opts: PlanningOptions | Non
         dst_listed = other_side.submit(dst.list_folders)
         src_listed = src.list_folders()
         dst_folders = dst_listed.result()
+    plan.destination_listing = dst_folders
     decisions, warnings = decide(src_listed, dst_folders, getattr(dst, "separator", None), opts)
     plan.warnings.extend(warnings)
     plan.options = opts.as_dict()

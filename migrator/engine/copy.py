@@ -168,9 +168,12 @@ class Engine:
             src = dst = None
             try:
                 src, dst = self._take_spare() or open_pair(self.open_src, self.open_dst)
-                self._prepare_destination(src, dst, folders)
-                if self.ckpt is not None:
-                    self._src_status = src.statuses([fp.source for fp in folders if fp.action != "failed"])
+                # The planner's listing of the destination, if it was just made, saves a LIST; used
+                # once (a retry lists again). The source's STATUS is taken meanwhile.
+                listed, self.plan.destination_listing = self.plan.destination_listing, None
+                statuses = (lambda: src.statuses([fp.source for fp in folders])) if self.ckpt is not None else dict
+                self._src_status, _ = self._both_sides(statuses,
+                                                       lambda: self._prepare_destination(dst, folders, listed))
                 self._settled = self._settle_unchanged(dst, folders)
                 with self._spare_lock:
                     self._spare = (src, dst)  # for the first worker
@@ -187,12 +190,14 @@ class Engine:
                     if store is not None:
                         close_quietly(store)
 
-    def _prepare_destination(self, src: Store, dst: Store, folders: list[FolderPlan]) -> None:
+    def _prepare_destination(self, dst: Store, folders: list[FolderPlan], listed=None) -> None:
         """Create missing destination folders (empty ones too) and copy subscriptions.
 
         All CREATEs go in one pipelined batch, then all SUBSCRIBEs: two round trips, not
-        two per folder (a WAN migration of 200 folders would otherwise wait 400 RTTs here)."""
-        listed = dst.list_folders()
+        two per folder (a WAN migration of 200 folders would otherwise wait 400 RTTs here).
+        listed: the destination's folders as just listed, or None to list them now."""
+        if listed is None:
+            listed = dst.list_folders()
         existing = {f.name for f in listed}
         # The plan says what to subscribe (planner: as on the source, or --subscribe all/none);
         # a destination folder that already existed is subscribed too.
@@ -355,7 +360,10 @@ class Engine:
             status = None
             if self.ckpt and not opts.dry_run:
                 status = self._src_status.get(fp.source) or src.status(fp.source)
-            return status, src.select(fp.source, readonly=True), src.list_messages()
+            # With its message count known, the folder is opened and listed in one round trip.
+            known = status or self._src_status.get(fp.source)
+            return (status, *src.select_and_list(fp.source, readonly=True,
+                                                 expect=known.messages if known else None))
 
         def list_destination():
             st = conn.select_dst(fp.destination, readonly=opts.dry_run)

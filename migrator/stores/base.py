@@ -127,6 +127,12 @@ class Store(Protocol):
         may use what SELECT answered), or the given UIDs."""
         ...
 
+    def select_and_list(self, name: Folder, readonly: bool = True,
+                        expect: int | None = None) -> tuple[FolderStatus, list[MessageMeta]]:
+        """select(), then list_messages() of all. expect: how many messages the folder's STATUS
+        showed, if known (a network store may then ask for both in one round trip)."""
+        ...
+
     def fetch(self, uids: Sequence[int]) -> Iterator[Message]:
         """Bodies of the given UIDs, exactly as stored, without setting \\Seen."""
         ...
@@ -145,6 +151,11 @@ StoreFactory = Callable[[], Store]
 
 class FolderBatches:
     """The many-folder calls of Store, one folder at a time (for local or read-only stores)."""
+
+    def select_and_list(self, name: Folder, readonly: bool = True,
+                        expect: int | None = None) -> tuple[FolderStatus, list[MessageMeta]]:
+        status = self.select(name, readonly)  # type: ignore[attr-defined]
+        return status, self.list_messages()  # type: ignore[attr-defined]
 
     def statuses(self, names: Sequence[Folder]) -> dict[Folder, FolderStatus]:
         out = {}

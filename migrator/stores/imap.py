@@ -25,6 +25,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import imapclient
 from imapclient import exceptions as imapexc
+from imapclient import imap4, tls
 from imapclient.datetime_util import datetime_to_INTERNALDATE
 from imapclient.response_parser import parse_fetch_response, parse_response
 
@@ -171,6 +172,40 @@ def _tls_hint(e: BaseException) -> str | None:
     return "use --ca-file PEM for a private CA, or --insecure for a test server you trust"
 
 
+class _GreetingCapabilities:
+    """imaplib sends CAPABILITY right after the greeting, even when the greeting carried the
+    list ([CAPABILITY ...], RFC 3501 7.1; Dovecot, Cyrus and Gmail send it): a round trip per
+    connection for nothing. The greeting's list is taken instead, once: after STARTTLS imaplib
+    asks again and the server is asked (capabilities seen before TLS are not trusted after it)."""
+
+    def _get_capabilities(self):
+        if not getattr(self, "_greeting_capabilities_used", False):
+            self._greeting_capabilities_used = True
+            greeted = self.untagged_responses.pop("CAPABILITY", None)
+            if greeted and greeted[-1]:
+                self.capabilities = tuple(str(greeted[-1], self._encoding).upper().split())
+                return
+        super()._get_capabilities()
+
+
+class _Plain(_GreetingCapabilities, imap4.IMAP4WithTimeout):
+    pass
+
+
+class _TLS(_GreetingCapabilities, tls.IMAP4_TLS):
+    pass
+
+
+class _Client(imapclient.IMAPClient):
+    """imapclient's client on the imaplib classes above (the same arguments as its own)."""
+
+    def _create_IMAP4(self):
+        connect_timeout = getattr(self._timeout, "connect", None)
+        if self.ssl:
+            return _TLS(self.host, self.port, self.ssl_context, connect_timeout)
+        return _Plain(self.host, self.port, connect_timeout)
+
+
 def connect(ep: Endpoint, creds: Credentials, opts: ConnectOptions) -> imapclient.IMAPClient:
     """Open, secure and authenticate one IMAP connection.
 
@@ -182,7 +217,7 @@ def connect(ep: Endpoint, creds: Credentials, opts: ConnectOptions) -> imapclien
     # Plain loopback needs no context: loading the CA store is ~35 ms before the first login.
     ctx = make_ssl_context(opts) if ep.implicit_tls or not ep.is_loopback else None
     try:
-        client = imapclient.IMAPClient(
+        client = _Client(
             ep.host, port=ep.port, ssl=ep.implicit_tls, ssl_context=ctx, timeout=opts.timeout
         )
     except (OSError, imaplib.IMAP4.error) as e:
@@ -357,6 +392,10 @@ def _format_date(value) -> str:
     return _dec(value)
 
 
+_namespaces: dict[tuple, tuple[str | None, str]] = {}  # see ImapStore._namespace
+_namespaces_lock = threading.Lock()
+
+
 class ImapStore:
     """One IMAP connection. Not thread-safe: each worker opens its own."""
 
@@ -424,6 +463,18 @@ class ImapStore:
             _warn_once(f"{self.endpoint.host} refused COMPRESS DEFLATE ({_text(data)}); continuing uncompressed")
 
     def _namespace(self) -> tuple[str | None, str]:
+        """(separator, prefix) of the personal namespace. Asked once per account and run: every
+        worker connection of the account gets the same answer (a round trip less per login)."""
+        key = (self.endpoint.host.lower(), self.endpoint.port, self.endpoint.user, self._opts.auth_user)
+        with _namespaces_lock:
+            known = _namespaces.get(key)
+        if known is None:
+            known = self._ask_namespace()
+            with _namespaces_lock:
+                _namespaces[key] = known
+        return known
+
+    def _ask_namespace(self) -> tuple[str | None, str]:
         if self.client.has_capability("NAMESPACE"):
             ns = self._call("NAMESPACE", self.client.namespace)
             if ns.personal:
@@ -553,6 +604,57 @@ class ImapStore:
             raise TransientError(f"connection lost selecting '{server}': {_server_text(e)}") from None
         except (imaplib.IMAP4.error, imapexc.IMAPClientError) as e:
             raise FolderError(f"folder '{server}' cannot be opened on {self.endpoint.host}: {_server_text(e)}") from None
+        return self._selected_now(name, readonly, info)
+
+    def select_and_list(self, name: Folder, readonly: bool = True,
+                        expect: int | None = None) -> tuple[FolderStatus, list[MessageMeta]]:
+        """select() and list_messages() in one round trip: SELECT and UID FETCH 1:* sent together,
+        when STATUS said (expect) the folder is small enough for one metadata answer. If SELECT
+        fails, no folder is selected (RFC 3501 6.3.1), so the FETCH fails too: nothing is read
+        from the folder selected before."""
+        if expect is None or not 0 < expect <= META_FETCH_CHUNK:
+            st = self.select(name, readonly)
+            return st, self.list_messages()
+        imap, server = self.client._imap, self.server_name(name)
+        command = "EXAMINE" if readonly else "SELECT"
+        imap.untagged_responses = {}  # as imaplib's select(): what follows is this folder's
+        state, imap.state = imap.state, "SELECTED"  # imaplib refuses UID outside SELECTED
+        try:
+            tags = _sent_together(imap, lambda: [
+                imap._command(command, self._wire(name)),
+                imap._command("UID", "FETCH", "1:*", "(UID RFC822.SIZE FLAGS INTERNALDATE)")])
+            try:
+                typ, data = imap._command_complete(command, tags[0])
+            except imaplib.IMAP4.abort:
+                raise
+            except imaplib.IMAP4.error as e:
+                typ, data = "BAD", [str(e).encode()]
+            selected = typ == "OK"
+            imap.state = "SELECTED" if selected else "AUTH"
+            imap.is_readonly = readonly
+            info = self.client._process_select_response(imap.untagged_responses) if selected else None
+            imap.untagged_responses.pop("FETCH", None)  # anything before the FETCH's own answer
+            try:
+                ftyp, fdata = imap._command_complete("FETCH", tags[1])
+                fdata = imap._untagged_response(ftyp, fdata, "FETCH")[1]
+            except imaplib.IMAP4.abort:
+                raise
+            except imaplib.IMAP4.error as e:  # BAD: no mailbox selected, after a failed SELECT
+                ftyp, fdata = "BAD", [str(e).encode()]
+        except (imaplib.IMAP4.abort, OSError, EOFError) as e:
+            imap.state = state if state != "SELECTED" else "AUTH"
+            self._selected = None
+            raise TransientError(f"connection lost selecting '{server}': {_server_text(e)}") from None
+        if not selected:
+            self._selected = None
+            raise FolderError(f"folder '{server}' cannot be opened on {self.endpoint.host}: {_text(data)}")
+        if not readonly and "READ-ONLY" in imap.untagged_responses:
+            raise FolderError(f"folder '{server}' opens read-only on {self.endpoint.host}: nothing can be stored in it")
+        st = self._selected_now(name, readonly, info)
+        metas = self._parse_meta(fdata, None) if ftyp == "OK" else None
+        return st, metas if metas is not None else self.list_messages()
+
+    def _selected_now(self, name: Folder, readonly: bool, info: dict) -> FolderStatus:
         self._selected, self._selected_readonly = name, readonly
         self._exists = int(info.get(b"EXISTS", 0))
         return FolderStatus(
@@ -605,6 +707,10 @@ class ImapStore:
         typ, data = imap.uid("FETCH", "1:*" if uids is None else uid_set(uids), "(UID RFC822.SIZE FLAGS INTERNALDATE)")
         if typ != "OK":
             raise imaplib.IMAP4.error(_dec(data[-1]) if data else typ)
+        return self._parse_meta(data, uids)
+
+    @staticmethod
+    def _parse_meta(data: list, uids: list[int] | None) -> list[MessageMeta] | None:
         found: dict[int, MessageMeta] = {}
         for line in data:
             if line is None:

@@ -197,7 +197,7 @@ def test_sigkill_while_flags_are_synced_and_while_extras_are_deleted(source, new
 @pytest.mark.parametrize("side, direction, at, extra", [
     ("src", "down", 20_000, ()), ("src", "down", 110_000, ()),  # in the middle of a FETCH response
     ("dst", "up", 30_000, ()), ("dst", "up", 120_000, ()),  # in the middle of an APPEND literal
-    ("dst", "up", 6_000, ("--compress",)),  # in the middle of a compressed APPEND
+    ("dst", "up", 3_000, ("--compress",)),  # in the middle of a compressed APPEND (~6 KB in all)
 ])
 def test_sigkill_while_bytes_are_in_flight(source, new_account, tmp_path, side, direction, at, extra):
     dst = new_account("slash", "rdst")

@@ -14,6 +14,7 @@ import pytest
 
 from benchmarks.proxy import DelayProxy
 from migrator.accounts import parse_endpoint
+from migrator.errors import FolderError
 from migrator.stores.imap import Credentials, ImapStore
 from migrator.throttle import Throttle
 from tests import rig
@@ -97,6 +98,52 @@ def test_folder_commands_are_pipelined(dovecot_slash):
     assert set(rig.list_folders(acc)) >= set(names)
 
 
+def test_a_connection_opens_in_two_round_trips_and_the_next_in_one(dovecot_slash):
+    """The greeting's capabilities are used (no CAPABILITY command), SASL-IR logs in at once, and
+    NAMESPACE is asked once per account: every worker connection of a run costs one round trip."""
+    acc = dovecot_slash.new_user("login")
+    with DelayProxy(dovecot_slash.port, rtt_ms=20) as proxy:
+        ep = parse_endpoint(f"imap://{acc.user}@127.0.0.1:{proxy.port}")
+        first = ImapStore(ep, Credentials(password=lambda: acc.password))
+        first_turns = proxy.turns
+        second = ImapStore(ep, Credentials(password=lambda: acc.password))
+        second_turns = proxy.turns - first_turns
+        try:
+            # the capabilities after login (the AUTHENTICATE answer's), not the greeting's
+            assert first.capabilities.multiappend and first.capabilities.uidplus
+            assert (second.separator, second.prefix) == (first.separator, first.prefix) == ("/", "")
+        finally:
+            first.close()
+            second.close()
+    assert (first_turns, second_turns) == (2, 1)
+
+
+def test_select_and_list_is_one_round_trip_and_safe_when_select_fails(dovecot_slash):
+    acc = dovecot_slash.new_user("sel")
+    rig.seed(acc, ["INBOX"], [(simple_message(i), ("\\Seen", "$Label1") if i % 2 else (), dt(i)) for i in range(7)])
+    rig.seed(acc, ["Other"], [(simple_message(100 + i), (), dt(i)) for i in range(3)])
+    with DelayProxy(dovecot_slash.port, rtt_ms=20) as proxy:
+        store = ImapStore(parse_endpoint(f"imap://{acc.user}@127.0.0.1:{proxy.port}"),
+                          Credentials(password=lambda: acc.password))
+        try:
+            expected_status = store.select(("INBOX",))
+            expected = store.list_messages()
+            before = proxy.turns
+            status, metas = store.select_and_list(("INBOX",), expect=7)
+            assert proxy.turns - before == 1
+            assert (status, metas) == (expected_status, expected) and len(metas) == 7
+            assert {m.flags for m in metas} == {(), ("$Label1", "\\Seen")}
+            # A folder that cannot be selected: its FETCH must not list the folder selected before.
+            with pytest.raises(FolderError):
+                store.select_and_list(("Missing",), expect=3)
+            status, metas = store.select_and_list(("Other",), expect=3)
+            assert status.messages == 3 and len(metas) == 3
+            message = next(store.fetch([metas[0].uid]))  # the connection is in "Other" now
+            assert len(message.body) == metas[0].size and b"100" in message.body
+        finally:
+            store.close()
+
+
 def test_rerun_with_nothing_new_logs_in_once_per_side(src_account, dst_account, tmp_path):
     """A finished migration run again settles every folder from one STATUS batch per side,
     on the planning connections: no worker connection, no per-folder round trips."""
@@ -112,9 +159,9 @@ def test_rerun_with_nothing_new_logs_in_once_per_side(src_account, dst_account, 
     assert res.code == 0, res.text
     assert report["totals"]["already_copied"] == 30 and report["totals"]["copied"] == 0, report
     assert connections == (1, 1), connections
-    # login, NAMESPACE, LIST+LSUB (the destination's again to prepare), one STATUS batch, LOGOUT;
-    # folder by folder this was 20 and more
-    assert max(turns) <= 9, turns
+    # AUTHENTICATE, NAMESPACE, LIST+LSUB, one STATUS batch, LOGOUT; folder by folder this was
+    # 20 and more, and 7 with a CAPABILITY after the greeting and the destination listed twice
+    assert max(turns) <= 5, turns
 
 
 def test_compress_carries_the_same_bytes_in_fewer(src_account, dst_account, tmp_path):
