@@ -84,6 +84,7 @@ class MarchJob:
 class ChunkJob:
     run: FolderRun
     metas: list[MessageMeta]
+    opened: tuple | None = None  # (source, destination) SELECT answers: run at once by the march's worker
 
 
 def close_quietly(store: Store) -> None:

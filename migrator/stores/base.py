@@ -133,6 +133,11 @@ class Store(Protocol):
         showed, if known (a network store may then ask for both in one round trip)."""
         ...
 
+    def list_with_status(self, name: Folder, uids: Sequence[int]) -> tuple[list[MessageMeta], FolderStatus | None]:
+        """list_messages(uids) of the selected folder `name` (as of now, not of the select()), and
+        status(name) or None if it failed; a network store asks both in one round trip."""
+        ...
+
     def fetch(self, uids: Sequence[int]) -> Iterator[Message]:
         """Bodies of the given UIDs, exactly as stored, without setting \\Seen."""
         ...
@@ -156,6 +161,13 @@ class FolderBatches:
                         expect: int | None = None) -> tuple[FolderStatus, list[MessageMeta]]:
         status = self.select(name, readonly)  # type: ignore[attr-defined]
         return status, self.list_messages()  # type: ignore[attr-defined]
+
+    def list_with_status(self, name: Folder, uids: Sequence[int]) -> tuple[list[MessageMeta], FolderStatus | None]:
+        metas = self.list_messages(uids) if uids else []  # type: ignore[attr-defined]
+        try:
+            return metas, self.status(name)  # type: ignore[attr-defined]
+        except FolderError:
+            return metas, None
 
     def statuses(self, names: Sequence[Folder]) -> dict[Folder, FolderStatus]:
         out = {}

@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import imapclient
 from imapclient import exceptions as imapexc
-from imapclient import imap4, tls
+from imapclient import imap4, imap_utf7, tls
 from imapclient.datetime_util import datetime_to_INTERNALDATE
 from imapclient.response_parser import parse_fetch_response, parse_response
 
@@ -543,17 +543,21 @@ class ImapStore:
 
     def status(self, name: Folder) -> FolderStatus:
         typ, data, untagged = self._pipelined("STATUS", [(self._wire(name), self._status_items())])[0]
-        st = _parse_status(untagged) if typ == "OK" else None
+        st = _statuses_by_name(untagged).get(_mailbox_key(self.server_name(name))) if typ == "OK" else None
         if st is None:
             raise self._refused(f"STATUS {self.server_name(name)}",
                                 _text(data) if typ != "OK" else "no STATUS data in the answer")
         return st
 
     def statuses(self, names: Sequence[Folder]) -> dict[Folder, FolderStatus]:
+        """Answers are matched by the mailbox name they carry, not by order: a server may answer
+        pipelined commands' untagged data before an earlier one's completion (Dovecot does)."""
         items = self._status_items()
+        answers = self._pipelined("STATUS", [(self._wire(n), items) for n in names])
+        by_name = _statuses_by_name([line for _typ, _data, untagged in answers for line in untagged])
         out = {}
-        for name, (typ, _data, untagged) in zip(names, self._pipelined("STATUS", [(self._wire(n), items) for n in names])):
-            st = _parse_status(untagged) if typ == "OK" else None
+        for name, (typ, _data, _untagged) in zip(names, answers):
+            st = by_name.get(_mailbox_key(self.server_name(name))) if typ == "OK" else None
             if st is not None:
                 out[name] = st
         return out
@@ -633,7 +637,8 @@ class ImapStore:
             imap.state = "SELECTED" if selected else "AUTH"
             imap.is_readonly = readonly
             info = self.client._process_select_response(imap.untagged_responses) if selected else None
-            imap.untagged_responses.pop("FETCH", None)  # anything before the FETCH's own answer
+            # FETCH lines already read stay: the server may answer the FETCH before the SELECT's
+            # completion. Lines without RFC822.SIZE (flag changes) are left out by _parse_meta.
             try:
                 ftyp, fdata = imap._command_complete("FETCH", tags[1])
                 fdata = imap._untagged_response(ftyp, fdata, "FETCH")[1]
@@ -653,6 +658,42 @@ class ImapStore:
         st = self._selected_now(name, readonly, info)
         metas = self._parse_meta(fdata, None) if ftyp == "OK" else None
         return st, metas if metas is not None else self.list_messages()
+
+    def list_with_status(self, name: Folder, uids: Sequence[int]) -> tuple[list[MessageMeta], FolderStatus | None]:
+        """list_messages(uids) of the selected folder `name`, and its STATUS, in one round trip.
+        A NOOP goes first, so messages other sessions added since SELECT are in view (RFC 3501
+        6.1.2); a UID still not in view is missing from the answer, and the caller selects again."""
+        imap = self.client._imap
+        commands = [("NOOP", ()), ("UID", ("FETCH", uid_set(uids), "(UID RFC822.SIZE FLAGS INTERNALDATE)"))] if uids else []
+        commands.append(("STATUS", (self._wire(name), self._status_items())))
+        try:
+            tags = _sent_together(imap, lambda: [imap._command(c, *args) for c, args in commands])
+            imap.untagged_responses.pop("FETCH", None)
+            imap.untagged_responses.pop("STATUS", None)
+            answers = []
+            for (command, _args), tag in zip(commands, tags):
+                try:
+                    typ, data = imap._command_complete(command, tag)
+                except imaplib.IMAP4.abort:
+                    raise
+                except imaplib.IMAP4.error as e:  # BAD: this command only
+                    typ, data = "BAD", [str(e).encode()]
+                answers.append((typ, data))
+            # Taken after all three: Dovecot answers the FETCH before the NOOP's completion.
+            fetched = imap.untagged_responses.pop("FETCH", [])
+            status_lines = imap.untagged_responses.pop("STATUS", [])
+        except (imaplib.IMAP4.abort, OSError, EOFError) as e:
+            raise TransientError(f"connection to {self.endpoint.host} lost during UID FETCH STATUS: "
+                                 f"{_server_text(e)}") from None
+        status = _statuses_by_name(status_lines).get(_mailbox_key(self.server_name(name))) \
+            if answers[-1][0] == "OK" else None
+        if not uids:
+            return [], status
+        typ, data = answers[-2]
+        if typ != "OK":
+            raise self._refused("UID FETCH", _text(data))
+        metas = self._parse_meta(fetched or [None], list(uids))
+        return (metas if metas is not None else self.list_messages(uids)), status
 
     def _selected_now(self, name: Folder, readonly: bool, info: dict) -> FolderStatus:
         self._selected, self._selected_readonly = name, readonly
@@ -888,6 +929,33 @@ def _sent_together(imap, issue):
 def _text(data) -> str:
     """The text of a tagged answer's data, for messages."""
     return " ".join(_dec(d) for d in data if d is not None) if data else ""
+
+
+def _mailbox_key(server_name: str) -> str:
+    return "INBOX" if server_name.upper() == "INBOX" else server_name  # INBOX is case-insensitive
+
+
+def _statuses_by_name(untagged: list) -> dict[str, FolderStatus]:
+    """Untagged STATUS answers -> {mailbox name as the server spells it (decoded): FolderStatus}.
+    imaplib stores a name sent as a literal as (text before it, name), then the rest of the line."""
+    out: dict[str, FolderStatus] = {}
+    i = 0
+    while i < len(untagged):
+        item = untagged[i]
+        if isinstance(item, tuple) and i + 1 < len(untagged):
+            raw_name, rest, i = item[1], untagged[i + 1], i + 2
+        elif isinstance(item, bytes):
+            parsed = parse_response([item])
+            raw_name, rest, i = (parsed[0] if parsed else None), item, i + 1
+        else:
+            i += 1
+            continue
+        st = _parse_status([rest])
+        if st is None or raw_name is None:
+            continue
+        name = imap_utf7.decode(raw_name) if isinstance(raw_name, bytes) else str(raw_name)
+        out[_mailbox_key(name)] = st
+    return out
 
 
 def _parse_status(untagged: list) -> FolderStatus | None:

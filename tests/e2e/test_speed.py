@@ -144,6 +144,25 @@ def test_select_and_list_is_one_round_trip_and_safe_when_select_fails(dovecot_sl
             store.close()
 
 
+def test_a_small_folder_costs_two_round_trips_on_the_source_and_three_on_the_destination(
+        src_account, dst_account, tmp_path):
+    """On a WAN a mailbox of many small folders is bound by round trips per folder. Source: open
+    and list (one pipelined round trip), FETCH. Destination: SELECT, APPEND, size check and STATUS
+    together. The folder is copied by the worker that listed it, with both folders still open."""
+    folders = 8
+    _seed(src_account, folders, 3)
+    with DelayProxy(src_account.port, rtt_ms=30) as sp, DelayProxy(dst_account.port, rtt_ms=30) as dp:
+        res, report = migrate(dataclasses.replace(src_account, port=sp.port),
+                              dataclasses.replace(dst_account, port=dp.port), tmp_path, "--workers", "1")
+        turns = (sp.turns, dp.turns)
+    assert res.code == 0, res.text
+    assert rig.snapshot(dst_account) == rig.snapshot(src_account)
+    # Once per run: AUTHENTICATE, NAMESPACE, LIST+LSUB, LOGOUT; a STATUS batch on the source,
+    # CREATE and SUBSCRIBE batches on the destination. Before: 4 and 5 per folder.
+    assert turns[0] <= 5 + 2 * folders, turns
+    assert turns[1] <= 6 + 3 * folders, turns
+
+
 def test_rerun_with_nothing_new_logs_in_once_per_side(src_account, dst_account, tmp_path):
     """A finished migration run again settles every folder from one STATUS batch per side,
     on the planning connections: no worker connection, no per-folder round trips."""

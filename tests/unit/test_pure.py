@@ -172,3 +172,21 @@ def test_parse_status_answer():
     literal_name = _parse_status([(b"{3}", b"a b"), b" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY 7)"])
     assert (literal_name.uidvalidity, literal_name.highestmodseq) == (7, None)
     assert _parse_status([]) is None
+
+
+def test_status_answers_are_matched_by_mailbox_name():
+    """Pipelined STATUS answers may arrive before an earlier command's completion: each is told
+    apart by the name it carries (quoted, atom, literal, modified UTF-7; INBOX in any case)."""
+    from migrator.stores.imap import _mailbox_key, _statuses_by_name
+
+    lines = [
+        b'"Box/f2" (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 20)',
+        b'inbox (MESSAGES 9 UIDNEXT 10 UIDVALIDITY 90 HIGHESTMODSEQ 4)',
+        (b"{3}", b"a b"), b" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY 7)",
+        b'"Entw&APw-rfe" (MESSAGES 5 UIDNEXT 6 UIDVALIDITY 50)',
+        b'"Box/f1" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY 10)',
+        b'"broken" (MESSAGES 1)',  # no UIDVALIDITY: not an answer we can use
+    ]
+    got = {name: (st.messages, st.uidvalidity) for name, st in _statuses_by_name(lines).items()}
+    assert got == {"Box/f1": (1, 10), "Box/f2": (2, 20), "INBOX": (9, 90), "a b": (1, 7), "Entwürfe": (5, 50)}
+    assert _mailbox_key("Inbox") == "INBOX" and _mailbox_key("Inboxes") == "Inboxes"
