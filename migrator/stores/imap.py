@@ -587,13 +587,10 @@ class ImapStore:
                     imap.untagged_responses.pop(name, None)
                 tags = _sent_together(imap, lambda: [imap._command(name, *args) for name, args in window])
                 for (name, _args), tag in zip(window, tags):
-                    try:
-                        typ, data = imap._command_complete(name, tag)
-                    except imaplib.IMAP4.abort:
-                        raise
-                    except imaplib.IMAP4.error as e:  # BAD: this command only
-                        typ, data = "BAD", [str(e).encode()]
-                    # the server answers in order, so what came untagged so far is this command's
+                    typ, data = _completion(imap, name, tag)
+                    # Untagged data of this kind that came so far. A server may answer a later
+                    # command's before this one's completion: a batch of one kind (STATUS) is
+                    # told apart by content (_statuses_by_name), not by this split.
                     out.append((typ, data, imap.untagged_responses.pop(name, [])))
         except (imaplib.IMAP4.abort, OSError, EOFError) as e:
             what = " ".join(dict.fromkeys(name.upper() for name, _args in commands))
@@ -627,25 +624,15 @@ class ImapStore:
             tags = _sent_together(imap, lambda: [
                 imap._command(command, self._wire(name)),
                 imap._command("UID", "FETCH", "1:*", "(UID RFC822.SIZE FLAGS INTERNALDATE)")])
-            try:
-                typ, data = imap._command_complete(command, tags[0])
-            except imaplib.IMAP4.abort:
-                raise
-            except imaplib.IMAP4.error as e:
-                typ, data = "BAD", [str(e).encode()]
+            typ, data = _completion(imap, command, tags[0])
             selected = typ == "OK"
             imap.state = "SELECTED" if selected else "AUTH"
             imap.is_readonly = readonly
             info = self.client._process_select_response(imap.untagged_responses) if selected else None
             # FETCH lines already read stay: the server may answer the FETCH before the SELECT's
             # completion. Lines without RFC822.SIZE (flag changes) are left out by _parse_meta.
-            try:
-                ftyp, fdata = imap._command_complete("FETCH", tags[1])
-                fdata = imap._untagged_response(ftyp, fdata, "FETCH")[1]
-            except imaplib.IMAP4.abort:
-                raise
-            except imaplib.IMAP4.error as e:  # BAD: no mailbox selected, after a failed SELECT
-                ftyp, fdata = "BAD", [str(e).encode()]
+            ftyp, fdata = _completion(imap, "FETCH", tags[1])  # BAD after a failed SELECT: no mailbox
+            fdata = imap._untagged_response(ftyp, fdata, "FETCH")[1] if ftyp == "OK" else fdata
         except (imaplib.IMAP4.abort, OSError, EOFError) as e:
             imap.state = state if state != "SELECTED" else "AUTH"
             self._selected = None
@@ -672,13 +659,7 @@ class ImapStore:
             imap.untagged_responses.pop("STATUS", None)
             answers = []
             for (command, _args), tag in zip(commands, tags):
-                try:
-                    typ, data = imap._command_complete(command, tag)
-                except imaplib.IMAP4.abort:
-                    raise
-                except imaplib.IMAP4.error as e:  # BAD: this command only
-                    typ, data = "BAD", [str(e).encode()]
-                answers.append((typ, data))
+                answers.append(_completion(imap, command, tag))
             # Taken after all three: Dovecot answers the FETCH before the NOOP's completion.
             fetched = imap.untagged_responses.pop("FETCH", [])
             status_lines = imap.untagged_responses.pop("STATUS", [])
@@ -906,6 +887,17 @@ class ImapStore:
             self.client.logout()
         except Exception:
             _shutdown(self.client)
+
+
+def _completion(imap, name: str, tag) -> tuple[str, list]:
+    """Wait for one pipelined command's completion: (OK/NO/BAD, data). A BAD concerns that
+    command only and is returned; a lost connection raises (imaplib.IMAP4.abort)."""
+    try:
+        return imap._command_complete(name, tag)
+    except imaplib.IMAP4.abort:
+        raise
+    except imaplib.IMAP4.error as e:
+        return "BAD", [str(e).encode()]
 
 
 def _sent_together(imap, issue):
