@@ -41,6 +41,7 @@ class Row:
     rss_mb: float | None = None
     identical: str = ""
     note: str = ""
+    copies: bool = True  # False for a rerun: it copies nothing, so no rate
 
 
 @dataclass
@@ -172,7 +173,7 @@ def migrator_row(e: Env, label: str, *extra: str, rerun: bool = False) -> Row:
         if code != 0:
             return Row(label, wall, rss, "no", f"rerun exit {code}")
         note = f"rerun took {100 * wall / first:.0f}% of the first run ({first:.1f} s)"
-    return Row(label, wall, rss, compare(e.want, snapshot(dst)), note)
+    return Row(label, wall, rss, compare(e.want, snapshot(dst)), note, copies=not rerun)
 
 
 def mbsync_row(e: Env) -> Row:
@@ -253,8 +254,8 @@ def table(rows: list[Row], messages: int, mb: float) -> str:
             lines.append([r.tool, "-", "-", "-", "-", r.note])
             continue
         ident = r.identical + (f"; {r.note}" if r.note else "")
-        lines.append([r.tool, f"{r.wall:.1f}", f"{messages / r.wall:.0f}", f"{mb / r.wall:.1f}",
-                      f"{r.rss_mb:.0f}", ident])
+        rates = [f"{messages / r.wall:.0f}", f"{mb / r.wall:.1f}"] if r.copies else ["-", "-"]
+        lines.append([r.tool, f"{r.wall:.1f}", *rates, f"{r.rss_mb:.0f}", ident])
     widths = [max(len(str(x[i])) for x in [head, *lines]) for i in range(len(head))]
     fmt = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     return "\n".join([fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, lines)])

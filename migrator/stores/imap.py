@@ -650,6 +650,9 @@ class ImapStore:
         """list_messages(uids) of the selected folder `name`, and its STATUS, in one round trip.
         A NOOP goes first, so messages other sessions added since SELECT are in view (RFC 3501
         6.1.2); a UID still not in view is missing from the answer, and the caller selects again."""
+        if len(uids) > META_FETCH_CHUNK:  # a big answer is read in bounded pieces; a round trip is little here
+            metas = self.list_messages(uids)
+            return metas, self.list_with_status(name, [])[1]
         imap = self.client._imap
         commands = [("NOOP", ()), ("UID", ("FETCH", uid_set(uids), "(UID RFC822.SIZE FLAGS INTERNALDATE)"))] if uids else []
         commands.append(("STATUS", (self._wire(name), self._status_items())))
