@@ -13,6 +13,8 @@ Faults (all bounded: a finite list of byte thresholds, a finite number of random
   (random_every=(lo, hi) seconds apart; seeded, so a failure can be replayed).
 - on_threshold: called instead of cutting (e.g. to SIGKILL the migrator mid-FETCH or mid-APPEND).
 - pause() / resume(): hold all traffic (a run that stalls without failing).
+- rewrite_down: a function applied to what the server says, whole lines at a time (a server
+  without an extension: strip it from CAPABILITY and its response codes).
 
 One thread accepts, two threads per connection pump bytes; close() ends them all.
 """
@@ -33,7 +35,8 @@ MAX_CONNECTIONS = 500  # a run opens a few per worker and reconnects after each 
 class FaultProxy:
     def __init__(self, target_port: int, *, cut_at: Sequence[int] = (), direction: str = "both",
                  random_cuts: int = 0, random_every: tuple[float, float] = (0.2, 1.0), seed: int = 0,
-                 rst: bool = False, per_connection: bool = False, on_threshold: Callable[[], None] | None = None):
+                 rst: bool = False, per_connection: bool = False, on_threshold: Callable[[], None] | None = None,
+                 rewrite_down: Callable[[bytes], bytes] | None = None):
         if direction not in ("up", "down", "both"):
             raise ValueError("direction must be up, down or both")
         self.target = (HOST, target_port)
@@ -46,6 +49,7 @@ class FaultProxy:
         self._rng = random.Random(seed)
         self._rst = rst
         self._on_threshold = on_threshold
+        self._rewrite_down = rewrite_down
         self._lock = threading.Lock()
         self._bytes = {"up": 0, "down": 0, "both": 0}
         self._conns: list[tuple[socket.socket, socket.socket]] = []
@@ -136,11 +140,19 @@ class FaultProxy:
             self._spawn(self._pump, pair, server, client, "down")
 
     def _pump(self, pair, src: socket.socket, dst: socket.socket, direction: str) -> None:
+        rewrite = self._rewrite_down if direction == "down" else None
+        held = b""  # with rewrite: the end of the last read, up to a line's end
         try:
             while not self._closing.is_set():
                 data = src.recv(65536)
                 if not data:
                     break
+                if rewrite is not None:
+                    held += data
+                    cut = held.rfind(b"\n") + 1
+                    if not cut:
+                        continue
+                    data, held = rewrite(held[:cut]), held[cut:]
                 while not self._flowing.wait(0.2):
                     if self._closing.is_set():
                         return

@@ -13,8 +13,9 @@ what to do (engine/march.py, like rclone's march + mbsync's sync.c):
 The march's copy list is cut into chunks that any worker may take, so a big
 folder is copied by several connections at once.
 
-Safety: the intent (source UID + SHA-256) is committed to the checkpoint before
-each APPEND and confirmed after it. Any transient failure makes the folder be
+Safety: the intent (source UID, size, flags) is committed to the checkpoint before
+each APPEND and confirmed after it (with the SHA-256 when the destination gave no
+UID: then only the fingerprint can find the copy again). Any transient failure makes the folder be
 marched again (exponential backoff with jitter, at most max_attempts marches),
 which settles pending intents by looking at the destination.
 
@@ -27,6 +28,7 @@ every rerun marches. See docs/resume.md.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import queue
@@ -550,8 +552,13 @@ class Engine:
                 if msg is None:
                     continue
                 flags = copy_flags(m, opts.include_deleted)
-                intent = Intent(m.uid, len(msg.body), sha256(msg.body), flags)
-                found = run.pool.take(intent.sha256, m)
+                # The fingerprint is needed only to match a destination message of the same size;
+                # otherwise it is left out (SHA-256 was a sixth of migrator's CPU). A copy whose
+                # destination UID is not known gets one before it is confirmed (_append).
+                size = len(msg.body)
+                digest = sha256(msg.body) if run.pool.might_hold(size) else ""
+                intent = Intent(m.uid, size, digest, flags)
+                found = run.pool.take(digest, m) if digest else None
                 if found is not None:
                     if opts.sync_flags and set(found.flags) != set(flags):
                         dst.set_flags(found.uid, sorted(set(flags) - set(found.flags)),
@@ -645,6 +652,9 @@ class Engine:
         with run.lock:
             run.appended.extend(u for u in uids if u is not None)
             run.unknown_uids = run.unknown_uids or None in uids
+        # Without a destination UID (no UIDPLUS) a copy is found again by its fingerprint only.
+        intents = [i if uid is not None or i.sha256 else dataclasses.replace(i, sha256=sha256(item.body))
+                   for i, item, uid in zip(intents, items, uids)]
         results = list(zip(intents, uids))
         self._confirm(run, results)
         crash("confirmed")

@@ -14,6 +14,7 @@ destination messages.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 
 from migrator.checkpoint import ALTERED, DONE, FAILED, Row
@@ -88,11 +89,18 @@ class Pool:
 
     def __init__(self) -> None:
         self._by_digest: dict[str, list[MessageMeta]] = {}
+        self._sizes: Counter = Counter()  # sizes of the candidates left
         self._lock = threading.Lock()
 
     def add(self, digest: str, meta: MessageMeta) -> None:
         with self._lock:
             self._by_digest.setdefault(digest, []).append(meta)
+            self._sizes[meta.size] += 1
+
+    def might_hold(self, size: int) -> bool:
+        """False when no candidate has this size: a message of that size needs no fingerprint."""
+        with self._lock:
+            return self._sizes[size] > 0
 
     def take(self, digest: str, want: MessageMeta | None = None) -> MessageMeta | None:
         with self._lock:
@@ -108,6 +116,7 @@ class Pool:
 
             best = min(cands, key=rank)
             cands.remove(best)
+            self._sizes[best.size] -= 1
             return best
 
     def leftovers(self) -> list[int]:

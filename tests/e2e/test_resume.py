@@ -14,6 +14,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -495,3 +496,24 @@ def test_fast_rerun_skips_unchanged_folders_but_sees_every_change(new_account, t
     res, report, _ = rerun()
     assert report["totals"]["copied"] == 1, report
     assert_identical(src, dst)
+
+
+def _without_uidplus(data: bytes) -> bytes:
+    return re.sub(rb"\[APPENDUID [^\]]*\] ?", b"", data.replace(b" UIDPLUS", b""))
+
+
+def test_copies_confirmed_without_a_uid_are_found_again_by_fingerprint(source, new_account, tmp_path):
+    """A destination without UIDPLUS gives no UID for an APPEND: the state then keeps the copy's
+    SHA-256, and the next run finds each copy by it. A rerun with --delete-extra must therefore
+    see no extras (without the fingerprint it would delete every copy) and copy nothing again."""
+    dst = new_account("slash", "rdst")
+    with FaultProxy(dst.port, rewrite_down=_without_uidplus) as proxy:
+        res, report = run(source, via(dst, proxy), tmp_path)
+        assert res.code == 0, res.text
+        assert_identical(source, dst)
+        copied = report["totals"]["copied"]
+        res, report = run(source, via(dst, proxy), tmp_path, "--delete-extra", name="rerun")
+    assert res.code == 0, res.text
+    assert report["totals"]["copied"] == 0 and report["totals"].get("deleted_extra", 0) == 0, report["totals"]
+    assert report["totals"]["already_copied"] == copied > 0
+    assert_identical(source, dst)
