@@ -88,6 +88,7 @@ class Engine:
         self._seq = itertools.count()
         self._outstanding = 0
         self._outstanding_lock = threading.Lock()
+        self._all_done = threading.Condition(self._outstanding_lock)  # notified when nothing is outstanding
         self._live: Counter = Counter()  # source folder -> its queued or running jobs
         self._reported: set[Folder] = set()  # folders whose march counts are in stats already
         self._marks: dict[Folder, Watermark] = {}  # usable watermarks, read by run()
@@ -124,8 +125,9 @@ class Engine:
                     t.start()
                     started.append(t)
             try:
-                while self._outstanding_count() and not self.stop.is_set():
-                    time.sleep(0.05)
+                with self._all_done:  # woken by the last job's end; the timeout is for stop
+                    while self._outstanding and not self.stop.is_set():
+                        self._all_done.wait(0.2)
             except KeyboardInterrupt:
                 self.stop.set()
         finally:
@@ -243,14 +245,12 @@ class Engine:
         with self._outstanding_lock:
             self._outstanding -= 1
             self._live[_source(job)] -= 1
+            if not self._outstanding:
+                self._all_done.notify_all()
 
     def _in_progress(self, folder: Folder) -> bool:
         with self._outstanding_lock:
             return self._live[folder] > 0
-
-    def _outstanding_count(self) -> int:
-        with self._outstanding_lock:
-            return self._outstanding
 
     def _backoff(self, attempt: int) -> float:
         delay = min(self.opts.backoff_max, self.opts.backoff_base * (2 ** (attempt - 1)))

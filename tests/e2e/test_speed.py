@@ -15,7 +15,7 @@ import pytest
 from benchmarks.proxy import DelayProxy
 from migrator.accounts import parse_endpoint
 from migrator.errors import FolderError
-from migrator.stores.imap import Credentials, ImapStore
+from migrator.stores.imap import ConnectOptions, Credentials, ImapStore
 from migrator.throttle import Throttle
 from tests import rig
 from tests.helpers import dt, migrate, simple_message
@@ -116,6 +116,34 @@ def test_a_connection_opens_in_two_round_trips_and_the_next_in_one(dovecot_slash
             first.close()
             second.close()
     assert (first_turns, second_turns) == (2, 1)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_close_sends_logout_without_waiting_for_the_answer(dovecot_slash, compress):
+    """Every command before LOGOUT was answered already: waiting for the BYE would cost a round
+    trip per connection at the end of every run. The server still gets the LOGOUT."""
+    acc = dovecot_slash.new_user("bye")
+    with DelayProxy(dovecot_slash.port, rtt_ms=600) as proxy:
+        ep = parse_endpoint(f"imap://{acc.user}@127.0.0.1:{proxy.port}")
+        store = ImapStore(ep, Credentials(password=lambda: acc.password), ConnectOptions(compress=compress))
+        assert store.compressed == compress
+        sent_before = proxy.bytes["client"]
+        t0 = time.monotonic()
+        store.close()
+        took = time.monotonic() - t0
+        deadline = time.monotonic() + 10
+        while proxy.open_now and time.monotonic() < deadline:  # the proxy passes LOGOUT on
+            time.sleep(0.05)
+    assert took < 0.3, took  # waiting for the answer takes at least 0.6 s here
+    assert proxy.bytes["client"] > sent_before  # LOGOUT went out
+    def ended() -> list[str]:  # Dovecot's line for the session's end: "imap(USER)...: Logged out ..."
+        return [line for line in dovecot_slash.log_tail(400).splitlines()
+                if f"imap({acc.user})" in line and ("Logged out" in line or "Disconnected" in line)]
+
+    deadline = time.monotonic() + 10
+    while not ended() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert any("Logged out" in line for line in ended()), ended()
 
 
 def test_select_and_list_is_one_round_trip_and_safe_when_select_fails(dovecot_slash):
