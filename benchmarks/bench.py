@@ -293,6 +293,8 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=5000)
     ap.add_argument("--mb", type=float, default=250)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--folders", type=int, default=0,
+                    help="that many folders instead of nine (the extra ones share 30%% of the messages)")
     ap.add_argument("--rtt-ms", type=float, default=0, help="route every connection through a delay proxy")
     ap.add_argument("--mbit", type=float, default=0,
                     help="with the proxy, also limit each direction of each side's link to N Mbit/s")
@@ -321,7 +323,7 @@ def main() -> int:
         src_dc.start()
         dst_dc.start()
         t = time.monotonic()
-        mails = corpus_mod.build(args.messages, args.mb, args.seed)
+        mails = corpus_mod.build(args.messages, args.mb, args.seed, args.folders)
         total_mb = sum(len(m.body) for m in mails) / 1e6
         src = src_dc.new_user("s")
         seed_source(src, mails)

@@ -68,7 +68,17 @@ def _text(rng: random.Random, pool: bytes, size: int) -> bytes:
     return pool[start:end]
 
 
-def build(messages: int = 5000, mb: float = 250, seed: int = 1) -> list[Mail]:
+def folder_weights(folders: int = 0) -> list[tuple[tuple[str, ...], float]]:
+    """FOLDERS, or with folders > len(FOLDERS) that many: the extra ones (Folders/fNNN, a mailbox
+    of many small folders, where round trips per folder count) share 30% of the messages."""
+    extra = folders - len(FOLDERS)
+    if extra <= 0:
+        return FOLDERS
+    return ([(f, w * 0.7) for f, w in FOLDERS]
+            + [(("Folders", f"f{k:03d}"), 0.3 / extra) for k in range(extra)])
+
+
+def build(messages: int = 5000, mb: float = 250, seed: int = 1, folders: int = 0) -> list[Mail]:
     rng = random.Random(seed)
     lines, line, have = [], [], 0
     while have < 600_000:
@@ -78,8 +88,8 @@ def build(messages: int = 5000, mb: float = 250, seed: int = 1) -> list[Mail]:
             have += len(lines[-1])
             line = []
     pool = b"".join(lines)
-    names = [f for f, _ in FOLDERS]
-    weights = [w for _, w in FOLDERS]
+    names = [f for f, _ in folder_weights(folders)]
+    weights = [w for _, w in folder_weights(folders)]
     base = datetime(2019, 1, 1, tzinfo=timezone.utc)
     out = []
     for i, size in enumerate(_sizes(rng, messages, int(mb * 1_000_000))):
