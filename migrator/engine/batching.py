@@ -29,3 +29,8 @@ def batches(metas: Sequence[T], max_bytes: int, max_count: int) -> Iterator[list
 def chunks(metas: Sequence[T], count: int, max_bytes: int) -> list[list[T]]:
     """Split one folder's work into pieces that different workers can take."""
     return list(batches(metas, max_bytes, count))
+
+
+def one_batch(metas: Sequence[T], max_bytes: int, max_count: int) -> bool:
+    """Whether batches() would make exactly one batch of these."""
+    return sum(1 for _ in batches(metas, max_bytes, max_count)) == 1

@@ -15,9 +15,9 @@ folder is copied by several connections at once.
 
 Safety: the intent (source UID, size, flags) is committed to the checkpoint before
 each APPEND and confirmed after it (with the SHA-256 when the destination gave no
-UID: then only the fingerprint can find the copy again). Any transient failure makes the folder be
-marched again (exponential backoff with jitter, at most max_attempts marches),
-which settles pending intents by looking at the destination.
+UID: then only the fingerprint can find the copy again). Any transient failure
+makes the folder be marched again (exponential backoff with jitter, at most
+max_attempts marches), which settles pending intents by looking at the destination.
 
 Fast reruns: when a folder pair is left complete, the STATUS of both sides is
 stored as a watermark; a rerun that sees the same UIDVALIDITY, UIDNEXT,
@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
 from migrator.checkpoint import ALTERED, DONE, Checkpoint, Intent, Watermark
-from migrator.engine.batching import batches, chunks
+from migrator.engine.batching import batches, chunks, one_batch
 from migrator.engine.crashpoints import crash
 from migrator.engine.jobs import (  # noqa: F401  (EngineOptions is imported from here by the CLI)
     OVERQUOTA_HINT, ChunkJob, EngineOptions, FolderRun, MarchJob, close_quietly, sha256, Connections,
@@ -428,7 +428,7 @@ class Engine:
             stats.add(fp.source, planned=len(dec.to_copy), planned_bytes=sum(m.size for m in dec.to_copy))
         pieces = chunks(dec.to_copy, opts.chunk_messages, max(opts.batch_bytes * 8, 1))
         run.pending_chunks = len(pieces)
-        if len(pieces) == 1 and len(list(batches(pieces[0], opts.batch_bytes, opts.batch_count))) == 1:
+        if len(pieces) == 1 and one_batch(pieces[0], opts.batch_bytes, opts.batch_count):
             return run, ChunkJob(run, pieces[0], opened=(s_st, listed[0]))
         for piece in pieces:
             self._put(ChunkJob(run, piece))

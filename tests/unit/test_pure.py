@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from migrator.accounts import parse_endpoint
-from migrator.engine.batching import batches
+from migrator.engine.batching import batches, one_batch
 from migrator.errors import UsageError
 from migrator.logsafe import SecretMaskFilter
 from migrator.naming import from_server, to_server
@@ -103,6 +103,9 @@ def test_batches_bound_bytes_and_count():
     out = [[m.uid for m in b] for b in batches(metas, max_bytes=30, max_count=3)]
     assert out == [[0, 1, 2], [3], [4, 5, 6], [7]]
     assert sum(len(b) for b in out) == len(metas)
+    # a folder copied at once by the worker that listed it: only when it is one batch
+    assert one_batch(metas[:3], 30, 3) and one_batch(metas[3:4], 30, 3)  # one message, however big
+    assert not one_batch(metas[:4], 30, 3) and not one_batch(metas[4:], 30, 3) and not one_batch([], 30, 3)
 
 
 @pytest.mark.parametrize(
