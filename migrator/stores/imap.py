@@ -543,7 +543,7 @@ class ImapStore:
 
     def status(self, name: Folder) -> FolderStatus:
         typ, data, untagged = self._pipelined("STATUS", [(self._wire(name), self._status_items())])[0]
-        st = _statuses_by_name(untagged).get(_mailbox_key(self.server_name(name))) if typ == "OK" else None
+        st = _status_of(_statuses_by_name(untagged), self.server_name(name), alone=True) if typ == "OK" else None
         if st is None:
             raise self._refused(f"STATUS {self.server_name(name)}",
                                 _text(data) if typ != "OK" else "no STATUS data in the answer")
@@ -557,7 +557,7 @@ class ImapStore:
         by_name = _statuses_by_name([line for _typ, _data, untagged in answers for line in untagged])
         out = {}
         for name, (typ, _data, _untagged) in zip(names, answers):
-            st = by_name.get(_mailbox_key(self.server_name(name))) if typ == "OK" else None
+            st = _status_of(by_name, self.server_name(name)) if typ == "OK" else None
             if st is not None:
                 out[name] = st
         return out
@@ -669,7 +669,7 @@ class ImapStore:
         except (imaplib.IMAP4.abort, OSError, EOFError) as e:
             raise TransientError(f"connection to {self.endpoint.host} lost during UID FETCH STATUS: "
                                  f"{_server_text(e)}") from None
-        status = _statuses_by_name(status_lines).get(_mailbox_key(self.server_name(name))) \
+        status = _status_of(_statuses_by_name(status_lines), self.server_name(name), alone=True) \
             if answers[-1][0] == "OK" else None
         if not uids:
             return [], status
@@ -932,6 +932,19 @@ def _text(data) -> str:
 
 def _mailbox_key(server_name: str) -> str:
     return "INBOX" if server_name.upper() == "INBOX" else server_name  # INBOX is case-insensitive
+
+
+def _status_of(by_name: dict[str, FolderStatus], server_name: str, alone: bool = False) -> FolderStatus | None:
+    """The STATUS answer for one asked name: the same name; else the one name equal but for case
+    (a case-insensitive server answers with its own spelling of a name typed in a plan); else,
+    when only one folder was asked (alone), its only answer."""
+    key = _mailbox_key(server_name)
+    if key in by_name:
+        return by_name[key]
+    folded = [st for name, st in by_name.items() if name.casefold() == key.casefold()]
+    if len(folded) == 1:
+        return folded[0]
+    return next(iter(by_name.values())) if alone and len(by_name) == 1 else None
 
 
 def _statuses_by_name(untagged: list) -> dict[str, FolderStatus]:

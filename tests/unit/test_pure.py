@@ -180,7 +180,7 @@ def test_parse_status_answer():
 def test_status_answers_are_matched_by_mailbox_name():
     """Pipelined STATUS answers may arrive before an earlier command's completion: each is told
     apart by the name it carries (quoted, atom, literal, modified UTF-7; INBOX in any case)."""
-    from migrator.stores.imap import _mailbox_key, _statuses_by_name
+    from migrator.stores.imap import _mailbox_key, _status_of, _statuses_by_name
 
     lines = [
         b'"Box/f2" (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 20)',
@@ -193,3 +193,10 @@ def test_status_answers_are_matched_by_mailbox_name():
     got = {name: (st.messages, st.uidvalidity) for name, st in _statuses_by_name(lines).items()}
     assert got == {"Box/f1": (1, 10), "Box/f2": (2, 20), "INBOX": (9, 90), "a b": (1, 7), "Entwürfe": (5, 50)}
     assert _mailbox_key("Inbox") == "INBOX" and _mailbox_key("Inboxes") == "Inboxes"
+    by_name = _statuses_by_name(lines)
+    assert _status_of(by_name, "box/F1").uidvalidity == 10  # a case-insensitive server's own spelling
+    assert _status_of(by_name, "Missing") is None
+    one = _statuses_by_name([b'"Sent Items" (MESSAGES 3 UIDNEXT 4 UIDVALIDITY 5)'])
+    assert _status_of(one, "Sent", alone=True).uidvalidity == 5 and _status_of(one, "Sent") is None
+    two = _statuses_by_name([b'"Foo" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY 1)', b'"foo" (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 2)'])
+    assert _status_of(two, "foo").uidvalidity == 2 and _status_of(two, "FOO") is None  # ambiguous: none
