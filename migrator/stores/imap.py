@@ -242,11 +242,18 @@ def connect(ep: Endpoint, creds: Credentials, opts: ConnectOptions) -> imapclien
     return client
 
 
+def _before_login(client) -> frozenset[str]:
+    """The capabilities to log in with, without a round trip: the greeting's, or after STARTTLS
+    the ones imaplib asked again over TLS. (imapclient's has_capability() asks the server again at
+    every call after STARTTLS: three CAPABILITY round trips before AUTHENTICATE.)"""
+    return frozenset(str(c).upper() for c in client._imap.capabilities)
+
+
 def _maybe_starttls(client, ep: Endpoint, ctx: ssl.SSLContext | None, opts: ConnectOptions) -> None:
     where = f"{ep.host}:{ep.port}"
     if ep.is_loopback:
         return  # local server or SSH tunnel: plain is fine (documented rule)
-    if not client.has_capability("STARTTLS"):
+    if "STARTTLS" not in _before_login(client):
         if not opts.allow_plaintext:
             raise ConnectionFailed(
                 f"{where} does not offer STARTTLS; refusing to log in without TLS",
@@ -285,15 +292,15 @@ def _authenticate(client, ep: Endpoint, creds: Credentials, opts: ConnectOptions
     who = f"{ep.user}@{ep.host}" + (f" as '{opts.auth_user}'" if opts.auth_user else "")
     secret = creds.secret()
     try:
-        if client.has_capability("AUTH=PLAIN"):
+        if "AUTH=PLAIN" in _before_login(client):
             # Master user: authenticate as auth_user, act as ep.user (SASL authzid, RFC 4616).
             authc, authz = (opts.auth_user, ep.user) if opts.auth_user else (ep.user, "")
-            if client.has_capability("SASL-IR"):
+            if "SASL-IR" in _before_login(client):
                 _plain_initial_response(client, authc, secret, authz)
             else:
                 client.plain_login(authc, secret, authorization_identity=authz)
         else:
-            if client.has_capability("LOGINDISABLED"):
+            if "LOGINDISABLED" in _before_login(client):
                 raise ConnectionFailed(f"{ep.host} refuses LOGIN on this connection (LOGINDISABLED)")
             # Dovecot's master-user convention for LOGIN: USER*MASTER (auth_master_user_separator).
             user = f"{ep.user}*{opts.auth_user}" if opts.auth_user else ep.user
@@ -320,7 +327,7 @@ def _plain_initial_response(client, authc: str, secret: str, authz: str) -> None
 def _oauth2_mech(client, opts: ConnectOptions) -> str:
     if opts.oauth2_mech.lower() != "auto":
         return opts.oauth2_mech.upper()
-    if client.has_capability("AUTH=OAUTHBEARER"):
+    if "AUTH=OAUTHBEARER" in _before_login(client):
         return "OAUTHBEARER"  # the standard one (RFC 7628)
     return "XOAUTH2"  # Gmail and Microsoft 365 both take it
 

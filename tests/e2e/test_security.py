@@ -243,6 +243,12 @@ def test_starttls_used_on_imap_to_a_non_loopback_address(src_account, dst_accoun
     res = _run(src_account, dst_account, tmp_path, "--ca-file", src_account.ca_file, "--debug", env=NONLOCAL)
     assert res.code == 0, res.text
     assert re.search(r"> b'\w+ STARTTLS'", res.err)
+    # Per connection (tag prefix): the greeting's capabilities decide STARTTLS, and the server is
+    # asked again over TLS before the login (RFC 2595: nothing said before TLS is trusted after it).
+    by_conn: dict[str, list[str]] = {}
+    for prefix, command in re.findall(r"> b'([A-Z]+)\d+ ([A-Z]+)", res.err):
+        by_conn.setdefault(prefix, []).append(command)
+    assert by_conn and all(cmds[:3] == ["STARTTLS", "CAPABILITY", "AUTHENTICATE"] for cmds in by_conn.values()), by_conn
     for acc, seeded in ((src_account, 1), (dst_account, 0)):
         logins = _logins(acc.dovecot, acc.user)[seeded:]
         assert logins and all(", TLS," in line for line in logins), logins
