@@ -368,10 +368,11 @@ class Engine:
             status = None
             if self.ckpt and not opts.dry_run:
                 status = self._src_status.get(fp.source) or src.status(fp.source)
-            # With its message count known, the folder is opened and listed in one round trip.
+            # With its message count known, the folder is opened and listed in one round trip;
+            # a small folder never copied before comes with its bodies (_copies_whole).
             known = status or self._src_status.get(fp.source)
-            return (status, *src.select_and_list(fp.source, readonly=True,
-                                                 expect=known.messages if known else None))
+            return (status, *src.select_and_list(fp.source, readonly=True, expect=known.messages if known else None,
+                                                 bodies=self._copies_whole(fp, known)))
 
         def list_destination():
             st = conn.select_dst(fp.destination, readonly=opts.dry_run)
@@ -433,6 +434,14 @@ class Engine:
         for piece in pieces:
             self._put(ChunkJob(run, piece))
         return run, None
+
+    def _copies_whole(self, fp: FolderPlan, known: FolderStatus | None) -> bool:
+        """Whether the march can read the folder's bodies along with its listing: STATUS shows it
+        fits in one batch, and the checkpoint has nothing of it (so all of it will be copied)."""
+        opts = self.opts
+        return (known is not None and known.size is not None and self.ckpt is not None and not opts.dry_run
+                and 0 < known.messages <= opts.batch_count and known.size <= opts.batch_bytes
+                and not self.ckpt.rows(fp.source, known.uidvalidity, fp.destination))
 
     def _exclude_merged(self, fp: FolderPlan, run: FolderRun, dec) -> None:
         """merge = true: messages another source folder copied here are not ours to adopt.

@@ -127,10 +127,11 @@ class Store(Protocol):
         may use what SELECT answered), or the given UIDs."""
         ...
 
-    def select_and_list(self, name: Folder, readonly: bool = True,
-                        expect: int | None = None) -> tuple[FolderStatus, list[MessageMeta]]:
+    def select_and_list(self, name: Folder, readonly: bool = True, expect: int | None = None,
+                        bodies: bool = False) -> tuple[FolderStatus, list[MessageMeta]]:
         """select(), then list_messages() of all. expect: how many messages the folder's STATUS
-        showed, if known (a network store may then ask for both in one round trip)."""
+        showed, if known (a network store may then ask for both in one round trip). bodies: all
+        of them will be fetched next (a network store may read them in the same round trip)."""
         ...
 
     def list_with_status(self, name: Folder, uids: Sequence[int]) -> tuple[list[MessageMeta], FolderStatus | None]:
@@ -157,8 +158,8 @@ StoreFactory = Callable[[], Store]
 class FolderBatches:
     """The many-folder calls of Store, one folder at a time (for local or read-only stores)."""
 
-    def select_and_list(self, name: Folder, readonly: bool = True,
-                        expect: int | None = None) -> tuple[FolderStatus, list[MessageMeta]]:
+    def select_and_list(self, name: Folder, readonly: bool = True, expect: int | None = None,
+                        bodies: bool = False) -> tuple[FolderStatus, list[MessageMeta]]:
         status = self.select(name, readonly)  # type: ignore[attr-defined]
         return status, self.list_messages()  # type: ignore[attr-defined]
 

@@ -417,6 +417,7 @@ class ImapStore:
         self.client._imap.debug = 4 if logging.getLogger("imapclient.imaplib").isEnabledFor(logging.DEBUG) else 0
         self._selected: Folder | None = None
         self._exists = 0  # EXISTS of the selected folder, as SELECT answered
+        self._prefetched: dict[int, bytes] = {}  # bodies select_and_list(bodies=True) read; see fetch()
         self._selected_readonly = True
         caps = {_dec(c).upper() for c in self.client.capabilities()}
         self.raw_capabilities = caps
@@ -606,6 +607,7 @@ class ImapStore:
 
     def select(self, name: Folder, readonly: bool = True) -> FolderStatus:
         server = self.server_name(name)
+        self._prefetched = {}
         try:
             info = self.client.select_folder(server, readonly=readonly)
         except (imaplib.IMAP4.abort, imapexc.IMAPClientAbortError, OSError) as e:
@@ -614,23 +616,28 @@ class ImapStore:
             raise FolderError(f"folder '{server}' cannot be opened on {self.endpoint.host}: {_server_text(e)}") from None
         return self._selected_now(name, readonly, info)
 
-    def select_and_list(self, name: Folder, readonly: bool = True,
-                        expect: int | None = None) -> tuple[FolderStatus, list[MessageMeta]]:
+    def select_and_list(self, name: Folder, readonly: bool = True, expect: int | None = None,
+                        bodies: bool = False) -> tuple[FolderStatus, list[MessageMeta]]:
         """select() and list_messages() in one round trip: SELECT and UID FETCH 1:* sent together,
         when STATUS said (expect) the folder is small enough for one metadata answer. If SELECT
         fails, no folder is selected (RFC 3501 6.3.1), so the FETCH fails too: nothing is read
-        from the folder selected before."""
+        from the folder selected before.
+
+        bodies: the caller knows the whole folder fits in one batch and will copy all of it: the
+        bodies are fetched in the same round trip and kept for the next fetch() (a round trip
+        less per small folder on a first run)."""
         if expect is None or not 0 < expect <= META_FETCH_CHUNK:
             st = self.select(name, readonly)
             return st, self.list_messages()
         imap, server = self.client._imap, self.server_name(name)
+        self._prefetched = {}
         command = "EXAMINE" if readonly else "SELECT"
         imap.untagged_responses = {}  # as imaplib's select(): what follows is this folder's
         state, imap.state = imap.state, "SELECTED"  # imaplib refuses UID outside SELECTED
+        fetches = ["(UID RFC822.SIZE FLAGS INTERNALDATE)"] + (["(UID BODY.PEEK[])"] if bodies else [])
         try:
-            tags = _sent_together(imap, lambda: [
-                imap._command(command, self._wire(name)),
-                imap._command("UID", "FETCH", "1:*", "(UID RFC822.SIZE FLAGS INTERNALDATE)")])
+            tags = _sent_together(imap, lambda: [imap._command(command, self._wire(name))] + [
+                imap._command("UID", "FETCH", "1:*", items) for items in fetches])
             typ, data = _completion(imap, command, tags[0])
             selected = typ == "OK"
             imap.state = "SELECTED" if selected else "AUTH"
@@ -638,8 +645,9 @@ class ImapStore:
             info = self.client._process_select_response(imap.untagged_responses) if selected else None
             # FETCH lines already read stay: the server may answer the FETCH before the SELECT's
             # completion. Lines without RFC822.SIZE (flag changes) are left out by _parse_meta.
-            ftyp, fdata = _completion(imap, "FETCH", tags[1])  # BAD after a failed SELECT: no mailbox
-            fdata = imap._untagged_response(ftyp, fdata, "FETCH")[1] if ftyp == "OK" else fdata
+            answers = [_completion(imap, "FETCH", tag) for tag in tags[1:]]  # BAD after a failed SELECT
+            ftyp = "OK" if all(t == "OK" for t, _d in answers) else "NO"
+            fdata = imap._untagged_response(ftyp, [], "FETCH")[1] if ftyp == "OK" else []
         except (imaplib.IMAP4.abort, OSError, EOFError) as e:
             imap.state = state if state != "SELECTED" else "AUTH"
             self._selected = None
@@ -650,8 +658,20 @@ class ImapStore:
         if not readonly and "READ-ONLY" in imap.untagged_responses:
             raise FolderError(f"folder '{server}' opens read-only on {self.endpoint.host}: nothing can be stored in it")
         st = self._selected_now(name, readonly, info)
-        metas = self._parse_meta(fdata, None) if ftyp == "OK" else None
-        return st, metas if metas is not None else self.list_messages()
+        if ftyp != "OK":
+            return st, self.list_messages()
+        if not bodies:
+            metas = self._parse_meta(fdata, None)
+            return st, metas if metas is not None else self.list_messages()
+        # Both answers share untagged FETCH data, in whatever order the server sent them: the
+        # metadata are the one-line answers with RFC822.SIZE, the bodies the ones with a literal.
+        metas = self._parse_meta([x for x in fdata if isinstance(x, bytes) and b"RFC822.SIZE" in x], None)
+        if metas is None or len(metas) != st.messages:  # not the plain form: ask the usual way
+            return st, self.list_messages()
+        got = bodies_from_fetch([x for x in fdata if isinstance(x, tuple)])
+        if got is not None and set(got) == {m.uid for m in metas}:
+            self._prefetched = got
+        return st, metas
 
     def list_with_status(self, name: Folder, uids: Sequence[int]) -> tuple[list[MessageMeta], FolderStatus | None]:
         """list_messages(uids) of the selected folder `name`, and its STATUS, in one round trip.
@@ -769,6 +789,9 @@ class ImapStore:
     def fetch(self, uids: Sequence[int]) -> Iterator[Message]:
         if not uids:
             return iter(())
+        kept, self._prefetched = self._prefetched, {}
+        if kept and kept.keys() >= set(uids):  # read with the folder's listing: no round trip
+            return self._messages(uids, kept)
         imap = self.client._imap
         if "read" not in vars(imap):
             imap.read = functools.partial(_read_literal, imap.read, imap.file)
@@ -893,6 +916,10 @@ class ImapStore:
         return MessageRejected(f"{text}")
 
     def close(self) -> None:
+        self._prefetched = {}
+        self._logout()
+
+    def _logout(self) -> None:
         """LOGOUT, and close without waiting for the server's BYE: every command before it was
         answered already, and on a WAN that wait is a round trip at the end of every run."""
         imap = self.client._imap
