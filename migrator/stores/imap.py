@@ -635,6 +635,8 @@ class ImapStore:
         imap.untagged_responses = {}  # as imaplib's select(): what follows is this folder's
         state, imap.state = imap.state, "SELECTED"  # imaplib refuses UID outside SELECTED
         fetches = ["(UID RFC822.SIZE FLAGS INTERNALDATE)"] + (["(UID BODY.PEEK[])"] if bodies else [])
+        if bodies:
+            self._read_literals_in_place()
         try:
             tags = _sent_together(imap, lambda: [imap._command(command, self._wire(name))] + [
                 imap._command("UID", "FETCH", "1:*", items) for items in fetches])
@@ -792,12 +794,15 @@ class ImapStore:
         kept, self._prefetched = self._prefetched, {}
         if kept and kept.keys() >= set(uids):  # read with the folder's listing: no round trip
             return self._messages(uids, kept)
-        imap = self.client._imap
-        if "read" not in vars(imap):
-            imap.read = functools.partial(_read_literal, imap.read, imap.file)
+        self._read_literals_in_place()
         # Only the bytes: size, flags and date come from list_messages (less to parse per message).
         bodies = self._call("UID FETCH BODY.PEEK[]", self._fetch_bodies, list(uids))
         return self._messages(uids, bodies)
+
+    def _read_literals_in_place(self) -> None:
+        imap = self.client._imap
+        if "read" not in vars(imap):
+            imap.read = functools.partial(_read_literal, imap.read, imap.file)
 
     def _fetch_bodies(self, uids: list[int]) -> dict[int, bytes]:
         """UID -> body: the usual answer read by bodies_from_fetch, anything else by imapclient's
