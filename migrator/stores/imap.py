@@ -591,15 +591,16 @@ class ImapStore:
         try:
             for i in range(0, len(commands), PIPELINE_WINDOW):
                 window = [(name.upper(), args) for name, args in commands[i : i + PIPELINE_WINDOW]]
-                for name, _args in window:
-                    imap.untagged_responses.pop(name, None)
+                for name, args in window:
+                    imap.untagged_responses.pop(_answered_as(name, args), None)
                 tags = _sent_together(imap, lambda: [imap._command(name, *args) for name, args in window])
-                for (name, _args), tag in zip(window, tags):
+                for (name, args), tag in zip(window, tags):
                     typ, data = _completion(imap, name, tag)
-                    # Untagged data of this kind that came so far. A server may answer a later
-                    # command's before this one's completion: a batch of one kind (STATUS) is
-                    # told apart by content (_statuses_by_name), not by this split.
-                    out.append((typ, data, imap.untagged_responses.pop(name, [])))
+                    # Untagged data of this kind that came so far, also what came while an
+                    # earlier command completed (Dovecot answers a FETCH before the NOOP in
+                    # front of it completes). A batch of one kind (STATUS) is told apart by
+                    # content (_statuses_by_name), not by this split.
+                    out.append((typ, data, imap.untagged_responses.pop(_answered_as(name, args), [])))
         except (imaplib.IMAP4.abort, OSError, EOFError) as e:
             what = " ".join(dict.fromkeys(name.upper() for name, _args in commands))
             raise TransientError(f"connection to {self.endpoint.host} lost during {what}: {_server_text(e)}") from None
@@ -682,27 +683,14 @@ class ImapStore:
         if len(uids) > META_FETCH_CHUNK:  # a big answer is read in bounded pieces; a round trip is little here
             metas = self.list_messages(uids)
             return metas, self.list_with_status(name, [])[1]
-        imap = self.client._imap
         commands = [("NOOP", ()), ("UID", ("FETCH", uid_set(uids), "(UID RFC822.SIZE FLAGS INTERNALDATE)"))] if uids else []
         commands.append(("STATUS", (self._wire(name), self._status_items())))
-        try:
-            tags = _sent_together(imap, lambda: [imap._command(c, *args) for c, args in commands])
-            imap.untagged_responses.pop("FETCH", None)
-            imap.untagged_responses.pop("STATUS", None)
-            answers = []
-            for (command, _args), tag in zip(commands, tags):
-                answers.append(_completion(imap, command, tag))
-            # Taken after all three: Dovecot answers the FETCH before the NOOP's completion.
-            fetched = imap.untagged_responses.pop("FETCH", [])
-            status_lines = imap.untagged_responses.pop("STATUS", [])
-        except (imaplib.IMAP4.abort, OSError, EOFError) as e:
-            raise TransientError(f"connection to {self.endpoint.host} lost during UID FETCH STATUS: "
-                                 f"{_server_text(e)}") from None
-        status = _status_of(_statuses_by_name(status_lines), self.server_name(name), alone=True) \
-            if answers[-1][0] == "OK" else None
+        answers = self._pipeline(commands)
+        typ, _data, status_lines = answers[-1]
+        status = _status_of(_statuses_by_name(status_lines), self.server_name(name), alone=True) if typ == "OK" else None
         if not uids:
             return [], status
-        typ, data = answers[-2]
+        typ, data, fetched = answers[-2]
         if typ != "OK":
             raise self._refused("UID FETCH", _text(data))
         metas = self._parse_meta(fetched or [None], list(uids))
@@ -921,18 +909,20 @@ class ImapStore:
         return MessageRejected(f"{text}")
 
     def close(self) -> None:
-        self._prefetched = {}
-        self._logout()
-
-    def _logout(self) -> None:
         """LOGOUT, and close without waiting for the server's BYE: every command before it was
         answered already, and on a WAN that wait is a round trip at the end of every run."""
+        self._prefetched = {}
         imap = self.client._imap
         try:
             imap.send(imap._new_tag() + b" LOGOUT\r\n")
         except Exception:
             pass
         _shutdown(self.client)
+
+
+def _answered_as(command: str, args: tuple) -> str:
+    """The untagged answer a command gets: UID FETCH is answered by FETCH lines (as imaplib's uid())."""
+    return "FETCH" if command == "UID" and args and str(args[0]).upper() == "FETCH" else command
 
 
 def _completion(imap, name: str, tag) -> tuple[str, list]:
