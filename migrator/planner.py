@@ -30,13 +30,13 @@ child on the destination creates its parents.
 from __future__ import annotations
 
 import fnmatch
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from migrator.errors import FolderError, UsageError
 from migrator.naming import INBOX, Folder, display, is_inbox, needs_substitute, parse_display, safe_component
 from migrator.plan import COPY, SKIP, FolderPlan, Plan
 from migrator.presets import Preset, load_preset, localized_names
+from migrator.stores import both_sides
 from migrator.stores.base import FolderInfo, Store
 
 SUBSCRIBE_MODES = ("source", "all", "none")
@@ -228,10 +228,7 @@ def plan_folders(src: Store, dst: Store, plan: Plan, opts: PlanningOptions | Non
     """with_status: ask each source folder's STATUS (and size) for the plan file. `migrate`,
     which runs the plan at once, does not need them: one round trip (or a listing) less per folder."""
     opts = opts or PlanningOptions()
-    with ThreadPoolExecutor(max_workers=1) as other_side:  # both listings in the same round trip
-        dst_listed = other_side.submit(dst.list_folders)
-        src_listed = src.list_folders()
-        dst_folders = dst_listed.result()
+    src_listed, dst_folders = both_sides(src.list_folders, dst.list_folders)  # in the same round trip
     plan.destination_listing = dst_folders
     decisions, warnings = decide(src_listed, dst_folders, getattr(dst, "separator", None), opts)
     plan.warnings.extend(warnings)

@@ -50,7 +50,7 @@ from migrator.errors import ConnectionFailed, FolderError, MessageRejected, Tran
 from migrator.naming import Folder, display, parents
 from migrator.plan import FolderPlan, Plan
 from migrator.stats import Stats
-from migrator.stores import open_pair
+from migrator.stores import both_sides, open_pair
 from migrator.stores.base import AppendItem, FolderStatus, MessageMeta, Store
 
 log = logging.getLogger("migrator.engine")
@@ -322,15 +322,7 @@ class Engine:
             self._finish_folder(run, conn)
 
     def _both_sides(self, on_src: Callable, on_dst: Callable | None) -> tuple:
-        """(on_src(), on_dst()), the destination's call made by a helper thread on its own
-        connection meanwhile: the two sides' round trips overlap instead of adding up.
-        Either one's error is raised, after both are done."""
-        dst_side = self._dst_side.submit(on_dst) if on_dst is not None else None
-        try:
-            from_src = on_src()
-        finally:
-            from_dst = dst_side.result() if dst_side is not None else None
-        return from_src, from_dst
+        return both_sides(on_src, on_dst, self._dst_side)  # the engine's helper threads, kept for the run
 
     def _settle_unchanged(self, dst: Store, folders: list[FolderPlan]) -> set[Folder]:
         """Fast rerun: the source folders whose pair still shows, on both sides, the STATUS stored

@@ -120,6 +120,25 @@ class Connector:
         raise UsageError(f"{self.endpoint.url()}: {scheme}:// is not supported yet")
 
 
+def both_sides(on_src: Callable, on_dst: Callable | None, pool=None) -> tuple:
+    """(on_src(), on_dst()), on_dst called meanwhile by a helper thread (the pool's, or one of its
+    own) on its own connection: the two sides' round trips overlap instead of adding up. If
+    either fails, its error is raised once both are done, the source's first."""
+    if pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1) as own:
+            return both_sides(on_src, on_dst, own)
+    dst_side = pool.submit(on_dst) if on_dst is not None else None
+    try:
+        from_src = on_src()
+    except BaseException:
+        if dst_side is not None:
+            dst_side.exception()  # wait for it
+        raise
+    return from_src, (dst_side.result() if dst_side is not None else None)
+
+
 def open_pair(open_src: Callable[[], Store], open_dst: Callable[[], Store]) -> tuple[Store, Store]:
     """Open both sides at the same time: on a WAN each login is several round trips.
 

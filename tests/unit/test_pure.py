@@ -200,3 +200,38 @@ def test_status_answers_are_matched_by_mailbox_name():
     assert _status_of(one, "Sent", alone=True).uidvalidity == 5 and _status_of(one, "Sent") is None
     two = _statuses_by_name([b'"Foo" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY 1)', b'"foo" (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 2)'])
     assert _status_of(two, "foo").uidvalidity == 2 and _status_of(two, "FOO") is None  # ambiguous: none
+
+
+def test_both_sides_overlaps_the_calls_and_raises_after_both_are_done():
+    import threading
+    import time as _time
+
+    from migrator.stores import both_sides
+
+    started = threading.Event()
+
+    def src():
+        assert started.wait(5)  # the destination's call runs meanwhile, not after
+        return "s"
+
+    def dst():
+        started.set()
+        return "d"
+
+    assert both_sides(src, dst) == ("s", "d")
+    assert both_sides(lambda: 1, None) == (1, None)
+    finished = []
+
+    def slow_failing_dst():
+        _time.sleep(0.2)
+        finished.append("dst")
+        raise OSError("dst failed")
+
+    def failing_src():
+        raise ValueError("src failed")
+
+    with pytest.raises(ValueError, match="src failed"):  # the source's first, once both are done
+        both_sides(failing_src, slow_failing_dst)
+    assert finished == ["dst"]
+    with pytest.raises(OSError, match="dst failed"):
+        both_sides(lambda: 1, slow_failing_dst)
