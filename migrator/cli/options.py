@@ -49,8 +49,6 @@ PresetOpt = Annotated[Optional[list[str]], typer.Option("--preset", help="Apply 
 SubscribeOpt = Annotated[str, typer.Option("--subscribe", help="Subscribe destination folders: 'source' (as on the source), 'all' or 'none'.")]
 
 
-
-
 @dataclass(frozen=True)
 class ConnOptions:
     """How to reach and log in to both sides: the options every account-touching command takes."""

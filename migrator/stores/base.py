@@ -156,7 +156,8 @@ StoreFactory = Callable[[], Store]
 
 
 class FolderBatches:
-    """The many-folder calls of Store, one folder at a time (for local or read-only stores)."""
+    """The calls of Store that a network store sends together (many folders, or a folder and its
+    listing), made here one after the other: for local or read-only stores."""
 
     def select_and_list(self, name: Folder, readonly: bool = True, expect: int | None = None,
                         bodies: bool = False) -> tuple[FolderStatus, list[MessageMeta]]:

@@ -23,6 +23,12 @@ from tests.helpers import dt, migrate, simple_message
 pytestmark = pytest.mark.e2e
 
 
+def _store(acc, port: int, opts: ConnectOptions | None = None) -> ImapStore:
+    """One IMAP connection of this account through `port` (a proxy's)."""
+    return ImapStore(parse_endpoint(f"imap://{acc.user}@127.0.0.1:{port}"), Credentials(password=lambda: acc.password),
+                     opts)
+
+
 def _seed(acc, folders: int, per_folder: int) -> None:
     for f in range(folders):
         folder = ["INBOX"] if f == 0 else ["Box", f"f{f}"]
@@ -79,8 +85,7 @@ def test_folder_commands_are_pipelined(dovecot_slash):
     names = [("Box", f"f{i}") for i in range(30)]
     with DelayProxy(dovecot_slash.port, rtt_ms=60) as proxy:
         # 60 ms: every command of a batch is sent before the first answer can come back
-        store = ImapStore(parse_endpoint(f"imap://{acc.user}@127.0.0.1:{proxy.port}"),
-                          Credentials(password=lambda: acc.password))
+        store = _store(acc, proxy.port)
         try:
             before = proxy.turns
             created = store.create_folders([(n, None) for n in names])
@@ -103,10 +108,9 @@ def test_a_connection_opens_in_two_round_trips_and_the_next_in_one(dovecot_slash
     NAMESPACE is asked once per account: every worker connection of a run costs one round trip."""
     acc = dovecot_slash.new_user("login")
     with DelayProxy(dovecot_slash.port, rtt_ms=20) as proxy:
-        ep = parse_endpoint(f"imap://{acc.user}@127.0.0.1:{proxy.port}")
-        first = ImapStore(ep, Credentials(password=lambda: acc.password))
+        first = _store(acc, proxy.port)
         first_turns = proxy.turns
-        second = ImapStore(ep, Credentials(password=lambda: acc.password))
+        second = _store(acc, proxy.port)
         second_turns = proxy.turns - first_turns
         try:
             # the capabilities after login (the AUTHENTICATE answer's), not the greeting's
@@ -124,8 +128,7 @@ def test_close_sends_logout_without_waiting_for_the_answer(dovecot_slash, compre
     trip per connection at the end of every run. The server still gets the LOGOUT."""
     acc = dovecot_slash.new_user("bye")
     with DelayProxy(dovecot_slash.port, rtt_ms=600) as proxy:
-        ep = parse_endpoint(f"imap://{acc.user}@127.0.0.1:{proxy.port}")
-        store = ImapStore(ep, Credentials(password=lambda: acc.password), ConnectOptions(compress=compress))
+        store = _store(acc, proxy.port, ConnectOptions(compress=compress))
         assert store.compressed == compress
         sent_before = proxy.bytes["client"]
         t0 = time.monotonic()
@@ -151,8 +154,7 @@ def test_select_and_list_is_one_round_trip_and_safe_when_select_fails(dovecot_sl
     rig.seed(acc, ["INBOX"], [(simple_message(i), ("\\Seen", "$Label1") if i % 2 else (), dt(i)) for i in range(7)])
     rig.seed(acc, ["Other"], [(simple_message(100 + i), (), dt(i)) for i in range(3)])
     with DelayProxy(dovecot_slash.port, rtt_ms=20) as proxy:
-        store = ImapStore(parse_endpoint(f"imap://{acc.user}@127.0.0.1:{proxy.port}"),
-                          Credentials(password=lambda: acc.password))
+        store = _store(acc, proxy.port)
         try:
             expected_status = store.select(("INBOX",))
             expected = store.list_messages()
