@@ -298,7 +298,8 @@ def main() -> int:
     ap.add_argument("--rtt-ms", type=float, default=0, help="route every connection through a delay proxy")
     ap.add_argument("--mbit", type=float, default=0,
                     help="with the proxy, also limit each direction of each side's link to N Mbit/s")
-    ap.add_argument("--repeat", type=int, default=1, help="run each tool N times, show the median run")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every tool N times, in N interleaved rounds; show each tool's median run")
     ap.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated subset of {','.join(TOOLS)}")
     ap.add_argument("--memory", action="store_true", help="measure peak RSS on 100,000 messages + one 50 MB message")
     ap.add_argument("--memory-messages", type=int, default=100_000)
@@ -341,8 +342,20 @@ def main() -> int:
         rows = []
         extra = {f"migrator {a}": (lambda e, a=a: migrator_row(e, f"migrator {a}", *a.split()))
                  for a in args.migrator_args}
-        for name in tools + list(extra):
-            runs = [(TOOLS.get(name) or extra[name])(env) for _ in range(args.repeat)]
+        names = tools + list(extra)
+        runs_of: dict[str, list[Row]] = {name: [] for name in names}
+        # Rounds, not blocks: each round runs every tool once, starting one tool later than the
+        # round before. The VM's speed drifts by up to 2x over minutes; run in blocks, a tool's
+        # three runs could all land in a slow stretch and the ratios between rows would lie.
+        for r in range(args.repeat):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                run = (TOOLS.get(name) or extra[name])(env)
+                runs_of[name].append(run)
+                if args.repeat > 1:
+                    print(f"  round {r + 1}: {run.tool}: {run.wall and round(run.wall, 2)} s {run.identical}",
+                          flush=True)
+        for name in names:
+            runs = runs_of[name]
             timed = sorted((r for r in runs if r.wall is not None), key=lambda r: r.wall)
             row = timed[(len(timed) - 1) // 2] if timed else runs[0]  # the median run
             if len(timed) > 1:
