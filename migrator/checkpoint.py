@@ -86,6 +86,17 @@ def folder_key(folder: Folder) -> str:
     return json.dumps(list(folder), ensure_ascii=False)
 
 
+# Flags are stored as JSON lists; a mailbox has few distinct flag sets, and every row carries one.
+@functools.lru_cache(maxsize=4096)
+def flags_json(flags: tuple[str, ...]) -> str:
+    return json.dumps(list(flags))
+
+
+@functools.lru_cache(maxsize=4096)
+def flags_from_json(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text))
+
+
 @dataclass(frozen=True)
 class Row:
     src_uid: int
@@ -233,7 +244,7 @@ class Checkpoint:
                 (folder_key(src), src_uidvalidity, folder_key(dst)),
             )
             return {
-                r[0]: Row(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6], r[7]) for r in cur.fetchall()
+                r[0]: Row(r[0], r[1], r[2], r[3], r[4], flags_from_json(r[5]), r[6], r[7]) for r in cur.fetchall()
             }
 
     def claims_of_others(self, dst: Folder, dst_uidvalidity: int, src: Folder,
@@ -254,7 +265,7 @@ class Checkpoint:
     def failed(self) -> list[tuple[Folder, int, str]]:
         with self._mutex:
             cur = self._db.execute("SELECT src_folder, src_uid, reason FROM messages WHERE status=?", (FAILED,))
-            return [(tuple(json.loads(f)), uid, reason or "") for f, uid, reason in cur.fetchall()]
+            return [(flags_from_json(f), uid, reason or "") for f, uid, reason in cur.fetchall()]
 
     def watermark(self, src: Folder, dst: Folder) -> Watermark | None:
         with self._mutex:
@@ -276,7 +287,7 @@ class Checkpoint:
             "INSERT OR REPLACE INTO messages VALUES (?,?,?,?,?,NULL,?,?,?,?,NULL,?)",
             [
                 (folder_key(src), src_uidvalidity, i.src_uid, folder_key(dst), dst_uidvalidity, i.size, i.sha256,
-                 json.dumps(list(i.flags)), PENDING, now)
+                 flags_json(tuple(i.flags)), PENDING, now)
                 for i in intents
             ],
         )
@@ -297,7 +308,7 @@ class Checkpoint:
             "INSERT OR REPLACE INTO messages VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             [
                 (folder_key(src), src_uidvalidity, i.src_uid, folder_key(dst), dst_uidvalidity, uid, i.size, i.sha256,
-                 json.dumps(list(i.flags)), status, reason, now)
+                 flags_json(tuple(i.flags)), status, reason, now)
                 for i, uid in results
             ],
         )
@@ -310,7 +321,7 @@ class Checkpoint:
         now = time.time()
         self._write(
             "UPDATE messages SET flags=?, updated=? WHERE src_folder=? AND src_uidvalidity=? AND src_uid=? AND dst_folder=?",
-            [(json.dumps(list(flags)), now, folder_key(src), src_uidvalidity, uid, folder_key(dst)) for uid, flags in updates],
+            [(flags_json(tuple(flags)), now, folder_key(src), src_uidvalidity, uid, folder_key(dst)) for uid, flags in updates],
         )
 
     def forget(self, src: Folder, src_uidvalidity: int, dst: Folder, src_uids: Iterable[int]) -> None:

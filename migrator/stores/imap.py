@@ -759,16 +759,16 @@ class ImapStore:
                 continue  # no FETCH answer at all (every UID expunged)
             if not isinstance(line, bytes):
                 return None  # a literal somewhere: not the simple form
-            m = _META_LINE.search(line)
+            m = _META_IN_ORDER.match(line) or _META_LINE.search(line)
             if m is None:
                 if b"RFC822.SIZE" in line:
                     return None
                 continue  # an unsolicited FETCH (e.g. FLAGS changed by another session)
-            flags = normalize_flags(f.decode("utf-8", "replace") for f in m.group("flags").split())
-            date = m.group("date").decode("ascii")
+            uid, size, flags, date = m.group("uid", "size", "flags", "date")
+            date = date.decode("ascii")
             if date.startswith(" "):  # " 4-Mar-2019": the same as imapclient's form, "04-Mar-2019"
                 date = "0" + date[1:]
-            found[int(m.group("uid"))] = MessageMeta(int(m.group("uid")), int(m.group("size")), flags, date)
+            found[int(uid)] = MessageMeta(int(uid), int(size), _flags(flags), date)
         if uids is None:  # 1:*, every message of the folder
             return [found[u] for u in sorted(found)]
         wanted = set(uids)
@@ -1076,6 +1076,17 @@ _META_LINE = re.compile(
     rb"^\d+ \((?=.*?\bUID (?P<uid>\d+))(?=.*?\bRFC822\.SIZE (?P<size>\d+))"
     rb"(?=.*?\bFLAGS \((?P<flags>[^)]*)\))(?=.*?\bINTERNALDATE \"(?P<date>[^\"]*)\")"
 )
+# The same answer with the items in the order asked (what servers send): one pass over the line
+# instead of four, for the 10,000 lines a 5,000-message folder costs (its listing, its size check).
+_META_IN_ORDER = re.compile(
+    rb"\d+ \(UID (?P<uid>\d+) RFC822\.SIZE (?P<size>\d+) FLAGS \((?P<flags>[^)]*)\) "
+    rb"INTERNALDATE \"(?P<date>[^\"]*)\"\)\Z"
+)
+
+
+@functools.lru_cache(maxsize=1024)  # a mailbox has few distinct flag sets
+def _flags(raw: bytes) -> tuple[str, ...]:
+    return normalize_flags(f.decode("utf-8", "replace") for f in raw.split())
 
 
 # One body FETCH answer as Dovecot and most servers send it: '12 (UID 34 BODY[] {5678}'.

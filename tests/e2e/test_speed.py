@@ -182,6 +182,40 @@ def test_select_and_list_is_one_round_trip_and_safe_when_select_fails(dovecot_sl
             store.close()
 
 
+def test_listings_of_a_real_server_are_read_in_one_pass(dovecot_slash, monkeypatch):
+    """A listing line is parsed by the pattern for the items in the order asked (one pass over the
+    line) unless the server put them in another order; Dovecot does not, also after STATUS
+    HIGHESTMODSEQ enabled CONDSTORE (RFC 7162 3.1), which adds MODSEQ to FETCH answers."""
+    from migrator.stores import imap as imap_module
+
+    acc = dovecot_slash.new_user("order")
+    rig.seed(acc, ["INBOX"], [(simple_message(i), ("\\Seen", "$Label1") if i % 2 else (), dt(i)) for i in range(6)])
+    general = imap_module._META_LINE
+
+    class Counted:
+        used = 0
+
+        def search(self, line):
+            Counted.used += 1
+            return general.search(line)
+
+    store = ImapStore(parse_endpoint(f"imap://{acc.user}@127.0.0.1:{acc.port}"),
+                      Credentials(password=lambda: acc.password))
+    try:
+        expected = store.select(("INBOX",))
+        slow = store.list_messages()
+        monkeypatch.setattr(imap_module, "_META_LINE", Counted())
+        status = store.statuses([("INBOX",)])[("INBOX",)]
+        assert status.highestmodseq  # CONDSTORE is on from here
+        st, metas = store.select_and_list(("INBOX",), readonly=False, expect=6)
+        checked, _status = store.list_with_status(("INBOX",), [m.uid for m in metas])
+    finally:
+        store.close()
+    assert st.uidvalidity == expected.uidvalidity and metas == slow == checked and len(metas) == 6
+    assert {m.flags for m in metas} == {(), ("$Label1", "\\Seen")}
+    assert Counted.used == 0
+
+
 def test_a_small_folder_costs_one_round_trip_on_the_source_and_three_on_the_destination(
         src_account, dst_account, tmp_path):
     """On a WAN a mailbox of many small folders is bound by round trips per folder. Source: open,

@@ -135,10 +135,23 @@ def test_secret_mask_filter(line):
     ],
 )
 def test_metadata_fetch_line(line, expected):
-    from migrator.stores.imap import _META_LINE
+    from migrator.stores.imap import _META_IN_ORDER, _META_LINE
 
     m = _META_LINE.search(line)
     assert (m.group("uid", "size", "flags", "date") if m else None) == expected
+    # The one-pass pattern reads the items in the order asked, and only that order (the rest
+    # falls back to the pattern above).
+    fast = _META_IN_ORDER.match(line)
+    in_order = line.startswith(b"12 (UID")
+    assert (fast.group("uid", "size", "flags", "date") if fast else None) == (expected if in_order else None)
+
+
+def test_checkpoint_flags_round_trip_through_json():
+    from migrator.checkpoint import flags_from_json, flags_json
+
+    for flags in [(), ("\\Seen",), ("$Label1", "\\Seen", "Ünïcode")]:
+        assert flags_from_json(flags_json(flags)) == flags
+    assert flags_json(("$X", "\\Seen")) == '["$X", "\\\\Seen"]'  # the form older state files hold
 
 
 def test_uid_set_compacts_ranges():
