@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from migrator.checkpoint import Checkpoint
 from migrator.engine.copy import Engine, EngineOptions
+from migrator.engine import tuning
 from migrator.engine.verify import verify
 from migrator.errors import UsageError
 from migrator.fsutil import write_json
@@ -169,6 +170,7 @@ def _execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, 
         stats.folder_failed(folder, reason)
     stop = threading.Event()
     engine = Engine(plan, src.open, dst.open, ckpt, settings.engine, stats, stop, spare=spare)
+    tuning.for_bulk_copy(settings.engine.batch_bytes)
     try:
         with Progress(stats, quiet=settings.quiet):
             engine.run()
