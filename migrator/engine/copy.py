@@ -568,7 +568,7 @@ class Engine:
                     adopted.append((intent, found.uid))
                     continue
                 intents.append(intent)
-                items.append(AppendItem(msg.body, flags, m.internaldate))
+                items.append(AppendItem(msg.body, flags, m.internaldate, nul_free=msg.nul_free))
             del fetched
             if adopted:
                 self._confirm(run, adopted)

@@ -60,6 +60,10 @@ class MessageMeta:
 class Message:
     meta: MessageMeta
     body: bytes
+    # True when the body is known to hold no NUL octet: read from an IMAP literal, which cannot
+    # carry one (RFC 3501 CHAR8; a server sends NUL only in a BINARY literal8). A destination then
+    # need not scan it to choose between a literal and a literal8.
+    nul_free: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class AppendItem:
     body: bytes
     flags: tuple[str, ...]
     internaldate: str
+    nul_free: bool = False  # as Message.nul_free
 
 
 @dataclass

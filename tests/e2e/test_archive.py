@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,34 @@ def test_not_an_archive_is_a_clear_error(tmp_path, dst_account):
     res = migrator("migrate", f"archive://{tmp_path / 'junk'}", dst_account.url, dst=dst_account)
     assert res.code == 2, res.text
     assert "not a migrator archive" in res.err and "Traceback" not in res.text
+
+
+def test_a_message_with_nul_octets_goes_as_a_binary_literal_and_its_conversion_is_reported(tmp_path, dst_account):
+    """IMAP cannot carry NUL in an ordinary literal (RFC 3501 CHAR8): a body from an archive that
+    holds one goes to a server with BINARY as a literal8 (RFC 3516). Dovecot stores such a message
+    re-encoded (base64, so bigger): the size check reports it, with its reason, and exits 1.
+    Bodies read from an IMAP source are not scanned for NUL (a literal cannot hold one); this is
+    the path where the scan still runs. (Sent as an ordinary literal, Dovecot would store the NUL
+    as is: the form on disk tells the two apart.)"""
+    from migrator.stores.archive import ArchiveStore
+    from migrator.stores.base import AppendItem
+
+    nul_body = (b"Subject: binary part\r\nMessage-ID: <nul@test.example>\r\nContent-Type: application/octet-stream"
+                b"\r\nContent-Transfer-Encoding: binary\r\n\r\nbefore\x00after\x00\x00end\r\n")
+    plain = simple_message(1)
+    archive = tmp_path / "nul.archive"
+    arc = ArchiveStore(str(archive))
+    try:
+        arc.create_folder(("INBOX",))
+        arc.select(("INBOX",), readonly=False)
+        arc.append(("INBOX",), [AppendItem(nul_body, ("\\Seen",), "14-Mar-2019 15:09:26 +0200"),
+                                AppendItem(plain, (), "15-Mar-2019 15:09:26 +0200")])
+    finally:
+        arc.close()
+    res = migrator("migrate", f"archive://{archive}", dst_account.url, "--state", str(tmp_path / "r.sqlite"),
+                   dst=dst_account)
+    assert res.code == 1, res.text
+    assert "INBOX UID 1: the destination server changed the message while storing it" in res.text
+    assert "Messages copied: 1" in res.text
+    stored = [p.read_bytes() for p in (Path(dst_account.dovecot.mail_dir) / dst_account.user / "cur").iterdir()]
+    assert len(stored) == 2 and any(b"Content-Transfer-Encoding: base64" in b and b"\x00" not in b for b in stored)
