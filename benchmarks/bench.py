@@ -261,6 +261,23 @@ def table(rows: list[Row], messages: int, mb: float) -> str:
     return "\n".join([fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, lines)])
 
 
+def paired_ratios(runs_of: dict[str, list[Row]]) -> str:
+    """Migrator's speed against each other row, round by round: two runs of one round are
+    minutes apart at most, so their ratio is steadier than the ratio of two medians taken
+    over the whole benchmark. Median and range of the per-round ratios."""
+    lines = []
+    for name, runs in runs_of.items():
+        if name in ("migrator", "rerun") or name not in TOOLS:
+            continue
+        ratios = sorted(other.wall / mine.wall for mine, other in zip(runs_of["migrator"], runs)
+                        if mine.wall and other.wall)
+        if ratios:
+            label = runs[0].tool
+            lines.append(f"migrator's speed / {label}'s, per round: median {ratios[(len(ratios) - 1) // 2]:.2f}x "
+                         f"(range {ratios[0]:.2f}-{ratios[-1]:.2f}, {len(ratios)} rounds)")
+    return "\n".join(lines)
+
+
 def seed_source(acc: rig.Account, mails: list[corpus_mod.Mail]) -> None:
     by_folder = defaultdict(list)
     for m in mails:
@@ -367,6 +384,8 @@ def main() -> int:
         rtt += f", {args.mbit:g} Mbit/s each way" if args.mbit else ""
         print(f"\n{args.messages} messages, {total_mb:.0f} MB{rtt}, {os.cpu_count()} CPUs\n")
         print(table(rows, args.messages, total_mb))
+        if args.repeat > 1 and "migrator" in runs_of:
+            print("\n" + paired_ratios(runs_of))
         return 0
     finally:
         for p in proxies:
