@@ -4,8 +4,9 @@ Measured on the 5,000-message benchmark (benchmarks/README.md, fourth round), a 
 spends its CPU in two places no code path owns:
   - page faults: glibc hands a message of a few MB back to the kernel when it is freed
     (mmap/munmap, or trimming the top of a thread's heap), so the next one faults its
-    pages in again, about 60,000 faults for 252 MB. Keeping up to a batch of freed
-    memory for reuse halves them: migrator's CPU 0.80 -> 0.72 s;
+    pages in again: about 60,000 faults for 252 MB. Keeping up to two batches of freed
+    memory for reuse: 42,000 faults, and migrator's CPU 1.00 -> 0.84 s (interleaved A/B,
+    seven pairs, with the collector settings below);
   - the garbage collector: every 700 allocations it walks the young objects, and now and
     then the tens of thousands the imports made (about 20 ms a run).
 Memory stays bounded by batch size: a heap keeps at most two batches of free memory.
