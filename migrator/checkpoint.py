@@ -265,7 +265,7 @@ class Checkpoint:
     def failed(self) -> list[tuple[Folder, int, str]]:
         with self._mutex:
             cur = self._db.execute("SELECT src_folder, src_uid, reason FROM messages WHERE status=?", (FAILED,))
-            return [(flags_from_json(f), uid, reason or "") for f, uid, reason in cur.fetchall()]
+            return [(tuple(json.loads(f)), uid, reason or "") for f, uid, reason in cur.fetchall()]
 
     def watermark(self, src: Folder, dst: Folder) -> Watermark | None:
         with self._mutex:
