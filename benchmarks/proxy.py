@@ -60,9 +60,12 @@ class DelayProxy:
             self._loop.run_forever()
         finally:
             server.close()
-            for task in asyncio.all_tasks(self._loop):
+            # Connections still open (a client that closed without waiting for BYE) are cancelled
+            # and run to their end while the loop is open, so their writers close cleanly.
+            tasks = asyncio.all_tasks(self._loop)
+            for task in tasks:
                 task.cancel()
-            self._loop.run_until_complete(asyncio.sleep(0))
+            self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
             self._loop.close()
 
     def _count(self, n: int) -> None:
