@@ -635,7 +635,7 @@ class ImapStore:
         command = "EXAMINE" if readonly else "SELECT"
         imap.untagged_responses = {}  # as imaplib's select(): what follows is this folder's
         state, imap.state = imap.state, "SELECTED"  # imaplib refuses UID outside SELECTED
-        fetches = ["(UID RFC822.SIZE FLAGS INTERNALDATE)"] + (["(UID BODY.PEEK[])"] if bodies else [])
+        fetches = [META_ITEMS] + (["(UID BODY.PEEK[])"] if bodies else [])
         if bodies:
             self._read_literals_in_place()
         try:
@@ -683,7 +683,7 @@ class ImapStore:
         if len(uids) > META_FETCH_CHUNK:  # a big answer is read in bounded pieces; a round trip is little here
             metas = self.list_messages(uids)
             return metas, self.list_with_status(name, [])[1]
-        commands = [("NOOP", ()), ("UID", ("FETCH", uid_set(uids), "(UID RFC822.SIZE FLAGS INTERNALDATE)"))] if uids else []
+        commands = [("NOOP", ()), ("UID", ("FETCH", uid_set(uids), META_ITEMS))] if uids else []
         commands.append(("STATUS", (self._wire(name), self._status_items())))
         answers = self._pipeline(commands)
         typ, _data, status_lines = answers[-1]
@@ -746,7 +746,7 @@ class ImapStore:
         general parser (which took half of migrator's CPU on big folders). Returns None, and the
         caller uses imapclient, if any answer is not in the plain one-line form."""
         imap = self.client._imap
-        typ, data = imap.uid("FETCH", "1:*" if uids is None else uid_set(uids), "(UID RFC822.SIZE FLAGS INTERNALDATE)")
+        typ, data = imap.uid("FETCH", "1:*" if uids is None else uid_set(uids), META_ITEMS)
         if typ != "OK":
             raise imaplib.IMAP4.error(_dec(data[-1]) if data else typ)
         return self._parse_meta(data, uids)
@@ -1076,6 +1076,8 @@ _META_LINE = re.compile(
     rb"^\d+ \((?=.*?\bUID (?P<uid>\d+))(?=.*?\bRFC822\.SIZE (?P<size>\d+))"
     rb"(?=.*?\bFLAGS \((?P<flags>[^)]*)\))(?=.*?\bINTERNALDATE \"(?P<date>[^\"]*)\")"
 )
+# The metadata every listing asks for. _META_IN_ORDER below expects its answer in this order.
+META_ITEMS = "(UID RFC822.SIZE FLAGS INTERNALDATE)"
 # The same answer with the items in the order asked (what servers send): one pass over the line
 # instead of four, for the 10,000 lines a 5,000-message folder costs (its listing, its size check).
 _META_IN_ORDER = re.compile(
