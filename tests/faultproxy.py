@@ -12,6 +12,8 @@ Faults (all bounded: a finite list of byte thresholds, a finite number of random
 - random_cuts=N: a timer cuts a random live connection N times, at random moments
   (random_every=(lo, hi) seconds apart; seeded, so a failure can be replayed).
 - on_threshold: called instead of cutting (e.g. to SIGKILL the migrator mid-FETCH or mid-APPEND).
+- cut_up_when: a test on what the client sends, read by read: the first `cut_up_times` reads it
+  accepts are not forwarded, and their connection is cut (a given command never reaches the server).
 - pause() / resume(): hold all traffic (a run that stalls without failing).
 - rewrite_down: a function applied to what the server says, whole lines at a time (a server
   without an extension: strip it from CAPABILITY and its response codes).
@@ -36,7 +38,8 @@ class FaultProxy:
     def __init__(self, target_port: int, *, cut_at: Sequence[int] = (), direction: str = "both",
                  random_cuts: int = 0, random_every: tuple[float, float] = (0.2, 1.0), seed: int = 0,
                  rst: bool = False, per_connection: bool = False, on_threshold: Callable[[], None] | None = None,
-                 rewrite_down: Callable[[bytes], bytes] | None = None):
+                 rewrite_down: Callable[[bytes], bytes] | None = None,
+                 cut_up_when: Callable[[bytes], bool] | None = None, cut_up_times: int = 1):
         if direction not in ("up", "down", "both"):
             raise ValueError("direction must be up, down or both")
         self.target = (HOST, target_port)
@@ -50,6 +53,7 @@ class FaultProxy:
         self._rst = rst
         self._on_threshold = on_threshold
         self._rewrite_down = rewrite_down
+        self._cut_up_when, self._cut_up_left = cut_up_when, cut_up_times
         self._lock = threading.Lock()
         self._bytes = {"up": 0, "down": 0, "both": 0}
         self._conns: list[tuple[socket.socket, socket.socket]] = []
@@ -156,6 +160,9 @@ class FaultProxy:
                 while not self._flowing.wait(0.2):
                     if self._closing.is_set():
                         return
+                if direction == "up" and self._cut_up_when is not None and self._claim_cut_up(data):
+                    self._cut(pair)
+                    return
                 send, fire = self._account(pair, direction, len(data))
                 if send:
                     dst.sendall(data[:send])
@@ -192,6 +199,13 @@ class FaultProxy:
             while thresholds and thresholds[0] <= start + n:
                 thresholds.pop(0)  # several thresholds in one read: one cut
             return max(0, at - start), True
+
+    def _claim_cut_up(self, data: bytes) -> bool:
+        with self._lock:
+            if self._cut_up_left <= 0 or not self._cut_up_when(data):
+                return False
+            self._cut_up_left -= 1
+            return True
 
     def _random_loop(self) -> None:
         left = self._random_cuts

@@ -101,6 +101,8 @@ class Connections:
         self._open_src, self._open_dst = open_src, open_dst
         self._src, self._dst = opened or (None, None)
         self._dst_selected: tuple[Folder, bool] | None = None  # (folder, readonly) last selected here
+        # A folder whose end (size check, STATUS) waits to go with the next SELECT here (engine._end_folder)
+        self.deferred: FolderRun | None = None
 
     def src(self) -> Store:
         if self._src is None:
@@ -127,6 +129,18 @@ class Connections:
         st = self.dst().select(folder, readonly=readonly)
         self._dst_selected = (folder, readonly)
         return st
+
+    def check_then_open(self, done: Folder, uids: list[int], folder: Folder, readonly: bool):
+        """Store.check_then_open on the destination, keeping track of what is selected."""
+        self._dst_selected = None
+        checked, opened = self.dst().check_then_open(done, uids, folder, readonly)
+        if not isinstance(opened, Exception):
+            self._dst_selected = (folder, readonly)
+        return checked, opened
+
+    def take_deferred(self) -> FolderRun | None:
+        run, self.deferred = self.deferred, None
+        return run
 
     def dst_selected_writable(self, folder: Folder) -> bool:
         return self._dst is not None and self._dst_selected == (folder, False)

@@ -67,6 +67,20 @@ class Message:
 
 
 @dataclass(frozen=True)
+class Checked:
+    """list_with_status() of a folder when it is part of a bigger call (check_then_open): a refused
+    listing is given as its reason instead of raised, so the rest of the call still counts."""
+
+    metas: list[MessageMeta]
+    status: FolderStatus | None
+    refused: str | None = None
+
+
+# What opening a folder within a bigger call gives: (status, listing), or why it failed.
+Opened = tuple[FolderStatus, list[MessageMeta]] | FolderError
+
+
+@dataclass(frozen=True)
 class AppendItem:
     body: bytes
     flags: tuple[str, ...]
@@ -144,6 +158,15 @@ class Store(Protocol):
         status(name) or None if it failed; a network store asks both in one round trip."""
         ...
 
+    def check_then_open(self, done: Folder, uids: Sequence[int], name: Folder,
+                        readonly: bool = True) -> tuple[Checked, Opened]:
+        """list_with_status(done, uids) of the selected folder `done`, then select_and_list(name):
+        the end of one folder and the start of the next; a network store sends both in one
+        round trip. Each part's failure is returned, not raised, so that the other part's result
+        is not lost: a refused listing as Checked.refused, a folder that cannot be opened as its
+        FolderError. A lost connection raises (both parts are then to be done again)."""
+        ...
+
     def fetch(self, uids: Sequence[int]) -> Iterator[Message]:
         """Bodies of the given UIDs, exactly as stored, without setting \\Seen."""
         ...
@@ -176,6 +199,10 @@ class FolderBatches:
         except FolderError:
             return metas, None
 
+    def check_then_open(self, done: Folder, uids: Sequence[int], name: Folder,
+                        readonly: bool = True) -> tuple[Checked, Opened]:
+        return check_then_open_in_turn(self, done, uids, name, readonly)  # type: ignore[arg-type]
+
     def statuses(self, names: Sequence[Folder]) -> dict[Folder, FolderStatus]:
         out = {}
         for name in names:
@@ -204,3 +231,16 @@ class FolderBatches:
             except FolderError as e:
                 out[name] = str(e)
         return out
+
+
+def check_then_open_in_turn(store: Store, done: Folder, uids: Sequence[int], name: Folder,
+                            readonly: bool) -> tuple[Checked, Opened]:
+    """Store.check_then_open made of its two calls, one after the other."""
+    try:
+        checked = Checked(*store.list_with_status(done, uids))
+    except FolderError as e:
+        checked = Checked([], None, str(e))
+    try:
+        return checked, store.select_and_list(name, readonly)
+    except FolderError as e:
+        return checked, e

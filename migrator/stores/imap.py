@@ -36,10 +36,13 @@ from migrator.stores import deflate, lean
 from migrator.stores.base import (
     AppendItem,
     Capabilities,
+    Checked,
     FolderInfo,
     FolderStatus,
     Message,
     MessageMeta,
+    Opened,
+    check_then_open_in_turn,
     normalize_flags,
 )
 
@@ -630,17 +633,56 @@ class ImapStore:
         if expect is None or not 0 < expect <= META_FETCH_CHUNK:
             st = self.select(name, readonly)
             return st, self.list_messages()
+        opened = self._open(name, readonly, expect, bodies)[0]
+        if isinstance(opened, FolderError):
+            raise opened
+        return opened
+
+    def check_then_open(self, done: Folder, uids: Sequence[int], name: Folder,
+                        readonly: bool = True) -> tuple[Checked, Opened]:
+        """list_with_status(done, uids) and the SELECT of `name` in one round trip: the size check
+        of one folder rides with the opening of the next. `name`'s size is not known, so it is
+        listed after (no round trip if it is empty: a folder this run created)."""
+        if len(uids) > META_FETCH_CHUNK:  # a big answer is read in bounded pieces (list_with_status)
+            return check_then_open_in_turn(self, done, uids, name, readonly)
+        opened, answers = self._open(name, readonly, None, False, self._check_commands(done, uids), done)
+        try:
+            checked = Checked(*self._checked(done, uids, answers))
+        except FolderError as e:
+            checked = Checked([], None, str(e))
+        return checked, opened
+
+    def _open(self, name: Folder, readonly: bool, expect: int | None, bodies: bool,
+              before: Sequence[tuple[str, tuple]] = (), done: Folder | None = None) -> tuple[Opened, list]:
+        """SELECT (EXAMINE) `name` pipelined after the commands `before` (run in the folder selected
+        now) and before UID FETCH 1:* of its metadata when expect says it is small enough for one
+        answer (and of its bodies with `bodies`). Returns (status, listing), or the FolderError
+        that kept the folder from opening, and the answers to `before` as _pipeline's.
+        done: the folder `before` is about, for messages."""
         imap, server = self.client._imap, self.server_name(name)
         self._prefetched = {}
         command = "EXAMINE" if readonly else "SELECT"
         imap.untagged_responses = {}  # as imaplib's select(): what follows is this folder's
         state, imap.state = imap.state, "SELECTED"  # imaplib refuses UID outside SELECTED
-        fetches = [META_ITEMS] + (["(UID BODY.PEEK[])"] if bodies else [])
-        if bodies:
+        before = [(n.upper(), args) for n, args in before]
+        listing = expect is not None and 0 < expect <= META_FETCH_CHUNK
+        fetches = ([META_ITEMS] + (["(UID BODY.PEEK[])"] if bodies else [])) if listing else []
+        if bodies and listing:
             self._read_literals_in_place()
         try:
-            tags = _sent_together(imap, lambda: [imap._command(command, self._wire(name))] + [
+            tags = _sent_together(imap, lambda: [imap._command(n, *args) for n, args in before] + [
+                imap._command(command, self._wire(name))] + [
                 imap._command("UID", "FETCH", "1:*", items) for items in fetches])
+            answers = []
+            for (n, args), tag in zip(before, tags):
+                typ, data = _completion(imap, n, tag)
+                answers.append((typ, data, imap.untagged_responses.pop(_answered_as(n, args), [])))
+            if before:
+                # Left from the folder selected before (a NOOP's EXISTS): imapclient reads the first
+                # EXISTS it finds. The SELECT's own answer comes after (a server runs a SELECT only
+                # once the commands before it are done); checked below all the same.
+                imap.untagged_responses = {}
+            tags = tags[len(before):]
             typ, data = _completion(imap, command, tags[0])
             selected = typ == "OK"
             imap.state = "SELECTED" if selected else "AUTH"
@@ -648,33 +690,39 @@ class ImapStore:
             info = self.client._process_select_response(imap.untagged_responses) if selected else None
             # FETCH lines already read stay: the server may answer the FETCH before the SELECT's
             # completion. Lines without RFC822.SIZE (flag changes) are left out by _parse_meta.
-            answers = [_completion(imap, "FETCH", tag) for tag in tags[1:]]  # BAD after a failed SELECT
-            ftyp = "OK" if all(t == "OK" for t, _d in answers) else "NO"
+            fetched = [_completion(imap, "FETCH", tag) for tag in tags[1:]]  # BAD after a failed SELECT
+            ftyp = "OK" if all(t == "OK" for t, _d in fetched) else "NO"
             fdata = imap._untagged_response(ftyp, [], "FETCH")[1] if ftyp == "OK" else []
         except (imaplib.IMAP4.abort, OSError, EOFError) as e:
             imap.state = state if state != "SELECTED" else "AUTH"
             self._selected = None
-            raise TransientError(f"connection lost selecting '{server}': {_server_text(e)}") from None
+            doing = f"checking '{self.server_name(done)}' and selecting" if done else "selecting"
+            raise TransientError(f"connection lost {doing} '{server}': {_server_text(e)}") from None
         if not selected:
             self._selected = None
-            raise FolderError(f"folder '{server}' cannot be opened on {self.endpoint.host}: {_text(data)}")
+            return FolderError(f"folder '{server}' cannot be opened on {self.endpoint.host}: {_text(data)}"), answers
         if not readonly and "READ-ONLY" in imap.untagged_responses:
-            raise FolderError(f"folder '{server}' opens read-only on {self.endpoint.host}: nothing can be stored in it")
+            return FolderError(f"folder '{server}' opens read-only on {self.endpoint.host}: "
+                               "nothing can be stored in it"), answers
+        if before and not {b"EXISTS", b"UIDVALIDITY"} <= info.keys():
+            # Part of the SELECT's answer was taken for the commands before it: never guess a
+            # folder's size (an empty listing of a full folder would copy it twice). Ask again.
+            return (self.select(name, readonly), self.list_messages()), answers
         st = self._selected_now(name, readonly, info)
-        if ftyp != "OK":
-            return st, self.list_messages()
+        if not fetches or ftyp != "OK":
+            return (st, self.list_messages()), answers
         if not bodies:
             metas = self._parse_meta(fdata, None)
-            return st, metas if metas is not None else self.list_messages()
+            return (st, metas if metas is not None else self.list_messages()), answers
         # Both answers share untagged FETCH data, in whatever order the server sent them: the
         # metadata are the one-line answers with RFC822.SIZE, the bodies the ones with a literal.
         metas = self._parse_meta([x for x in fdata if isinstance(x, bytes) and b"RFC822.SIZE" in x], None)
         if metas is None or len(metas) != st.messages:  # not the plain form: ask the usual way
-            return st, self.list_messages()
+            return (st, self.list_messages()), answers
         got = bodies_from_fetch([x for x in fdata if isinstance(x, tuple)])
         if got is not None and set(got) == {m.uid for m in metas}:
             self._prefetched = got
-        return st, metas
+        return (st, metas), answers
 
     def list_with_status(self, name: Folder, uids: Sequence[int]) -> tuple[list[MessageMeta], FolderStatus | None]:
         """list_messages(uids) of the selected folder `name`, and its STATUS, in one round trip.
@@ -683,9 +731,15 @@ class ImapStore:
         if len(uids) > META_FETCH_CHUNK:  # a big answer is read in bounded pieces; a round trip is little here
             metas = self.list_messages(uids)
             return metas, self.list_with_status(name, [])[1]
+        return self._checked(name, uids, self._pipeline(self._check_commands(name, uids)))
+
+    def _check_commands(self, name: Folder, uids: Sequence[int]) -> list[tuple[str, tuple]]:
         commands = [("NOOP", ()), ("UID", ("FETCH", uid_set(uids), META_ITEMS))] if uids else []
-        commands.append(("STATUS", (self._wire(name), self._status_items())))
-        answers = self._pipeline(commands)
+        return commands + [("STATUS", (self._wire(name), self._status_items()))]
+
+    def _checked(self, name: Folder, uids: Sequence[int],
+                 answers: list) -> tuple[list[MessageMeta], FolderStatus | None]:
+        """list_with_status's result from the answers to _check_commands."""
         typ, _data, status_lines = answers[-1]
         status = _status_of(_statuses_by_name(status_lines), self.server_name(name), alone=True) if typ == "OK" else None
         if not uids:
@@ -694,7 +748,10 @@ class ImapStore:
         if typ != "OK":
             raise self._refused("UID FETCH", _text(data))
         metas = self._parse_meta(fetched or [None], list(uids))
-        return (metas if metas is not None else self.list_messages(uids)), status
+        if metas is None:  # not the plain form: imapclient's parser (the folder may no longer be the selected one)
+            parsed = parse_fetch_response(fetched, True, True)
+            metas = [_meta_of(uid, parsed[uid]) for uid in uids if b"RFC822.SIZE" in parsed.get(uid, {})]
+        return metas, status
 
     def _selected_now(self, name: Folder, readonly: bool, info: dict) -> FolderStatus:
         self._selected, self._selected_readonly = name, readonly
@@ -727,18 +784,7 @@ class ImapStore:
                 out.extend(fast)
                 continue
             resp = self._call("UID FETCH", self.client.fetch, chunk, ["RFC822.SIZE", "FLAGS", "INTERNALDATE"])
-            for uid in chunk:
-                d = resp.get(uid)
-                if d is None:
-                    continue  # expunged meanwhile
-                out.append(
-                    MessageMeta(
-                        uid=uid,
-                        size=int(d[b"RFC822.SIZE"]),
-                        flags=normalize_flags(_dec(f) for f in d[b"FLAGS"]),
-                        internaldate=_format_date(d[b"INTERNALDATE"]),
-                    )
-                )
+            out.extend(_meta_of(uid, resp[uid]) for uid in chunk if uid in resp)  # else expunged meanwhile
         return out
 
     def _fetch_meta_raw(self, uids: list[int] | None) -> list[MessageMeta] | None:
@@ -1109,6 +1155,12 @@ def bodies_from_fetch(data: list) -> dict[int, bytes] | None:
             return None
         # else: b")" closing a literal, None, or an unsolicited FETCH (flags changed elsewhere)
     return out
+
+
+def _meta_of(uid: int, d: dict) -> MessageMeta:
+    """A MessageMeta from imapclient's parse of one FETCH answer."""
+    return MessageMeta(uid=uid, size=int(d[b"RFC822.SIZE"]), flags=normalize_flags(_dec(f) for f in d[b"FLAGS"]),
+                       internaldate=_format_date(d[b"INTERNALDATE"]))
 
 
 def bodies_from_any_fetch(data: list) -> dict[int, bytes]:

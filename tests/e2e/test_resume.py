@@ -245,6 +245,30 @@ def test_connections_cut_after_n_bytes_are_retried(source, new_account, tmp_path
     assert_identical(source, dst)
 
 
+def test_a_cut_while_a_folder_ends_with_the_next_ones_select_retries_both(new_account, tmp_path):
+    """With one worker, a small folder's size check and STATUS go out with the next folder's
+    SELECT (one round trip). The connection is cut with that batch unsent, twice: both folders
+    are marched again each time, the first one's copies are found by the checkpoint, not
+    copied twice, and the run still ends complete, with watermarks a rerun can use."""
+    src, dst = new_account("slash", "csrc"), new_account("slash", "cdst")
+    for f in range(4):
+        rig.seed(src, ["Box", f"f{f}"], [(simple_message(f * 100 + i), FLAGS[i % 4], dt(i)) for i in range(3)])
+
+    def end_with_select(data: bytes) -> bool:
+        return b" STATUS " in data and b" SELECT " in data
+
+    with FaultProxy(dst.port, cut_up_when=end_with_select, cut_up_times=2) as proxy:
+        res, report = run(src, via(dst, proxy), tmp_path, "--workers", "1", "--batch-mb", "8")
+        assert proxy.cuts == 2
+    assert res.code == 0, res.text
+    retried = [w for w in report["warnings"] if "retrying" in w]
+    assert len({w.split("'")[1] for w in retried}) >= 2, retried  # the ending folder and the next one
+    assert report["totals"]["copied"] == 12, report["totals"]
+    assert_identical(src, dst)
+    again, report = run(src, dst, tmp_path, "--workers", "1", name="again")
+    assert again.code == 0 and report["totals"]["already_copied"] == 12 and report["totals"]["copied"] == 0
+
+
 @pytest.mark.parametrize("seed, extra", [(1, ()), (2, ()), (3, ()), (4, ("--compress",))])
 def test_random_cuts_on_both_sides(source, new_account, tmp_path, seed, extra):
     """--compress too: a cut in the middle of a deflate stream is a lost connection like any other."""
