@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 import queue
 import random
 import threading
@@ -54,6 +55,8 @@ from migrator.stores import both_sides, open_pair
 from migrator.stores.base import AppendItem, FolderStatus, MessageMeta, Store
 
 log = logging.getLogger("migrator.engine")
+
+TYPICAL_MESSAGE_BYTES = 50_000  # only to rank a folder whose STATUS has no SIZE among the others
 
 # -- the engine ------------------------------------------------------------------------------
 
@@ -82,8 +85,9 @@ class Engine:
         self.stats = stats or Stats()
         self.stop = stop or threading.Event()
         self.would_create: list[Folder] = []
-        # Marches first (they find the work), then the biggest chunks (a big chunk taken last
-        # leaves the other workers idle at the end); a stop sentinel before anything.
+        # Biggest work first (a big chunk taken last leaves the other workers idle at the end):
+        # chunks by their bytes, marches by their folder's (a big folder's march finds big chunks;
+        # a big chunk goes before the marches of small folders); a stop sentinel before anything.
         self._q: queue.PriorityQueue = queue.PriorityQueue()
         self._seq = itertools.count()
         self._outstanding = 0
@@ -139,7 +143,7 @@ class Engine:
         if self.stop.is_set():
             self.stats.interrupted = True
         for _ in threads:
-            self._q.put(((-1, 0, next(self._seq)), None))
+            self._q.put(((-math.inf, next(self._seq)), None))
         # Interrupted: give workers a few seconds to finish the batch in hand, then leave them
         # (daemon threads). Safe: an APPEND is only sent after its intent is committed.
         deadline = time.monotonic() + self.opts.stop_grace
@@ -233,11 +237,16 @@ class Engine:
 
     def _put(self, job) -> None:
         self._hold(_source(job))  # a retry is put before its failed job is done: stays > 0
-        if isinstance(job, MarchJob):
-            rank = (0, 0, next(self._seq))
-        else:
-            rank = (1, -sum(m.size for m in job.metas), next(self._seq))
-        self._q.put((rank, job))
+        work = self._expected_bytes(job.fp) if isinstance(job, MarchJob) else sum(m.size for m in job.metas)
+        self._q.put(((-work, next(self._seq)), job))
+
+    def _expected_bytes(self, fp: FolderPlan) -> float:
+        """How much a folder's march may lead to copying, to rank it among the chunks: its size as
+        its STATUS gave it (or its message count times a typical size); unknown comes first."""
+        st = self._src_status.get(fp.source)
+        if st is None:
+            return math.inf
+        return st.size if st.size is not None else st.messages * TYPICAL_MESSAGE_BYTES
 
     def _done(self, job) -> None:
         self._release(_source(job))

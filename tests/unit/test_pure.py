@@ -248,3 +248,32 @@ def test_both_sides_overlaps_the_calls_and_raises_after_both_are_done():
     assert finished == ["dst"]
     with pytest.raises(OSError, match="dst failed"):
         both_sides(lambda: 1, slow_failing_dst)
+
+
+def test_workers_take_the_biggest_work_first():
+    """Chunks by their bytes, marches by their folder's size from STATUS (or message count): a big
+    folder's chunk goes before the marches of small folders (else, among a hundred small folders,
+    it waits for all their marches and ends the run alone); a folder without STATUS first."""
+    from migrator.engine.copy import Engine, EngineOptions
+    from migrator.engine.jobs import ChunkJob, FolderRun, MarchJob
+    from migrator.plan import FolderPlan, Plan
+    from migrator.stores.base import FolderStatus
+
+    folders = {name: FolderPlan((name,), (name,)) for name in ("Big", "Small", "Counted", "Unknown", "Inbox")}
+    plan = Plan(parse_endpoint("imap://a@example.org"), parse_endpoint("imap://b@example.org"), list(folders.values()))
+    engine = Engine(plan, open_src=None, open_dst=None, checkpoint=None, opts=EngineOptions())
+    try:
+        engine._src_status = {
+            ("Big",): FolderStatus(1, messages=900, size=60_000_000),
+            ("Small",): FolderStatus(1, messages=3, size=30_000),
+            ("Counted",): FolderStatus(1, messages=100),  # no STATUS=SIZE: 100 typical messages
+        }
+        for name in ("Small", "Counted", "Unknown", "Big"):
+            engine._put(MarchJob(folders[name]))
+        chunk = ChunkJob(FolderRun(folders["Inbox"], 1), [MessageMeta(i, 1_000_000, (), "") for i in range(13)])
+        engine._put(chunk)
+        order = [engine._q.get_nowait()[1] for _ in range(5)]
+    finally:
+        engine._dst_side.shutdown()
+    assert [job.fp.source[0] if isinstance(job, MarchJob) else "chunk" for job in order] == [
+        "Unknown", "Big", "chunk", "Counted", "Small"]
