@@ -63,6 +63,7 @@ class DelayProxy:
             # Connections still open (a client that closed without waiting for BYE) are cancelled
             # and run to their end while the loop is open, so their writers close cleanly.
             tasks = asyncio.all_tasks(self._loop)
+            self._loop.set_exception_handler(_quiet_about_cancelled)
             for task in tasks:
                 task.cancel()
             self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
@@ -127,6 +128,14 @@ class DelayProxy:
             await sender
         except (ConnectionError, OSError):
             sender.cancel()
+
+
+def _quiet_about_cancelled(loop, context: dict) -> None:
+    """At stop: asyncio's start_server callback reports a connection task it sees cancelled as an
+    error ("Exception in callback ... CancelledError", a traceback per connection); anything
+    else is reported as usual."""
+    if not isinstance(context.get("exception"), asyncio.CancelledError):
+        loop.default_exception_handler(context)
 
 
 class ProxyProcess:
