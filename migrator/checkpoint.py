@@ -247,6 +247,12 @@ class Checkpoint:
                 r[0]: Row(r[0], r[1], r[2], r[3], r[4], flags_from_json(r[5]), r[6], r[7]) for r in cur.fetchall()
             }
 
+    def copied_into(self, dsts: Iterable[Folder]) -> set[Folder]:
+        """The destination folders of dsts that this state has copied (or tried to copy) into."""
+        with self._mutex:
+            return {dst for dst in dsts if self._db.execute(
+                "SELECT 1 FROM messages WHERE dst_folder=? LIMIT 1", (folder_key(dst),)).fetchone()}
+
     def claims_of_others(self, dst: Folder, dst_uidvalidity: int, src: Folder,
                          others: Iterable[Folder]) -> set[int]:
         """For merged folders: the destination UIDs that OTHER source folders' rows point to."""

@@ -98,6 +98,8 @@ class Engine:
         self._marks: dict[Folder, Watermark] = {}  # usable watermarks, read by run()
         self._settled: set[Folder] = set()  # source folders found unchanged since the last run
         self._src_status: dict[Folder, FolderStatus] = {}  # taken while preparing, before any listing
+        self._dst_existed: set[Folder] = set()  # destination folders there before this run
+        self._dst_status: dict[Folder, FolderStatus] = {}  # ... and their STATUS while preparing
         self._dst_side = ThreadPoolExecutor(max_workers=max(1, opts.workers), thread_name_prefix="dst-side")
 
     # -- top level -----------------------------------------------------------------------
@@ -207,6 +209,7 @@ class Engine:
         if listed is None:
             listed = dst.list_folders()
         existing = {f.name for f in listed}
+        self._dst_existed = set(existing)
         # The plan says what to subscribe (planner: as on the source, or --subscribe all/none);
         # a destination folder that already existed is subscribed too.
         dst_subscribed = {f.name for f in listed if f.subscribed}
@@ -360,13 +363,22 @@ class Engine:
     def _settle_unchanged(self, dst: Store, folders: list[FolderPlan]) -> set[Folder]:
         """Fast rerun: the source folders whose pair still shows, on both sides, the STATUS stored
         when it was left complete. One pipelined STATUS batch per side for all of them, so a
-        rerun with nothing new costs two round trips, not two per folder plus a login per worker."""
+        rerun with nothing new costs two round trips, not two per folder plus a login per worker.
+
+        The destination's batch also asks the folders this state copied into that have no usable
+        watermark (an interrupted migration resumed, a server without CONDSTORE, other options):
+        their message count lets the march open and list them in one round trip (select_and_list's
+        expect). A first run asks nothing: its folders are new, or empty, or not ours."""
         marks = {fp.source: (fp, self._marks[fp.source]) for fp in folders
                  if fp.action != "failed" and fp.source in self._marks}
-        if not marks:
+        ours = [fp.destination for fp in folders
+                if fp.action != "failed" and fp.source not in marks and fp.destination in self._dst_existed]
+        wanted = list(dict.fromkeys([fp.destination for fp, _wm in marks.values()]
+                                    + sorted(self.ckpt.copied_into(ours) if self.ckpt and ours else ())))
+        if not wanted:
             return set()
+        self._dst_status = d_st = dst.statuses(wanted)
         s_st = self._src_status
-        d_st = dst.statuses(list(dict.fromkeys(fp.destination for fp, _wm in marks.values())))
         settled = set()
         for source, (fp, wm) in marks.items():
             s, d = s_st.get(fp.source), d_st.get(fp.destination)
@@ -400,11 +412,14 @@ class Engine:
                                                  bodies=self._copies_whole(fp, known)))
 
         def list_destination():
+            # Its size as STATUS showed it while preparing (None: created by this run, so empty)
+            # lets a small folder be opened and listed in one round trip.
+            known = self._dst_status.get(fp.destination)
+            expect = known.messages if known else None
             ended = conn.take_deferred()
             if ended is not None:  # the previous folder's end goes in the same round trip
-                return self._end_and_open(ended, conn, fp.destination, readonly=opts.dry_run)
-            st = conn.select_dst(fp.destination, readonly=opts.dry_run)
-            return st, conn.dst().list_messages()
+                return self._end_and_open(ended, conn, fp.destination, opts.dry_run, expect)
+            return conn.open_dst(fp.destination, opts.dry_run, expect)
 
         to_create = opts.dry_run and fp.destination in self.would_create
         (s_status, s_st, src_msgs), listed = self._both_sides(list_source, None if to_create else list_destination)
@@ -769,7 +784,8 @@ class Engine:
         finally:
             self._release(run.fp.source)
 
-    def _end_and_open(self, ended: FolderRun, conn: Connections, folder: Folder, readonly: bool):
+    def _end_and_open(self, ended: FolderRun, conn: Connections, folder: Folder, readonly: bool,
+                      expect: int | None):
         """_finish_folder(ended) and the SELECT + listing of `folder`, in one round trip on the
         destination. Runs as the march's destination side: a lost connection retries `ended` here
         and is raised for the march to retry its own folder."""
@@ -778,7 +794,7 @@ class Engine:
             with ended.lock:
                 by_uid, ended.unchecked = {uid: intent for intent, uid in ended.unchecked}, []
             keep = self._may_keep_watermark(ended)
-            checked, opened = conn.check_then_open(fp.destination, sorted(by_uid), folder, readonly)
+            checked, opened = conn.check_then_open(fp.destination, sorted(by_uid), folder, readonly, expect)
             if checked.refused:
                 self.stats.folder_failed(fp.source, checked.refused)
             else:

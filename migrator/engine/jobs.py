@@ -130,10 +130,17 @@ class Connections:
         self._dst_selected = (folder, readonly)
         return st
 
-    def check_then_open(self, done: Folder, uids: list[int], folder: Folder, readonly: bool):
+    def open_dst(self, folder: Folder, readonly: bool, expect: int | None):
+        """Store.select_and_list on the destination, keeping track of what is selected."""
+        self._dst_selected = None
+        opened = self.dst().select_and_list(folder, readonly=readonly, expect=expect)
+        self._dst_selected = (folder, readonly)
+        return opened
+
+    def check_then_open(self, done: Folder, uids: list[int], folder: Folder, readonly: bool, expect: int | None):
         """Store.check_then_open on the destination, keeping track of what is selected."""
         self._dst_selected = None
-        checked, opened = self.dst().check_then_open(done, uids, folder, readonly)
+        checked, opened = self.dst().check_then_open(done, uids, folder, readonly, expect)
         if not isinstance(opened, Exception):
             self._dst_selected = (folder, readonly)
         return checked, opened

@@ -158,8 +158,8 @@ class Store(Protocol):
         status(name) or None if it failed; a network store asks both in one round trip."""
         ...
 
-    def check_then_open(self, done: Folder, uids: Sequence[int], name: Folder,
-                        readonly: bool = True) -> tuple[Checked, Opened]:
+    def check_then_open(self, done: Folder, uids: Sequence[int], name: Folder, readonly: bool = True,
+                        expect: int | None = None) -> tuple[Checked, Opened]:
         """list_with_status(done, uids) of the selected folder `done`, then select_and_list(name):
         the end of one folder and the start of the next; a network store sends both in one
         round trip. Each part's failure is returned, not raised, so that the other part's result
@@ -199,9 +199,9 @@ class FolderBatches:
         except FolderError:
             return metas, None
 
-    def check_then_open(self, done: Folder, uids: Sequence[int], name: Folder,
-                        readonly: bool = True) -> tuple[Checked, Opened]:
-        return check_then_open_in_turn(self, done, uids, name, readonly)  # type: ignore[arg-type]
+    def check_then_open(self, done: Folder, uids: Sequence[int], name: Folder, readonly: bool = True,
+                        expect: int | None = None) -> tuple[Checked, Opened]:
+        return check_then_open_in_turn(self, done, uids, name, readonly, expect)  # type: ignore[arg-type]
 
     def statuses(self, names: Sequence[Folder]) -> dict[Folder, FolderStatus]:
         out = {}
@@ -234,13 +234,13 @@ class FolderBatches:
 
 
 def check_then_open_in_turn(store: Store, done: Folder, uids: Sequence[int], name: Folder,
-                            readonly: bool) -> tuple[Checked, Opened]:
+                            readonly: bool, expect: int | None) -> tuple[Checked, Opened]:
     """Store.check_then_open made of its two calls, one after the other."""
     try:
         checked = Checked(*store.list_with_status(done, uids))
     except FolderError as e:
         checked = Checked([], None, str(e))
     try:
-        return checked, store.select_and_list(name, readonly)
+        return checked, store.select_and_list(name, readonly, expect)
     except FolderError as e:
         return checked, e

@@ -638,14 +638,14 @@ class ImapStore:
             raise opened
         return opened
 
-    def check_then_open(self, done: Folder, uids: Sequence[int], name: Folder,
-                        readonly: bool = True) -> tuple[Checked, Opened]:
-        """list_with_status(done, uids) and the SELECT of `name` in one round trip: the size check
-        of one folder rides with the opening of the next. `name`'s size is not known, so it is
-        listed after (no round trip if it is empty: a folder this run created)."""
+    def check_then_open(self, done: Folder, uids: Sequence[int], name: Folder, readonly: bool = True,
+                        expect: int | None = None) -> tuple[Checked, Opened]:
+        """list_with_status(done, uids) and select_and_list(name, expect) in one round trip: the size
+        check of one folder rides with the opening of the next. Without `expect` the folder is
+        listed after its SELECT (no round trip if it is empty: a folder this run created)."""
         if len(uids) > META_FETCH_CHUNK:  # a big answer is read in bounded pieces (list_with_status)
-            return check_then_open_in_turn(self, done, uids, name, readonly)
-        opened, answers = self._open(name, readonly, None, False, self._check_commands(done, uids), done)
+            return check_then_open_in_turn(self, done, uids, name, readonly, expect)
+        opened, answers = self._open(name, readonly, expect, False, self._check_commands(done, uids), done)
         try:
             checked = Checked(*self._checked(done, uids, answers))
         except FolderError as e:

@@ -276,6 +276,25 @@ def test_a_small_folder_costs_one_round_trip_on_the_source_and_two_on_the_destin
     assert connections == (1, 1), connections
 
 
+def test_a_folder_that_must_be_marched_again_opens_and_lists_in_one_round_trip(src_account, dst_account, tmp_path):
+    """A rerun that cannot use its watermarks (other options here; a server without CONDSTORE,
+    or a migration resumed after a kill, march the same way) opens and lists each destination
+    folder in one round trip: its size comes from one STATUS batch while preparing."""
+    folders = 6
+    _seed(src_account, folders, 5)
+    res, _ = migrate(src_account, dst_account, tmp_path, "--workers", "1")
+    assert res.code == 0, res.text
+    with DelayProxy(src_account.port, rtt_ms=30) as sp, DelayProxy(dst_account.port, rtt_ms=30) as dp:
+        res, report = migrate(dataclasses.replace(src_account, port=sp.port),
+                              dataclasses.replace(dst_account, port=dp.port), tmp_path, "--workers", "1",
+                              "--no-sync-flags")
+        turns = dp.turns
+    assert res.code == 0 and report["totals"]["already_copied"] == 5 * folders, report
+    # AUTHENTICATE, NAMESPACE, LIST+LSUB, the STATUS batch, LOGOUT; one per folder, its end going
+    # with the next folder's; the last folder's end alone. Two per folder before round 5 (17 here).
+    assert turns <= 5 + folders + 1, turns
+
+
 def test_rerun_with_nothing_new_logs_in_once_per_side(src_account, dst_account, tmp_path):
     """A finished migration run again settles every folder from one STATUS batch per side,
     on the planning connections: no worker connection, no per-folder round trips."""
