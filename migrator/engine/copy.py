@@ -300,9 +300,7 @@ class Engine:
                     else:
                         self._run_chunk(job, conn)
                 except Exception as e:  # a bug must not hang the run: report it on the folder
-                    log.exception("unexpected error")
-                    fp = job.fp if isinstance(job, MarchJob) else job.run.fp
-                    self.stats.folder_failed(fp.source, f"internal error: {type(e).__name__}: {e}")
+                    self._internal_error(job.fp if isinstance(job, MarchJob) else job.run.fp, e)
                 finally:
                     self._done(job)
         finally:
@@ -781,36 +779,50 @@ class Engine:
         run = conn.take_deferred()
         try:
             self._finish_folder(run, conn)
+        except Exception as e:  # as the worker loop does for a job: reported, and the run goes on
+            self._internal_error(run.fp, e)
         finally:
             self._release(run.fp.source)
+
+    def _internal_error(self, fp: FolderPlan, e: Exception) -> None:
+        log.exception("unexpected error")
+        self.stats.folder_failed(fp.source, f"internal error: {type(e).__name__}: {e}")
 
     def _end_and_open(self, ended: FolderRun, conn: Connections, folder: Folder, readonly: bool,
                       expect: int | None):
         """_finish_folder(ended) and the SELECT + listing of `folder`, in one round trip on the
         destination. Runs as the march's destination side: a lost connection retries `ended` here
-        and is raised for the march to retry its own folder."""
+        and is raised for the march to retry its own folder; anything else that goes wrong with
+        `ended` is reported on it, not on the next folder."""
         fp = ended.fp
         try:
             with ended.lock:
                 by_uid, ended.unchecked = {uid: intent for intent, uid in ended.unchecked}, []
             keep = self._may_keep_watermark(ended)
-            checked, opened = conn.check_then_open(fp.destination, sorted(by_uid), folder, readonly, expect)
-            if checked.refused:
-                self.stats.folder_failed(fp.source, checked.refused)
-            else:
-                self._record_sizes(ended, by_uid, checked.metas)
-                # A copy not in the answer (expunged meanwhile?) is left unchecked: then no
-                # watermark, and the next run's march compares its size.
-                if keep and checked.status is not None and len(checked.metas) == len(by_uid):
-                    self._store_watermark(ended, conn, checked.status)
-            if isinstance(opened, FolderError):
-                raise opened  # the next folder's: its march reports it
-            return opened
-        except (TransientError, ConnectionFailed) as e:
-            self._retry_folder(fp, ended.attempt, str(e))
-            raise
+            try:
+                checked, opened = conn.check_then_open(fp.destination, sorted(by_uid), folder, readonly, expect)
+            except (TransientError, ConnectionFailed) as e:
+                self._retry_folder(fp, ended.attempt, str(e))
+                raise
+            except Exception as e:
+                self._internal_error(fp, e)
+                raise
+            try:
+                if checked.refused:
+                    self.stats.folder_failed(fp.source, checked.refused)
+                else:
+                    self._record_sizes(ended, by_uid, checked.metas)
+                    # A copy not in the answer (expunged meanwhile?) is left unchecked: then no
+                    # watermark, and the next run's march compares its size.
+                    if keep and checked.status is not None and len(checked.metas) == len(by_uid):
+                        self._store_watermark(ended, conn, checked.status)
+            except Exception as e:  # a bug, or the state file failing (disk full)
+                self._internal_error(fp, e)
         finally:
             self._release(fp.source)
+        if isinstance(opened, FolderError):
+            raise opened  # the next folder's: its march reports it
+        return opened
 
     def _finish_folder(self, run: FolderRun, conn: Connections) -> None:
         """All chunks done: mirror mode removes what matches nothing; then the watermark is stored."""

@@ -111,6 +111,50 @@ def test_source_folder_vanished_before_run(src_account, dst_account, tmp_path):
     assert report["folders"]["Kept"]["copied"] == 1
 
 
+@pytest.mark.parametrize("folders", [1, 2], ids=["end sent alone", "end sent with the next SELECT"])
+def test_an_unexpected_error_at_a_folder_end_is_reported_on_that_folder(src_account, dst_account, tmp_path,
+                                                                         folders):
+    """A small folder's end (size check, STATUS, watermark) waits on the worker's connection for the
+    next folder's SELECT (engine._end_folder). An error there that is not the server's (a bug, the
+    state file failing) is reported on that folder as an internal error, the next folder is
+    copied, and the run ends: not a lost job and a run waiting forever."""
+    from migrator.engine.copy import Engine
+
+    names = ["Box/a", "Box/b"][:folders]
+    for i, name in enumerate(names):
+        rig.seed(src_account, name.split("/"), [simple_message(10 * i + k) for k in range(3)])
+    src = Connector(parse_endpoint(src_account.url), SecretSource("src"))
+    dst = Connector(parse_endpoint(dst_account.url), SecretSource("dst"))
+    broken = []
+
+    def store_watermark(self, run, conn, d=None):
+        broken.append(run.fp.source)
+        raise RuntimeError("disk full")
+
+    outcome: dict = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MIGRATOR_SRC_PASSWORD", src_account.password)
+        mp.setenv("MIGRATOR_DST_PASSWORD", dst_account.password)
+        mp.setattr(Engine, "_store_watermark", store_watermark)
+        plan = build_plan(Plan(src.endpoint, dst.endpoint), src, dst)
+        for fp in plan.folders:
+            if fp.source not in [tuple(n.split("/")) for n in names]:
+                fp.action = "skip"
+        run = threading.Thread(target=lambda: outcome.update(report=execute(
+            plan, src, dst, RunSettings(EngineOptions(workers=1), state_path=str(tmp_path / "s.sqlite"), quiet=True),
+            command="migrate", print_fn=lambda *_: None)), daemon=True)
+        run.start()
+        run.join(60)
+    assert not run.is_alive(), "the run did not end"
+    report = outcome["report"]
+    errors = {e["folder"]: e["reason"] for e in report["folder_errors"]}
+    assert set(errors) == {"/".join(f) for f in broken} and len(broken) == folders, (errors, broken)
+    assert all("internal error: RuntimeError: disk full" in reason for reason in errors.values())
+    assert report["totals"]["copied"] == 3 * folders  # the next folder is copied all the same
+    want, got = rig.snapshot(src_account), rig.snapshot(dst_account)
+    assert all(got[tuple(n.split("/"))] == want[tuple(n.split("/"))] for n in names)
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [
