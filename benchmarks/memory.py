@@ -6,7 +6,6 @@ and the time of the same run again with nothing new (issue 5: at most 5% of the 
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile

@@ -38,7 +38,7 @@ def test_batch_with_master_user_continues_past_a_failing_mailbox(dovecot_slash, 
     assert sum(m["copied"] for m in report["mailboxes"]) == 9
     for u, t in zip(users, targets):
         assert rig.snapshot(t)[("INBOX",)] == rig.snapshot(u)[("INBOX",)]
-    assert f"line 4: imap://nosuchuser@" in res.out and "exit 3" in res.out
+    assert "line 4: imap://nosuchuser@" in res.out and "exit 3" in res.out
 
     again = migrator(*args, env=env)
     report = json.loads((tmp_path / "r.json").read_text())

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests import rig
-from tests.helpers import migrate, migrator, simple_message
+from tests.helpers import migrator, simple_message
 
 pytestmark = pytest.mark.e2e
 
