@@ -9,6 +9,7 @@ another server certificate, SSL switched off, or an oauth2 passdb.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import py_compile
@@ -305,6 +306,25 @@ def test_master_user_migrates_without_the_users_passwords(src_account, dst_accou
     env["MIGRATOR_SRC_PASSWORD"] = "not-the-master-password"
     res = _run(src_account, dst_account, tmp_path, "--src-auth-user", "admin", env=env)
     assert res.code == 3 and "login failed for" in res.err and "as 'admin'" in res.err, res.text
+
+
+def test_master_user_logs_in_with_login_when_plain_is_not_offered(src_account, dst_account, tmp_path):
+    """A server that does not offer AUTH=PLAIN (a proxy takes it out of every capability list;
+    Dovecot's LOGIN command itself needs its plain mechanism): the master user logs in with the
+    LOGIN command as USER*MASTER (Dovecot's auth_master_user_separator), which only the master's
+    password opens here, and the --debug trace masks that line as it does AUTHENTICATE."""
+    from tests.faultproxy import FaultProxy
+
+    _seed(src_account, 3)
+    master = src_account.dovecot.master_password
+    env = {"MIGRATOR_SRC_PASSWORD": master, "MIGRATOR_DST_PASSWORD": master}
+    with FaultProxy(src_account.port, rewrite_down=lambda data: data.replace(b" AUTH=PLAIN", b"")) as proxy:
+        res = _run(dataclasses.replace(src_account, port=proxy.port), dst_account, tmp_path,
+                   "--src-auth-user", "admin", "--dst-auth-user", "admin", "--debug", env=env)
+    assert res.code == 0, res.text
+    assert "LOGIN **REDACTED**" in res.err, res.err  # imapclient masks the whole LOGIN line
+    assert master not in res.text
+    assert rig.snapshot(dst_account) == rig.snapshot(src_account)
 
 
 # --------------------------------------------------------------------------- OAuth2
