@@ -81,7 +81,8 @@ def batch_limits(throttle: Throttle | None, batch_bytes: int, batch_count: int) 
 
 
 def connection_limits(src, dst, workers: int, max_per_host: int | None) -> int:
-    """Apply --max-connections-per-host to both Connectors; the number of workers that fits.
+    """Apply --max-connections-per-host to both Connectors (slots of this run's own, see HostSlots);
+    the number of workers that fits.
 
     A worker holds one source and one destination connection at once, so with both on
     the same host it needs two slots: more workers than slots would wait on each other.
@@ -95,5 +96,7 @@ def connection_limits(src, dst, workers: int, max_per_host: int | None) -> int:
     if max_per_host < per_worker:
         raise UsageError(f"--max-connections-per-host must be at least {per_worker} "
                          "(source and destination are on the same host)")
-    src.max_connections = dst.max_connections = max_per_host
+    from migrator.stores import HostSlots
+
+    src.slots = dst.slots = HostSlots(max_per_host)
     return max(1, min(workers, max_per_host // per_worker))

@@ -38,7 +38,7 @@ RetryFailed = Annotated[bool, typer.Option("--retry-failed", help="Try again mes
 BatchMB = Annotated[float, typer.Option("--batch-mb", min=0.1, help="Bytes per FETCH/APPEND batch, in MB (bounds memory).")]
 MaxBps = Annotated[Optional[float], typer.Option("--max-bytes-per-second", min=1, help="Limit the whole run to this many message bytes per second.")]
 MaxMps = Annotated[Optional[float], typer.Option("--max-messages-per-second", min=0.01, help="Limit the whole run to this many messages per second.")]
-MaxConns = Annotated[int, typer.Option("--max-connections-per-host", min=1, help="Open connections per host, all workers together (Gmail allows 15).")]
+MaxConns = Annotated[int, typer.Option("--max-connections-per-host", min=1, help="Open connections per host, all workers of a run together; in a batch, per mailbox (Gmail allows 15 per account).")]
 
 # Mapping options (planner rules; see `migrator plan --help` for their order).
 MapOpt = Annotated[Optional[list[str]], typer.Option("--map", help="Rename a folder and its subfolders: 'Old Name=New/Name' (repeatable).")]

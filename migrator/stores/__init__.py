@@ -11,15 +11,20 @@ from migrator.errors import UsageError
 from migrator.secrets import SecretSource, get_password, keyring_name, run_token_command
 from migrator.stores.base import Store
 
-# --max-connections-per-host: one semaphore per host name for the whole process,
-# shared by both sides and all workers (Gmail allows 15 connections per account).
-_host_slots: dict[str, threading.BoundedSemaphore] = {}
-_host_slots_lock = threading.Lock()
+class HostSlots:
+    """--max-connections-per-host for one run: a semaphore per host name, shared by both sides'
+    Connectors and so by all workers of the run. Each run has its own, so the mailboxes of a
+    `batch --parallel` do not wait on each other's connections: providers limit connections
+    per account (Gmail: 15), and a batch runs one account pair per mailbox."""
 
+    def __init__(self, per_host: int):
+        self.per_host = per_host
+        self._by_host: dict[str, threading.BoundedSemaphore] = {}
+        self._lock = threading.Lock()
 
-def _slots(host: str, limit: int) -> threading.BoundedSemaphore:
-    with _host_slots_lock:
-        return _host_slots.setdefault(host.lower(), threading.BoundedSemaphore(limit))
+    def of(self, host: str) -> threading.BoundedSemaphore:
+        with self._lock:
+            return self._by_host.setdefault(host.lower(), threading.BoundedSemaphore(self.per_host))
 
 
 @dataclass
@@ -38,7 +43,7 @@ class Connector:
     compress: bool = False  # COMPRESS=DEFLATE on IMAP, when the server offers it
     auth_user: str | None = None
     timeout: float = 120.0
-    max_connections: int | None = None  # per host, None: unlimited
+    slots: HostSlots | None = None  # --max-connections-per-host of the run; None: unlimited
     _creds: object = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -64,14 +69,14 @@ class Connector:
 
     def open(self) -> Store:
         """A new connection; waits for a free slot under --max-connections-per-host."""
-        if not self.max_connections or not self.endpoint.is_network:
+        if self.slots is None or not self.endpoint.is_network:
             return self._open()
-        slots = _slots(self.endpoint.host, self.max_connections)
+        slots = self.slots.of(self.endpoint.host)
         if not slots.acquire(timeout=self.timeout):
             from migrator.errors import ConnectionFailed
 
             raise ConnectionFailed(f"no free connection to {self.endpoint.host} within {self.timeout:.0f} s "
-                                   f"(--max-connections-per-host {self.max_connections})")
+                                   f"(--max-connections-per-host {self.slots.per_host})")
         try:
             store = self._open()
         except BaseException:

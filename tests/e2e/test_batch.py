@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from tests import rig
+from tests.faultproxy import FaultProxy, wait_until
 from tests.helpers import migrator, simple_message
 
 pytestmark = pytest.mark.e2e
@@ -43,6 +47,53 @@ def test_batch_with_master_user_continues_past_a_failing_mailbox(dovecot_slash, 
     again = migrator(*args, env=env)
     report = json.loads((tmp_path / "r.json").read_text())
     assert sum(m["copied"] for m in report["mailboxes"]) == 0 and again.code == 3
+
+
+def test_parallel_mailboxes_each_have_their_own_connection_cap(new_account, tmp_path):
+    """--max-connections-per-host is shared by the workers of one run (one mailbox), not by the
+    mailboxes of a batch: providers limit connections per account. Mailbox A stalls in the middle
+    of an APPEND (its proxy holds the traffic) with the two connections its cap allows; mailbox B,
+    on the same host, is copied meanwhile (with one cap for the whole process it waited for A)."""
+    src = [new_account("slash", "psrc") for _ in range(2)]
+    dst = [new_account("slash", "pdst") for _ in range(2)]
+    for i, acc in enumerate(src):
+        rig.seed(acc, ["INBOX"], [simple_message(10 * i + k, body="x" * 20_000) for k in range(5)])
+    files = []
+    for acc in src + dst:
+        path = tmp_path / f"{acc.user}.pw"
+        path.write_text(acc.password)
+        path.chmod(0o600)
+        files.append(path)
+    box: dict = {}
+    # B's source is held until A has stalled: B then needs connections while A holds its two.
+    with FaultProxy(dst[0].port, cut_at=[30_000], direction="up", on_threshold=lambda: box["a"].pause()) as a, \
+            FaultProxy(src[1].port) as b:
+        box["a"] = a
+        b.pause()
+        rows = [f"{src[0].url},imap://{dst[0].user}@127.0.0.1:{a.port},{files[0]},{files[2]}",
+                f"imap://{src[1].user}@127.0.0.1:{b.port},{dst[1].url},{files[1]},{files[3]}"]
+        csv_file = tmp_path / "batch.csv"
+        csv_file.write_text("source,destination,src_password_file,dst_password_file\n" + "\n".join(rows) + "\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATOR_")}
+        proc = subprocess.Popen([sys.executable, "-m", "migrator", "batch", str(csv_file), "--parallel", "2",
+                                 "--max-connections-per-host", "2", "--state-dir", str(tmp_path / "state"),
+                                 "--report", str(tmp_path / "r.json")],
+                                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            assert wait_until(lambda: a.thresholds_left == 0, timeout=60), "mailbox A never reached its APPEND"
+            b.resume()
+            b_done = wait_until(lambda: rig.snapshot(dst[1]).get(("INBOX",)) == rig.snapshot(src[1])[("INBOX",)],
+                                timeout=20, step=0.2)
+        finally:
+            a.resume()
+            b.resume()
+            out, err = proc.communicate(timeout=180)
+    assert b_done, "mailbox B waited for mailbox A's connections"
+    assert proc.returncode == 0, out + err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [m["exit_code"] for m in report["mailboxes"]] == [0, 0]
+    assert sum(m["copied"] for m in report["mailboxes"]) == 10
 
 
 @pytest.mark.parametrize(
