@@ -602,6 +602,8 @@ class Engine:
                 msg = fetched.get(m.uid)
                 if msg is None:
                     continue
+                if msg.note:
+                    stats.warn(f"'{display(fp.source)}' UID {m.uid}: {msg.note}")
                 flags = copy_flags(m, opts.include_deleted)
                 # The fingerprint is needed only to match a destination message of the same size;
                 # otherwise it is left out (SHA-256 was a sixth of migrator's CPU). A copy whose

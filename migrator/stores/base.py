@@ -64,6 +64,7 @@ class Message:
     # carry one (RFC 3501 CHAR8; a server sends NUL only in a BINARY literal8). A destination then
     # need not scan it to choose between a literal and a literal8.
     nul_free: bool = False
+    note: str | None = None  # what the store could not vouch for in these bytes, for the report
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,50 @@ def test_not_an_archive_is_a_clear_error(tmp_path, dst_account):
     assert "not a migrator archive" in res.err and "Traceback" not in res.text
 
 
+def test_a_backup_keeps_the_nul_octets_a_dovecot_source_serves_as_0x80(src_account, tmp_path):
+    """Dovecot serves a stored NUL as 0x80 in BODY[] (an IMAP literal cannot carry NUL), at the
+    same size. A message that may hold one (a 0x80 after an ASCII octet) is read again as BINARY[]:
+    where the two differ only there, the archive gets the stored bytes. UTF-8 text and a lone
+    cp1252 euro sign (0x80, no NUL behind it) are kept as they are; a message whose BINARY[] also
+    decodes other parts is copied as served, with a warning."""
+    from migrator.stores.archive import ArchiveStore
+
+    rig.seed(src_account, ["INBOX"], ["Subject: utf8 \u2014\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                                      "Content-Transfer-Encoding: 8bit\r\n\r\nem \u2014 \u201cq\u201d\r\n".encode()])
+    stored = {
+        "binary part": b"Subject: nul\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary"
+                       b"\r\n\r\nab\x00cd\x00\x00\r\n",
+        "header": b"Subject: nul in a header\x00x\r\n\r\nplain\r\n",
+        "euro": b"Subject: cp1252\r\nContent-Type: text/plain; charset=windows-1252\r\n"
+                b"Content-Transfer-Encoding: 8bit\r\n\r\n5 \x80 only\r\n",
+        "mixed": b"Subject: mixed\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n"
+                 b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\nx\x00y\r\n"
+                 b"--B\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n--B--\r\n",
+    }
+    cur = Path(src_account.dovecot.mail_dir) / src_account.user / "cur"
+    for i, body in enumerate(stored.values()):
+        (cur / f"1700000000.nul{i}.test:2,").write_bytes(body)  # delivered as is, NUL included
+    archive = tmp_path / "nul.archive"
+    res = migrator("migrate", src_account.url, f"archive://{archive}", "--state", str(tmp_path / "b.sqlite"),
+                   "--report", str(tmp_path / "b.json"), src=src_account)
+    assert res.code == 0, res.text
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["totals"]["copied"] == 5
+    assert len(report["warnings"]) == 1 and "copied as served" in report["warnings"][0], report["warnings"]
+    arc = ArchiveStore(str(archive), create=False, readonly=True)
+    try:
+        arc.select(("INBOX",))
+        kept = {bytes(m.body) for m in arc.fetch([m.uid for m in arc.list_messages()])}
+    finally:
+        arc.close()
+    for name in ("binary part", "header", "euro"):
+        assert stored[name] in kept, name
+    assert stored["mixed"].replace(b"\x00", b"\x80") in kept  # as served, and said so
+    assert any("\u2014".encode() in body for body in kept)
+    ok = migrator("verify", src_account.url, f"archive://{archive}", src=src_account)
+    assert ok.code == 0, ok.text
+
+
 def test_a_message_with_nul_octets_goes_as_a_binary_literal_and_its_conversion_is_reported(tmp_path, dst_account):
     """IMAP cannot carry NUL in an ordinary literal (RFC 3501 CHAR8): a body from an archive that
     holds one goes to a server with BINARY as a literal8 (RFC 3516). Dovecot stores such a message

@@ -277,3 +277,18 @@ def test_workers_take_the_biggest_work_first():
         engine._dst_side.shutdown()
     assert [job.fp.source[0] if isinstance(job, MarchJob) else "chunk" for job in order] == [
         "Unknown", "Big", "chunk", "Counted", "Small"]
+
+
+@pytest.mark.parametrize("body, suspect", [
+    ("Subject: \u2014 \u201cquoted\u201d \u2019 \u00e9\u20ac\r\n\r\n\u4e2d\u6587 \U0001f600\r\n".encode(), False),  # UTF-8
+    (b"ab\x80cd", True),  # what Dovecot serves for a stored NUL
+    (b"\x80 first", True),
+    (b"plain ASCII", False),
+    (b"5 \xe2\x80\x94 dash, then ab\x80", True),
+])
+def test_which_bodies_are_read_again_as_binary(body, suspect):
+    """A 0x80 octet after an ASCII one never occurs in UTF-8 text: only such bodies cost the
+    extra BINARY[] read that finds NUL octets a server served as 0x80."""
+    from migrator.stores.imap import _LONE_0X80
+
+    assert bool(_LONE_0X80.search(body)) == suspect
