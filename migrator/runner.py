@@ -188,13 +188,12 @@ def _execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, 
 
 
 def execute_verify(plan: Plan, src: Connector, dst: Connector, include_deleted: bool, json_path: str | None,
-                   as_json: bool, print_fn=print) -> dict:
-    s, d = src.open(), dst.open()
-    try:
-        diffs = verify(plan, s, d, include_deleted=include_deleted)
-    finally:
-        s.close()
-        d.close()
+                   as_json: bool, print_fn=print, workers: int = 1) -> dict:
+    if plan.source.scheme in ("pop3", "pop3s"):
+        workers = 1  # many POP3 servers lock the mailbox: one session at a time
+    src.ask_secret()
+    dst.ask_secret()
+    diffs = verify(plan, src.open, dst.open, include_deleted=include_deleted, workers=workers)
     report = verify_report(diffs, plan.source.url(), plan.destination.url())
     if json_path:
         write_json(json_path, report)

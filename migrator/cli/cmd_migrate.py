@@ -8,7 +8,8 @@ import typer
 
 from migrator.cli.app import app, finish_run
 from migrator.cli.options import (
-    ConnOptions, Debug, IncludeDeleted, MappingOptions, Quiet, Report, RunOptions, connectors, plan_connectors,
+    ConnOptions, Debug, IncludeDeleted, MappingOptions, MaxConns, Quiet, Report, RunOptions, Workers, connectors,
+    plan_connectors,
     run_settings, setup_logging, with_connection_options, with_folder_choice, with_mapping_options, with_run_options,
 )
 from migrator.errors import EXIT_MESSAGES_FAILED, UsageError
@@ -49,13 +50,15 @@ def verify_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     report: Report = None,
     include_deleted: IncludeDeleted = False,
+    workers: Workers = 4,
+    max_connections_per_host: MaxConns = 10,
     debug: Debug = False,
     *,
     mapping: MappingOptions,
     conn: ConnOptions,
 ) -> None:
     """Compare SOURCE and DESTINATION (or the folders of a PLAN) message by message. Read-only; exit 0 only if identical."""
-    from migrator import runner
+    from migrator import runner, throttle
 
     setup_logging(debug)
     if destination is None:
@@ -72,6 +75,7 @@ def verify_cmd(
     else:
         src, dst = connectors(source, destination, conn)
         plan = runner.build_plan(runner.new_plan(src, dst), src, dst, mapping.planning(), with_status=False)
-    result = runner.execute_verify(plan, src, dst, include_deleted, report, as_json)
+    workers = throttle.connection_limits(src, dst, workers, max_connections_per_host)
+    result = runner.execute_verify(plan, src, dst, include_deleted, report, as_json, workers=workers)
     if not result["identical"]:
         raise typer.Exit(EXIT_MESSAGES_FAILED)
