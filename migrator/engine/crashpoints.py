@@ -6,7 +6,8 @@ point NAME. Without the variable (always, outside the tests) crash() is a no-op.
 
 Points (see engine/copy.py): march-listed, pool-fetched, fetched,
 intent-written, append-sent (the server stored the messages, the checkpoint
-does not know yet), confirmed, adopted, flags-set, expunged.
+does not know yet), confirmed, end-deferred (a folder's size check waits for
+the next folder's SELECT), adopted, flags-set, expunged.
 """
 
 from __future__ import annotations

@@ -161,7 +161,7 @@ CRASHES = [
     ("fetched:1",), ("fetched:2",), ("fetched:4",),
     ("intent-written:1",), ("intent-written:2",), ("intent-written:5",),
     ("append-sent:1",), ("append-sent:2",), ("append-sent:4",), ("append-sent:5",),
-    ("confirmed:1",), ("confirmed:3",), ("confirmed:5",),
+    ("confirmed:1",), ("confirmed:3",), ("confirmed:5",), ("end-deferred:1",), ("end-deferred:2",),
     ("append-sent:3", "adopted:1"), ("append-sent:2", "march-listed:1"), ("intent-written:3", "append-sent:2"),
     ("append-sent:5", "pool-fetched:1", "fetched:1"),
 ]
