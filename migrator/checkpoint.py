@@ -247,6 +247,13 @@ class Checkpoint:
                 r[0]: Row(r[0], r[1], r[2], r[3], r[4], flags_from_json(r[5]), r[6], r[7]) for r in cur.fetchall()
             }
 
+    def has_rows(self, src: Folder, src_uidvalidity: int, dst: Folder) -> bool:
+        """Whether rows() of the pair holds anything, without reading it."""
+        with self._mutex:
+            return self._db.execute(
+                "SELECT 1 FROM messages WHERE src_folder=? AND src_uidvalidity=? AND dst_folder=? LIMIT 1",
+                (folder_key(src), src_uidvalidity, folder_key(dst))).fetchone() is not None
+
     def copied_into(self, dsts: Iterable[Folder]) -> set[Folder]:
         """The destination folders of dsts that this state has copied (or tried to copy) into."""
         with self._mutex:

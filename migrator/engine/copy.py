@@ -482,7 +482,7 @@ class Engine:
         opts = self.opts
         return (known is not None and known.size is not None and self.ckpt is not None and not opts.dry_run
                 and 0 < known.messages <= opts.batch_count and known.size <= opts.batch_bytes
-                and not self.ckpt.rows(fp.source, known.uidvalidity, fp.destination))
+                and not self.ckpt.has_rows(fp.source, known.uidvalidity, fp.destination))
 
     def _exclude_merged(self, fp: FolderPlan, run: FolderRun, dec) -> None:
         """merge = true: messages another source folder copied here are not ours to adopt.
@@ -724,8 +724,7 @@ class Engine:
         before this check is covered too: the next march compares every recorded size with
         the destination's RFC822.SIZE (march.decide).
         """
-        with run.lock:
-            by_uid, run.unchecked = {uid: intent for intent, uid in run.unchecked}, []
+        by_uid = run.take_unchecked()
         if not by_uid and not with_status:
             return None
         folder, uids = run.fp.destination, sorted(by_uid)
@@ -799,8 +798,7 @@ class Engine:
         `ended` is reported on it, not on the next folder."""
         fp = ended.fp
         try:
-            with ended.lock:
-                by_uid, ended.unchecked = {uid: intent for intent, uid in ended.unchecked}, []
+            by_uid = ended.take_unchecked()
             keep = self._may_keep_watermark(ended)
             try:
                 checked, opened = conn.check_then_open(fp.destination, sorted(by_uid), folder, readonly, expect)

@@ -72,6 +72,13 @@ class FolderRun:
     failed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def take_unchecked(self) -> dict:
+        """Destination UID -> Intent of the copies whose stored size is still to be checked; the
+        list is emptied (they are checked once)."""
+        with self.lock:
+            by_uid, self.unchecked = {uid: intent for intent, uid in self.unchecked}, []
+        return by_uid
+
 
 @dataclass
 class MarchJob:

@@ -46,6 +46,15 @@ def test_intent_then_confirm_round_trip(tmp_path):
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
 
 
+def test_has_rows_and_copied_into_answer_without_reading_rows(tmp_path):
+    ck = Checkpoint(str(tmp_path / "s.sqlite"))
+    ck.record_intents(INBOX, 7, ("Box",), 9, [Intent(1, 10, "aa", ())])
+    assert ck.has_rows(INBOX, 7, ("Box",)) and ck.rows(INBOX, 7, ("Box",))
+    assert not ck.has_rows(INBOX, 8, ("Box",)) and not ck.has_rows(INBOX, 7, INBOX)
+    assert ck.copied_into([("Box",), INBOX, ("Other",)]) == {("Box",)}
+    ck.close()
+
+
 def test_watermark_round_trip_and_drop(tmp_path):
     ck = Checkpoint(str(tmp_path / "s.sqlite"))
     wm = Watermark(EngineOptions().key(), 1, 5, 4, 10, 2, 7, 4, 12, settled=4, skipped_deleted=0)
