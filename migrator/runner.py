@@ -148,8 +148,7 @@ def execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, c
 def _execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, command: str, print_fn,
              folder_errors, spare) -> dict:
     state_path = settings.state_path or default_state_path(plan)
-    if plan.source.scheme in ("pop3", "pop3s"):
-        settings.engine.workers = 1  # many POP3 servers lock the mailbox: one session at a time
+    settings.engine.workers = _workers_for(plan, settings.engine.workers)
     ckpt = None
     if not settings.engine.dry_run:
         if settings.reset_state:
@@ -187,10 +186,14 @@ def _execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, 
     return report
 
 
+def _workers_for(plan: Plan, workers: int) -> int:
+    """Many POP3 servers lock the mailbox: one session at a time from a POP3 source."""
+    return 1 if plan.source.scheme in ("pop3", "pop3s") else workers
+
+
 def execute_verify(plan: Plan, src: Connector, dst: Connector, include_deleted: bool, json_path: str | None,
                    as_json: bool, print_fn=print, workers: int = 1) -> dict:
-    if plan.source.scheme in ("pop3", "pop3s"):
-        workers = 1  # many POP3 servers lock the mailbox: one session at a time
+    workers = _workers_for(plan, workers)
     src.ask_secret()
     dst.ask_secret()
     diffs = verify(plan, src.open, dst.open, include_deleted=include_deleted, workers=workers)

@@ -21,7 +21,7 @@ from migrator.engine.batching import batches
 from migrator.errors import FolderError
 from migrator.naming import Folder, display
 from migrator.plan import Plan
-from migrator.stores import open_pair
+from migrator.stores import both_sides, open_pair
 from migrator.stores.base import Store
 
 FORMAT = "%d-%b-%Y %H:%M:%S %z"
@@ -143,23 +143,26 @@ def _verify_folder(diff: FolderDiff, sources: list[Folder], destination: Folder 
                 s[digest].extend(entries)
         return s
 
-    on_dst = dst_side.submit(lambda: _side(dst, destination, include_deleted, batch_bytes, batch_count,
-                                           skip_deleted=False) if destination is not None else {})
-    s_error = d_error = None
-    try:
-        s = read_source()
-    except FolderError as e:
-        s_error = e
-    try:
-        d = on_dst.result()
-    except FolderError as e:
-        d_error = e
-    if s_error is not None:
-        diff.error = f"source folder cannot be read: {s_error}"
-    elif d_error is not None:
-        diff.error = f"destination folder cannot be read: {d_error}"
+    def read_destination() -> dict[str, list[Entry]]:
+        if destination is None:
+            return {}
+        return _side(dst, destination, include_deleted, batch_bytes, batch_count, skip_deleted=False)
+
+    s, d = both_sides(lambda: _or_folder_error(read_source), lambda: _or_folder_error(read_destination), dst_side)
+    if isinstance(s, FolderError):
+        diff.error = f"source folder cannot be read: {s}"
+    elif isinstance(d, FolderError):
+        diff.error = f"destination folder cannot be read: {d}"
     else:
         _compare(diff, s, d)
+
+
+def _or_folder_error(read: Callable[[], dict]) -> dict | FolderError:
+    """read(), or the FolderError it raised: each side's is reported, the other side's result kept."""
+    try:
+        return read()
+    except FolderError as e:
+        return e
 
 
 def _compare(diff: FolderDiff, s: dict[str, list[Entry]], d: dict[str, list[Entry]]) -> None:
