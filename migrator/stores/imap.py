@@ -791,11 +791,14 @@ class ImapStore:
         """The metadata FETCH, parsed by one regular expression per line instead of imapclient's
         general parser (which took half of migrator's CPU on big folders). Returns None, and the
         caller uses imapclient, if any answer is not in the plain one-line form."""
-        imap = self.client._imap
-        typ, data = imap.uid("FETCH", "1:*" if uids is None else uid_set(uids), META_ITEMS)
+        return self._parse_meta(self._uid_fetch("1:*" if uids is None else uid_set(uids), META_ITEMS), uids)
+
+    def _uid_fetch(self, uids: str, items: str) -> list:
+        """imaplib's data of one UID FETCH; a NO/BAD raises imaplib's error (for _call to classify)."""
+        typ, data = self.client._imap.uid("FETCH", uids, items)
         if typ != "OK":
             raise imaplib.IMAP4.error(_dec(data[-1]) if data else typ)
-        return self._parse_meta(data, uids)
+        return data
 
     @staticmethod
     def _parse_meta(data: list, uids: list[int] | None) -> list[MessageMeta] | None:
@@ -870,12 +873,8 @@ class ImapStore:
         return restored, notes
 
     def _fetch_binary(self, uids: list[int]) -> dict[int, bytes]:
-        imap = self.client._imap
-        typ, data = imap.uid("FETCH", uid_set(uids), "(UID BINARY.PEEK[])")
-        if typ != "OK":
-            raise imaplib.IMAP4.error(_dec(data[-1]) if data else typ)
         out = {}
-        for item in data:
+        for item in self._uid_fetch(uid_set(uids), "(UID BINARY.PEEK[])"):
             if isinstance(item, tuple):
                 m = _BINARY_HEAD.search(item[0])
                 if m is not None:
@@ -890,10 +889,7 @@ class ImapStore:
     def _fetch_bodies(self, uids: list[int]) -> dict[int, bytes]:
         """UID -> body: the usual answer read by bodies_from_fetch, anything else by imapclient's
         general parser (which cost a tenth of migrator's CPU when used for every message)."""
-        imap = self.client._imap
-        typ, data = imap.uid("FETCH", uid_set(uids), "(UID BODY.PEEK[])")
-        if typ != "OK":
-            raise imaplib.IMAP4.error(_dec(data[-1]) if data else typ)
+        data = self._uid_fetch(uid_set(uids), "(UID BODY.PEEK[])")
         fast = bodies_from_fetch(data)
         return fast if fast is not None else bodies_from_any_fetch(data)
 
