@@ -8,6 +8,7 @@ connections are counted by the delay proxy instead of timed.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 
 import pytest
@@ -18,6 +19,7 @@ from migrator.errors import FolderError
 from migrator.stores.imap import ConnectOptions, Credentials, ImapStore
 from migrator.throttle import Throttle
 from tests import rig
+from tests.faultproxy import wait_until
 from tests.helpers import dt, migrate, simple_message
 
 pytestmark = pytest.mark.e2e
@@ -58,6 +60,49 @@ def test_max_connections_per_host_caps_all_workers_together(dovecot_slash, tmp_p
     assert rig.snapshot(dst) == rig.snapshot(src)
     assert total >= 2
     assert peak <= 4
+
+
+def test_one_big_folder_is_copied_by_several_workers_at_once(src_account, dst_account, tmp_path):
+    """A folder bigger than a chunk (8 batches) is cut into chunks of UIDs that any worker takes:
+    Dovecot's own per-session byte counts show several destination sessions each storing a
+    real share of the one folder."""
+    rig.seed(src_account, ["INBOX"], [(simple_message(i, body="z" * 40_000), (), dt(i)) for i in range(80)])
+    res, report = migrate(src_account, dst_account, tmp_path, "--workers", "3", "--batch-mb", "0.1")
+    assert res.code == 0 and report["totals"]["copied"] == 80, res.text
+    assert rig.snapshot(dst_account) == rig.snapshot(src_account)
+
+    def received() -> list[int]:  # bytes each destination session received, from its logout line
+        text = dst_account.dovecot.log.read_text(errors="replace")
+        return [int(n) for n in re.findall(rf"imap\({re.escape(dst_account.user)}\).*Logged out in=(\d+)", text)]
+
+    assert wait_until(lambda: len(received()) >= 3, timeout=10), received()
+    carried = [n for n in received() if n > 300_000]  # 80 x 40 KB = 3.2 MB in all
+    assert len(carried) >= 2, received()
+
+
+def test_multiappend_when_offered_one_append_per_message_when_not(dovecot_slash):
+    """Many messages go in one APPEND command (MULTIAPPEND, RFC 3502) when the server offers it:
+    one round trip with LITERAL+. A server without it (a proxy takes it out of the capability
+    lists) gets one APPEND per message; every message is stored either way, with its UID."""
+    from tests.faultproxy import FaultProxy
+    from migrator.stores.base import AppendItem
+
+    items = [AppendItem(simple_message(i), ("\\Seen",), "14-Mar-2019 15:09:26 +0200") for i in range(5)]
+    for strip, turns_expected in ((b"", 1), (b" MULTIAPPEND", 5)):
+        acc = dovecot_slash.new_user("mapp")
+        with FaultProxy(dovecot_slash.port, rewrite_down=lambda data, s=strip: data.replace(s, b"") if s else data) as fp, \
+                DelayProxy(fp.port, rtt_ms=20) as proxy:
+            store = _store(acc, proxy.port)
+            try:
+                assert store.capabilities.multiappend == (not strip)
+                store.create_folder(("Box",))
+                turns = proxy.turns
+                uids = store.append(("Box",), items)
+                assert proxy.turns - turns == turns_expected
+            finally:
+                store.close()
+        assert len(set(uids)) == 5 and None not in uids
+        assert len(rig.snapshot(acc)[("Box",)]) == 5
 
 
 def test_connection_cap_below_one_worker_is_a_usage_error(src_account, dst_account, tmp_path):
