@@ -172,8 +172,17 @@ class Account:
     password: str
     separator: str
     prefix: str
-    dovecot: "Dovecot" = field(repr=False, compare=False)
+    server: "Dovecot" = field(repr=False, compare=False)  # the instance that holds it (any kind)
     host: str = "127.0.0.1"
+
+    @property
+    def dovecot(self) -> "Dovecot":
+        """Older name of `server`, from when Dovecot was the only kind."""
+        return self.server
+
+    @property
+    def kind(self) -> str:
+        return getattr(self.server, "kind", "dovecot")
 
     @property
     def url(self) -> str:
@@ -189,7 +198,7 @@ class Account:
 
     @property
     def ca_file(self) -> str:
-        return self.dovecot.ca_file
+        return self.server.ca_file
 
     def env(self, role: str) -> dict:
         if role not in ("src", "dst"):
@@ -204,6 +213,8 @@ class Account:
 
 
 class Dovecot:
+    kind = "dovecot"
+
     def __init__(self, root: Union[str, Path, None] = None, name: str = "dovecot",
                  separator: str = "/", prefix: str = "", special_use: bool = False, compress: bool = True):
         if separator not in ("/", "."):
@@ -553,7 +564,7 @@ service imap {{
             self._write_passwd(user)
         return Account(port=self.port, imaps_port=self.imaps_port, pop3_port=self.pop3_port,
                        user=user, password=password, separator=self.separator,
-                       prefix=self.prefix, dovecot=self)
+                       prefix=self.prefix, server=self)
 
     def set_quota(self, account: Account, quota: Optional[str]) -> None:
         with self._lock:
@@ -568,7 +579,7 @@ service imap {{
         info = self._users[user]
         return Account(port=self.port, imaps_port=self.imaps_port, pop3_port=self.pop3_port,
                        user=user, password=info["password"], separator=self.separator,
-                       prefix=self.prefix, dovecot=self)
+                       prefix=self.prefix, server=self)
 
 
 def set_quota(account: Account, quota: Optional[str]) -> None:
