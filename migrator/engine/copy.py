@@ -605,6 +605,8 @@ class Engine:
                 if msg.note:
                     stats.warn(f"'{display(fp.source)}' UID {m.uid}: {msg.note}")
                 flags = copy_flags(m, opts.include_deleted)
+                if msg.meta.internaldate and not m.internaldate:  # a date the listing leaves out (POP3)
+                    m = dataclasses.replace(m, internaldate=msg.meta.internaldate)
                 # The fingerprint is needed only to match a destination message of the same size;
                 # otherwise it is left out (SHA-256 was a sixth of migrator's CPU). A copy whose
                 # destination UID is not known gets one before it is confirmed (_append).

@@ -70,7 +70,9 @@ def _side(store: Store, folder: Folder, include_deleted: bool, batch_bytes: int,
     for batch in batches(metas, batch_bytes, batch_count):
         for msg in store.fetch([m.uid for m in batch]):
             meta = flags[msg.meta.uid]
-            by_hash[hashlib.sha256(msg.body).hexdigest()].append(Entry(meta.uid, meta.flags, meta.internaldate))
+            # A POP3 listing has no date: its fetch() gives the one its copy was stored with.
+            date = meta.internaldate or msg.meta.internaldate
+            by_hash[hashlib.sha256(msg.body).hexdigest()].append(Entry(meta.uid, meta.flags, date))
     return by_hash
 
 

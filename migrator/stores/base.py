@@ -49,7 +49,9 @@ class MessageMeta:
     uid: int
     size: int
     flags: tuple[str, ...]  # sorted, without \Recent
-    internaldate: str  # IMAP date-time string "dd-Mon-yyyy hh:mm:ss +zzzz", timezone kept
+    # IMAP date-time string "dd-Mon-yyyy hh:mm:ss +zzzz", timezone kept. '' in a listing of a store
+    # that tells the date from the bytes only (POP3): its fetch() gives it in Message.meta.
+    internaldate: str
 
     @property
     def deleted(self) -> bool:
@@ -169,7 +171,9 @@ class Store(Protocol):
         ...
 
     def fetch(self, uids: Sequence[int]) -> Iterator[Message]:
-        """Bodies of the given UIDs, exactly as stored, without setting \\Seen."""
+        """Bodies of the given UIDs, exactly as stored, without setting \\Seen. Each Message.meta has
+        the size of its bytes; its flags and date may be left empty, except the date a store's
+        listing leaves empty (POP3): fetch() gives that one."""
         ...
 
     def append(self, name: Folder, items: Sequence[AppendItem]) -> list[int | None]:

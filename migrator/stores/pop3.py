@@ -8,7 +8,9 @@ needs out of what POP3 has:
 - flags: none.
 - INTERNALDATE: the date of the newest Received: header (when the message
   reached the mailbox), else the Date: header, else empty (the destination
-  then uses its own clock, and verify does not compare that date).
+  then uses its own clock, and verify does not compare that date). It is read
+  from the bytes fetch() returns (RETR), so a listing costs UIDL and LIST
+  only, never a TOP per message: list_messages() leaves it empty.
 The TLS rule is the IMAP one: pop3s:// is TLS from the first byte; pop3:// to
 a non-loopback host must upgrade with STLS or migrator refuses to log in.
 """
@@ -30,6 +32,7 @@ from migrator.stores.imap import ConnectOptions, Credentials, _describe_os_error
 
 UIDVALIDITY = 1
 _RECEIVED_DATE = re.compile(rb";\s*([^;]*?)\s*$")
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 def uid_from_uidl(uidl: bytes) -> int:
@@ -67,6 +70,14 @@ def date_from_headers(header_bytes: bytes) -> str:
             if text:
                 return text
     return ""
+
+
+def _headers(body: bytes) -> bytes:
+    """The header section of a message: up to its first empty line (all of it if it has none)."""
+    if body.startswith((b"\r\n", b"\n")):
+        return b""
+    end = _HEADER_END.search(body)
+    return body if end is None else body[: end.start()]
 
 
 class Pop3Store(FolderBatches):
@@ -156,24 +167,19 @@ class Pop3Store(FolderBatches):
         return FolderStatus(uidvalidity=UIDVALIDITY, messages=len(self._numbers), size=sum(self._sizes.values()))
 
     def list_messages(self, uids: Sequence[int] | None = None) -> list[MessageMeta]:
+        """From the UIDL and LIST of select(): no date (fetch() gives it)."""
         wanted = uids if uids is not None else sorted(self._numbers, key=self._numbers.get)
-        out = []
-        for uid in wanted:
-            num = self._numbers.get(uid)
-            if num is None:
-                continue
-            _resp, lines, _ = self._call("TOP", self._conn.top, num, 0)
-            out.append(MessageMeta(uid, self._sizes[uid], (), date_from_headers(b"\r\n".join(lines))))
-        return out
+        return [MessageMeta(uid, self._sizes[uid], (), "") for uid in wanted if uid in self._numbers]
 
     def fetch(self, uids: Sequence[int]) -> Iterator[Message]:
+        """RETR; each Message's meta has the size of the bytes served and the date of their headers."""
         for uid in uids:
             num = self._numbers.get(uid)
             if num is None:
                 continue
             _resp, lines, _ = self._call("RETR", self._conn.retr, num)
             body = b"".join(line + b"\r\n" for line in lines)
-            yield Message(MessageMeta(uid, len(body), (), ""), body)
+            yield Message(MessageMeta(uid, len(body), (), date_from_headers(_headers(body))), body)
 
     def create_folder(self, name: Folder, special_use: str | None = None) -> None:
         raise UsageError("POP3 is read-only: it can only be a source")

@@ -1,6 +1,6 @@
 """POP3 has no INTERNALDATE: it is derived from the headers (pure function)."""
 
-from migrator.stores.pop3 import date_from_headers, uid_from_uidl
+from migrator.stores.pop3 import _headers, date_from_headers, uid_from_uidl
 
 
 def test_newest_received_wins_over_date():
@@ -17,3 +17,10 @@ def test_date_header_then_nothing():
 def test_uid_from_uidl_is_stable_and_distinct():
     assert uid_from_uidl(b"abc") == uid_from_uidl(b"abc")
     assert len({uid_from_uidl(str(i).encode()) for i in range(10000)}) == 10000
+
+
+def test_headers_end_at_the_first_empty_line():
+    assert _headers(b"A: 1\r\nB: 2\r\n\r\nDate: not a header\r\n") == b"A: 1\r\nB: 2"
+    assert _headers(b"A: 1\nB: 2\n\nbody\n") == b"A: 1\nB: 2"
+    assert _headers(b"\r\nDate: body only\r\n") == b""
+    assert _headers(b"A: 1\r\nno end") == b"A: 1\r\nno end"
