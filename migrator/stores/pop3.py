@@ -11,6 +11,8 @@ needs out of what POP3 has:
   then uses its own clock, and verify does not compare that date). It is read
   from the bytes fetch() returns (RETR), so a listing costs UIDL and LIST
   only, never a TOP per message: list_messages() leaves it empty.
+Message bodies are read by this module, not poplib: poplib refuses any line
+over 2,048 octets (_MAXLINE), and a message may hold longer lines.
 The TLS rule is the IMAP one: pop3s:// is TLS from the first byte; pop3:// to
 a non-loopback host must upgrade with STLS or migrator refuses to log in.
 """
@@ -72,6 +74,41 @@ def date_from_headers(header_bytes: bytes) -> str:
     return ""
 
 
+class _MessageReader:
+    """poplib's client, with the multi-line answer of RETR read here: lines of any length (poplib's
+    _getline refuses lines over 2,048 octets), kept as served, line ends included. Memory is
+    bounded by the message, which is held whole anyway. The one-line answers (+OK, UIDL and LIST
+    lines) are still poplib's, under its limit: RFC 1939 keeps them short."""
+
+    def retr_bytes(self, which: int) -> bytes:
+        """The message as the server sends it after RETR, dot-unstuffed, without the final '.' line."""
+        self._putcmd(f"RETR {which}")  # type: ignore[attr-defined]
+        self._getresp()  # type: ignore[attr-defined]  # raises error_proto on -ERR
+        return read_multiline(self.file)  # type: ignore[attr-defined]
+
+
+class _Pop3(_MessageReader, poplib.POP3):
+    pass
+
+
+class _Pop3Tls(_MessageReader, poplib.POP3_SSL):
+    pass
+
+
+def read_multiline(file) -> bytes:
+    """The body of a multi-line POP3 answer (RFC 1939 3) from `file`, up to its terminating '.'
+    line: a line starting with '..' loses its first '.', as poplib does; every byte else is kept."""
+    out = bytearray()
+    readline = file.readline
+    while True:
+        line = readline()  # no length limit: a line of the message, which is held whole anyway
+        if not line:
+            raise EOFError("connection closed in the middle of a message")
+        if line == b".\r\n" or line == b".\n":
+            return bytes(out)
+        out += line[1:] if line.startswith(b"..") else line
+
+
 def _headers(body: bytes) -> bytes:
     """The header section of a message: up to its first empty line (all of it if it has none)."""
     if body.startswith((b"\r\n", b"\n")):
@@ -94,14 +131,14 @@ class Pop3Store(FolderBatches):
 
     # -- connection -------------------------------------------------------------------------
 
-    def _connect(self, creds: Credentials) -> poplib.POP3:
+    def _connect(self, creds: Credentials) -> _Pop3:
         ep, opts = self.endpoint, self._opts
         ctx = make_ssl_context(opts)
         try:
             if ep.implicit_tls:
-                conn = poplib.POP3_SSL(ep.host, ep.port, timeout=opts.timeout, context=ctx)
+                conn = _Pop3Tls(ep.host, ep.port, timeout=opts.timeout, context=ctx)
             else:
-                conn = poplib.POP3(ep.host, ep.port, timeout=opts.timeout)
+                conn = _Pop3(ep.host, ep.port, timeout=opts.timeout)
         except (OSError, poplib.error_proto) as e:
             raise ConnectionFailed(_describe_os_error(e, ep), hint=_tls_hint(e)) from None
         try:
@@ -177,8 +214,7 @@ class Pop3Store(FolderBatches):
             num = self._numbers.get(uid)
             if num is None:
                 continue
-            _resp, lines, _ = self._call("RETR", self._conn.retr, num)
-            body = b"".join(line + b"\r\n" for line in lines)
+            body = self._call("RETR", self._conn.retr_bytes, num)
             yield Message(MessageMeta(uid, len(body), (), date_from_headers(_headers(body))), body)
 
     def create_folder(self, name: Folder, special_use: str | None = None) -> None:

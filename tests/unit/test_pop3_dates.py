@@ -1,6 +1,11 @@
-"""POP3 has no INTERNALDATE: it is derived from the headers (pure function)."""
+"""POP3 has no INTERNALDATE: it is derived from the headers (pure function); message bodies are read
+by migrator's own reader (lines of any length, bytes as served)."""
 
-from migrator.stores.pop3 import _headers, date_from_headers, uid_from_uidl
+import io
+
+import pytest
+
+from migrator.stores.pop3 import _headers, date_from_headers, read_multiline, uid_from_uidl
 
 
 def test_newest_received_wins_over_date():
@@ -17,6 +22,19 @@ def test_date_header_then_nothing():
 def test_uid_from_uidl_is_stable_and_distinct():
     assert uid_from_uidl(b"abc") == uid_from_uidl(b"abc")
     assert len({uid_from_uidl(str(i).encode()) for i in range(10000)}) == 10000
+
+
+def test_multiline_reader_keeps_lines_of_any_length_and_their_ends():
+    long = b"x" * 100_000
+    served = b"Subject: a\r\n\r\n" + long + b"\r\n..dot-stuffed\r\nbare LF\nlast\r\n.\r\nNEXT"
+    f = io.BytesIO(served)
+    assert read_multiline(f) == b"Subject: a\r\n\r\n" + long + b"\r\n.dot-stuffed\r\nbare LF\nlast\r\n"
+    assert f.read() == b"NEXT"  # stops right after the terminating line
+
+
+def test_multiline_reader_raises_on_a_cut_connection():
+    with pytest.raises(EOFError):
+        read_multiline(io.BytesIO(b"Subject: a\r\n\r\nbody cut he"))
 
 
 def test_headers_end_at_the_first_empty_line():
