@@ -46,7 +46,7 @@ from migrator.engine.crashpoints import crash
 from migrator.engine.jobs import (  # noqa: F401  (EngineOptions is imported from here by the CLI)
     OVERQUOTA_HINT, ChunkJob, EngineOptions, FolderRun, MarchJob, close_quietly, sha256, Connections,
 )
-from migrator.engine.march import altered_reason, copy_flags, decide, pool_candidates
+from migrator.engine.march import altered_reason, copy_flags, decide, split_pool
 from migrator.errors import ConnectionFailed, FolderError, MessageRejected, TransientError
 from migrator.naming import Folder, display, parents
 from migrator.plan import FolderPlan, Plan
@@ -440,9 +440,14 @@ class Engine:
         dec = decide(src_msgs, dst_msgs, rows, run.dst_uidvalidity, include_deleted=opts.include_deleted,
                      sync_flags=opts.sync_flags, retry_failed=opts.retry_failed)
         self._exclude_merged(fp, run, dec)
-        sizes = {m.size for m in dec.to_copy} | {r.size for r in dec.claims}
-        candidates, rest = pool_candidates(dec.unaccounted, sizes)
+        # Only a destination message of the size of a message to copy can be its copy. A source
+        # whose listed sizes are not exact (POP3) has its candidates fingerprinted by the chunks,
+        # once the bodies' sizes are known (_load_pool).
+        candidates, later, rest = split_pool(dec.unaccounted, {m.size for m in dec.to_copy},
+                                             {r.size for r in dec.claims}, exact=src.capabilities.exact_sizes,
+                                             copying=bool(dec.to_copy))
         run.extras = [m.uid for m in rest]
+        run.pool.defer(later)
         self._fill_pool(run, dst, candidates)
         crash("pool-fetched")
         self._settle_claims(run, dec.claims)
@@ -460,7 +465,7 @@ class Engine:
                 stats.fail(fp.source, uid, f"{reason} (failed in an earlier run; --retry-failed tries again)")
         self._sync_flags(run, dst, dec.flag_updates)
         if opts.dry_run:
-            adoptable = self._preview(run, src, dec.to_copy, {m.size for m in candidates})
+            adoptable = self._preview(run, src, dst, dec.to_copy, {m.size for m in candidates})
             stats.add(fp.source, planned=len(dec.to_copy) - adoptable,
                       planned_bytes=sum(m.size for m in dec.to_copy), found=adoptable)
             if opts.delete_extra:
@@ -511,6 +516,17 @@ class Engine:
             for msg in dst.fetch([d.uid for d in batch]):
                 run.pool.add(sha256(msg.body), by_uid[msg.meta.uid])
 
+    def _load_pool(self, run: FolderRun, dst: Store, bodies) -> None:
+        """A source without exact listed sizes (POP3): fingerprint the deferred destination
+        candidates of these bodies' sizes before they are looked up. Under the pool's loading lock,
+        so that a chunk never looks up a size another chunk is still fingerprinting."""
+        if not run.pool.lazy:
+            return
+        with run.pool.loading:
+            due = run.pool.due({len(msg.body) for msg in bodies})
+            if due:
+                self._fill_pool(run, dst, due)
+
     def _settle_claims(self, run: FolderRun, claims) -> None:
         """Copies confirmed without a UID (no UIDPLUS): find them by fingerprint and record their UID."""
         found = []
@@ -521,12 +537,15 @@ class Engine:
         if found and self.ckpt and not self.opts.dry_run:
             self._confirm(run, found)
 
-    def _preview(self, run: FolderRun, src: Store, to_copy: list[MessageMeta], pool_sizes: set[int]) -> int:
-        """Dry run: how many of to_copy would be adopted from the pool (fetches only same-size ones)."""
-        maybe = [m for m in to_copy if m.size in pool_sizes]
+    def _preview(self, run: FolderRun, src: Store, dst: Store, to_copy: list[MessageMeta], pool_sizes: set[int]) -> int:
+        """Dry run: how many of to_copy would be adopted from the pool (fetches only same-size ones;
+        all of them when the pool waits for the bodies' sizes)."""
+        maybe = to_copy if run.pool.lazy else [m for m in to_copy if m.size in pool_sizes]
         adopted = 0
         for batch in batches(maybe, self.opts.batch_bytes, self.opts.batch_count):
-            for msg in src.fetch([m.uid for m in batch]):
+            fetched = list(src.fetch([m.uid for m in batch]))
+            self._load_pool(run, dst, fetched)
+            for msg in fetched:
                 if run.pool.take(sha256(msg.body), msg.meta) is not None:
                     adopted += 1
         return adopted
@@ -593,6 +612,7 @@ class Engine:
             raise TransientError(f"UIDVALIDITY of destination folder '{display(fp.destination)}' changed during the run")
         for batch, fetched in self._prefetch(src, batches(metas, opts.batch_bytes, opts.batch_count)):
             crash("fetched")
+            self._load_pool(run, dst, fetched.values())
             vanished = sum(1 for m in batch if m.uid not in fetched)
             stats.skip(fp.source, "expunged from the source during the run", vanished)
             intents: list[Intent] = []

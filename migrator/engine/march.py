@@ -85,12 +85,31 @@ class Pool:
     Among identical candidates the one with the same INTERNALDATE and flags is
     preferred, then the same date, then the lowest UID (stable across reruns).
     Shared by the chunks of one folder, hence the lock.
+
+    Candidates may also be deferred (by destination size, not fingerprinted yet) when the source's
+    listed sizes are not exact (POP3): a chunk then fingerprints those of the sizes of the bodies
+    it fetched (due()), under `loading`, before it looks them up.
     """
 
     def __init__(self) -> None:
         self._by_digest: dict[str, list[MessageMeta]] = {}
         self._sizes: Counter = Counter()  # sizes of the candidates left
+        self._later: dict[int, list[MessageMeta]] = {}  # deferred candidates, by size
+        self.lazy = False  # some candidates were deferred: chunks load them (copy._load_pool)
+        self.loading = threading.Lock()  # held by a chunk from due() until their add()s are done
         self._lock = threading.Lock()
+
+    def defer(self, metas: list[MessageMeta]) -> None:
+        """Candidates to fingerprint only when a source body of their size is in hand."""
+        with self._lock:
+            for m in metas:
+                self._later.setdefault(m.size, []).append(m)
+            self.lazy = self.lazy or bool(metas)
+
+    def due(self, sizes: set[int]) -> list[MessageMeta]:
+        """The deferred candidates of these sizes, taken out: the caller fingerprints and add()s them."""
+        with self._lock:
+            return [m for size in sorted(sizes) for m in self._later.pop(size, ())]
 
     def add(self, digest: str, meta: MessageMeta) -> None:
         with self._lock:
@@ -120,12 +139,13 @@ class Pool:
             return best
 
     def leftovers(self) -> list[int]:
+        """UIDs of the candidates never adopted, deferred ones included."""
         with self._lock:
-            return sorted(m.uid for ms in self._by_digest.values() for m in ms)
+            return sorted(m.uid for group in (self._by_digest, self._later) for ms in group.values() for m in ms)
 
     def __len__(self) -> int:
         with self._lock:
-            return sum(len(v) for v in self._by_digest.values())
+            return sum(len(v) for v in self._by_digest.values()) + sum(len(v) for v in self._later.values())
 
 
 def pool_candidates(unaccounted: list[MessageMeta], wanted_sizes: set[int]) -> tuple[list[MessageMeta], list[MessageMeta]]:
@@ -136,3 +156,22 @@ def pool_candidates(unaccounted: list[MessageMeta], wanted_sizes: set[int]) -> t
     cands = [m for m in unaccounted if m.size in wanted_sizes]
     rest = [m for m in unaccounted if m.size not in wanted_sizes]
     return cands, rest
+
+
+def split_pool(unaccounted: list[MessageMeta], listed_sizes: set[int], known_sizes: set[int], *, exact: bool,
+               copying: bool) -> tuple[list[MessageMeta], list[MessageMeta], list[MessageMeta]]:
+    """Unaccounted destination messages -> (to fingerprint now, to defer, never candidates).
+
+    listed_sizes: sizes of the source messages to copy, as the source listed them; known_sizes:
+    sizes of bytes copied before (checkpoint rows). exact: the source's listed sizes are those of
+    the bytes it will serve. If they are not (POP3: a message without a final newline is served
+    with CRLF added), a listed size says nothing: while there is something to copy, every
+    candidate is deferred until a source body of its size is in hand (Pool.defer), so a copy is
+    still found whatever LIST said, and only destination messages of a fetched body's size are
+    read. Nothing to copy: nothing is read, as with exact sizes.
+    """
+    if exact:
+        now, rest = pool_candidates(unaccounted, listed_sizes | known_sizes)
+        return now, [], rest
+    now, rest = pool_candidates(unaccounted, known_sizes)
+    return (now, rest, []) if copying else (now, [], rest)

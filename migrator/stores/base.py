@@ -99,6 +99,9 @@ class Capabilities:
     condstore: bool = False
     special_use: bool = False
     keywords: bool = True  # can store arbitrary keywords ($Label1, NonJunk ...)
+    # The listing's sizes are the sizes of the bytes fetch() returns. A store whose listing only
+    # estimates them (POP3's LIST) says False: the engine then never matches a listed size.
+    exact_sizes: bool = True
     max_append_size: int | None = None
     extra: set[str] = field(default_factory=set)
 

@@ -11,6 +11,10 @@ needs out of what POP3 has:
   then uses its own clock, and verify does not compare that date). It is read
   from the bytes fetch() returns (RETR), so a listing costs UIDL and LIST
   only, never a TOP per message: list_messages() leaves it empty.
+- sizes: LIST's are not the sizes of the bytes RETR serves (Dovecot serves a
+  message without a final newline with CRLF added; other servers count line
+  ends their own way), so the store says so (Capabilities.exact_sizes) and the
+  engine never matches a listing size against bytes.
 Message bodies are read by this module, not poplib: poplib refuses any line
 over 2,048 octets (_MAXLINE), and a message may hold longer lines.
 The TLS rule is the IMAP one: pop3s:// is TLS from the first byte; pop3:// to
@@ -124,7 +128,8 @@ class Pop3Store(FolderBatches):
     def __init__(self, ep: Endpoint, creds: Credentials, opts: ConnectOptions | None = None):
         self.endpoint = ep
         self._opts = opts or ConnectOptions()
-        self.capabilities = Capabilities(writable=False, keywords=False)
+        # exact_sizes=False: LIST sizes are not the sizes of the bytes RETR serves (module doc).
+        self.capabilities = Capabilities(writable=False, keywords=False, exact_sizes=False)
         self._conn = self._connect(creds)
         self._numbers: dict[int, int] = {}  # uid -> message number in this session
         self._sizes: dict[int, int] = {}
@@ -204,7 +209,7 @@ class Pop3Store(FolderBatches):
         return FolderStatus(uidvalidity=UIDVALIDITY, messages=len(self._numbers), size=sum(self._sizes.values()))
 
     def list_messages(self, uids: Sequence[int] | None = None) -> list[MessageMeta]:
-        """From the UIDL and LIST of select(): no date (fetch() gives it)."""
+        """From the UIDL and LIST of select(): no date (fetch() gives it), LIST's size (not exact)."""
         wanted = uids if uids is not None else sorted(self._numbers, key=self._numbers.get)
         return [MessageMeta(uid, self._sizes[uid], (), "") for uid in wanted if uid in self._numbers]
 

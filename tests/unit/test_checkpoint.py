@@ -11,7 +11,7 @@ import pytest
 
 from migrator.checkpoint import DONE, FAILED, PENDING, Checkpoint, Intent, Watermark
 from migrator.engine.jobs import EngineOptions
-from migrator.engine.march import Pool, decide, pool_candidates
+from migrator.engine.march import Pool, decide, pool_candidates, split_pool
 from migrator.errors import StateError
 from migrator.stores.base import MessageMeta
 from migrator.stores.imap import FOLDER, MESSAGE, TRANSIENT, classify
@@ -170,6 +170,35 @@ def test_decide_done_without_uid_becomes_a_claim():
 def test_pool_candidates_only_same_sizes():
     cands, rest = pool_candidates([meta(1, 10), meta(2, 20), meta(3, 30)], {20, 30})
     assert [m.uid for m in cands] == [2, 3] and [m.uid for m in rest] == [1]
+
+
+def test_split_pool_exact_sizes_fingerprints_same_sizes_now():
+    dst = [meta(1, 10), meta(2, 20), meta(3, 30)]
+    now, later, rest = split_pool(dst, {20}, {30}, exact=True, copying=True)
+    assert [m.uid for m in now] == [2, 3] and later == [] and [m.uid for m in rest] == [1]
+
+
+def test_split_pool_inexact_sizes_defers_every_candidate_while_copying():
+    """POP3: a listed size says nothing about the bytes, so no candidate is ruled out by it; only
+    checkpoint rows' sizes (bytes really copied) are fingerprinted at once."""
+    dst = [meta(1, 10), meta(2, 20), meta(3, 30)]
+    now, later, rest = split_pool(dst, {20}, {30}, exact=False, copying=True)
+    assert [m.uid for m in now] == [3] and [m.uid for m in later] == [1, 2] and rest == []
+    now, later, rest = split_pool(dst, set(), set(), exact=False, copying=False)  # nothing to copy: read nothing
+    assert now == [] and later == [] and [m.uid for m in rest] == [1, 2, 3]
+
+
+def test_pool_deferred_candidates_are_due_by_size_once_and_count_as_leftovers():
+    pool = Pool()
+    assert not pool.lazy
+    pool.defer([meta(1, 10), meta(2, 20), meta(3, 20)])
+    assert pool.lazy and len(pool) == 3 and pool.leftovers() == [1, 2, 3]
+    assert not pool.might_hold(20)  # not fingerprinted yet
+    assert [m.uid for m in pool.due({20, 99})] == [2, 3]
+    assert pool.due({20}) == [] and pool.leftovers() == [1]
+    pool.add("h", meta(2, 20))
+    assert pool.might_hold(20) and pool.take("h").uid == 2
+    assert len(pool) == 1 and pool.leftovers() == [1]
 
 
 def test_pool_is_a_multiset_preferring_same_date_and_flags():
