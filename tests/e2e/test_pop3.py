@@ -3,39 +3,49 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
+import time
 
 import pytest
 
 from tests import rig
-from tests.helpers import migrator, simple_message
+from tests.helpers import dt, migrator, simple_message
 
 pytestmark = pytest.mark.e2e
 
 
 def test_pop3_to_imap_copies_inbox_once_and_leaves_the_source_alone(src_account, dst_account, tmp_path):
     received = b"Received: from mx.example.com by mail.example.com; Tue, 02 Jun 2020 10:11:12 +0200\r\n"
-    msgs = [received + simple_message(i) for i in range(5)] + [simple_message(9)] * 2  # two exact duplicates
+    older = b"Received: from a by mx.example.com;\r\n Mon, 01 Jun 2020 09:00:00 +0000\r\n"
+    msgs = [received + older + simple_message(i) for i in range(5)] + [simple_message(9)] * 2  # two exact duplicates
     rig.seed(src_account, ["INBOX"], msgs)
     before = rig.snapshot(src_account)
     state = str(tmp_path / "s.sqlite")
 
+    mark = pop3_log_offset(src_account)
     res = migrator("migrate", src_account.pop3_url, dst_account.url, "--state", state, "--report",
                    str(tmp_path / "r.json"), src=src_account, dst=dst_account)
     assert res.code == 0, res.text
     assert json.loads((tmp_path / "r.json").read_text())["totals"]["copied"] == 7
+    asked = pop3_commands(src_account, mark)
+    assert (asked["top"], asked["retr"]) == (0, 7), asked  # each date taken from the RETR'd bytes
 
     dst = rig.snapshot(dst_account)[("INBOX",)]
     assert sorted(sha for sha, _f, _d in dst) == sorted(sha for sha, _f, _d in before[("INBOX",)])
-    dates = {d for sha, _f, d in dst}
-    assert "02-Jun-2020 08:11:12 +0000" in dates  # INTERNALDATE from the Received: header (rig runs in UTC)
+    # INTERNALDATE from the newest (first) Received: header, else Date: (the rig runs in UTC)
+    assert sorted(d for _sha, _f, d in dst) == ["02-Jun-2020 08:11:12 +0000"] * 5 + ["14-Mar-2019 13:09:26 +0000"] * 2
     # QUIT without DELE: nothing removed. (Dovecot itself marks POP3-downloaded mail \Seen.)
     after = rig.snapshot(src_account)[("INBOX",)]
     assert sorted(sha for sha, _f, _d in after) == sorted(sha for sha, _f, _d in before[("INBOX",)])
 
+    mark = pop3_log_offset(src_account)
     again = migrator("migrate", src_account.pop3_url, dst_account.url, "--state", state, "--report",
                      str(tmp_path / "r2.json"), src=src_account, dst=dst_account)
     assert again.code == 0, again.text
     assert json.loads((tmp_path / "r2.json").read_text())["totals"]["copied"] == 0
+    asked = pop3_commands(src_account, mark)
+    assert (asked["top"], asked["retr"]) == (0, 0), asked  # nothing new: no message is read
 
     ok = migrator("verify", src_account.pop3_url, dst_account.url, src=src_account, dst=dst_account)
     assert ok.code == 0, ok.text
@@ -45,3 +55,168 @@ def test_pop3_cannot_be_a_destination(src_account, dst_account):
     res = migrator("migrate", src_account.url, dst_account.pop3_url, src=src_account, dst=dst_account)
     assert res.code == 2
     assert "POP3 can only be a source" in res.err
+
+
+# -- the real-world corpus through POP3, reruns, crashes; what each run asks the POP3 server -----------
+
+
+def pop3_log_offset(account) -> int:
+    """Where the account's Dovecot log ends now: pop3_commands() counts what comes after."""
+    return account.server.log.stat().st_size
+
+
+def pop3_commands(account, since: int, timeout: float = 10.0) -> dict:
+    """TOP and RETR commands of the account's POP3 sessions logged after offset `since`, from Dovecot's
+    own logout line of each session ("Disconnected: ... top=N/bytes, retr=N/bytes, ..."). Waits until
+    every session that logged in has logged its end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(account.server.log, "rb") as f:
+            f.seek(since)
+            text = f.read().decode("utf-8", "replace")
+        user = re.escape(account.user)
+        logins = len(re.findall(rf"pop3-login: Info: Login: user=<{user}>", text))
+        ends = re.findall(rf"pop3\({user}\)<[^\n]*?Disconnected:[^\n]*? top=(\d+)/\d+, retr=(\d+)/\d+", text)
+        if (logins and len(ends) == logins) or time.monotonic() > deadline:
+            assert logins == len(ends) > 0, text[-2000:]
+            return {"sessions": logins, "top": sum(int(t) for t, _r in ends), "retr": sum(int(r) for _t, r in ends)}
+        time.sleep(0.05)
+
+
+def longest_line(raw: bytes) -> int:
+    return max(len(line) for line in raw.split(b"\n"))
+
+
+def pop3_run(src, dst, tmp_path, state: str, name: str, *extra: str, env: dict | None = None):
+    report = tmp_path / f"{name}.json"
+    res = migrator("migrate", src.pop3_url, dst.url, "--state", str(tmp_path / state), "--report", str(report),
+                   "--quiet", *extra, src=src, dst=dst, env=env)
+    return res, (json.loads(report.read_text()) if report.exists() else {})
+
+
+def verify_pop3(src, dst) -> dict:
+    res = migrator("verify", src.pop3_url, dst.url, "--json", src=src, dst=dst)
+    report = json.loads(res.out)
+    assert res.code == (0 if report["identical"] else 1), res.text
+    return report
+
+
+def message_count(account) -> int:
+    c = rig.connect(account)
+    try:
+        return c.folder_status("INBOX", ["MESSAGES"])[b"MESSAGES"]
+    finally:
+        c.logout()
+
+
+def altered_by_dovecot(raw: bytes) -> bool:
+    """Bytes Dovecot may change when they are APPENDed as POP3 serves them: bare CR line ends, NUL
+    octets (README, Limits). migrator reports each copy whose stored size differs."""
+    return b"\x00" in raw or b"\r" in raw.replace(b"\r\n", b"")
+
+
+def test_pop3_corpus_copied_whole_rerun_reads_nothing_and_reruns_without_state_find_the_copies(new_account, tmp_path):
+    """The whole corpus, lines over 2,048 octets and messages without a final newline (which POP3 serves
+    with CRLF added, so their LIST size is not the size of the bytes served) included."""
+    src, dst = new_account(prefix="p3c"), new_account(prefix="p3d")
+    corpus = [raw for _path, raw in rig.corpus_messages()]
+    long_lines = [raw for raw in corpus if longest_line(raw) > 2048]
+    no_final_newline = sum(1 for raw in corpus if not raw.endswith(b"\n"))
+    assert len(corpus) == 1186 and len(long_lines) == 12 and no_final_newline == 70  # the files as they are
+    rig.seed(src, ["INBOX"], corpus)
+    n = len(corpus)
+
+    mark = pop3_log_offset(src)
+    res, report = pop3_run(src, dst, tmp_path, "s1.sqlite", "first")
+    asked = pop3_commands(src, mark)
+    assert asked["top"] == 0 and asked["retr"] == n, asked  # each message read once, for its copy
+    # Every message is copied. Those Dovecot changes while storing them are reported, one by one.
+    altered = [f for f in report["failures"] if "changed the message while storing it" in f["reason"]]
+    assert len(altered) == report["totals"]["failed"] == 8, res.text
+    assert report["totals"]["copied"] + len(altered) == n and res.code == 1, res.text
+    assert message_count(dst) == n
+    served_long = sum(1 for body in rig.fetch_bodies(dst, ["INBOX"]) if longest_line(body) > 2048)
+    assert served_long == len(long_lines)
+    verified = verify_pop3(src, dst)["folders"][0]
+    assert verified["source_messages"] == verified["destination_messages"] == n
+    # verify finds exactly those copies changed; and two dates a Maildir cannot hold (before 1970).
+    assert len(verified["missing"]) == len(verified["extra"]) == len(altered), verified
+    assert sorted(m["source_uid"] for m in verified["missing"]) == sorted(f["uid"] for f in altered)
+    assert [d["source_date"][7:11] for d in verified["date_differs"]] == ["1969", "1969"], verified["date_differs"]
+    assert not verified["flags_differ"]
+
+    # Nothing new: the rerun lists (UIDL, LIST) and reads no message, neither TOP nor RETR.
+    mark = pop3_log_offset(src)
+    res, report = pop3_run(src, dst, tmp_path, "s1.sqlite", "again")
+    assert report["totals"]["copied"] == 0 and report["totals"]["already_copied"] == n, res.text
+    assert report["totals"]["failed"] == len(altered)  # reported again, not copied again
+    asked = pop3_commands(src, mark)
+    assert asked["top"] == 0 and asked["retr"] == 0, asked
+    assert message_count(dst) == n
+
+    # The state file lost (another --state), then started over (--reset-state): every copy is found
+    # again by its bytes. Not the copies Dovecot changed: nothing on the destination has the
+    # source's bytes, so they are appended (and reported) again (docs/resume.md, the limits).
+    for k, (name, state, extra) in enumerate((("fresh", "s2.sqlite", ()), ("reset", "s1.sqlite", ("--reset-state",))), 1):
+        res, report = pop3_run(src, dst, tmp_path, state, name, *extra)
+        assert report["totals"]["found_on_destination"] == n - len(altered), (name, res.text)
+        assert report["totals"]["copied"] == 0 and report["totals"]["failed"] == len(altered), (name, res.text)
+        assert message_count(dst) == n + k * len(altered), name
+
+
+@pytest.mark.parametrize("point", ["append-sent:3", "intent-written:3"])
+def test_pop3_kill_9_mid_copy_then_rerun_duplicates_nothing(new_account, tmp_path, point):
+    """kill -9 with messages stored but not confirmed (append-sent) or about to be sent (intent-written);
+    the batches hold messages without a final newline, whose LIST size is not their served size."""
+    src, dst = new_account(prefix="p3k"), new_account(prefix="p3l")
+    corpus = [raw for _path, raw in rig.corpus_messages()
+              if len(raw) < 200_000 and longest_line(raw) <= 2048 and not altered_by_dovecot(raw)]
+    odd = [raw for raw in corpus if not raw.endswith(b"\n")]
+    plain = [raw for raw in corpus if raw.endswith(b"\n")][::8]
+    msgs = [m for i, raw in enumerate(odd) for m in (raw, *plain[2 * i: 2 * i + 2])]  # every third: no final newline
+    rig.seed(src, ["INBOX"], msgs)
+    n = len(msgs)
+
+    res, _ = pop3_run(src, dst, tmp_path, "s.sqlite", "crash", "--batch-mb", "0.1",
+                      env={"MIGRATOR_TEST_CRASH_AT": point})
+    assert res.code == -signal.SIGKILL, f"{point} was not reached: {res.text}"
+    stored = message_count(dst)
+    assert 0 < stored < n
+
+    res, report = pop3_run(src, dst, tmp_path, "s.sqlite", "rerun", "--batch-mb", "0.1")
+    assert res.code == 0, res.text
+    assert message_count(dst) == n
+    assert report["totals"]["copied"] + report["totals"]["found_on_destination"] + report["totals"]["already_copied"] == n
+    assert verify_pop3(src, dst)["identical"]
+
+    res, report = pop3_run(src, dst, tmp_path, "fresh.sqlite", "fresh", "--batch-mb", "0.1")
+    assert res.code == 0, res.text
+    assert report["totals"]["found_on_destination"] == n and report["totals"]["copied"] == 0
+    assert message_count(dst) == n
+
+
+def test_pop3_first_run_into_a_full_inbox_finds_copies_and_verify_compares_header_dates(new_account, tmp_path):
+    """Copies already on the destination are found by their bytes, also one POP3 serves with CRLF added
+    (no final newline: its LIST size is 2 short), in a dry run too. A copy found keeps its own
+    INTERNALDATE; verify reports it against the date the source's headers give (the listing does not
+    read them: the date comes from the bytes RETR returns)."""
+    src, dst = new_account(prefix="p3v"), new_account(prefix="p3w")
+    dated = b"Received: from a by b; Tue, 02 Jun 2020 10:11:12 +0200\r\n" + simple_message(1)
+    unterminated = simple_message(2).rstrip(b"\r\n")
+    rig.seed(src, ["INBOX"], [dated, unterminated, simple_message(3)])
+    rig.seed(dst, ["INBOX"], [(dated, (), dt(30)),  # the same bytes, another date
+                              (unterminated + b"\r\n", (), dt(0)),  # as POP3 serves it; the date of its Date:
+                              simple_message(4)])  # not from this source
+    res, report = pop3_run(src, dst, tmp_path, "s.sqlite", "dry", "--dry-run")
+    assert res.code == 0, res.text
+    assert (report["totals"]["to_copy"], report["totals"]["found_on_destination"]) == (1, 2), res.text
+    assert message_count(dst) == 3
+
+    res, report = pop3_run(src, dst, tmp_path, "s.sqlite", "r")
+    assert res.code == 0, res.text
+    assert (report["totals"]["copied"], report["totals"]["found_on_destination"]) == (1, 2), res.text
+    assert message_count(dst) == 4
+    verified = verify_pop3(src, dst)["folders"][0]
+    assert [(d["source_date"], d["destination_date"]) for d in verified["date_differs"]] == [
+        ("02-Jun-2020 10:11:12 +0200", "13-Apr-2019 13:09:26 +0000")], verified
+    assert len(verified["extra"]) == 1 and not verified["missing"]  # simple_message(4)
