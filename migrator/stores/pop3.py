@@ -34,7 +34,8 @@ from migrator.accounts import Endpoint
 from migrator.errors import ConnectionFailed, FolderError, TransientError, UsageError
 from migrator.naming import INBOX, Folder, display
 from migrator.stores.base import AppendItem, Capabilities, FolderBatches, FolderInfo, FolderStatus, Message, MessageMeta
-from migrator.stores.imap import ConnectOptions, Credentials, _describe_os_error, _tls_hint, make_ssl_context
+from migrator.stores.imap import ConnectOptions, Credentials, make_ssl_context
+from migrator.stores.netutil import describe_os_error, tls_hint
 
 UIDVALIDITY = 1
 _RECEIVED_DATE = re.compile(rb";\s*([^;]*?)\s*$")
@@ -145,7 +146,7 @@ class Pop3Store(FolderBatches):
             else:
                 conn = _Pop3(ep.host, ep.port, timeout=opts.timeout)
         except (OSError, poplib.error_proto) as e:
-            raise ConnectionFailed(_describe_os_error(e, ep), hint=_tls_hint(e)) from None
+            raise ConnectionFailed(describe_os_error(e, ep), hint=tls_hint(e)) from None
         try:
             if not ep.implicit_tls and not ep.is_loopback:
                 self._stls(conn, ctx)
@@ -156,7 +157,7 @@ class Pop3Store(FolderBatches):
             raise ConnectionFailed(f"login failed for {ep.user}@{ep.host}: {_text(e)}") from None
         except OSError as e:
             conn.close()
-            raise ConnectionFailed(_describe_os_error(e, ep), hint=_tls_hint(e)) from None
+            raise ConnectionFailed(describe_os_error(e, ep), hint=tls_hint(e)) from None
         return conn
 
     def _stls(self, conn: poplib.POP3, ctx: ssl.SSLContext) -> None:
