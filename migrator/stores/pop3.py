@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import logging
 import poplib
 import re
 import ssl
@@ -35,7 +36,9 @@ from migrator.errors import ConnectionFailed, FolderError, TransientError, Usage
 from migrator.naming import INBOX, Folder, display
 from migrator.stores.base import AppendItem, Capabilities, FolderBatches, FolderInfo, FolderStatus, Message, MessageMeta
 from migrator.stores.imap import ConnectOptions, Credentials, make_ssl_context
-from migrator.stores.netutil import describe_os_error, tls_hint
+from migrator.stores.netutil import describe_os_error, tls_hint, warn_once
+
+log = logging.getLogger("migrator.pop3")
 
 UIDVALIDITY = 1
 _RECEIVED_DATE = re.compile(rb";\s*([^;]*?)\s*$")
@@ -168,6 +171,7 @@ class Pop3Store(FolderBatches):
             caps = {}
         if "STLS" not in caps:
             if self._opts.allow_plaintext:
+                warn_once(log, f"logging in to {where} without TLS (--allow-plaintext)")  # as IMAP says it
                 return
             raise ConnectionFailed(f"{where} does not offer STLS; refusing to log in without TLS",
                                    hint="use pop3s://, or --allow-plaintext if you accept the risk")

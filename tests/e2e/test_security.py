@@ -282,6 +282,26 @@ def test_login_refused_when_server_offers_no_starttls(instances, dst_account, tm
     assert rig.snapshot(dst_account) == rig.snapshot(src)
 
 
+def test_pop3_login_refused_without_stls_and_warned_with_allow_plaintext(instances, dst_account, tmp_path):
+    """POP3 keeps IMAP's rule and says the same warning when --allow-plaintext lets it log in in clear."""
+    d = instances("nossl", ssl=False)
+    src = d.new_user("p3src")
+    _seed(src)
+    seeded = _logins(d, src.user)
+    ca = ("--ca-file", dst_account.ca_file)  # the destination does STARTTLS
+    res = _run(src, dst_account, tmp_path, *ca, env=NONLOCAL, src_url=src.pop3_url)
+    assert res.code == 3, res.text
+    lines = _error_lines(res)
+    assert len(lines) == 1 and "does not offer STLS; refusing to log in without TLS" in lines[0], lines
+    assert _logins(d, src.user) == seeded  # no login was attempted
+
+    res = _run(src, dst_account, tmp_path, *ca, "--allow-plaintext", env=NONLOCAL, src_url=src.pop3_url)
+    assert res.code == 0, res.text
+    warning = f"migrator: warning: logging in to 127.0.0.1:{src.pop3_port} without TLS (--allow-plaintext)"
+    assert warning in res.err and res.err.count("without TLS") == 1, res.err  # once per run
+    assert len(rig.fetch_bodies(dst_account, ["INBOX"])) == 3
+
+
 def test_failed_starttls_never_falls_back_to_plain(src_account, dst_account, tmp_path):
     # STARTTLS is offered but the certificate does not verify (no --ca-file).
     for extra in ((), ("--allow-plaintext",)):
