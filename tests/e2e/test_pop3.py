@@ -23,12 +23,12 @@ def test_pop3_to_imap_copies_inbox_once_and_leaves_the_source_alone(src_account,
     before = rig.snapshot(src_account)
     state = str(tmp_path / "s.sqlite")
 
-    mark = pop3_log_offset(src_account)
+    mark = log_offset(src_account)
     res = migrator("migrate", src_account.pop3_url, dst_account.url, "--state", state, "--report",
                    str(tmp_path / "r.json"), src=src_account, dst=dst_account)
     assert res.code == 0, res.text
     assert json.loads((tmp_path / "r.json").read_text())["totals"]["copied"] == 7
-    asked = pop3_commands(src_account, mark)
+    asked = session_counts(src_account, mark)
     assert (asked["top"], asked["retr"]) == (0, 7), asked  # each date taken from the RETR'd bytes
 
     dst = rig.snapshot(dst_account)[("INBOX",)]
@@ -39,12 +39,12 @@ def test_pop3_to_imap_copies_inbox_once_and_leaves_the_source_alone(src_account,
     after = rig.snapshot(src_account)[("INBOX",)]
     assert sorted(sha for sha, _f, _d in after) == sorted(sha for sha, _f, _d in before[("INBOX",)])
 
-    mark = pop3_log_offset(src_account)
+    mark = log_offset(src_account)
     again = migrator("migrate", src_account.pop3_url, dst_account.url, "--state", state, "--report",
                      str(tmp_path / "r2.json"), src=src_account, dst=dst_account)
     assert again.code == 0, again.text
     assert json.loads((tmp_path / "r2.json").read_text())["totals"]["copied"] == 0
-    asked = pop3_commands(src_account, mark)
+    asked = session_counts(src_account, mark)
     assert (asked["top"], asked["retr"]) == (0, 0), asked  # nothing new: no message is read
 
     ok = migrator("verify", src_account.pop3_url, dst_account.url, src=src_account, dst=dst_account)
@@ -60,26 +60,30 @@ def test_pop3_cannot_be_a_destination(src_account, dst_account):
 # -- the real-world corpus through POP3, reruns, crashes; what each run asks the POP3 server -----------
 
 
-def pop3_log_offset(account) -> int:
-    """Where the account's Dovecot log ends now: pop3_commands() counts what comes after."""
+def log_offset(account) -> int:
+    """Where the account's Dovecot log ends now: session_counts() counts what comes after."""
     return account.server.log.stat().st_size
 
 
-def pop3_commands(account, since: int, timeout: float = 10.0) -> dict:
-    """TOP and RETR commands of the account's POP3 sessions logged after offset `since`, from Dovecot's
-    own logout line of each session ("Disconnected: ... top=N/bytes, retr=N/bytes, ..."). Waits until
-    every session that logged in has logged its end."""
+def session_counts(account, since: int, service: str = "pop3", timeout: float = 10.0) -> dict:
+    """The counters of the account's `service` sessions logged after offset `since`, summed, from
+    Dovecot's own line at each session's end: pop3 "top=N/bytes, retr=N/bytes, ...", imap
+    "... body_count=N body_bytes=N". Waits until every session that logged in has logged its end."""
+    user = re.escape(account.user)
     deadline = time.monotonic() + timeout
     while True:
         with open(account.server.log, "rb") as f:
             f.seek(since)
             text = f.read().decode("utf-8", "replace")
-        user = re.escape(account.user)
-        logins = len(re.findall(rf"pop3-login: Info: Login: user=<{user}>", text))
-        ends = re.findall(rf"pop3\({user}\)<[^\n]*?Disconnected:[^\n]*? top=(\d+)/\d+, retr=(\d+)/\d+", text)
+        logins = len(re.findall(rf"{service}-login: Info: Login: user=<{user}>", text))
+        ends = re.findall(rf"{service}\({user}\)<[^\n]*?Disconnected:([^\n]*)", text)
         if (logins and len(ends) == logins) or time.monotonic() > deadline:
             assert logins == len(ends) > 0, text[-2000:]
-            return {"sessions": logins, "top": sum(int(t) for t, _r in ends), "retr": sum(int(r) for _t, r in ends)}
+            counts = {"sessions": logins}
+            for end in ends:
+                for key, value in re.findall(r"(\w+)=(\d+)", end):
+                    counts[key] = counts.get(key, 0) + int(value)
+            return counts
         time.sleep(0.05)
 
 
@@ -126,10 +130,11 @@ def test_pop3_corpus_copied_whole_rerun_reads_nothing_and_reruns_without_state_f
     rig.seed(src, ["INBOX"], corpus)
     n = len(corpus)
 
-    mark = pop3_log_offset(src)
+    mark, dst_mark = log_offset(src), log_offset(dst)
     res, report = pop3_run(src, dst, tmp_path, "s1.sqlite", "first")
-    asked = pop3_commands(src, mark)
+    asked = session_counts(src, mark)
     assert asked["top"] == 0 and asked["retr"] == n, asked  # each message read once, for its copy
+    assert session_counts(dst, dst_mark, "imap")["body_count"] == 0  # an empty destination: nothing read there
     # Every message is copied. Those Dovecot changes while storing them are reported, one by one.
     altered = [f for f in report["failures"] if "changed the message while storing it" in f["reason"]]
     assert len(altered) == report["totals"]["failed"] == 8, res.text
@@ -146,12 +151,13 @@ def test_pop3_corpus_copied_whole_rerun_reads_nothing_and_reruns_without_state_f
     assert not verified["flags_differ"]
 
     # Nothing new: the rerun lists (UIDL, LIST) and reads no message, neither TOP nor RETR.
-    mark = pop3_log_offset(src)
+    mark, dst_mark = log_offset(src), log_offset(dst)
     res, report = pop3_run(src, dst, tmp_path, "s1.sqlite", "again")
     assert report["totals"]["copied"] == 0 and report["totals"]["already_copied"] == n, res.text
     assert report["totals"]["failed"] == len(altered)  # reported again, not copied again
-    asked = pop3_commands(src, mark)
+    asked = session_counts(src, mark)
     assert asked["top"] == 0 and asked["retr"] == 0, asked
+    assert session_counts(dst, dst_mark, "imap")["body_count"] == 0
     assert message_count(dst) == n
 
     # The state file lost (another --state), then started over (--reset-state): every copy is found
