@@ -236,6 +236,18 @@ def connect(ep: Endpoint, creds: Credentials, opts: ConnectOptions) -> imapclien
         if not ep.implicit_tls:
             _maybe_starttls(client, ep, ctx, opts)
         _authenticate(client, ep, creds, opts)
+    except _AuthUnusable as e:
+        # The answer to AUTHENTICATE could not be read (GNU imap4d ends its success line in a bare
+        # LF): the session's state is unknown, so this connection is dropped and a new one logs in
+        # with LOGIN, which the same TLS rule already allowed. Remembered for the run's other
+        # connections, so each does not pay the failed attempt again.
+        _shutdown(client)
+        with _login_only_lock:
+            first = (ep.host, ep.port) not in _login_only
+            _login_only.add((ep.host, ep.port))
+        if first:
+            _warn_once(f"{ep.host}:{ep.port}: {e}; logging in with LOGIN instead")
+        return connect(ep, creds, opts)
     except ConnectionFailed:
         _shutdown(client)
         raise
@@ -295,13 +307,10 @@ def _authenticate(client, ep: Endpoint, creds: Credentials, opts: ConnectOptions
     who = f"{ep.user}@{ep.host}" + (f" as '{opts.auth_user}'" if opts.auth_user else "")
     secret = creds.secret()
     try:
-        if "AUTH=PLAIN" in _before_login(client):
+        if "AUTH=PLAIN" in _before_login(client) and (ep.host, ep.port) not in _login_only:
             # Master user: authenticate as auth_user, act as ep.user (SASL authzid, RFC 4616).
             authc, authz = (opts.auth_user, ep.user) if opts.auth_user else (ep.user, "")
-            if "SASL-IR" in _before_login(client):
-                _plain_initial_response(client, authc, secret, authz)
-            else:
-                client.plain_login(authc, secret, authorization_identity=authz)
+            _plain(client, authc, secret, authz, initial_response="SASL-IR" in _before_login(client))
         else:
             if "LOGINDISABLED" in _before_login(client):
                 raise ConnectionFailed(f"{ep.host} refuses LOGIN on this connection (LOGINDISABLED)")
@@ -312,19 +321,51 @@ def _authenticate(client, ep: Endpoint, creds: Credentials, opts: ConnectOptions
         raise ConnectionFailed(f"login failed for {who}: {_server_text(e, secret)}") from None
 
 
-def _plain_initial_response(client, authc: str, secret: str, authz: str) -> None:
-    """AUTHENTICATE PLAIN with the credentials on the command line (SASL-IR, RFC 4959): one round
-    trip instead of two (imaplib waits for the server's empty challenge first). imapclient's
-    logger shows AUTHENTICATE lines as **REDACTED**."""
+class _AuthUnusable(Exception):
+    """AUTHENTICATE PLAIN got an answer that is not a usable IMAP response (not a NO)."""
+
+
+# (host, port) whose AUTHENTICATE PLAIN answer could not be read: LOGIN is used there (see connect)
+_login_only: set[tuple[str, int]] = set()
+_login_only_lock = threading.Lock()
+
+
+def _plain(client, authc: str, secret: str, authz: str, initial_response: bool) -> None:
+    """AUTHENTICATE PLAIN. With SASL-IR (RFC 4959) the credentials go on the command line: one
+    round trip instead of two (imaplib waits for the server's empty challenge first). imapclient's
+    logger shows AUTHENTICATE lines as **REDACTED**.
+
+    A NO is a refusal (LoginError, the server's reason). A BAD, or an answer that is not an IMAP
+    line at all, says nothing about the credentials: _AuthUnusable, and connect() tries LOGIN."""
     imap = client._imap
-    token = base64.b64encode(f"{authz}\0{authc}\0{secret}".encode()).decode("ascii")
+    raw = f"{authz}\0{authc}\0{secret}"
     try:
-        typ, data = imap._simple_command("AUTHENTICATE", "PLAIN", token)
-    except imaplib.IMAP4.error as e:  # BAD
-        raise imapexc.LoginError(str(e)) from None
+        if initial_response:
+            token = base64.b64encode(raw.encode()).decode("ascii")
+            typ, data = imap._simple_command("AUTHENTICATE", "PLAIN", token)
+        else:
+            typ, data = imap.authenticate("PLAIN", lambda _challenge: raw)
+    except imaplib.IMAP4.abort as e:
+        raise _AuthUnusable(f"its answer to AUTHENTICATE PLAIN is not valid IMAP ({_unusable_reason(e)})") from None
+    except imaplib.IMAP4.error as e:
+        text = str(e)
+        if "command error: BAD" in text:
+            raise _AuthUnusable("it answered BAD to AUTHENTICATE PLAIN") from None
+        raise imapexc.LoginError(text) from None  # NO, raised by imaplib's authenticate()
     if typ != "OK":
         raise imapexc.LoginError(_dec(data[-1]) if data and data[-1] is not None else typ)
     imap.state = "AUTH"
+
+
+def _unusable_reason(e: BaseException) -> str:
+    """Why an answer could not be read, without quoting it: it may be a success line, and a
+    success line is not a reason."""
+    text = str(e)
+    if "unterminated line" in text:
+        return "a line not ended by CRLF"
+    if "EOF" in text or "closed" in text.lower():
+        return "the connection closed"
+    return text.split(":", 1)[0][:80]
 
 
 def _oauth2_mech(client, opts: ConnectOptions) -> str:
