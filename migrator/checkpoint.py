@@ -40,6 +40,8 @@ FORMAT = "migrator-state"
 VERSION = 1
 
 PENDING, DONE, FAILED, ALTERED = "pending", "done", "failed", "altered"
+# Stored, with a destination UID, but its bytes not yet compared with what was sent (engine/content.py)
+UNVERIFIED = "unverified"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -273,7 +275,7 @@ class Checkpoint:
                 f"AND src_folder IN ({marks})",
                 (folder_key(dst), dst_uidvalidity, *keys),
             ).fetchall()
-        return {uid for uid, status in rows if uid is not None and status in (DONE, ALTERED)}
+        return {uid for uid, status in rows if uid is not None and status in (DONE, ALTERED, UNVERIFIED)}
 
     def failed(self) -> list[tuple[Folder, int, str]]:
         with self._mutex:

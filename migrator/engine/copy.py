@@ -40,8 +40,9 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
-from migrator.checkpoint import ALTERED, DONE, Checkpoint, Intent, Watermark
+from migrator.checkpoint import ALTERED, DONE, UNVERIFIED, Checkpoint, Intent, Watermark
 from migrator.engine.batching import batches, chunks, one_batch
+from migrator.engine.content import Shape, at_risk, describe_change, same_size_change
 from migrator.engine.crashpoints import crash
 from migrator.engine.jobs import (  # noqa: F401  (EngineOptions is imported from here by the CLI)
     OVERQUOTA_HINT, ChunkJob, EngineOptions, FolderRun, MarchJob, close_quietly, sha256, Connections,
@@ -100,6 +101,8 @@ class Engine:
         self._src_status: dict[Folder, FolderStatus] = {}  # taken while preparing, before any listing
         self._dst_existed: set[Folder] = set()  # destination folders there before this run
         self._dst_status: dict[Folder, FolderStatus] = {}  # ... and their STATUS while preparing
+        self._sampled = False  # the run's first copy was taken to be read back (_to_read_back)
+        self._sample_lock = threading.Lock()
         self._dst_side = ThreadPoolExecutor(max_workers=max(1, opts.workers), thread_name_prefix="dst-side")
 
     # -- top level -----------------------------------------------------------------------
@@ -449,6 +452,8 @@ class Engine:
         if dec.newly_altered and self.ckpt and not opts.dry_run:
             for row, reason in dec.newly_altered:
                 self._confirm(run, [(Intent(row.src_uid, row.size, row.sha256, row.flags), row.dst_uid)], ALTERED, reason)
+        if dec.to_verify and not opts.dry_run:
+            self._verify_rows(run, dst, dec.to_verify)
         if first:
             self._reported.add(fp.source)
             stats.skip(fp.source, "flagged \\Deleted on the source (--include-deleted copies them)",
@@ -510,6 +515,22 @@ class Engine:
         for batch in batches(candidates, self.opts.batch_bytes, self.opts.batch_count):
             for msg in dst.fetch([d.uid for d in batch]):
                 run.pool.add(sha256(msg.body), by_uid[msg.meta.uid])
+
+    def _verify_rows(self, run: FolderRun, dst: Store, rows) -> None:
+        """Copies a run stored but stopped before reading back (a crash, a cut connection): their
+        bytes are compared now, with the SHA-256 their intent recorded. The destination folder is
+        the one the march just opened."""
+        by_uid = {row.dst_uid: row for row in rows}
+        for batch in batches(rows, self.opts.batch_bytes, self.opts.batch_count):
+            same = []
+            for msg in dst.fetch([row.dst_uid for row in batch]):
+                row = by_uid[msg.meta.uid]
+                intent = Intent(row.src_uid, row.size, row.sha256, row.flags)
+                if sha256(msg.body) == row.sha256:
+                    same.append((intent, row.dst_uid))
+                else:
+                    self._altered(run, intent, row.dst_uid, same_size_change(row.size), copied=False)
+            self._confirm(run, same)
 
     def _settle_claims(self, run: FolderRun, claims) -> None:
         """Copies confirmed without a UID (no UIDPLUS): find them by fingerprint and record their UID."""
@@ -688,6 +709,7 @@ class Engine:
 
     def _append(self, run: FolderRun, dst: Store, intents: list[Intent], items: list[AppendItem]) -> None:
         fp = run.fp
+        intents, shapes = self._to_read_back(run, intents, items)
         if self.ckpt:
             self.ckpt.record_intents(fp.source, run.src_uidvalidity, fp.destination, run.dst_uidvalidity, intents)
         crash("intent-written")
@@ -709,12 +731,73 @@ class Engine:
         intents = [i if uid is not None or i.sha256 else dataclasses.replace(i, sha256=sha256(item.body))
                    for i, item, uid in zip(intents, items, uids)]
         results = list(zip(intents, uids))
-        self._confirm(run, results)
+        # A copy to read back stays 'unverified' until its bytes are compared (_read_back); a
+        # crash before that leaves it for the next march to compare (march.decide: to_verify).
+        later = [(i, uid) for n, (i, uid) in enumerate(results) if n in shapes and uid is not None]
+        self._confirm(run, [(i, uid) for n, (i, uid) in enumerate(results) if not (n in shapes and uid is not None)])
+        self._confirm(run, later, UNVERIFIED)
         crash("confirmed")
         if self.opts.check_size:
             with run.lock:  # sizes are checked once per folder, at its end (_check_sizes)
                 run.unchecked.extend((intent, uid) for intent, uid in results if uid is not None)
+                run.read_back.extend((i, uid, shapes[n]) for n, (i, uid) in enumerate(results)
+                                     if n in shapes and uid is not None)
         self.stats.add(fp.source, copied=len(results), copied_bytes=sum(i.size for i in intents))
+
+    def _to_read_back(self, run: FolderRun, intents: list[Intent],
+                      items: list[AppendItem]) -> tuple[list[Intent], dict[int, Shape]]:
+        """Which of these copies are read back at the folder's end (engine/content.py): those whose
+        bytes are at risk, and the run's first copy (a sample: once per run, as a read-back costs
+        the folder's end its ride with the next SELECT, a round trip). Their SHA-256 is taken now
+        (it goes into the intent) and their Shape kept, to say what changed without the bytes."""
+        if not self.opts.check_size:
+            return intents, {}
+        shapes: dict[int, Shape] = {}
+        with self._sample_lock:
+            sample, self._sampled = not self._sampled, True
+        out = list(intents)
+        for n, (intent, item) in enumerate(zip(intents, items)):
+            if (n == 0 and sample) or at_risk(item.body):
+                shapes[n] = Shape.of(item.body)
+                if not intent.sha256:
+                    out[n] = dataclasses.replace(intent, sha256=sha256(item.body))
+        return out, shapes
+
+    def _read_back_inline(self, entries: list) -> bool:
+        """Whether the copies to read back can ride with the folder's size check (and so with the
+        next folder's SELECT): one batch's worth, and none holding NUL (read through fetch(),
+        which asks a server's BINARY form where BODY[] cannot carry NUL)."""
+        return (len(entries) <= self.opts.batch_count and sum(i.size for i, _u, _s in entries) <= self.opts.batch_bytes
+                and not any(shape.nul for _i, _u, shape in entries))
+
+    def _compare(self, run: FolderRun, entries: list, bodies: dict[int, bytes], altered: set[int]) -> None:
+        """Each copy read back against the SHA-256 of what was sent. A copy not in `bodies` (not in
+        this session's view, or expunged) stays unverified: the next march compares it."""
+        same = []
+        for intent, uid, shape in entries:
+            body = bodies.get(uid)
+            if uid in altered or body is None:
+                continue
+            if sha256(body) == intent.sha256:
+                same.append((intent, uid))
+            else:
+                self._altered(run, intent, uid, describe_change(shape, body))
+        self._confirm(run, same)
+
+    def _read_back(self, run: FolderRun, conn: Connections, entries: list, altered: set[int]) -> None:
+        """_compare for copies too many or too big to ride with the size check: read in batches
+        (memory stays bounded) while the folder is still selected on conn."""
+        for batch in batches(entries, self.opts.batch_bytes, self.opts.batch_count, size=lambda e: e[0].size):
+            bodies = {msg.meta.uid: msg.body for msg in conn.dst().fetch([uid for _i, uid, _s in batch])}
+            self._compare(run, batch, bodies, altered)
+
+    def _altered(self, run: FolderRun, intent: Intent, uid: int, reason: str, copied: bool = True) -> None:
+        """A copy the destination stores with other bytes: reported, and recorded so that no rerun
+        copies it again. copied: it was counted as copied by this run (it no longer is)."""
+        self._confirm(run, [(intent, uid)], ALTERED, reason)
+        self.stats.fail(run.fp.source, intent.src_uid, reason)
+        if copied:
+            self.stats.add(run.fp.source, copied=-1, copied_bytes=-intent.size)
 
     def _check_sizes(self, run: FolderRun, conn: Connections, with_status: bool) -> FolderStatus | None:
         """Ask the destination how big each new message is: a server that rewrites bytes is caught here.
@@ -725,29 +808,38 @@ class Engine:
         the destination's RFC822.SIZE (march.decide).
         """
         by_uid = run.take_unchecked()
+        entries = run.take_read_back()
         if not by_uid and not with_status:
             return None
         folder, uids = run.fp.destination, sorted(by_uid)
         if uids and not conn.dst_selected_writable(folder):
             conn.select_dst(folder, readonly=False)
-        metas, status = conn.dst().list_with_status(folder, uids)
+        inline = self._read_back_inline(entries)
+        checked = conn.dst().list_with_status(folder, uids, [uid for _i, uid, _s in entries] if inline else ())
+        metas = checked.metas
         if len(metas) < len(uids):
             # Messages another worker appended are not in this session's view yet (and a NOOP
             # did not bring them): a fresh SELECT shows them all.
             conn.select_dst(folder, readonly=False)
             metas = conn.dst().list_messages(uids)
-        self._record_sizes(run, by_uid, metas)
-        return status if with_status else None
+            inline = False  # the bodies are read again in this view
+        altered = self._record_sizes(run, by_uid, metas)
+        if inline:
+            self._compare(run, entries, checked.bodies, altered)
+        elif entries:
+            self._read_back(run, conn, entries, altered)
+        return checked.status if with_status else None
 
-    def _record_sizes(self, run: FolderRun, by_uid: dict, metas: list[MessageMeta]) -> None:
-        """A copy whose stored size differs from the source's was altered by the server: reported."""
+    def _record_sizes(self, run: FolderRun, by_uid: dict, metas: list[MessageMeta]) -> set[int]:
+        """A copy whose stored size differs from the source's was altered by the server: reported.
+        Returns their destination UIDs."""
+        altered = set()
         for meta in metas:
             intent = by_uid[meta.uid]
             if meta.size != intent.size:
-                reason = altered_reason(intent.size, meta.size)
-                self._confirm(run, [(intent, meta.uid)], ALTERED, reason)
-                self.stats.fail(run.fp.source, intent.src_uid, reason)
-                self.stats.add(run.fp.source, copied=-1, copied_bytes=-intent.size)
+                self._altered(run, intent, meta.uid, altered_reason(intent.size, meta.size))
+                altered.add(meta.uid)
+        return altered
 
     def _reject(self, run: FolderRun, intent: Intent, reason: str) -> None:
         fp = run.fp
@@ -769,7 +861,9 @@ class Engine:
         Counted as outstanding work until sent, so the run does not end before it."""
         with run.lock:
             unchecked = bool(run.unchecked)
-        if (self.opts.delete_extra or self.stop.is_set() or not (unchecked or self._may_keep_watermark(run))
+            big_read_back = not self._read_back_inline(run.read_back)  # read in batches, in this folder
+        if (self.opts.delete_extra or self.stop.is_set() or big_read_back
+                or not (unchecked or self._may_keep_watermark(run))
                 or (unchecked and not (own_appends and conn.dst_selected_writable(run.fp.destination)))):
             self._finish_folder(run, conn)
             return
@@ -799,9 +893,11 @@ class Engine:
         fp = ended.fp
         try:
             by_uid = ended.take_unchecked()
+            entries = ended.take_read_back()  # one batch's worth: _end_folder deferred it
             keep = self._may_keep_watermark(ended)
             try:
-                checked, opened = conn.check_then_open(fp.destination, sorted(by_uid), folder, readonly, expect)
+                checked, opened = conn.check_then_open(fp.destination, sorted(by_uid), folder, readonly, expect,
+                                                       [uid for _i, uid, _s in entries])
             except (TransientError, ConnectionFailed) as e:
                 self._retry_folder(fp, ended.attempt, str(e))
                 raise
@@ -812,7 +908,7 @@ class Engine:
                 if checked.refused:
                     self.stats.folder_failed(fp.source, checked.refused)
                 else:
-                    self._record_sizes(ended, by_uid, checked.metas)
+                    self._compare(ended, entries, checked.bodies, self._record_sizes(ended, by_uid, checked.metas))
                     # A copy not in the answer (expunged meanwhile?) is left unchecked: then no
                     # watermark, and the next run's march compares its size.
                     if keep and checked.status is not None and len(checked.metas) == len(by_uid):

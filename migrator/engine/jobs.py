@@ -63,6 +63,7 @@ class FolderRun:
     dst_consistent: bool = True  # ... when SELECT and the listing agreed
     appended: list[int] = field(default_factory=list)  # ... and what this run changed there
     unchecked: list = field(default_factory=list)  # (Intent, destination UID) whose stored size is not checked yet
+    read_back: list = field(default_factory=list)  # (Intent, destination UID, Shape): copies whose bytes are compared
     unknown_uids: bool = False
     expunged: int = 0
     pool: Pool = field(default_factory=Pool)  # unaccounted destination messages, by SHA-256
@@ -78,6 +79,12 @@ class FolderRun:
         with self.lock:
             by_uid, self.unchecked = {uid: intent for intent, uid in self.unchecked}, []
         return by_uid
+
+
+    def take_read_back(self) -> list:
+        with self.lock:
+            entries, self.read_back = self.read_back, []
+        return entries
 
 
 @dataclass
@@ -144,10 +151,11 @@ class Connections:
         self._dst_selected = (folder, readonly)
         return opened
 
-    def check_then_open(self, done: Folder, uids: list[int], folder: Folder, readonly: bool, expect: int | None):
+    def check_then_open(self, done: Folder, uids: list[int], folder: Folder, readonly: bool, expect: int | None,
+                        read_back: list[int]):
         """Store.check_then_open on the destination, keeping track of what is selected."""
         self._dst_selected = None
-        checked, opened = self.dst().check_then_open(done, uids, folder, readonly, expect)
+        checked, opened = self.dst().check_then_open(done, uids, folder, readonly, expect, read_back)
         if not isinstance(opened, Exception):
             self._dst_selected = (folder, readonly)
         return checked, opened

@@ -17,7 +17,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
-from migrator.checkpoint import ALTERED, DONE, FAILED, Row
+from migrator.checkpoint import ALTERED, DONE, FAILED, UNVERIFIED, Row
 from migrator.engine.verify import date_instant
 from migrator.stores.base import MessageMeta
 
@@ -41,6 +41,7 @@ class Decision:
     newly_altered: list[tuple[Row, str]] = field(default_factory=list)  # done rows whose stored size differs
     unaccounted: list[MessageMeta] = field(default_factory=list)  # destination messages no row points to
     claims: list[Row] = field(default_factory=list)  # done rows without a destination UID (no UIDPLUS)
+    to_verify: list[Row] = field(default_factory=list)  # copies whose bytes were not compared yet (content.py)
 
 
 def decide(src_msgs: list[MessageMeta], dst_msgs: list[MessageMeta], rows: dict[int, Row], dst_uidvalidity: int,
@@ -54,7 +55,7 @@ def decide(src_msgs: list[MessageMeta], dst_msgs: list[MessageMeta], rows: dict[
             continue
         row = rows.get(m.uid)
         if row is not None and row.dst_uidvalidity == dst_uidvalidity:
-            if row.status in (DONE, ALTERED) and (row.dst_uid is None or row.dst_uid in dst_by_uid):
+            if row.status in (DONE, ALTERED, UNVERIFIED) and (row.dst_uid is None or row.dst_uid in dst_by_uid):
                 if row.dst_uid is None:
                     d.claims.append(row)
                 elif row.dst_uid not in accounted:
@@ -70,6 +71,8 @@ def decide(src_msgs: list[MessageMeta], dst_msgs: list[MessageMeta], rows: dict[
                     reason = altered_reason(row.size, dst_by_uid[row.dst_uid].size)
                     d.altered.append((m.uid, reason))
                     d.newly_altered.append((row, reason))
+                elif row.status == UNVERIFIED and row.dst_uid is not None:
+                    d.to_verify.append(row)  # same size: the bytes are compared by the engine
                 continue
             if row.status == FAILED and not retry_failed:
                 d.failed_earlier.append((m.uid, row.reason or "failed"))

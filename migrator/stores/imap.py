@@ -680,15 +680,17 @@ class ImapStore:
         return opened
 
     def check_then_open(self, done: Folder, uids: Sequence[int], name: Folder, readonly: bool = True,
-                        expect: int | None = None) -> tuple[Checked, Opened]:
+                        expect: int | None = None, read_back: Sequence[int] = ()) -> tuple[Checked, Opened]:
         """list_with_status(done, uids) and select_and_list(name, expect) in one round trip: the size
         check of one folder rides with the opening of the next. Without `expect` the folder is
         listed after its SELECT (no round trip if it is empty: a folder this run created)."""
         if len(uids) > META_FETCH_CHUNK:  # a big answer is read in bounded pieces (list_with_status)
-            return check_then_open_in_turn(self, done, uids, name, readonly, expect)
-        opened, answers = self._open(name, readonly, expect, False, self._check_commands(done, uids), done)
+            return check_then_open_in_turn(self, done, uids, name, readonly, expect, read_back)
+        if read_back:
+            self._read_literals_in_place()
+        opened, answers = self._open(name, readonly, expect, False, self._check_commands(done, uids, read_back), done)
         try:
-            checked = Checked(*self._checked(done, uids, answers))
+            checked = self._checked(done, uids, answers, read_back)
         except FolderError as e:
             checked = Checked([], None, str(e))
         return checked, opened
@@ -765,34 +767,49 @@ class ImapStore:
             self._prefetched = got
         return (st, metas), answers
 
-    def list_with_status(self, name: Folder, uids: Sequence[int]) -> tuple[list[MessageMeta], FolderStatus | None]:
-        """list_messages(uids) of the selected folder `name`, and its STATUS, in one round trip.
-        A NOOP goes first, so messages other sessions added since SELECT are in view (RFC 3501
-        6.1.2); a UID still not in view is missing from the answer, and the caller selects again."""
+    def list_with_status(self, name: Folder, uids: Sequence[int], read_back: Sequence[int] = ()) -> Checked:
+        """list_messages(uids) of the selected folder `name`, its STATUS and the bodies of read_back,
+        in one round trip. A NOOP goes first, so messages other sessions added since SELECT are in
+        view (RFC 3501 6.1.2); a UID still not in view is missing from the answer, and the caller
+        selects again."""
         if len(uids) > META_FETCH_CHUNK:  # a big answer is read in bounded pieces; a round trip is little here
             metas = self.list_messages(uids)
-            return metas, self.list_with_status(name, [])[1]
-        return self._checked(name, uids, self._pipeline(self._check_commands(name, uids)))
+            later = self.list_with_status(name, [], read_back)
+            return Checked(metas, later.status, bodies=later.bodies)
+        if read_back:
+            self._read_literals_in_place()
+        return self._checked(name, uids, self._pipeline(self._check_commands(name, uids, read_back)), read_back)
 
-    def _check_commands(self, name: Folder, uids: Sequence[int]) -> list[tuple[str, tuple]]:
+    def _check_commands(self, name: Folder, uids: Sequence[int], read_back: Sequence[int] = ()) -> list[tuple[str, tuple]]:
         commands = [("NOOP", ()), ("UID", ("FETCH", uid_set(uids), META_ITEMS))] if uids else []
+        if read_back:
+            commands.append(("UID", ("FETCH", uid_set(read_back), "(UID BODY.PEEK[])")))
         return commands + [("STATUS", (self._wire(name), self._status_items()))]
 
-    def _checked(self, name: Folder, uids: Sequence[int],
-                 answers: list) -> tuple[list[MessageMeta], FolderStatus | None]:
+    def _checked(self, name: Folder, uids: Sequence[int], answers: list, read_back: Sequence[int] = ()) -> Checked:
         """list_with_status's result from the answers to _check_commands."""
         typ, _data, status_lines = answers[-1]
         status = _status_of(_statuses_by_name(status_lines), self.server_name(name), alone=True) if typ == "OK" else None
+        bodies: dict[int, bytes] = {}
+        fetches = answers[:-1][-(bool(uids) + bool(read_back)):] if (uids or read_back) else []
+        for ftyp, fdata, _untagged in fetches:
+            if ftyp != "OK":
+                raise self._refused("UID FETCH", _text(fdata))
+        # The FETCHes' untagged answers may come in either's share (a server answers pipelined
+        # commands as it likes): taken together, told apart by form (a body comes as a literal).
+        fetched = [x for _t, _d, untagged in fetches for x in (untagged or [])]
+        if read_back:
+            got = bodies_from_fetch([x for x in fetched if isinstance(x, tuple)])
+            bodies = got if got is not None else bodies_from_any_fetch(
+                [x for x in fetched if not (isinstance(x, bytes) and b"RFC822.SIZE" in x)])
         if not uids:
-            return [], status
-        typ, data, fetched = answers[-2]
-        if typ != "OK":
-            raise self._refused("UID FETCH", _text(data))
+            return Checked([], status, bodies=bodies)
+        fetched = [x for x in fetched if isinstance(x, bytes)]
         metas = self._parse_meta(fetched or [None], list(uids))
         if metas is None:  # not the plain form: imapclient's parser (the folder may no longer be the selected one)
             parsed = parse_fetch_response(fetched, True, True)
             metas = [_meta_of(uid, parsed[uid]) for uid in uids if b"RFC822.SIZE" in parsed.get(uid, {})]
-        return metas, status
+        return Checked(metas, status, bodies=bodies)
 
     def _selected_now(self, name: Folder, readonly: bool, info: dict) -> FolderStatus:
         self._selected, self._selected_readonly = name, readonly

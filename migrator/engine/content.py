@@ -1,0 +1,106 @@
+"""Which copies are read back from the destination, and how to say what a server changed.
+
+A server may store other bytes than it was sent, and keep the size: Cyrus (munge8bit, its
+default) replaces raw 8-bit octets in header fields with 'X'. The size check at a folder's end
+cannot see that, so a copy whose bytes are *at risk* is read back and compared by SHA-256:
+
+- any octet outside US-ASCII (8-bit header fields are what servers rewrite; 8-bit bodies too);
+- NUL (an IMAP literal cannot carry it: a server may store or serve something else);
+- a bare CR or LF (servers normalise line endings);
+- no CRLF at the end (servers add one);
+- a very large message (servers truncate, or rewrite MIME they cannot store as is).
+
+Plain CRLF-terminated ASCII under the size limit is what every server stores as sent; for it the
+size check stays the only check, so a clean copy of ordinary mail costs no read-back. The first
+copy of each run is read back as well (a sample: a server that rewrites everything is caught in
+the first folder). Lines over 998 octets are not looked for (the scan would cost more
+than the copy); a server that wraps them changes the size, which is checked.
+
+Pure functions: no I/O here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+LARGE = 10 << 20  # from this size on a copy is read back (servers truncate or convert big messages)
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def at_risk(body: bytes) -> bool:
+    """Whether a server is known to store these bytes differently, at least sometimes."""
+    if len(body) >= LARGE or not body.isascii() or b"\x00" in body or not body.endswith(b"\r\n"):
+        return True
+    lf = body.count(b"\n")
+    return lf != body.count(b"\r\n") or lf != body.count(b"\r")
+
+
+def _header(body: bytes) -> bytes:
+    m = _HEADER_END.search(body)
+    return body[: m.start()] if m else body
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a server is known to change in a message, counted: enough to say what changed without
+    keeping the bytes that were sent."""
+
+    size: int
+    header_8bit: int
+    body_8bit: int
+    nul: int
+    bare_lf: int
+    bare_cr: int
+    crlf_end: bool
+
+    @classmethod
+    def of(cls, body: bytes) -> "Shape":
+        header = _header(body)
+        h8 = len(header) - len(header.decode("latin-1").encode("ascii", "ignore"))
+        all8 = len(body) - len(body.decode("latin-1").encode("ascii", "ignore")) if not body.isascii() else 0
+        crlf = body.count(b"\r\n")
+        return cls(len(body), h8, all8 - h8, body.count(b"\x00"), body.count(b"\n") - crlf,
+                   body.count(b"\r") - crlf, body.endswith(b"\r\n"))
+
+
+CHANGED = "the destination server changed the message while storing it"
+
+
+def same_size_change(size: int) -> str:
+    """What can be said of a changed copy when only the SHA-256 of what was sent is known."""
+    return f"{CHANGED}: other bytes than were sent, at the same size ({size})"
+
+
+def describe_change(sent: Shape, stored: bytes) -> str:
+    """One line saying how the stored copy differs from what was sent (whose Shape is `sent`)."""
+    got = Shape.of(stored)
+    what = []
+    if got.header_8bit < sent.header_8bit:
+        what.append(f"{sent.header_8bit - got.header_8bit} 8-bit octet(s) in the header replaced")
+    if got.body_8bit != sent.body_8bit:
+        what.append(f"8-bit octets in the body changed ({sent.body_8bit} sent, {got.body_8bit} stored)")
+    if got.nul != sent.nul:
+        what.append(f"NUL octets changed ({sent.nul} sent, {got.nul} stored)")
+    if got.bare_lf != sent.bare_lf or got.bare_cr != sent.bare_cr:
+        what.append("line endings changed")
+    if got.crlf_end and not sent.crlf_end:
+        what.append("a line end added at the end")
+    if got.size != sent.size:
+        what.append(f"{sent.size} bytes sent, {got.size} stored")
+    if not what:
+        what.append(f"other bytes at the same size ({sent.size})")
+    return f"{CHANGED}: " + "; ".join(what)
+
+
+def loose_form(body: bytes) -> bytes:
+    """The message as the rewrites servers are known to make leave it: header 8-bit octets as 'X'
+    (Cyrus's munge8bit), every line end CRLF, no line ends at the very end. Two messages with the
+    same loose form are the same message, one of them rewritten: used to recognise a copy a server
+    altered, so a rerun without state does not copy it again."""
+    header = _header(body)
+    if not header.isascii():
+        body = re.sub(rb"[\x80-\xff]", b"X", header) + body[len(header):]
+    body = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    return body.rstrip(b"\n").replace(b"\n", b"\r\n")
