@@ -40,14 +40,14 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
-from migrator.checkpoint import ALTERED, DONE, UNVERIFIED, Checkpoint, Intent, Watermark
+from migrator.checkpoint import ALTERED, DONE, UNVERIFIED, Checkpoint, Intent, Resent, Watermark
 from migrator.engine.batching import batches, chunks, one_batch
 from migrator.engine.content import Shape, at_risk, describe_change, same_size_change
 from migrator.engine.crashpoints import crash
 from migrator.engine.jobs import (  # noqa: F401  (EngineOptions is imported from here by the CLI)
     OVERQUOTA_HINT, ChunkJob, EngineOptions, FolderRun, MarchJob, close_quietly, sha256, Connections,
 )
-from migrator.engine.march import altered_reason, copy_flags, decide, pool_candidates
+from migrator.engine.march import altered_reason, copy_flags, decide, late_twin_candidates, pool_candidates
 from migrator.errors import ConnectionFailed, FolderError, MessageRejected, TransientError
 from migrator.naming import Folder, display, parents
 from migrator.plan import FolderPlan, Plan
@@ -56,6 +56,10 @@ from migrator.stores import both_sides, open_pair
 from migrator.stores.base import AppendItem, FolderStatus, MessageMeta, Store
 
 log = logging.getLogger("migrator.engine")
+
+# A copy sent again is watched for a late twin this long: no server commits an APPEND a day
+# after its connection died (docs/resume.md).
+LATE_COMMIT_WINDOW = 86400.0
 
 TYPICAL_MESSAGE_BYTES = 50_000  # only to rank a folder whose STATUS has no SIZE among the others
 
@@ -440,8 +444,13 @@ class Engine:
         if self.ckpt and not opts.dry_run:
             self.ckpt.set_watermark(fp.source, fp.destination, None)  # not complete until _finish_folder
         rows = self.ckpt.rows(fp.source, s_st.uidvalidity, fp.destination) if self.ckpt else {}
+        if self.ckpt and listed is not None and not opts.dry_run:
+            rows, dst_msgs = self._take_late_twins(run, dst, rows, dst_msgs)
         dec = decide(src_msgs, dst_msgs, rows, run.dst_uidvalidity, include_deleted=opts.include_deleted,
                      sync_flags=opts.sync_flags, retry_failed=opts.retry_failed)
+        if listed is not None and self._waited_for_in_flight(fp, dst, dec):
+            return self._march(fp, attempt, conn)  # listed again: what landed meanwhile is adopted
+        run.in_doubt = dec.in_doubt
         self._exclude_merged(fp, run, dec)
         sizes = {m.size for m in dec.to_copy} | {r.size for r in dec.claims}
         candidates, rest = pool_candidates(dec.unaccounted, sizes)
@@ -480,6 +489,72 @@ class Engine:
         for piece in pieces:
             self._put(ChunkJob(run, piece))
         return run, None
+
+    def _waited_for_in_flight(self, fp: FolderPlan, dst: Store, dec) -> bool:
+        """An APPEND sent just before a crash or a cut connection may be committed by the server
+        after this listing: copying its message now would make two. So a march that finds intents
+        left pending less than in_flight_grace seconds ago waits out the rest, and lists again."""
+        if self.opts.dry_run or not dec.in_doubt or not dst.capabilities.late_commits:
+            return False
+        wait = max(r.updated for r in dec.in_doubt.values()) + self.opts.in_flight_grace - time.time()
+        if wait <= 0:
+            return False
+        log.info("'%s': waiting %.1f s for APPENDs that may still be in flight", display(fp.source), wait)
+        self.stop.wait(wait)
+        return not self.stop.is_set()
+
+    def _take_late_twins(self, run: FolderRun, dst: Store, rows: dict, dst_msgs: list[MessageMeta]):
+        """Copies sent again for a pending intent (table resent) whose first APPEND was committed
+        late after all: the copy sent again is removed (its UID came from APPENDUID: provably
+        ours, provably redundant) and the row points at the late one, whose flags decide() then
+        brings in step. Order, for a crash at any point: row first, then EXPUNGE, then the marker.
+        Returns the rows and the destination listing as they are afterwards."""
+        fp, ckpt = run.fp, self.ckpt
+        markers = ckpt.resent(fp.destination, run.dst_uidvalidity)
+        if not markers:
+            return rows, dst_msgs
+        present = {m.uid for m in dst_msgs}
+        referenced = {r.dst_uid for r in rows.values() if r.dst_uid is not None}
+        cands = late_twin_candidates(markers, dst_msgs, rows)
+        digests: dict[int, str] = {}
+        wanted = list({m.uid: m for ms in cands.values() for m in ms}.values())
+        for batch in batches(wanted, self.opts.batch_bytes, self.opts.batch_count):
+            digests.update((msg.meta.uid, sha256(msg.body)) for msg in dst.fetch([m.uid for m in batch]))
+        rows, taken, remove, done = dict(rows), set(), [], []
+        for e in markers:
+            row = rows.get(e.src_uid)
+            if e.dst_uid not in present:
+                done.append(e.dst_uid)  # gone (expunged by someone, or by a run that died after it)
+                continue
+            if row is not None and row.dst_uid != e.dst_uid and e.dst_uid not in referenced:
+                remove.append(e.dst_uid)  # re-pointed by a run that died before its EXPUNGE
+                continue
+            late = next((m for m in cands.get(e.dst_uid, ()) if digests.get(m.uid) == e.sha256 and m.uid not in taken), None)
+            if late is None:
+                if time.time() - e.sent > LATE_COMMIT_WINDOW:
+                    done.append(e.dst_uid)
+                continue
+            taken.add(late.uid)
+            if row is not None and row.dst_uid == e.dst_uid:
+                rows[e.src_uid] = dataclasses.replace(row, dst_uid=late.uid, status=DONE)
+                ckpt.record_done(fp.source, run.src_uidvalidity, fp.destination, run.dst_uidvalidity,
+                                 [(Intent(row.src_uid, row.size, e.sha256, row.flags), late.uid)])
+            remove.append(e.dst_uid)
+        if remove and not dst.capabilities.uidplus:
+            # EXPUNGE without UIDPLUS removes every \Deleted message of the folder: not ours to do.
+            self.stats.warn(f"'{display(fp.source)}': {len(remove)} message(s) an earlier run sent were "
+                            "committed late and are now there twice; the server cannot expunge one "
+                            "message alone (no UIDPLUS): remove the newer copies by hand")
+            remove = []
+        if remove:
+            dst.expunge_uids(remove)
+            crash("late-twin-removed")
+            self.stats.warn(f"'{display(fp.source)}': {len(remove)} APPEND(s) of an earlier run were committed "
+                            "late; the copies sent again were removed")
+            done.extend(remove)
+        ckpt.drop_resent(fp.destination, run.dst_uidvalidity, done)
+        gone = set(remove)
+        return rows, [m for m in dst_msgs if m.uid not in gone]
 
     def _copies_whole(self, fp: FolderPlan, known: FolderStatus | None) -> bool:
         """Whether the march can read the folder's bodies along with its listing: STATUS shows it
@@ -731,6 +806,10 @@ class Engine:
         intents = [i if uid is not None or i.sha256 else dataclasses.replace(i, sha256=sha256(item.body))
                    for i, item, uid in zip(intents, items, uids)]
         results = list(zip(intents, uids))
+        if run.in_doubt and self.ckpt:
+            self.ckpt.record_resent(fp.destination, run.dst_uidvalidity, [
+                Resent(uid, i.src_uid, i.size, i.sha256, run.dst_uidnext, run.in_doubt[i.src_uid].updated)
+                for i, uid in results if uid is not None and i.src_uid in run.in_doubt])
         # A copy to read back stays 'unverified' until its bytes are compared (_read_back); a
         # crash before that leaves it for the next march to compare (march.decide: to_verify).
         later = [(i, uid) for n, (i, uid) in enumerate(results) if n in shapes and uid is not None]
@@ -750,17 +829,18 @@ class Engine:
         bytes are at risk, and the run's first copy (a sample: once per run, as a read-back costs
         the folder's end its ride with the next SELECT, a round trip). Their SHA-256 is taken now
         (it goes into the intent) and their Shape kept, to say what changed without the bytes."""
-        if not self.opts.check_size:
-            return intents, {}
         shapes: dict[int, Shape] = {}
-        with self._sample_lock:
-            sample, self._sampled = not self._sampled, True
         out = list(intents)
+        if self.opts.check_size:
+            with self._sample_lock:
+                sample, self._sampled = not self._sampled, True
+            for n, (intent, item) in enumerate(zip(intents, items)):
+                if (n == 0 and sample) or at_risk(item.body):
+                    shapes[n] = Shape.of(item.body)
         for n, (intent, item) in enumerate(zip(intents, items)):
-            if (n == 0 and sample) or at_risk(item.body):
-                shapes[n] = Shape.of(item.body)
-                if not intent.sha256:
-                    out[n] = dataclasses.replace(intent, sha256=sha256(item.body))
+            # A message sent again for a pending intent is watched for a late twin (_take_late_twins).
+            if not intent.sha256 and (n in shapes or intent.src_uid in run.in_doubt):
+                out[n] = dataclasses.replace(intent, sha256=sha256(item.body))
         return out, shapes
 
     def _read_back_inline(self, entries: list) -> bool:

@@ -7,7 +7,8 @@ point NAME. Without the variable (always, outside the tests) crash() is a no-op.
 Points (see engine/copy.py): march-listed, pool-fetched, fetched,
 intent-written, append-sent (the server stored the messages, the checkpoint
 does not know yet), confirmed, end-deferred (a folder's size check waits for
-the next folder's SELECT), adopted, flags-set, expunged.
+the next folder's SELECT), adopted, flags-set, expunged, late-twin-removed (a copy
+sent again was removed because the first APPEND was committed late).
 """
 
 from __future__ import annotations

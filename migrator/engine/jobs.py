@@ -34,6 +34,10 @@ class EngineOptions:
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     check_size: bool = True
+    # An APPEND in flight when a run died (or its connection was cut) may be committed after the
+    # rerun listed the folder: a rerun within this many seconds of it waits before listing again.
+    # Later arrivals are found by the next march and the copy sent again is removed (docs/resume.md).
+    in_flight_grace: float = 5.0
     stop_grace: float = 5.0  # after Ctrl-C, seconds to let workers finish their batch
     throttle: object = None  # migrator.throttle.Throttle: run-wide rate limits, shared by all workers
 
@@ -67,6 +71,7 @@ class FolderRun:
     unknown_uids: bool = False
     expunged: int = 0
     pool: Pool = field(default_factory=Pool)  # unaccounted destination messages, by SHA-256
+    in_doubt: dict = field(default_factory=dict)  # source UID -> pending Row whose APPEND may land late
     extras: list[int] = field(default_factory=list)  # unaccounted destination UIDs not in the pool
     pending_chunks: int = 0
     transient: str | None = None  # set by the first chunk that hit a transient error

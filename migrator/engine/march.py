@@ -17,7 +17,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
-from migrator.checkpoint import ALTERED, DONE, FAILED, UNVERIFIED, Row
+from migrator.checkpoint import ALTERED, DONE, FAILED, PENDING, UNVERIFIED, Resent, Row
 from migrator.engine.verify import date_instant
 from migrator.stores.base import MessageMeta
 
@@ -42,6 +42,9 @@ class Decision:
     unaccounted: list[MessageMeta] = field(default_factory=list)  # destination messages no row points to
     claims: list[Row] = field(default_factory=list)  # done rows without a destination UID (no UIDPLUS)
     to_verify: list[Row] = field(default_factory=list)  # copies whose bytes were not compared yet (content.py)
+    # Source UID -> its pending row: an APPEND that was in flight when a run died or its connection
+    # was cut, and that the destination does not show (yet): it may still be committed later.
+    in_doubt: dict[int, Row] = field(default_factory=dict)
 
 
 def decide(src_msgs: list[MessageMeta], dst_msgs: list[MessageMeta], rows: dict[int, Row], dst_uidvalidity: int,
@@ -77,6 +80,8 @@ def decide(src_msgs: list[MessageMeta], dst_msgs: list[MessageMeta], rows: dict[
             if row.status == FAILED and not retry_failed:
                 d.failed_earlier.append((m.uid, row.reason or "failed"))
                 continue
+            if row.status == PENDING:
+                d.in_doubt[m.uid] = row
         d.to_copy.append(m)
     d.unaccounted = [m for m in dst_msgs if m.uid not in accounted]
     return d
@@ -139,3 +144,21 @@ def pool_candidates(unaccounted: list[MessageMeta], wanted_sizes: set[int]) -> t
     cands = [m for m in unaccounted if m.size in wanted_sizes]
     rest = [m for m in unaccounted if m.size not in wanted_sizes]
     return cands, rest
+
+
+def late_twin_candidates(resent: list[Resent], dst_msgs: list[MessageMeta], rows: dict[int, Row]) -> dict[int, list[MessageMeta]]:
+    """For each copy sent again (Resent, by its destination UID), the destination messages that may
+    be the first APPEND committed late: no row points to them, they arrived after the folder was
+    listed for the resend (UID >= since_uid), and they have the same size. Only these are read to
+    compare SHA-256: a folder without such arrivals costs nothing."""
+    referenced = {r.dst_uid for r in rows.values() if r.dst_uid is not None and r.status != PENDING}
+    present = {m.uid for m in dst_msgs}
+    out: dict[int, list[MessageMeta]] = {}
+    for e in resent:
+        if e.dst_uid not in present:
+            continue
+        cands = [m for m in dst_msgs if m.uid >= e.since_uid and m.size == e.size and m.uid != e.dst_uid
+                 and m.uid not in referenced]
+        if cands:
+            out[e.dst_uid] = cands
+    return out

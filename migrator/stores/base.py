@@ -99,6 +99,9 @@ class Capabilities:
     condstore: bool = False
     special_use: bool = False
     keywords: bool = True  # can store arbitrary keywords ($Label1, NonJunk ...)
+    # An APPEND sent before a crash or a cut connection may be committed after it (a server at the
+    # other end of a network reads what was sent whenever it gets it): engine.copy waits for it.
+    late_commits: bool = False
     max_append_size: int | None = None
     extra: set[str] = field(default_factory=set)
 

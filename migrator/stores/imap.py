@@ -471,6 +471,7 @@ class ImapStore:
             uidplus="UIDPLUS" in caps,
             condstore="CONDSTORE" in caps,
             special_use="SPECIAL-USE" in caps,
+            late_commits=True,
             extra=caps,
         )
         for c in caps:
