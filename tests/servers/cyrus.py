@@ -47,7 +47,9 @@ Facts found while building this (Cyrus 3.6.1-4+deb12u5):
   are kept.
 * Sessions: each imapd serving a client has a file proc_path/PID ("imap\thost\tuser\t..."), which
   `kill_sessions` reads to find a user's processes.  imapd -U 30 (Debian's) serves up to 30
-  connections in turn: an idle imapd waiting for the next one has no proc file.
+  connections in turn: an idle imapd waiting for the next one has no proc file.  A SIGKILLed
+  imapd leaves its proc file behind (only live pids of this instance count); master logs
+  "signaled to death by signal 9" and a new connection right after is served at once.
 * INTERNALDATE is kept as a time_t: the zone given at APPEND is lost; it is served in the
   process's zone.  We set TZ=UTC, so every INTERNALDATE reads "+0000" (as in the Dovecot rig).
 * Changed from Debian's config, and why: paths (per instance); admins: cyrus (Debian's line is
