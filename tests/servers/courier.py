@@ -27,14 +27,23 @@ Facts found (and relied upon) while building this (courier-imap 5.0.13, courier-
   "INBOX.a.b" leaves "INBOX.a" \Noselect.  No MOVE, LITERAL+, MULTIAPPEND, CONDSTORE, BINARY.
 * Maildir: INTERNALDATE is the file mtime, the zone given at APPEND is lost (we run with
   TZ=UTC, so it reads +0000).  Keywords are kept (courierimapkeywords/).
-* APPEND of a message whose last line has no newline stores it with CRLF added.
+* What comes back from APPEND + FETCH BODY[] (shared corpus, 1,186 messages, none refused):
+  every line ending is served as CRLF (bare LF and bare CR alike; Dovecot keeps bare CRs but
+  a final one); a message without a final newline gets CRLF added (Dovecot: not); NUL bytes
+  are kept (Dovecot: 0x80).  Messages with more than 299 MIME parts (rfc2045 MAXPARTS 300, the
+  preamble counts) are stored whole but served cut at the boundary opening part 300,
+  RFC822.SIZE included: over IMAP the loss is invisible
+  (test_more_than_299_mime_parts_are_served_truncated).
+* No MULTIAPPEND: rig.seed (imapclient multiappend) fails; APPEND one message at a time.
+* kill_sessions: the client sees ECONNRESET; a reconnect right after is served.
 
 Changes to the Debian defaults (appended to copies of /etc/courier/imapd and imapd-ssl):
 
 * ADDRESS/SSLADDRESS=127.0.0.1 and free ports: loopback only.
 * MAXDAEMONS=MAXPERIP=200 (Debian 40/20): tests and migrator workers open many sessions.
-* IMAP_EMPTYTRASH= (Debian "Trash:7"): at logout Courier deletes messages older than 7 days
-  (by INTERNALDATE) from Trash; seeded test messages are years old.
+* IMAP_EMPTYTRASH= (Debian "Trash:7"): at every login and logout Courier deletes from Trash
+  the messages whose file CTIME (not INTERNALDATE) is over 7 days old.  Fresh test mail would
+  survive, but no message may vanish on a timer from under migrator or a test.
 * IMAP_TLS_REQUIRED=0 (already Debian's value; stated so it stays): LOGIN in plaintext on loopback.
 * TLS with a trustme CA: TLS_CERTFILE (key+cert), TLS_CACHEFILE under the instance's /run; the
   imaps couriertcpd runs couriertls without `-user=courier` (no courier system user).
