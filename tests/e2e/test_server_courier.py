@@ -238,3 +238,45 @@ def test_migrate_reports_what_courier_alters(courier, new_account, tmp_path):
     assert report["totals"]["failed"] == 1
     assert [f for f in report["failures"] if "changed the message" in f["reason"]]
     assert sorted(rig.fetch_bodies(dst, ["INBOX"])) == sorted([simple_message(1), odd + b"\r\n"])
+
+
+def _many_parts(n: int) -> bytes:
+    parts = "".join(f"--b\r\nContent-Type: text/plain\r\n\r\npart {i}\r\n" for i in range(n))
+    return (f"From: a@example.org\r\nSubject: {n} parts\r\nMIME-Version: 1.0\r\n"
+            f"Content-Type: multipart/mixed; boundary=b\r\n\r\n{parts}--b--\r\n").encode()
+
+
+def test_more_than_299_mime_parts_are_served_truncated(courier):
+    """Courier's rfc2045 parser stops after 300 parts (the preamble counts as one): the file is
+    stored whole, but BODY[] and RFC822.SIZE end at the boundary that opens part 300."""
+    acc = courier.new_user()
+    ok, big = _many_parts(299), _many_parts(301)
+    append_each(acc, ["INBOX"], [(ok, (), dt(1)), (big, (), dt(2))])
+    served = rig.fetch_bodies(acc, ["INBOX"])
+    assert served[0] == ok
+    cut = big.index(b"--b\r\nContent-Type: text/plain\r\n\r\npart 299\r\n") + len(b"--b\r\n")
+    assert served[1] == big[:cut]
+    c = rig.connect(acc)
+    try:
+        c.select_folder("INBOX", readonly=True)
+        sizes = [d[b"RFC822.SIZE"] for _u, d in sorted(c.fetch(c.search("ALL"), ["RFC822.SIZE"]).items())]
+    finally:
+        c.logout()
+    assert sizes == [len(ok), cut]
+    stored = list((courier.mail_dir / acc.user / "Maildir").glob("*/*,S=*"))
+    assert sorted(p.stat().st_size for p in stored) == sorted([len(ok.replace(b"\r\n", b"\n")),
+                                                               len(big.replace(b"\r\n", b"\n"))])
+
+
+def test_migrate_from_courier_copies_what_it_serves(courier, new_account, tmp_path):
+    """TODAY: a 301-part message leaves Courier truncated (as served) and migrator reports
+    success: the loss cannot be seen over IMAP, RFC822.SIZE agrees with the cut body."""
+    src = courier.new_user("src")
+    dst = new_account("slash")
+    big = _many_parts(301)
+    append_each(src, ["INBOX"], [(big, ("\\Seen",), dt(1)), (simple_message(1), (), dt(2))])
+    res, report = migrate(src, dst, tmp_path)
+    assert res.code == 0, res.text
+    assert report["totals"]["copied"] == 2
+    assert rig.snapshot(dst) == rig.snapshot(src)
+    assert max(len(b) for b in rig.fetch_bodies(dst, ["INBOX"])) < len(big)
