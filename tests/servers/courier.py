@@ -379,8 +379,9 @@ exec {tcpd} /usr/lib/courier/courier/imaplogin /usr/bin/imapd $MAILDIRPATH'
         out = []
         for pid in self.pids():
             try:
-                with open(f"/proc/{pid}/comm") as f:
-                    if f.read().strip() != "imapd":
+                with open(f"/proc/{pid}/stat") as f:  # "PID (comm) STATE ...": skip zombies
+                    comm, _, rest = f.read().partition("(")[2].rpartition(")")
+                    if comm != "imapd" or rest.split()[0] == "Z":
                         continue
                 if user is not None:
                     with open(f"/proc/{pid}/environ", "rb") as f:
