@@ -174,24 +174,6 @@ class Pool:
                 self._sizes[m.size] -= 1
             return pairs
 
-    def take(self, digest: str, want: MessageMeta | None = None) -> MessageMeta | None:
-        """One message at a time, first come first served (what pair() replaces)."""
-        with self._lock:
-            cands = self._by_digest.get(digest)
-            if not cands:
-                return None
-            when = date_instant(want.internaldate) if want else None
-
-            def rank(c: MessageMeta):
-                same_date = want is not None and date_instant(c.internaldate) == when
-                same_flags = want is not None and set(c.flags) == set(want.flags)
-                return (not same_date, not same_flags, c.uid)
-
-            best = min(cands, key=rank)
-            cands.remove(best)
-            self._sizes[best.size] -= 1
-            return best
-
     def leftovers(self) -> list[int]:
         with self._lock:
             return sorted(m.uid for ms in self._by_digest.values() for m in ms)
