@@ -584,13 +584,13 @@ def test_twins_are_paired_by_date_however_batches_and_chunks_split_them(new_acco
     assert_identical(src, dst)
 
 
-TWIN_CRASHES = [("adopted:1",), ("append-sent:2",), ("confirmed:3",), ("append-sent:1", "adopted:1")]
+TWIN_CRASHES = [("fetched:1",), ("adopted:1",), ("append-sent:2",), ("confirmed:3",), ("append-sent:1", "adopted:1")]
 
 
 @pytest.mark.parametrize("points", TWIN_CRASHES, ids=["+".join(p) for p in TWIN_CRASHES])
-def test_twins_killed_while_adopted_or_appended_then_rerun(new_account, tmp_path, points):
-    """kill -9 while twins are adopted or appended: an appended twin left unconfirmed carries its
-    own date, and the rerun must pair it with the twin of that date, not with the first one."""
+def test_twins_killed_while_fingerprinted_adopted_or_appended_then_rerun(new_account, tmp_path, points):
+    """kill -9 while twins are fingerprinted, adopted or appended: an appended twin left unconfirmed
+    carries its own date, and the rerun must pair it with the twin of that date, not the first one."""
     src, dst = new_account("slash", "tsrc"), new_account("slash", "tdst")
     rig.seed(src, ["INBOX"], [TWINS[0], (simple_message(961, body="f" * 2000), (), dt(6)), TWINS[1], TWINS[2]])
     rig.seed(dst, ["INBOX"], [(TWIN, ("$Other",), dt(2))])
