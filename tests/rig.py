@@ -74,7 +74,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
@@ -682,6 +682,44 @@ def seed(account: Account, folder: Sequence[str], messages: Iterable[Message],
             c.logout()
         except Exception:  # noqa: BLE001
             pass
+
+
+def append_each(account: Account, folder: Sequence[str], messages: Iterable[Message]) -> list[str | None]:
+    """Create folder if missing and APPEND the messages one by one (for servers without
+    MULTIAPPEND, and to seed what a server accepts of the real-world corpus). Returns, per
+    message, None if it was stored, else the server's refusal."""
+    c = connect(account)
+    out: list[str | None] = []
+    try:
+        name = create_folder(account, folder, client=c)
+        for m in messages:
+            d = _norm_message(m)
+            try:
+                c.append(name, d["msg"], flags=d.get("flags", ()), msg_time=d.get("date"))
+                out.append(None)
+            except Exception as e:  # noqa: BLE001  (NO/BAD: refused; the session stays usable)
+                out.append(str(e))
+    finally:
+        try:
+            c.logout()
+        except Exception:  # noqa: BLE001
+            pass
+    return out
+
+
+def messages_by_uid(account: Account) -> dict[tuple, dict[int, tuple]]:
+    """{components: {uid: (sha256(BODY[]), sorted flags w/o \\Recent, INTERNALDATE as a UTC instant)}}."""
+    c = connect(account)
+    try:
+        out = {}
+        for name in _list(c, True):
+            out[folder_components(account, name)] = {
+                uid: (hashlib.sha256(d[b"BODY[]"]).hexdigest(), tuple(_flags(d[b"FLAGS"])),
+                      d[b"INTERNALDATE"].astimezone(timezone.utc).isoformat())
+                for uid, d in _fetch_all(c, name).items()}
+        return out
+    finally:
+        c.logout()
 
 
 def list_folders(account: Account, selectable_only: bool = True) -> list[tuple]:

@@ -9,7 +9,9 @@ what to do (engine/march.py, like rclone's march + mbsync's sync.c):
     non-empty destination) form a *pool*, keyed by SHA-256 of their bytes;
   - every other source message is copied, unless an identical message is still
     in the pool: then that one is adopted instead (multiset matching, so two
-    identical source messages need two identical destination messages).
+    identical source messages need two identical destination messages). Which
+    twin adopts which copy is decided by the march for each group of identical
+    messages as a whole (INTERNALDATE, then flags), before any is adopted or copied.
 The march's copy list is cut into chunks that any worker may take, so a big
 folder is copied by several connections at once.
 
@@ -47,7 +49,7 @@ from migrator.engine.crashpoints import crash
 from migrator.engine.jobs import (  # noqa: F401  (EngineOptions is imported from here by the CLI)
     OVERQUOTA_HINT, ChunkJob, EngineOptions, FolderRun, MarchJob, close_quietly, sha256, Connections,
 )
-from migrator.engine.march import altered_reason, copy_flags, decide, late_twin_candidates, pool_candidates
+from migrator.engine.march import Wanted, altered_reason, copy_flags, decide, late_twin_candidates, pool_candidates
 from migrator.errors import ConnectionFailed, FolderError, MessageRejected, TransientError
 from migrator.naming import Folder, display, parents
 from migrator.plan import FolderPlan, Plan
@@ -457,7 +459,10 @@ class Engine:
         run.extras = [m.uid for m in rest]
         self._fill_pool(run, dst, candidates)
         crash("pool-fetched")
-        self._settle_claims(run, dec.claims)
+        pairs = self._pair_with_pool(run, src, dec, src_msgs)
+        if pairs is None:  # stopped meanwhile
+            return None, None
+        self._settle_claims(run, dec.claims, pairs)
         if dec.newly_altered and self.ckpt and not opts.dry_run:
             for row, reason in dec.newly_altered:
                 self._confirm(run, [(Intent(row.src_uid, row.size, row.sha256, row.flags), row.dst_uid)], ALTERED, reason)
@@ -474,7 +479,7 @@ class Engine:
                 stats.fail(fp.source, uid, f"{reason} (failed in an earlier run; --retry-failed tries again)")
         self._sync_flags(run, dst, dec.flag_updates)
         if opts.dry_run:
-            adoptable = self._preview(run, src, dec.to_copy, {m.size for m in candidates})
+            adoptable = sum(1 for m in dec.to_copy if m.uid in pairs)
             stats.add(fp.source, planned=len(dec.to_copy) - adoptable,
                       planned_bytes=sum(m.size for m in dec.to_copy), found=adoptable)
             if opts.delete_extra:
@@ -482,7 +487,8 @@ class Engine:
             return None, None
         if first:
             stats.add(fp.source, planned=len(dec.to_copy), planned_bytes=sum(m.size for m in dec.to_copy))
-        pieces = chunks(dec.to_copy, opts.chunk_messages, max(opts.batch_bytes * 8, 1))
+        to_copy = self._adopt(run, dst, dec.to_copy, pairs)
+        pieces = chunks(to_copy, opts.chunk_messages, max(opts.batch_bytes * 8, 1))
         run.pending_chunks = len(pieces)
         if len(pieces) == 1 and one_batch(pieces[0], opts.batch_bytes, opts.batch_count):
             return run, ChunkJob(run, pieces[0], opened=(s_st, listed[0]))
@@ -607,25 +613,52 @@ class Engine:
                     self._altered(run, intent, row.dst_uid, same_size_change(row.size), copied=False)
             self._confirm(run, same)
 
-    def _settle_claims(self, run: FolderRun, claims) -> None:
-        """Copies confirmed without a UID (no UIDPLUS): find them by fingerprint and record their UID."""
-        found = []
-        for row in claims:
-            meta = run.pool.take(row.sha256)
-            if meta is not None:
-                found.append((Intent(row.src_uid, row.size, row.sha256, row.flags), meta.uid))
+    def _pair_with_pool(self, run: FolderRun, src: Store, dec, src_msgs: list[MessageMeta]) -> dict | None:
+        """Source UID -> (destination message, SHA-256) for each message still to copy or claimed
+        that the pool holds. The messages to copy that the pool might hold (a candidate of their
+        size) are fingerprinted first, each body hashed as it comes and dropped; then each group
+        of identical messages is paired as a whole (march.pair_twins): which twin adopts which
+        copy is decided before any of them is adopted or copied. None if stopped meanwhile."""
+        if not len(run.pool):
+            return {}  # nothing to match: nothing is read
+        by_uid = {m.uid: m for m in src_msgs}
+        wanted = [Wanted(by_uid[row.src_uid], row.sha256, claim=True) for row in dec.claims]
+        maybe = [m for m in dec.to_copy if run.pool.might_hold(m.size)]
+        for batch, fetched in self._prefetch(src, batches(maybe, self.opts.batch_bytes, self.opts.batch_count)):
+            crash("fetched")  # nothing adopted yet: the next march fingerprints them again
+            wanted += [Wanted(m, sha256(fetched[m.uid].body)) for m in batch if m.uid in fetched]
+        if self.stop.is_set():
+            return None
+        digests = {w.meta.uid: w.digest for w in wanted}
+        return {uid: (found, digests[uid]) for uid, found in run.pool.pair(wanted).items()}
+
+    def _settle_claims(self, run: FolderRun, claims, pairs: dict) -> None:
+        """Copies confirmed without a UID (no UIDPLUS): record the UID their fingerprint found."""
+        found = [(Intent(row.src_uid, row.size, row.sha256, row.flags), pairs[row.src_uid][0].uid)
+                 for row in claims if row.src_uid in pairs]
         if found and self.ckpt and not self.opts.dry_run:
             self._confirm(run, found)
 
-    def _preview(self, run: FolderRun, src: Store, to_copy: list[MessageMeta], pool_sizes: set[int]) -> int:
-        """Dry run: how many of to_copy would be adopted from the pool (fetches only same-size ones)."""
-        maybe = [m for m in to_copy if m.size in pool_sizes]
-        adopted = 0
-        for batch in batches(maybe, self.opts.batch_bytes, self.opts.batch_count):
-            for msg in src.fetch([m.uid for m in batch]):
-                if run.pool.take(sha256(msg.body), msg.meta) is not None:
-                    adopted += 1
-        return adopted
+    def _adopt(self, run: FolderRun, dst: Store, to_copy: list[MessageMeta], pairs: dict) -> list[MessageMeta]:
+        """Record each paired message as copied to its destination message, with the source's
+        flags set there; returns the messages left to copy."""
+        opts, fp = self.opts, run.fp
+        adopting = [m for m in to_copy if m.uid in pairs]
+        for start in range(0, len(adopting), opts.batch_count):
+            adopted = []
+            for m in adopting[start:start + opts.batch_count]:
+                found, digest = pairs[m.uid]
+                flags = copy_flags(m, opts.include_deleted)
+                if opts.sync_flags and set(found.flags) != set(flags):
+                    dst.set_flags(found.uid, sorted(set(flags) - set(found.flags)),
+                                  sorted(set(found.flags) - set(flags)))
+                    self.stats.add(fp.source, flags_updated=1)
+                # Its size as the destination lists it: the next march compares the two.
+                adopted.append((Intent(m.uid, found.size, digest, flags), found.uid))
+            self._confirm(run, adopted)
+            crash("adopted")
+            self.stats.add(fp.source, found=len(adopted))
+        return [m for m in to_copy if m.uid not in pairs]
 
     def _sync_flags(self, run: FolderRun, dst: Store, updates: list[tuple[MessageMeta, MessageMeta]]) -> None:
         if not updates:
@@ -680,7 +713,7 @@ class Engine:
         (read-write on the destination) on these connections."""
         fp, opts, stats = run.fp, self.opts, self.stats
         src, dst = conn.both()
-        # Read-write on the destination: adopted messages may need their flags set.
+        # Read-write on the destination: the folder's size check (_check_sizes) then needs no SELECT.
         s_st, d_st = opened or self._both_sides(lambda: conn.select_src(fp.source),
                                                 lambda: conn.select_dst(fp.destination, readonly=False))
         if s_st.uidvalidity != run.src_uidvalidity:
@@ -693,7 +726,6 @@ class Engine:
             stats.skip(fp.source, "expunged from the source during the run", vanished)
             intents: list[Intent] = []
             items: list[AppendItem] = []
-            adopted: list[tuple[Intent, int]] = []
             for m in batch:
                 msg = fetched.get(m.uid)
                 if msg is None:
@@ -701,27 +733,12 @@ class Engine:
                 if msg.note:
                     stats.warn(f"'{display(fp.source)}' UID {m.uid}: {msg.note}")
                 flags = copy_flags(m, opts.include_deleted)
-                # The fingerprint is needed only to match a destination message of the same size;
-                # otherwise it is left out (SHA-256 was a sixth of migrator's CPU). A copy whose
-                # destination UID is not known gets one before it is confirmed (_append).
-                size = len(msg.body)
-                digest = sha256(msg.body) if run.pool.might_hold(size) else ""
-                intent = Intent(m.uid, size, digest, flags)
-                found = run.pool.take(digest, m) if digest else None
-                if found is not None:
-                    if opts.sync_flags and set(found.flags) != set(flags):
-                        dst.set_flags(found.uid, sorted(set(flags) - set(found.flags)),
-                                      sorted(set(found.flags) - set(flags)))
-                        stats.add(fp.source, flags_updated=1)
-                    adopted.append((intent, found.uid))
-                    continue
-                intents.append(intent)
+                # What the pool holds was adopted by the march (_adopt): everything here is copied.
+                # No fingerprint (SHA-256 was a sixth of migrator's CPU), unless the destination
+                # gives no UID for the copy: then _append takes one before confirming it.
+                intents.append(Intent(m.uid, len(msg.body), "", flags))
                 items.append(AppendItem(msg.body, flags, m.internaldate, nul_free=msg.nul_free))
             del fetched
-            if adopted:
-                self._confirm(run, adopted)
-                crash("adopted")
-                stats.add(fp.source, found=len(adopted))
             if items:
                 self._append(run, dst, intents, items)
 

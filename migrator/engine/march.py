@@ -8,14 +8,16 @@ destination UID still exists. Everything else is copied, unless an identical
 message (same SHA-256 of the bytes) is in the *pool*: destination messages the
 checkpoint cannot account for. The pool is a multiset: each destination message
 is adopted at most once, so two identical source messages need two identical
-destination messages.
+destination messages; identical messages are paired by INTERNALDATE, then flags,
+for each group as a whole (pair_twins).
 """
 
 from __future__ import annotations
 
 import threading
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Callable, Hashable, Iterable, Mapping, NamedTuple
 
 from migrator.checkpoint import ALTERED, DONE, FAILED, PENDING, UNVERIFIED, Resent, Row
 from migrator.engine.verify import date_instant
@@ -87,12 +89,71 @@ def decide(src_msgs: list[MessageMeta], dst_msgs: list[MessageMeta], rows: dict[
     return d
 
 
-class Pool:
-    """Unaccounted destination messages by SHA-256; take() adopts each one at most once.
+class Wanted(NamedTuple):
+    """A source message looking for an identical destination message."""
 
-    Among identical candidates the one with the same INTERNALDATE and flags is
-    preferred, then the same date, then the lowest UID (stable across reruns).
-    Shared by the chunks of one folder, hence the lock.
+    meta: MessageMeta  # the source message: its INTERNALDATE and flags
+    digest: str  # SHA-256 of its bytes
+    claim: bool = False  # copied earlier and confirmed without a UID (no UIDPLUS): its copy is there
+
+
+def _date(m: MessageMeta):
+    instant = date_instant(m.internaldate)
+    return m.internaldate if instant is None else instant
+
+
+# The passes of pair_twins, best match first: a destination copy keeps its INTERNALDATE (IMAP cannot
+# change it), so the date decides; flags can be set afterwards, so they only break ties.
+_PASSES: tuple[Callable[[MessageMeta], Hashable], ...] = (
+    lambda m: (_date(m), frozenset(m.flags)),
+    _date,
+    lambda m: frozenset(m.flags),
+    lambda m: None,
+)
+
+
+def pair_twins(wanted: Iterable[Wanted], pool: Mapping[str, Iterable[MessageMeta]]) -> dict[int, MessageMeta]:
+    """Source UID -> the destination message it adopts, decided for each group of identical
+    messages (same digest) as a whole, never first come first served.
+
+    Within a group, sources are paired with destination messages of the same INTERNALDATE and
+    flags, then of the same date, then of the same flags, then with any left; each pass takes
+    sources and destination messages in UID order (stable across reruns). So, claims aside, the
+    number of pairs with the same date is the largest possible, whatever order the sources were
+    fetched in. Each
+    destination message is paired at most once; a source left out is to be copied. Claims come
+    first: one is left without its copy only if the group has fewer destination messages than claims.
+    """
+    groups: dict[str, list[Wanted]] = {}
+    for w in wanted:
+        if w.digest in pool:
+            groups.setdefault(w.digest, []).append(w)
+    pairs: dict[int, MessageMeta] = {}
+    for digest, sources in groups.items():
+        sources.sort(key=lambda w: (not w.claim, w.meta.uid))
+        free = sorted(pool[digest], key=lambda m: m.uid)
+        room = len(free) - sum(w.claim for w in sources)  # what the others may take: claims keep theirs
+        for key in _PASSES:
+            buckets: dict[Hashable, deque[MessageMeta]] = {}
+            for m in free:
+                buckets.setdefault(key(m), deque()).append(m)
+            for w in sources:
+                if w.meta.uid in pairs or not (w.claim or room > 0):
+                    continue
+                bucket = buckets.get(key(w.meta))
+                if bucket:
+                    pairs[w.meta.uid] = bucket.popleft()
+                    room -= not w.claim
+            taken = {m.uid for m in pairs.values()}
+            free = [m for m in free if m.uid not in taken]
+    return pairs
+
+
+class Pool:
+    """Unaccounted destination messages by SHA-256; each is adopted at most once (a multiset).
+
+    pair() decides for whole groups of identical messages at once (pair_twins). Filled and paired
+    by the march; its leftovers are read by whichever worker ends the folder, hence the lock.
     """
 
     def __init__(self) -> None:
@@ -110,22 +171,16 @@ class Pool:
         with self._lock:
             return self._sizes[size] > 0
 
-    def take(self, digest: str, want: MessageMeta | None = None) -> MessageMeta | None:
+    def pair(self, wanted: Iterable[Wanted]) -> dict[int, MessageMeta]:
+        """pair_twins against what is left; the destination messages paired leave the pool."""
         with self._lock:
-            cands = self._by_digest.get(digest)
-            if not cands:
-                return None
-            when = date_instant(want.internaldate) if want else None
-
-            def rank(c: MessageMeta):
-                same_date = want is not None and date_instant(c.internaldate) == when
-                same_flags = want is not None and set(c.flags) == set(want.flags)
-                return (not same_date, not same_flags, c.uid)
-
-            best = min(cands, key=rank)
-            cands.remove(best)
-            self._sizes[best.size] -= 1
-            return best
+            pairs = pair_twins(wanted, self._by_digest)
+            taken = {m.uid for m in pairs.values()}
+            for digest, cands in list(self._by_digest.items()):
+                self._by_digest[digest] = [m for m in cands if m.uid not in taken]
+            for m in pairs.values():
+                self._sizes[m.size] -= 1
+            return pairs
 
     def leftovers(self) -> list[int]:
         with self._lock:

@@ -11,7 +11,7 @@ import pytest
 
 from migrator.checkpoint import DONE, FAILED, PENDING, Checkpoint, Intent, Watermark
 from migrator.engine.jobs import EngineOptions
-from migrator.engine.march import Pool, decide, pool_candidates
+from migrator.engine.march import Pool, Wanted, decide, pool_candidates
 from migrator.errors import StateError
 from migrator.stores.base import MessageMeta
 from migrator.stores.imap import FOLDER, MESSAGE, TRANSIENT, classify
@@ -177,12 +177,12 @@ def test_pool_is_a_multiset_preferring_same_date_and_flags():
     pool.add("h", meta(5, date="01-Jan-2020 00:00:00 +0000"))
     pool.add("h", meta(3, flags=["\\Seen"]))
     pool.add("h", meta(4))
-    assert pool.take("other") is None
-    assert pool.take("h", meta(1)).uid == 4  # same date, same (no) flags
-    assert pool.take("h", meta(2, flags=["\\Seen"])).uid == 3
-    assert pool.take("h", meta(9)).uid == 5  # what is left
-    assert pool.take("h", meta(9)) is None  # each destination message adopted once
-    assert len(pool) == 0 and pool.leftovers() == []
+    assert pool.might_hold(100) and not pool.might_hold(99)
+    assert pool.pair([Wanted(meta(8), "other")]) == {}
+    pairs = pool.pair([Wanted(meta(9), "h"), Wanted(meta(2, flags=["\\Seen"]), "h"), Wanted(meta(1), "h")])
+    assert {s: d.uid for s, d in pairs.items()} == {1: 4, 2: 3, 9: 5}  # same date and flags first; 9 takes what is left
+    assert pool.pair([Wanted(meta(7), "h")]) == {}  # each destination message adopted once
+    assert len(pool) == 0 and pool.leftovers() == [] and not pool.might_hold(100)
 
 
 # -- error classes ---------------------------------------------------------------------------------
