@@ -82,16 +82,18 @@ class Imap4d:
     kind = "imap4d"
 
     def __init__(self, root: Union[str, Path, None] = None, name: str = "imap4d",
-                 sasl: bool = True, mailbox_type: str = "mbox"):
+                 sasl: bool = True, mailbox_type: str = "mbox", transcript: bool = False):
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="mgr-", dir="/tmp"))
         self._own_root = root is None
         self.name = name
         self.sasl = sasl  # GNU SASL on (the default users run): AUTHENTICATE PLAIN etc. offered
         self.mailbox_type = mailbox_type  # "mbox" (default) or "maildir"
+        self.transcript = transcript  # log every command and response (debugging)
         self.separator = "/"
         self.prefix = ""
         self.ca_file = None  # plaintext on loopback only
         self.domain = DOMAIN
+        self.tz = "UTC"  # the server's TZ: mbox "From " lines keep wall-clock time only
         self.dir = self.root / name
         self.mail_dir = self.dir / "mail"
         self.virt_dir = self.dir / "virt"
@@ -138,6 +140,7 @@ mailbox {{
 }};
 server 127.0.0.1:{self.port} {{
   backlog 64;
+  transcript {"yes" if self.transcript else "no"};
 }};
 """
 
@@ -173,6 +176,7 @@ server 127.0.0.1:{self.port} {{
             self._proc = subprocess.Popen(
                 [_find_imap4d(), f"--config-file={self.conf}", "--foreground"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=str(self.dir),
+                env={**os.environ, "TZ": self.tz},
                 start_new_session=True)  # no terminal signals from the test runner
         rig._live.add(self)
         self._wait_ready(timeout)
