@@ -7,10 +7,12 @@ tests/servers/imap4d.py.
 
 from __future__ import annotations
 
+import os
 import pwd
 import re
 import socket
 import threading
+import time
 from base64 import b64encode
 from datetime import datetime, timedelta, timezone
 
@@ -317,6 +319,45 @@ def test_kill_sessions(imap4d):
             dead.shutdown()
         except (IMAPClientError, OSError):
             pass
+
+
+def test_kill_during_append_leaves_a_stale_dotlock(imap4d):
+    """imap4d holds FOLDER.lock (dotlock, empty file) only while it writes the mbox.  A session
+    SIGKILLed then leaves the lock and a half-written message: SELECT and APPEND of that folder
+    then wait ~9 s (default retries) and fail; STATUS still works."""
+    acc = imap4d.new_user()
+    rig.create_folder(acc, ["L"])
+    lock = imap4d.mailbox_path(acc, ["L"]).with_name("L.lock")
+    big = b"From: a@example.com\r\nSubject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 3000  # 3 MB
+    raw = Raw(imap4d.port)
+    try:
+        raw.login(acc)
+        raw.send(f"r9 APPEND L {{{len(big)}+}}\r\n".encode() + big + b"\r\n")  # LITERAL+
+        deadline = time.monotonic() + 60
+        while not lock.exists() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert lock.exists()  # imap4d parses for seconds first, then locks and writes
+        assert imap4d.kill_sessions(acc.user) == 1
+    finally:
+        raw.close()
+    assert lock.exists() and lock.read_bytes() == b""
+    c = rig.connect(acc)
+    try:
+        assert c.folder_status("L", ["MESSAGES"])[b"MESSAGES"] == 1
+        t = time.monotonic()
+        with pytest.raises(IMAPClientError, match="Conflict with previous locker"):
+            c.select_folder("L")
+        assert 5 < time.monotonic() - t < 30
+    finally:
+        c.logout()
+    os.unlink(lock)
+    c = rig.connect(acc)
+    try:  # usable again; the killed APPEND left a truncated message behind
+        assert c.select_folder("L")[b"EXISTS"] == 1
+        size = c.fetch(c.search("ALL"), ["RFC822.SIZE"])
+        assert 0 < list(size.values())[0][b"RFC822.SIZE"] < len(big)
+    finally:
+        c.logout()
 
 
 def test_many_concurrent_connections(imap4d):

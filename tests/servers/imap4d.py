@@ -11,27 +11,53 @@ generic; }`): one passwd(5)-format file DIR/virt/imap4d.test with crypt(3) SHA-5
 nothing is added to the machine's /etc/passwd, no mount namespace.  Mail stays in
 DIR/mail/LOCALPART (mbox files; INBOX is DIR/mail/LOCALPART/INBOX).
 
-Facts found while building this (imap4d 3.15, measured, see tests/e2e/test_server_imap4d.py):
+Facts found while building this (imap4d 3.15; pinned by tests/e2e/test_server_imap4d.py):
 
-* virtdomain looks a user up only by a name with a domain part: `local@domain` (also `!`/`:`),
-  file = passwd-dir/domain, re-read on every login (so a new user logs in at once).  A bare
-  name falls back to a lookup by the socket's address on fd 0, which in daemon mode is not
-  the socket: bare names are refused.  So logins are `u...@imap4d.test`; `Account.url` is
-  then `imap://u...@imap4d.test@127.0.0.1:PORT`, which migrator parses (rpartition on '@').
-* virtdomain users do not change uid: the session process stays root (files root:mail 0600).
-  A logged-in session chdir()s to the user's home: that is how `kill_sessions(user)` finds
-  a user's processes (children of the master, all with the master's cmdline).
-* Defaults: `listen` backlog 4 (we set 64); SASL (GNU SASL) on, with a long AUTH= list.
-* Namespace: `* NAMESPACE (("" "/")) NIL NIL`: separator '/', no prefix.  INBOX is
-  listed `(\NoInferiors) NIL INBOX` (NIL delimiter); CREATE a/b/c makes a and a/b
-  `\NoSelect` directories and a/b/c an mbox file (`\NoInferiors`).
-* IMAP4rev1 only: CAPABILITY (same before and after login) has NAMESPACE ID IDLE LITERAL+
-  UNSELECT and AUTH=...; no UIDPLUS, MULTIAPPEND, CONDSTORE, ENABLE, MOVE, SPECIAL-USE.
-* Keywords: a flag that is not a system flag and not $-prefixed known to it is refused
-  (`BAD ... Unrecognized flag`); see KEYWORD_* below for the exact responses.
-* The AUTHENTICATE PLAIN success line ends in a bare LF (AUTH_PLAIN_OK below); LOGIN's is CRLF.
-* mbox: see the test module and the report for what is added to served messages (X-UID,
-  Status, X-IMAPbase, ...) and for APPEND to the mailbox the session has selected.
+* virtdomain finds a user only by a name with a domain part (`local@domain`, also `!`, `:`),
+  in the file passwd-dir/domain, re-read at every login (new users log in at once).  A bare
+  name falls back to a lookup by the address of fd 0, which in daemon mode is not the
+  socket: refused.  So logins are `u...@imap4d.test`; `Account.url` is then
+  `imap://u...@imap4d.test@127.0.0.1:PORT`, which migrator parses (last '@').
+* virtdomain users keep the session as root (files root:mail 0600).  A logged-in session
+  chdir()s to the user's home: `session_pids(user)` / `kill_sessions(user)` use that.  All
+  processes share the master's cmdline (`--config-file=DIR/imap4d.conf`).
+* Default listen backlog is 4 (we set 64).  12+ concurrent sessions work.
+* Greeting `* OK IMAP4rev1`.  CAPABILITY: IMAP4rev1 NAMESPACE ID IDLE LITERAL+ UNSELECT and,
+  with GNU SASL on (default), a long AUTH= list; the same after LOGIN, only AUTH=GSSAPI left
+  after AUTHENTICATE.  No UIDPLUS, MULTIAPPEND, CONDSTORE, ENABLE, MOVE, SPECIAL-USE.
+* `AUTHENTICATE PLAIN` answers `TAG OK AUTHENTICATE PLAIN authentication successful\n` (bare
+  LF; LOGIN's OK is CRLF).  `sasl=False` leaves only LOGIN (`NO ... mechanism not supported`).
+* NAMESPACE `(("" "/")) NIL NIL`: separator '/', no prefix.  INBOX is `(\NoInferiors) NIL`.
+  CREATE a/b/c: a and a/b are `\NoSelect` directories, a/b/c an mbox file (`\NoInferiors`).
+* Keywords: APPEND with any keyword -> `TAG BAD APPEND Unrecognized flag` (nothing stored);
+  STORE -> `TAG BAD STORE Unrecognized flag` (`BAD UID STORE ...`).  PERMANENTFLAGS has no \*.
+* INTERNALDATE: seconds; APPEND's date keeps its wall-clock digits and loses its offset
+  ("15:09:26 +0530" reads back "15:09:26 +0000"), whatever the server's TZ.  Without a date:
+  the message's own leading "From " line, else its Date: (converted to UTC), else
+  01-Jan-1970 00:00:00 +0000.  APPEND without a date refuses a message with no usable From:
+  (`NO APPEND [TRYCREATE] failed`); with a date those go in (sender "GNU-imap4d").
+* mbox (default): BODY[] is never what was sent.  APPEND writes `X-UID: n` (+ `Status:`
+  when flags are given; the first message of a folder also gets `X-IMAPbase: UIDVALIDITY
+  UIDNEXT`, rewritten at each APPEND) and these are served at once; `Status: O` is added
+  when a read-write session leaves the folder.  Bare LF is served as CRLF; a leading
+  "From " line is taken as envelope and removed; header fields are re-spaced ("Name:value"
+  -> "Name: value", re-done at every rewrite); a message is cut at its first NUL; a header
+  with no body gets CRLFs appended; body "From " lines are >From-quoted on disk and served
+  back unquoted.  RFC822.SIZE == len(BODY[]).  Refused (NO [TRYCREATE] failed): a header
+  section with a line that is not a field.
+* mbox data loss: a session that SELECTed an EMPTY folder sees only the first message
+  appended after that (by anyone); when it leaves the folder (CLOSE, UNSELECT, EXPUNGE,
+  SELECT, LOGOUT, disconnect) the file is rewritten from its view: the later messages are
+  deleted and the first loses its APPEND flags.  Several sessions APPENDing to one folder at
+  once also lose messages now and then (all answered OK; once a session died of a glibc
+  malloc assertion and half the folder was gone).
+* Locking: dotlock FOLDER.lock, held only while writing (no lock while a folder is just
+  selected).  A session killed while holding it leaves the lock: SELECT then answers after
+  ~9 s `NO SELECT Could not open F: Conflict with previous locker`, APPEND
+  `NO APPEND [TRYCREATE] failed`; STATUS works.  APPEND is slow (~1 MB/s: 3 MB takes ~3 s).
+* `mailbox_type="maildir"`: BODY[] as sent (CRLF messages), APPEND to a selected empty folder
+  keeps everything, messages without From: accepted, but APPEND's flags and date are dropped
+  (FLAGS (\Recent), INTERNALDATE = arrival time); keywords still BAD; UIDs may skip.
 """
 from __future__ import annotations
 
