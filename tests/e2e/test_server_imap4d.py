@@ -292,6 +292,29 @@ def test_append_to_the_selected_empty_mailbox_keeps_only_the_first(imap4d):
     assert rig.fetch_bodies(acc, ["Empty"])[0].startswith(_message(1).split(b"\r\n\r\n")[0])
 
 
+def test_refused_append_can_still_write_into_the_previous_message(imap4d):
+    """APPEND without a date of a message whose first line is "From ADDR" (no date): answered
+    NO, yet written to the mbox (it takes a UID) behind an invalid separator, so it becomes
+    part of the previous message's body.  A message without From: is refused cleanly."""
+    acc = imap4d.new_user()
+    raw = Raw(imap4d.port)
+    try:
+        raw.login(acc)
+        raw.cmd("CREATE G")
+        first = b"From: a@example.com\r\nSubject: first\r\n\r\nbody1\r\n"
+        glued = b"From x@example.com\r\nFrom: x@example.com\r\nSubject: second\r\n\r\nbody2\r\n"
+        assert raw.cmd("APPEND G", first)[-1] == b"r3 OK APPEND Completed\r\n"
+        assert raw.cmd("APPEND G", glued) == [b"r4 NO APPEND [TRYCREATE] failed\r\n"]
+        assert raw.cmd("APPEND G", b"Subject: no from\r\n\r\nx\r\n") == [b"r5 NO APPEND [TRYCREATE] failed\r\n"]
+        status = raw.cmd("STATUS G (MESSAGES UIDNEXT)")[0]
+    finally:
+        raw.close()
+    assert status == b"* STATUS G (MESSAGES 1 UIDNEXT 3)\r\n"
+    [body] = rig.fetch_bodies(acc, ["G"])
+    assert body.endswith(b"\r\nX-UID: 1\r\n\r\nbody1\r\n\r\nFrom x@example.com \r\nFrom: x@example.com\r\n"
+                         b"Subject: second\r\nX-UID: 2\r\n\r\nbody2\r\n")
+
+
 # ---------------------------------------------------------------- sessions
 def test_kill_sessions(imap4d):
     a, b = imap4d.new_user("k"), imap4d.new_user("k")
