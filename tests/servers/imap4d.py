@@ -132,7 +132,9 @@ class Imap4d:
         self.pidfile = self.dir / "imap4d.pid"
         self.port = 0
         self.imaps_port = self.pop3_port = 0
-        self.uid, self.gid = rig.ensure_mail_user()
+        # virtdomain sessions never switch to these ids (they stay root): any values do, and
+        # no system user is needed.  65534 = nobody/nogroup.
+        self.uid = self.gid = 65534
         self._users: dict[str, dict] = {}
         self._lock = threading.Lock()
         self._proc: Optional[subprocess.Popen] = None
@@ -357,7 +359,6 @@ server 127.0.0.1:{self.port} {{
         password = secrets.token_urlsafe(12).replace(":", "x")
         home = self.mail_dir / local
         home.mkdir(parents=True, exist_ok=True)
-        os.chown(home, self.uid, self.gid)
         with self._lock:
             self._users[user] = {"local": local, "password": password, "home": str(home),
                                  "hash": _crypt_sha512(password)}
