@@ -63,6 +63,7 @@ import hashlib
 import itertools
 import os
 import pwd
+import re
 import grp
 import secrets
 import shutil
@@ -708,13 +709,16 @@ def append_each(account: Account, folder: Sequence[str], messages: Iterable[Mess
 
 
 def messages_by_uid(account: Account) -> dict[tuple, dict[int, tuple]]:
-    """{components: {uid: (sha256(BODY[]), sorted flags w/o \\Recent, INTERNALDATE as a UTC instant)}}."""
+    """{components: {uid: (sha256(BODY[]), sorted flags w/o \\Recent, INTERNALDATE as a UTC instant)}}.
+
+    NUL is hashed as 0x80: Dovecot serves a stored NUL as 0x80 (an IMAP literal cannot carry it),
+    Cyrus and Courier serve it as NUL (in a literal8), so the same stored bytes read differently."""
     c = connect(account)
     try:
         out = {}
         for name in _list(c, True):
             out[folder_components(account, name)] = {
-                uid: (hashlib.sha256(d[b"BODY[]"]).hexdigest(), tuple(_flags(d[b"FLAGS"])),
+                uid: (hashlib.sha256(d[b"BODY[]"].replace(b"\x00", b"\x80")).hexdigest(), tuple(_flags(d[b"FLAGS"])),
                       d[b"INTERNALDATE"].astimezone(timezone.utc).isoformat())
                 for uid, d in _fetch_all(c, name).items()}
         return out
@@ -758,7 +762,28 @@ def _fetch_all(c: IMAPClient, name: str):
     uids = sorted(c.search("ALL"))
     out = {}
     for i in range(0, len(uids), 500):
-        out.update(c.fetch(uids[i:i + 500], ["BODY.PEEK[]", "FLAGS", "INTERNALDATE"]))
+        chunk = uids[i:i + 500]
+        out.update(c.fetch(chunk, ["FLAGS", "INTERNALDATE"]))
+        for uid, body in _raw_bodies(c, chunk).items():
+            out[uid][b"BODY[]"] = body
+    return out
+
+
+_UID_IN_HEAD = re.compile(rb"UID (\d+)")
+
+
+def _raw_bodies(c: IMAPClient, uids: list[int]) -> dict[int, bytes]:
+    """BODY[] read with imaplib itself: a server may send it as a literal8 (~{n}, Cyrus and
+    Courier for a message holding NUL), which imapclient's parser returns as the text '~{n}'."""
+    typ, data = c._imap.uid("FETCH", ",".join(map(str, uids)), "(UID BODY.PEEK[])")
+    if typ != "OK":
+        raise RuntimeError(f"UID FETCH BODY.PEEK[] failed: {data!r}")
+    out = {}
+    for item in data:
+        if isinstance(item, tuple):
+            m = _UID_IN_HEAD.search(item[0])
+            if m:
+                out[int(m.group(1))] = item[1]
     return out
 
 
