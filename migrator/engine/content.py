@@ -21,6 +21,7 @@ Pure functions: no I/O here.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -54,6 +55,7 @@ class Shape:
     bare_lf: int
     bare_cr: int
     crlf_end: bool
+    fields: frozenset[bytes]  # header field names, in lower case
 
     @classmethod
     def of(cls, body: bytes) -> "Shape":
@@ -62,7 +64,11 @@ class Shape:
         all8 = len(body) - len(body.decode("latin-1").encode("ascii", "ignore")) if not body.isascii() else 0
         crlf = body.count(b"\r\n")
         return cls(len(body), h8, all8 - h8, body.count(b"\x00"), body.count(b"\n") - crlf,
-                   body.count(b"\r") - crlf, body.endswith(b"\r\n"))
+                   body.count(b"\r") - crlf, body.endswith(b"\r\n"), _field_names(header))
+
+
+def _field_names(header: bytes) -> frozenset[bytes]:
+    return frozenset(m.group(1).lower() for m in re.finditer(rb"(?m)^([!-9;-~]+)[ \t]*:", header))
 
 
 CHANGED = "the destination server changed the message while storing it"
@@ -77,6 +83,9 @@ def describe_change(sent: Shape, stored: bytes) -> str:
     """One line saying how the stored copy differs from what was sent (whose Shape is `sent`)."""
     got = Shape.of(stored)
     what = []
+    added = sorted(f.decode("ascii", "replace") for f in got.fields - sent.fields)
+    if added:
+        what.append("header field(s) added: " + ", ".join(added))
     if got.header_8bit < sent.header_8bit:
         what.append(f"{sent.header_8bit - got.header_8bit} 8-bit octet(s) in the header replaced")
     if got.body_8bit != sent.body_8bit:
@@ -94,13 +103,43 @@ def describe_change(sent: Shape, stored: bytes) -> str:
     return f"{CHANGED}: " + "; ".join(what)
 
 
+# Header fields mail stores add to what they serve (mbox servers: GNU imap4d, UW-IMAP): a copy that
+# differs from what was sent only by them is the same message, altered.
+ADDED_FIELDS = frozenset({b"status", b"x-status", b"x-uid", b"x-imapbase", b"x-imap", b"x-keywords",
+                          b"content-length", b"lines"})
+
+
 def loose_form(body: bytes) -> bytes:
-    """The message as the rewrites servers are known to make leave it: header 8-bit octets as 'X'
-    (Cyrus's munge8bit), every line end CRLF, no line ends at the very end. Two messages with the
-    same loose form are the same message, one of them rewritten: used to recognise a copy a server
-    altered, so a rerun without state does not copy it again."""
-    header = _header(body)
-    if not header.isascii():
-        body = re.sub(rb"[\x80-\xff]", b"X", header) + body[len(header):]
-    body = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-    return body.rstrip(b"\n").replace(b"\n", b"\r\n")
+    """The message as the rewrites servers are known to make leave it: line ends as CRLF and
+    none at the very end; a leading mbox "From " line dropped; in the header, 8-bit octets as 'X'
+    (Cyrus's munge8bit), field names in lower case with no space after the colon (imap4d re-spaces
+    them), and the fields mbox servers add (ADDED_FIELDS) left out. Two messages with the same
+    loose form are one message, one of them rewritten: used to recognise a copy a server altered,
+    so that it is reported instead of copied again (and found when the server gives no UID)."""
+    text = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n").rstrip(b"\n")
+    if text.startswith(b"From "):
+        text = text.partition(b"\n")[2]
+    header, sep, rest = text.partition(b"\n\n")
+    lines, keep = [], True
+    for line in header.split(b"\n"):
+        if line[:1] in (b" ", b"\t"):  # a continuation: goes with its field
+            if keep:
+                lines.append(line)
+            continue
+        name, colon, value = line.partition(b":")
+        keep = not (colon and name.strip().lower() in ADDED_FIELDS)
+        if keep:
+            lines.append(name.strip().lower() + b":" + value.lstrip() if colon else line)
+    header = re.sub(rb"[\x80-\xff]", b"X", b"\n".join(lines))
+    return (header + sep + rest).replace(b"\n", b"\r\n")
+
+
+def loose_digest(body: bytes) -> str:
+    return hashlib.sha256(loose_form(body)).hexdigest()
+
+
+def loose_window(size: int) -> tuple[int, int]:
+    """The sizes a copy of a message of `size` bytes may have after the rewrites loose_form undoes:
+    line ends doubled at most (a bare LF stored as CRLF), a few header fields added, a few bytes
+    taken off (a line end at the end, re-spacing). Outside it, a message is not a candidate."""
+    return max(0, size - 64), 2 * size + 256

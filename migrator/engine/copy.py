@@ -44,7 +44,7 @@ from typing import Callable, Iterator
 
 from migrator.checkpoint import ALTERED, DONE, UNVERIFIED, Checkpoint, Intent, Resent, Watermark
 from migrator.engine.batching import batches, chunks, one_batch
-from migrator.engine.content import Shape, at_risk, describe_change, same_size_change
+from migrator.engine.content import Shape, at_risk, describe_change, loose_digest, same_size_change
 from migrator.engine.crashpoints import crash
 from migrator.engine.jobs import (  # noqa: F401  (EngineOptions is imported from here by the CLI)
     OVERQUOTA_HINT, ChunkJob, EngineOptions, FolderRun, MarchJob, close_quietly, sha256, Connections,
@@ -424,9 +424,10 @@ class Engine:
             known = self._dst_status.get(fp.destination)
             expect = known.messages if known else None
             ended = conn.take_deferred()
+            readonly = opts.dry_run or _appends_unseen(dst)
             if ended is not None:  # the previous folder's end goes in the same round trip
-                return self._end_and_open(ended, conn, fp.destination, opts.dry_run, expect)
-            return conn.open_dst(fp.destination, opts.dry_run, expect)
+                return self._end_and_open(ended, conn, fp.destination, readonly, expect)
+            return conn.open_dst(fp.destination, readonly, expect)
 
         to_create = opts.dry_run and fp.destination in self.would_create
         (s_status, s_st, src_msgs), listed = self._both_sides(list_source, None if to_create else list_destination)
@@ -477,6 +478,8 @@ class Engine:
                 stats.fail(fp.source, uid, reason)
             for uid, reason in dec.failed_earlier:
                 stats.fail(fp.source, uid, f"{reason} (failed in an earlier run; --retry-failed tries again)")
+        if (dec.flag_updates or pairs) and not opts.dry_run and not conn.dst_selected_writable(fp.destination):
+            conn.select_dst(fp.destination, readonly=False)  # listed read-only (_appends_unseen): STOREs follow
         self._sync_flags(run, dst, dec.flag_updates)
         if opts.dry_run:
             adoptable = sum(1 for m in dec.to_copy if m.uid in pairs)
@@ -488,7 +491,10 @@ class Engine:
         if first:
             stats.add(fp.source, planned=len(dec.to_copy), planned_bytes=sum(m.size for m in dec.to_copy))
         to_copy = self._adopt(run, dst, dec.to_copy, pairs)
-        pieces = chunks(to_copy, opts.chunk_messages, max(opts.batch_bytes * 8, 1))
+        # Without UIDs, copies are found by content at the folder's end, and one session at a time
+        # appends to a folder (imap4d loses messages APPENDed to one mbox by several at once).
+        pieces = ([to_copy] if to_copy else []) if _appends_unseen(dst) else chunks(
+            to_copy, opts.chunk_messages, max(opts.batch_bytes * 8, 1))
         run.pending_chunks = len(pieces)
         if len(pieces) == 1 and one_batch(pieces[0], opts.batch_bytes, opts.batch_count):
             return run, ChunkJob(run, pieces[0], opened=(s_st, listed[0]))
@@ -714,8 +720,10 @@ class Engine:
         fp, opts, stats = run.fp, self.opts, self.stats
         src, dst = conn.both()
         # Read-write on the destination: the folder's size check (_check_sizes) then needs no SELECT.
+        # Read-only where copies get no UID (_appends_unseen): imap4d rewrites a folder that was
+        # empty when SELECTed from that session's view when it is left, losing what was appended.
         s_st, d_st = opened or self._both_sides(lambda: conn.select_src(fp.source),
-                                                lambda: conn.select_dst(fp.destination, readonly=False))
+                                                lambda: conn.select_dst(fp.destination, readonly=_appends_unseen(dst)))
         if s_st.uidvalidity != run.src_uidvalidity:
             raise TransientError(f"UIDVALIDITY of source folder '{display(fp.source)}' changed during the run")
         if d_st.uidvalidity != run.dst_uidvalidity:
@@ -823,6 +831,10 @@ class Engine:
         intents = [i if uid is not None or i.sha256 else dataclasses.replace(i, sha256=sha256(item.body))
                    for i, item, uid in zip(intents, items, uids)]
         results = list(zip(intents, uids))
+        if None in uids:  # no UID: found by content at the folder's end (_find_claims)
+            with run.lock:
+                run.claimed.extend((i, Shape.of(item.body), loose_digest(item.body))
+                                   for i, item, uid in zip(intents, items, uids) if uid is None)
         if run.in_doubt and self.ckpt:
             self.ckpt.record_resent(fp.destination, run.dst_uidvalidity, [
                 Resent(uid, i.src_uid, i.size, i.sha256, run.dst_uidnext, run.in_doubt[i.src_uid].updated)
@@ -959,7 +971,8 @@ class Engine:
         with run.lock:
             unchecked = bool(run.unchecked)
             big_read_back = not self._read_back_inline(run.read_back)  # read in batches, in this folder
-        if (self.opts.delete_extra or self.stop.is_set() or big_read_back
+            claimed = bool(run.claimed)  # found by content in this folder (_find_claims)
+        if (self.opts.delete_extra or self.stop.is_set() or big_read_back or claimed
                 or not (unchecked or self._may_keep_watermark(run))
                 or (unchecked and not (own_appends and conn.dst_selected_writable(run.fp.destination)))):
             self._finish_folder(run, conn)
@@ -1021,6 +1034,7 @@ class Engine:
     def _finish_folder(self, run: FolderRun, conn: Connections) -> None:
         """All chunks done: mirror mode removes what matches nothing; then the watermark is stored."""
         try:
+            self._find_claims(run, conn)
             leftovers = sorted(run.extras + run.pool.leftovers()) if self.opts.delete_extra else []
             # The watermark's STATUS rides along with the size check, unless an EXPUNGE comes between.
             status = self._check_sizes(run, conn, with_status=not leftovers and self._may_keep_watermark(run))
@@ -1036,6 +1050,47 @@ class Engine:
             self._retry_folder(run.fp, run.attempt, str(e))
         except FolderError as e:
             self.stats.folder_failed(run.fp.source, str(e))
+
+    def _find_claims(self, run: FolderRun, conn: Connections) -> None:
+        """'Copied' means present: copies the destination gave no UID for are looked for among the
+        messages that arrived since the march listed the folder, in a fresh read-only view. Each is
+        found by its SHA-256 (identical), or by its loose form (content.loose_form: stored altered,
+        reported with what changed); a copy found neither way was acknowledged but is not held:
+        a failure with that reason, and the next run does not count it as copied."""
+        claims = run.take_claimed()
+        if not claims or self.ckpt is None:
+            return
+        fp, dst = run.fp, conn.dst()
+        conn.select_dst(fp.destination, readonly=True)
+        known = {r.dst_uid for r in self.ckpt.rows(fp.source, run.src_uidvalidity, fp.destination).values()
+                 if r.dst_uid is not None}
+        arrived = [m for m in dst.list_messages() if m.uid >= run.dst_uidnext and m.uid not in known]
+        exact: dict[str, list[int]] = {}
+        loose: dict[str, list[tuple[int, bytes]]] = {}
+        for batch in batches(arrived, self.opts.batch_bytes, self.opts.batch_count):
+            for msg in dst.fetch([m.uid for m in batch]):
+                exact.setdefault(sha256(msg.body), []).append(msg.meta.uid)
+                loose.setdefault(loose_digest(msg.body), []).append((msg.meta.uid, msg.body))
+        taken: set[int] = set()
+        found, rest = [], []
+        for intent, shape, loosely in claims:
+            uid = next((u for u in exact.get(intent.sha256, ()) if u not in taken), None)
+            if uid is None:
+                rest.append((intent, shape, loosely))
+            else:
+                taken.add(uid)
+                found.append((intent, uid))
+        self._confirm(run, found)
+        for intent, shape, loosely in rest:
+            hit = next(((u, b) for u, b in loose.get(loosely, ()) if u not in taken), None)
+            if hit is not None:
+                taken.add(hit[0])
+                self._altered(run, intent, hit[0], describe_change(shape, hit[1]))
+                continue
+            reason = "the destination answered OK to the APPEND but does not hold the message"
+            self.ckpt.record_failed(fp.source, run.src_uidvalidity, fp.destination, run.dst_uidvalidity, intent, reason)
+            self.stats.fail(fp.source, intent.src_uid, reason)
+            self.stats.add(fp.source, copied=-1, copied_bytes=-intent.size)
 
     def _may_keep_watermark(self, run: FolderRun) -> bool:
         s = run.src_status
@@ -1082,6 +1137,12 @@ def _matches(wm: Watermark, s, d) -> bool:
             == (wm.src_uidvalidity, wm.src_uidnext, wm.src_messages, wm.src_modseq)
             and (d.uidvalidity, d.uidnext, d.messages, d.highestmodseq)
             == (wm.dst_uidvalidity, wm.dst_uidnext, wm.dst_messages, wm.dst_modseq))
+
+
+def _appends_unseen(dst: Store) -> bool:
+    """Whether the destination gives no UID for an APPEND (no UIDPLUS): its copies are then found
+    by content, the folder is listed read-only and appended to by one session at a time."""
+    return not dst.capabilities.uidplus
 
 
 def _source(job) -> Folder:

@@ -69,6 +69,7 @@ class FolderRun:
     unchecked: list = field(default_factory=list)  # (Intent, destination UID) whose stored size is not checked yet
     read_back: list = field(default_factory=list)  # (Intent, destination UID, Shape): copies whose bytes are compared
     unknown_uids: bool = False
+    claimed: list = field(default_factory=list)  # (Intent, Shape, loose digest) of copies given no UID
     expunged: int = 0
     pool: Pool = field(default_factory=Pool)  # unaccounted destination messages, by SHA-256
     in_doubt: dict = field(default_factory=dict)  # source UID -> pending Row whose APPEND may land late
@@ -85,6 +86,11 @@ class FolderRun:
             by_uid, self.unchecked = {uid: intent for intent, uid in self.unchecked}, []
         return by_uid
 
+
+    def take_claimed(self) -> list:
+        with self.lock:
+            entries, self.claimed = self.claimed, []
+        return entries
 
     def take_read_back(self) -> list:
         with self.lock:

@@ -17,6 +17,7 @@ from tests.conformance.content import seed_source
 OTHER_SERVERS = {
     "cyrus": ("tests.servers.cyrus", "Cyrus"),
     "courier": ("tests.servers.courier", "Courier"),
+    "imap4d": ("tests.servers.imap4d", "Imap4d"),
 }
 
 

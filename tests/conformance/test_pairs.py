@@ -21,7 +21,7 @@ from tests.helpers import migrate, migrator
 
 pytestmark = pytest.mark.e2e
 
-KINDS = ["dovecot", "cyrus", "courier"]
+KINDS = ["dovecot", "cyrus", "courier", "imap4d"]
 PAIRS = [(s, d) for s in KINDS for d in KINDS]
 
 
