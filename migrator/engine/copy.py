@@ -1119,7 +1119,11 @@ class Engine:
         if not claims or self.ckpt is None:
             return
         fp, dst = run.fp, conn.dst()
-        conn.select_dst(fp.destination, readonly=True)
+        st = conn.select_dst(fp.destination, readonly=True)
+        if st.uidvalidity != run.dst_uidvalidity and run.dst_messages == 0:
+            # A folder empty when listed may get its UIDVALIDITY with its first message (imap4d
+            # keeps it in the first message of an mbox): the copies are recorded under the new one.
+            run.dst_uidvalidity = st.uidvalidity
         known = {r.dst_uid for r in self.ckpt.rows(fp.source, run.src_uidvalidity, fp.destination).values()
                  if r.dst_uid is not None}
         arrived = [m for m in dst.list_messages() if m.uid >= run.dst_uidnext and m.uid not in known]

@@ -53,7 +53,7 @@ def sources(servers):
     def get(kind: str):
         if kind not in seeded:
             account = servers(kind).new_user("csrc")
-            notes = seed_source(account)
+            notes = seed_source(account, large=kind != "imap4d")
             seeded[kind] = (account, rig.messages_by_uid(account), notes)
         return seeded[kind]
 
