@@ -40,6 +40,8 @@ FORMAT = "migrator-state"
 VERSION = 1
 
 PENDING, DONE, FAILED, ALTERED = "pending", "done", "failed", "altered"
+# Stored, with a destination UID, but its bytes not yet compared with what was sent (engine/content.py)
+UNVERIFIED = "unverified"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -78,6 +80,21 @@ CREATE TABLE IF NOT EXISTS watermarks (
     updated REAL NOT NULL,
     PRIMARY KEY (src_folder, dst_folder)
 );
+-- Copies sent again for an intent left pending (an APPEND that was in flight when a run died or
+-- its connection was cut): the first APPEND may still be committed by the server later. Each row
+-- names the copy this state made again (dst_uid), what to look for (size, SHA-256) and from which
+-- destination UID on a late twin can appear (since_uid: the folder's UIDNEXT when it was listed).
+CREATE TABLE IF NOT EXISTS resent (
+    dst_folder TEXT NOT NULL,
+    dst_uidvalidity INTEGER NOT NULL,
+    dst_uid INTEGER NOT NULL,
+    src_uid INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    since_uid INTEGER NOT NULL,
+    sent REAL NOT NULL,
+    PRIMARY KEY (dst_folder, dst_uidvalidity, dst_uid)
+);
 """
 
 
@@ -107,6 +124,19 @@ class Row:
     flags: tuple[str, ...]
     status: str
     reason: str | None
+    updated: float = 0.0  # when the row was last written (for a pending row: when its APPEND went out)
+
+
+@dataclass(frozen=True)
+class Resent:
+    """A copy sent again for an intent left pending (table resent)."""
+
+    dst_uid: int
+    src_uid: int
+    size: int
+    sha256: str
+    since_uid: int
+    sent: float
 
 
 @dataclass(frozen=True)
@@ -239,13 +269,29 @@ class Checkpoint:
     def rows(self, src: Folder, src_uidvalidity: int, dst: Folder) -> dict[int, Row]:
         with self._mutex:
             cur = self._db.execute(
-                "SELECT src_uid, dst_uidvalidity, dst_uid, size, sha256, flags, status, reason FROM messages "
+                "SELECT src_uid, dst_uidvalidity, dst_uid, size, sha256, flags, status, reason, updated FROM messages "
                 "WHERE src_folder=? AND src_uidvalidity=? AND dst_folder=?",
                 (folder_key(src), src_uidvalidity, folder_key(dst)),
             )
             return {
-                r[0]: Row(r[0], r[1], r[2], r[3], r[4], flags_from_json(r[5]), r[6], r[7]) for r in cur.fetchall()
+                r[0]: Row(r[0], r[1], r[2], r[3], r[4], flags_from_json(r[5]), r[6], r[7], r[8]) for r in cur.fetchall()
             }
+
+    def resent(self, dst: Folder, dst_uidvalidity: int) -> list[Resent]:
+        with self._mutex:
+            cur = self._db.execute(
+                "SELECT dst_uid, src_uid, size, sha256, since_uid, sent FROM resent "
+                "WHERE dst_folder=? AND dst_uidvalidity=? ORDER BY dst_uid", (folder_key(dst), dst_uidvalidity))
+            return [Resent(*r) for r in cur.fetchall()]
+
+    def record_resent(self, dst: Folder, dst_uidvalidity: int, entries: Iterable[Resent]) -> None:
+        self._write("INSERT OR REPLACE INTO resent VALUES (?,?,?,?,?,?,?,?)",
+                    [(folder_key(dst), dst_uidvalidity, e.dst_uid, e.src_uid, e.size, e.sha256, e.since_uid, e.sent)
+                     for e in entries])
+
+    def drop_resent(self, dst: Folder, dst_uidvalidity: int, dst_uids: Iterable[int]) -> None:
+        self._write("DELETE FROM resent WHERE dst_folder=? AND dst_uidvalidity=? AND dst_uid=?",
+                    [(folder_key(dst), dst_uidvalidity, uid) for uid in dst_uids])
 
     def has_rows(self, src: Folder, src_uidvalidity: int, dst: Folder) -> bool:
         """Whether rows() of the pair holds anything, without reading it."""
@@ -273,7 +319,7 @@ class Checkpoint:
                 f"AND src_folder IN ({marks})",
                 (folder_key(dst), dst_uidvalidity, *keys),
             ).fetchall()
-        return {uid for uid, status in rows if uid is not None and status in (DONE, ALTERED)}
+        return {uid for uid, status in rows if uid is not None and status in (DONE, ALTERED, UNVERIFIED)}
 
     def failed(self) -> list[tuple[Folder, int, str]]:
         with self._mutex:

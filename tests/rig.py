@@ -63,6 +63,7 @@ import hashlib
 import itertools
 import os
 import pwd
+import re
 import grp
 import secrets
 import shutil
@@ -74,7 +75,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
@@ -684,6 +685,47 @@ def seed(account: Account, folder: Sequence[str], messages: Iterable[Message],
             pass
 
 
+def append_each(account: Account, folder: Sequence[str], messages: Iterable[Message]) -> list[str | None]:
+    """Create folder if missing and APPEND the messages one by one (for servers without
+    MULTIAPPEND, and to seed what a server accepts of the real-world corpus). Returns, per
+    message, None if it was stored, else the server's refusal."""
+    c = connect(account)
+    out: list[str | None] = []
+    try:
+        name = create_folder(account, folder, client=c)
+        for m in messages:
+            d = _norm_message(m)
+            try:
+                c.append(name, d["msg"], flags=d.get("flags", ()), msg_time=d.get("date"))
+                out.append(None)
+            except Exception as e:  # noqa: BLE001  (NO/BAD: refused; the session stays usable)
+                out.append(str(e))
+    finally:
+        try:
+            c.logout()
+        except Exception:  # noqa: BLE001
+            pass
+    return out
+
+
+def messages_by_uid(account: Account) -> dict[tuple, dict[int, tuple]]:
+    """{components: {uid: (sha256(BODY[]), sorted flags w/o \\Recent, INTERNALDATE as a UTC instant)}}.
+
+    NUL is hashed as 0x80: Dovecot serves a stored NUL as 0x80 (an IMAP literal cannot carry it),
+    Cyrus and Courier serve it as NUL (in a literal8), so the same stored bytes read differently."""
+    c = connect(account)
+    try:
+        out = {}
+        for name in _list(c, True):
+            out[folder_components(account, name)] = {
+                uid: (hashlib.sha256(d[b"BODY[]"].replace(b"\x00", b"\x80")).hexdigest(), tuple(_flags(d[b"FLAGS"])),
+                      d[b"INTERNALDATE"].astimezone(timezone.utc).isoformat())
+                for uid, d in _fetch_all(c, name).items()}
+        return out
+    finally:
+        c.logout()
+
+
 def list_folders(account: Account, selectable_only: bool = True) -> list[tuple]:
     c = connect(account)
     try:
@@ -720,7 +762,28 @@ def _fetch_all(c: IMAPClient, name: str):
     uids = sorted(c.search("ALL"))
     out = {}
     for i in range(0, len(uids), 500):
-        out.update(c.fetch(uids[i:i + 500], ["BODY.PEEK[]", "FLAGS", "INTERNALDATE"]))
+        chunk = uids[i:i + 500]
+        out.update(c.fetch(chunk, ["FLAGS", "INTERNALDATE"]))
+        for uid, body in _raw_bodies(c, chunk).items():
+            out[uid][b"BODY[]"] = body
+    return out
+
+
+_UID_IN_HEAD = re.compile(rb"UID (\d+)")
+
+
+def _raw_bodies(c: IMAPClient, uids: list[int]) -> dict[int, bytes]:
+    """BODY[] read with imaplib itself: a server may send it as a literal8 (~{n}, Cyrus and
+    Courier for a message holding NUL), which imapclient's parser returns as the text '~{n}'."""
+    typ, data = c._imap.uid("FETCH", ",".join(map(str, uids)), "(UID BODY.PEEK[])")
+    if typ != "OK":
+        raise RuntimeError(f"UID FETCH BODY.PEEK[] failed: {data!r}")
+    out = {}
+    for item in data:
+        if isinstance(item, tuple):
+            m = _UID_IN_HEAD.search(item[0])
+            if m:
+                out[int(m.group(1))] = item[1]
     return out
 
 

@@ -38,6 +38,7 @@ RetryFailed = Annotated[bool, typer.Option("--retry-failed", help="Try again mes
 BatchMB = Annotated[float, typer.Option("--batch-mb", min=0.1, help="Bytes per FETCH/APPEND batch, in MB (bounds memory).")]
 MaxBps = Annotated[Optional[float], typer.Option("--max-bytes-per-second", min=1, help="Limit the whole run to this many message bytes per second.")]
 MaxMps = Annotated[Optional[float], typer.Option("--max-messages-per-second", min=0.01, help="Limit the whole run to this many messages per second.")]
+InFlightGrace = Annotated[float, typer.Option("--in-flight-grace", min=0, help="After a crash or a cut connection, wait until this many seconds have passed since the APPENDs then in flight before listing their folder again (a server may still commit them); a later commit is found by the next run.")]
 MaxConns = Annotated[int, typer.Option("--max-connections-per-host", min=1, help="Open connections per host, all workers of a run together; in a batch, per mailbox (Gmail allows 15 per account).")]
 
 # Mapping options (planner rules; see `migrator plan --help` for their order).
@@ -151,12 +152,13 @@ class RunOptions:
     max_bytes_per_second: float | None = None
     max_messages_per_second: float | None = None
     max_connections_per_host: int | None = 10
+    in_flight_grace: float = 5.0
 
 
 _RUN_PARAMS = [(f.name, kind, f.default) for f, kind in zip(
     dataclasses.fields(RunOptions),
     [DryRun, Workers, State, ResetState, Report, IncludeDeleted, NoSyncFlags, DeleteExtra, RetryFailed, BatchMB,
-     MaxBps, MaxMps, MaxConns],
+     MaxBps, MaxMps, MaxConns, InFlightGrace],
 )]
 with_run_options = _folded("run", RunOptions, _RUN_PARAMS)
 
@@ -222,7 +224,7 @@ def engine_options(src: Connector, dst: Connector, run: RunOptions):
         workers=throttle.connection_limits(src, dst, run.workers, run.max_connections_per_host),
         dry_run=run.dry_run, include_deleted=run.include_deleted, sync_flags=not run.no_sync_flags,
         delete_extra=run.delete_extra, retry_failed=run.retry_failed, batch_bytes=int(run.batch_mb * 1e6),
-        throttle=limiter if limiter.limited else None,
+        throttle=limiter if limiter.limited else None, in_flight_grace=run.in_flight_grace,
     )
     opts.batch_bytes, opts.batch_count = throttle.batch_limits(opts.throttle, opts.batch_bytes, opts.batch_count)
     return opts

@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
-from migrator.stores.base import MessageMeta
-
-T = TypeVar("T", bound=MessageMeta)
+T = TypeVar("T")
 
 
-def batches(metas: Sequence[T], max_bytes: int, max_count: int) -> Iterator[list[T]]:
-    """Consecutive groups of at most max_count messages and max_bytes bytes.
+def _own_size(m: Any) -> int:
+    return m.size
+
+
+def batches(metas: Sequence[T], max_bytes: int, max_count: int,
+            size: Callable[[T], int] = _own_size) -> Iterator[list[T]]:
+    """Consecutive groups of at most max_count messages and max_bytes bytes (`size` tells an
+    item's bytes: its .size by default).
 
     A message larger than max_bytes travels alone: it cannot be split.
     """
     batch: list[T] = []
-    size = 0
+    total = 0
     for m in metas:
-        if batch and (len(batch) >= max_count or size + m.size > max_bytes):
+        n = size(m)
+        if batch and (len(batch) >= max_count or total + n > max_bytes):
             yield batch
-            batch, size = [], 0
+            batch, total = [], 0
         batch.append(m)
-        size += m.size
+        total += n
     if batch:
         yield batch
 

@@ -9,7 +9,9 @@ what to do (engine/march.py, like rclone's march + mbsync's sync.c):
     non-empty destination) form a *pool*, keyed by SHA-256 of their bytes;
   - every other source message is copied, unless an identical message is still
     in the pool: then that one is adopted instead (multiset matching, so two
-    identical source messages need two identical destination messages).
+    identical source messages need two identical destination messages). Which
+    twin adopts which copy is decided by the march for each group of identical
+    messages as a whole (INTERNALDATE, then flags), before any is adopted or copied.
 The march's copy list is cut into chunks that any worker may take, so a big
 folder is copied by several connections at once.
 
@@ -28,6 +30,7 @@ every rerun marches. See docs/resume.md.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import itertools
 import logging
@@ -40,21 +43,27 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
-from migrator.checkpoint import ALTERED, DONE, Checkpoint, Intent, Watermark
+from migrator.checkpoint import ALTERED, DONE, UNVERIFIED, Checkpoint, Intent, Resent, Watermark
 from migrator.engine.batching import batches, chunks, one_batch
+from migrator.engine.content import Shape, at_risk, describe_change, loose_digest, loose_window, same_size_change
+from migrator.engine.content import fingerprint as sha256
 from migrator.engine.crashpoints import crash
 from migrator.engine.jobs import (  # noqa: F401  (EngineOptions is imported from here by the CLI)
-    OVERQUOTA_HINT, ChunkJob, EngineOptions, FolderRun, MarchJob, close_quietly, sha256, Connections,
+    OVERQUOTA_HINT, ChunkJob, EngineOptions, FolderRun, MarchJob, close_quietly, Connections,
 )
-from migrator.engine.march import altered_reason, copy_flags, decide, split_pool
+from migrator.engine.march import Wanted, altered_reason, copy_flags, decide, late_twin_candidates, pool_candidates
 from migrator.errors import ConnectionFailed, FolderError, MessageRejected, TransientError
 from migrator.naming import Folder, display, parents
 from migrator.plan import FolderPlan, Plan
 from migrator.stats import Stats
 from migrator.stores import both_sides, open_pair
-from migrator.stores.base import AppendItem, FolderStatus, MessageMeta, Store
+from migrator.stores.base import AppendItem, FolderStatus, Message, MessageMeta, Store
 
 log = logging.getLogger("migrator.engine")
+
+# A copy sent again is watched for a late twin this long: no server commits an APPEND a day
+# after its connection died (docs/resume.md).
+LATE_COMMIT_WINDOW = 86400.0
 
 TYPICAL_MESSAGE_BYTES = 50_000  # only to rank a folder whose STATUS has no SIZE among the others
 
@@ -100,6 +109,8 @@ class Engine:
         self._src_status: dict[Folder, FolderStatus] = {}  # taken while preparing, before any listing
         self._dst_existed: set[Folder] = set()  # destination folders there before this run
         self._dst_status: dict[Folder, FolderStatus] = {}  # ... and their STATUS while preparing
+        self._sampled = False  # the run's first copy was taken to be read back (_to_read_back)
+        self._sample_lock = threading.Lock()
         self._dst_side = ThreadPoolExecutor(max_workers=max(1, opts.workers), thread_name_prefix="dst-side")
 
     # -- top level -----------------------------------------------------------------------
@@ -415,9 +426,10 @@ class Engine:
             known = self._dst_status.get(fp.destination)
             expect = known.messages if known else None
             ended = conn.take_deferred()
+            readonly = opts.dry_run or _appends_unseen(dst)
             if ended is not None:  # the previous folder's end goes in the same round trip
-                return self._end_and_open(ended, conn, fp.destination, opts.dry_run, expect)
-            return conn.open_dst(fp.destination, opts.dry_run, expect)
+                return self._end_and_open(ended, conn, fp.destination, readonly, expect)
+            return conn.open_dst(fp.destination, readonly, expect)
 
         to_create = opts.dry_run and fp.destination in self.would_create
         (s_status, s_st, src_msgs), listed = self._both_sides(list_source, None if to_create else list_destination)
@@ -437,23 +449,25 @@ class Engine:
         if self.ckpt and not opts.dry_run:
             self.ckpt.set_watermark(fp.source, fp.destination, None)  # not complete until _finish_folder
         rows = self.ckpt.rows(fp.source, s_st.uidvalidity, fp.destination) if self.ckpt else {}
+        if self.ckpt and listed is not None and not opts.dry_run:
+            rows, dst_msgs = self._take_late_twins(run, dst, rows, dst_msgs)
         dec = decide(src_msgs, dst_msgs, rows, run.dst_uidvalidity, include_deleted=opts.include_deleted,
                      sync_flags=opts.sync_flags, retry_failed=opts.retry_failed)
+        if listed is not None and self._waited_for_in_flight(fp, dst, dec):
+            return self._march(fp, attempt, conn)  # listed again: what landed meanwhile is adopted
+        run.in_doubt = dec.in_doubt
         self._exclude_merged(fp, run, dec)
-        # Only a destination message of the size of a message to copy can be its copy. A source
-        # whose listed sizes are not exact (POP3) has its candidates fingerprinted by the chunks,
-        # once the bodies' sizes are known (_load_pool).
-        candidates, later, rest = split_pool(dec.unaccounted, {m.size for m in dec.to_copy},
-                                             {r.size for r in dec.claims}, exact=src.capabilities.exact_sizes,
-                                             copying=bool(dec.to_copy))
-        run.extras = [m.uid for m in rest]
-        run.pool.defer(later)
-        self._fill_pool(run, dst, candidates)
-        crash("pool-fetched")
-        self._settle_claims(run, dec.claims)
+        pairs = self._pair_with_pool(run, src, dst, dec, src_msgs)
+        if pairs is None:  # stopped meanwhile
+            return None, None
+        self._settle_claims(run, dec.claims, pairs)
+        if not opts.dry_run and self.ckpt is not None:
+            self._match_altered(run, src, dst, dec, pairs, src_msgs)
         if dec.newly_altered and self.ckpt and not opts.dry_run:
             for row, reason in dec.newly_altered:
                 self._confirm(run, [(Intent(row.src_uid, row.size, row.sha256, row.flags), row.dst_uid)], ALTERED, reason)
+        if dec.to_verify and not opts.dry_run:
+            self._verify_rows(run, dst, dec.to_verify)
         if first:
             self._reported.add(fp.source)
             stats.skip(fp.source, "flagged \\Deleted on the source (--include-deleted copies them)",
@@ -463,9 +477,11 @@ class Engine:
                 stats.fail(fp.source, uid, reason)
             for uid, reason in dec.failed_earlier:
                 stats.fail(fp.source, uid, f"{reason} (failed in an earlier run; --retry-failed tries again)")
+        if (dec.flag_updates or pairs) and not opts.dry_run and not conn.dst_selected_writable(fp.destination):
+            conn.select_dst(fp.destination, readonly=False)  # listed read-only (_appends_unseen): STOREs follow
         self._sync_flags(run, dst, dec.flag_updates)
         if opts.dry_run:
-            adoptable = self._preview(run, src, dst, dec.to_copy, {m.size for m in candidates})
+            adoptable = sum(1 for m in dec.to_copy if m.uid in pairs)
             stats.add(fp.source, planned=len(dec.to_copy) - adoptable,
                       planned_bytes=sum(m.size for m in dec.to_copy), found=adoptable)
             if opts.delete_extra:
@@ -473,13 +489,83 @@ class Engine:
             return None, None
         if first:
             stats.add(fp.source, planned=len(dec.to_copy), planned_bytes=sum(m.size for m in dec.to_copy))
-        pieces = chunks(dec.to_copy, opts.chunk_messages, max(opts.batch_bytes * 8, 1))
+        to_copy = self._adopt(run, dst, dec.to_copy, pairs)
+        # Without UIDs, copies are found by content at the folder's end, and one session at a time
+        # appends to a folder (imap4d loses messages APPENDed to one mbox by several at once).
+        pieces = ([to_copy] if to_copy else []) if _appends_unseen(dst) else chunks(
+            to_copy, opts.chunk_messages, max(opts.batch_bytes * 8, 1))
         run.pending_chunks = len(pieces)
         if len(pieces) == 1 and one_batch(pieces[0], opts.batch_bytes, opts.batch_count):
             return run, ChunkJob(run, pieces[0], opened=(s_st, listed[0]))
         for piece in pieces:
             self._put(ChunkJob(run, piece))
         return run, None
+
+    def _waited_for_in_flight(self, fp: FolderPlan, dst: Store, dec) -> bool:
+        """An APPEND sent just before a crash or a cut connection may be committed by the server
+        after this listing: copying its message now would make two. So a march that finds intents
+        left pending less than in_flight_grace seconds ago waits out the rest, and lists again."""
+        if self.opts.dry_run or not dec.in_doubt or not dst.capabilities.late_commits:
+            return False
+        wait = max(r.updated for r in dec.in_doubt.values()) + self.opts.in_flight_grace - time.time()
+        if wait <= 0:
+            return False
+        log.info("'%s': waiting %.1f s for APPENDs that may still be in flight", display(fp.source), wait)
+        self.stop.wait(wait)
+        return not self.stop.is_set()
+
+    def _take_late_twins(self, run: FolderRun, dst: Store, rows: dict, dst_msgs: list[MessageMeta]):
+        """Copies sent again for a pending intent (table resent) whose first APPEND was committed
+        late after all: the copy sent again is removed (its UID came from APPENDUID: provably
+        ours, provably redundant) and the row points at the late one, whose flags decide() then
+        brings in step. Order, for a crash at any point: row first, then EXPUNGE, then the marker.
+        Returns the rows and the destination listing as they are afterwards."""
+        fp, ckpt = run.fp, self.ckpt
+        markers = ckpt.resent(fp.destination, run.dst_uidvalidity)
+        if not markers:
+            return rows, dst_msgs
+        present = {m.uid for m in dst_msgs}
+        referenced = {r.dst_uid for r in rows.values() if r.dst_uid is not None}
+        cands = late_twin_candidates(markers, dst_msgs, rows)
+        digests: dict[int, str] = {}
+        wanted = list({m.uid: m for ms in cands.values() for m in ms}.values())
+        for batch in batches(wanted, self.opts.batch_bytes, self.opts.batch_count):
+            digests.update((msg.meta.uid, sha256(msg.body)) for msg in dst.fetch([m.uid for m in batch]))
+        rows, taken, remove, done = dict(rows), set(), [], []
+        for e in markers:
+            row = rows.get(e.src_uid)
+            if e.dst_uid not in present:
+                done.append(e.dst_uid)  # gone (expunged by someone, or by a run that died after it)
+                continue
+            if row is not None and row.dst_uid != e.dst_uid and e.dst_uid not in referenced:
+                remove.append(e.dst_uid)  # re-pointed by a run that died before its EXPUNGE
+                continue
+            late = next((m for m in cands.get(e.dst_uid, ()) if digests.get(m.uid) == e.sha256 and m.uid not in taken), None)
+            if late is None:
+                if time.time() - e.sent > LATE_COMMIT_WINDOW:
+                    done.append(e.dst_uid)
+                continue
+            taken.add(late.uid)
+            if row is not None and row.dst_uid == e.dst_uid:
+                rows[e.src_uid] = dataclasses.replace(row, dst_uid=late.uid, status=DONE)
+                ckpt.record_done(fp.source, run.src_uidvalidity, fp.destination, run.dst_uidvalidity,
+                                 [(Intent(row.src_uid, row.size, e.sha256, row.flags), late.uid)])
+            remove.append(e.dst_uid)
+        if remove and not dst.capabilities.uidplus:
+            # EXPUNGE without UIDPLUS removes every \Deleted message of the folder: not ours to do.
+            self.stats.warn(f"'{display(fp.source)}': {len(remove)} message(s) an earlier run sent were "
+                            "committed late and are now there twice; the server cannot expunge one "
+                            "message alone (no UIDPLUS): remove the newer copies by hand")
+            remove = []
+        if remove:
+            dst.expunge_uids(remove)
+            crash("late-twin-removed")
+            self.stats.warn(f"'{display(fp.source)}': {len(remove)} APPEND(s) of an earlier run were committed "
+                            "late; the copies sent again were removed")
+            done.extend(remove)
+        ckpt.drop_resent(fp.destination, run.dst_uidvalidity, done)
+        gone = set(remove)
+        return rows, [m for m in dst_msgs if m.uid not in gone]
 
     def _copies_whole(self, fp: FolderPlan, known: FolderStatus | None) -> bool:
         """Whether the march can read the folder's bodies along with its listing: STATUS shows it
@@ -516,39 +602,149 @@ class Engine:
             for msg in dst.fetch([d.uid for d in batch]):
                 run.pool.add(sha256(msg.body), by_uid[msg.meta.uid])
 
-    def _load_pool(self, run: FolderRun, dst: Store, bodies) -> None:
-        """A source without exact listed sizes (POP3): fingerprint the deferred destination
-        candidates of these bodies' sizes before they are looked up. Under the pool's loading lock,
-        so that a chunk never looks up a size another chunk is still fingerprinting."""
-        if not run.pool.lazy:
-            return
-        with run.pool.loading:
-            due = run.pool.due({len(msg.body) for msg in bodies})
-            if due:
-                self._fill_pool(run, dst, due)
+    def _verify_rows(self, run: FolderRun, dst: Store, rows) -> None:
+        """Copies a run stored but stopped before reading back (a crash, a cut connection): their
+        bytes are compared now, with the SHA-256 their intent recorded. The destination folder is
+        the one the march just opened."""
+        by_uid = {row.dst_uid: row for row in rows}
+        for batch in batches(rows, self.opts.batch_bytes, self.opts.batch_count):
+            same = []
+            for msg in dst.fetch([row.dst_uid for row in batch]):
+                row = by_uid[msg.meta.uid]
+                intent = Intent(row.src_uid, row.size, row.sha256, row.flags)
+                if sha256(msg.body) == row.sha256:
+                    same.append((intent, row.dst_uid))
+                else:
+                    self._altered(run, intent, row.dst_uid, same_size_change(row.size), copied=False)
+            self._confirm(run, same)
 
-    def _settle_claims(self, run: FolderRun, claims) -> None:
-        """Copies confirmed without a UID (no UIDPLUS): find them by fingerprint and record their UID."""
-        found = []
-        for row in claims:
-            meta = run.pool.take(row.sha256)
-            if meta is not None:
-                found.append((Intent(row.src_uid, row.size, row.sha256, row.flags), meta.uid))
+    def _pair_with_pool(self, run: FolderRun, src: Store, dst: Store, dec,
+                        src_msgs: list[MessageMeta]) -> dict | None:
+        """Source UID -> (destination message, fingerprint) for each message still to copy or claimed
+        that an unaccounted destination message matches; fills the pool and run.extras on the way.
+
+        Only messages of the same size can be identical, so each side is read only where the other
+        may hold a match: the unaccounted destination messages of a size still to copy or claimed
+        are fingerprinted (the pool), then the messages to copy of a size the pool holds. A source
+        whose listed sizes are not those of the bytes it serves (Capabilities.exact_sizes; POP3)
+        is read the other way round: its messages to copy first, all of them if the destination
+        holds anything unaccounted (dec.to_copy then gets their sizes as served), then the
+        destination messages of those sizes. Either way a first run into an empty destination
+        reads nothing, nor does a rerun with nothing to copy; bodies are hashed as they come and
+        dropped (_fingerprint_sources). Then each group of identical messages is paired as a whole
+        (march.pair_twins): which twin adopts which copy is decided before any of them is adopted
+        or copied. None if stopped meanwhile."""
+        exact = src.capabilities.exact_sizes
+        by_uid = {m.uid: m for m in src_msgs}
+        claims = [Wanted(by_uid[row.src_uid], row.sha256, claim=True) for row in dec.claims]
+        if exact:
+            copies, sizes = [], {m.size for m in dec.to_copy}
+        else:  # a listed size says nothing: the sizes are those of the bytes, read first
+            copies = self._fingerprint_sources(src, dec.to_copy) if dec.unaccounted else []
+            served = {w.meta.uid: w.meta for w in copies}
+            dec.to_copy = [served.get(m.uid, m) for m in dec.to_copy]  # what follows sees the bytes' sizes
+            sizes = {m.size for m in served.values()}
+        candidates, rest = pool_candidates(dec.unaccounted, sizes | {row.size for row in dec.claims})
+        run.extras = [m.uid for m in rest]
+        self._fill_pool(run, dst, candidates)
+        crash("pool-fetched")
+        if exact and len(run.pool):
+            copies = self._fingerprint_sources(src, [m for m in dec.to_copy if run.pool.might_hold(m.size)])
+        if self.stop.is_set():
+            return None
+        digests = {w.meta.uid: w.digest for w in claims + copies}
+        return {uid: (found, digests[uid]) for uid, found in run.pool.pair(claims + copies).items()}
+
+    def _fingerprint_sources(self, src: Store, metas: list[MessageMeta]) -> list[Wanted]:
+        """These source messages with their fingerprint, each body hashed as it comes and dropped;
+        their metadata as served (_served)."""
+        wanted = []
+        for batch, fetched in self._prefetch(src, batches(metas, self.opts.batch_bytes, self.opts.batch_count)):
+            crash("fetched")  # nothing adopted yet: the next march fingerprints them again
+            wanted += [Wanted(_served(m, msg), sha256(msg.body)) for m in batch if (msg := fetched.get(m.uid))]
+        return wanted
+
+    def _settle_claims(self, run: FolderRun, claims, pairs: dict) -> None:
+        """Copies confirmed without a UID (no UIDPLUS): record the UID their fingerprint found."""
+        found = [(Intent(row.src_uid, row.size, row.sha256, row.flags), pairs[row.src_uid][0].uid)
+                 for row in claims if row.src_uid in pairs]
         if found and self.ckpt and not self.opts.dry_run:
             self._confirm(run, found)
 
-    def _preview(self, run: FolderRun, src: Store, dst: Store, to_copy: list[MessageMeta], pool_sizes: set[int]) -> int:
-        """Dry run: how many of to_copy would be adopted from the pool (fetches only same-size ones;
-        all of them when the pool waits for the bodies' sizes)."""
-        maybe = to_copy if run.pool.lazy else [m for m in to_copy if m.size in pool_sizes]
-        adopted = 0
-        for batch in batches(maybe, self.opts.batch_bytes, self.opts.batch_count):
-            fetched = list(src.fetch([m.uid for m in batch]))
-            self._load_pool(run, dst, fetched)
-            for msg in fetched:
-                if run.pool.take(sha256(msg.body), msg.meta) is not None:
-                    adopted += 1
-        return adopted
+    def _match_altered(self, run: FolderRun, src: Store, dst: Store, dec, pairs: dict,
+                       src_msgs: list[MessageMeta]) -> None:
+        """After the exact pairing: destination messages left over may be copies a server altered
+        (content.loose_form: Cyrus's munged 8-bit headers, a line end added, mbox fields added) that
+        no row points to any more (the state was lost or reset), or copies a server gave no UID
+        for. Each one found is recorded as an altered copy and reported, not copied again. A
+        claim (a copy confirmed without a UID) found neither way is not on the destination: its
+        row goes, and the message is copied again. Reads only messages whose sizes could match
+        (content.loose_window), and only when something is left on both sides."""
+        paired = {found.uid for found, _digest in pairs.values()}
+        left = [m for m in dec.unaccounted if m.uid not in paired]
+        claims = [row for row in dec.claims if row.src_uid not in pairs]
+        wanted = {m.uid: m for m in dec.to_copy if m.uid not in pairs}
+        src_by_uid = {m.uid: m for m in src_msgs}
+        wanted.update({row.src_uid: src_by_uid[row.src_uid] for row in claims if row.src_uid in src_by_uid})
+        if not left or not wanted:
+            self._forget_claims(run, dec, claims, set(), src_by_uid)
+            return
+        sizes = sorted(m.size for m in wanted.values())
+        cands = [m for m in left if _any_between(sizes, (m.size - 256) // 2, m.size + 64)]
+        cand_sizes = sorted(m.size for m in cands)
+        maybe = [m for m in wanted.values() if _any_between(cand_sizes, *loose_window(m.size))]
+        held: dict[str, list[tuple[int, bytes]]] = {}
+        if maybe:
+            for batch in batches(cands, self.opts.batch_bytes, self.opts.batch_count):
+                for msg in dst.fetch([m.uid for m in batch]):
+                    held.setdefault(loose_digest(msg.body), []).append((msg.meta.uid, msg.body))
+        found: set[int] = set()
+        claimed = {row.src_uid for row in claims}
+        for batch, fetched in (self._prefetch(src, batches(maybe, self.opts.batch_bytes, self.opts.batch_count))
+                               if held else ()):
+            for m in sorted(batch, key=lambda m: m.uid not in claimed):  # claims first: their copy is there
+                msg = fetched.get(m.uid)
+                hit = held.get(loose_digest(msg.body)) if msg is not None else None
+                if not hit:
+                    continue
+                uid, stored = hit.pop(0)
+                found.add(m.uid)
+                intent = Intent(m.uid, len(msg.body), sha256(msg.body), copy_flags(m, self.opts.include_deleted))
+                self._altered(run, intent, uid, describe_change(Shape.of(msg.body), stored), copied=False)
+                run.pool.discard(uid)
+                run.extras = [u for u in run.extras if u != uid]
+        dec.to_copy = [m for m in dec.to_copy if m.uid not in found]
+        self._forget_claims(run, dec, claims, found, src_by_uid)
+
+    def _forget_claims(self, run: FolderRun, dec, claims: list, found: set[int], src_by_uid: dict) -> None:
+        """Claims whose copy is not on the destination: the row must not outlive the message."""
+        lost = [row for row in claims if row.src_uid not in found]
+        if not lost:
+            return
+        self.ckpt.forget(run.fp.source, run.src_uidvalidity, run.fp.destination, [row.src_uid for row in lost])
+        dec.to_copy += [src_by_uid[row.src_uid] for row in lost if row.src_uid in src_by_uid]
+        dec.already -= len(lost)
+
+    def _adopt(self, run: FolderRun, dst: Store, to_copy: list[MessageMeta], pairs: dict) -> list[MessageMeta]:
+        """Record each paired message as copied to its destination message, with the source's
+        flags set there; returns the messages left to copy."""
+        opts, fp = self.opts, run.fp
+        adopting = [m for m in to_copy if m.uid in pairs]
+        for start in range(0, len(adopting), opts.batch_count):
+            adopted = []
+            for m in adopting[start:start + opts.batch_count]:
+                found, digest = pairs[m.uid]
+                flags = copy_flags(m, opts.include_deleted)
+                if opts.sync_flags and set(found.flags) != set(flags):
+                    dst.set_flags(found.uid, sorted(set(flags) - set(found.flags)),
+                                  sorted(set(found.flags) - set(flags)))
+                    self.stats.add(fp.source, flags_updated=1)
+                # Its size as the destination lists it: the next march compares the two.
+                adopted.append((Intent(m.uid, found.size, digest, flags), found.uid))
+            self._confirm(run, adopted)
+            crash("adopted")
+            self.stats.add(fp.source, found=len(adopted))
+        return [m for m in to_copy if m.uid not in pairs]
 
     def _sync_flags(self, run: FolderRun, dst: Store, updates: list[tuple[MessageMeta, MessageMeta]]) -> None:
         if not updates:
@@ -603,21 +799,21 @@ class Engine:
         (read-write on the destination) on these connections."""
         fp, opts, stats = run.fp, self.opts, self.stats
         src, dst = conn.both()
-        # Read-write on the destination: adopted messages may need their flags set.
+        # Read-write on the destination: the folder's size check (_check_sizes) then needs no SELECT.
+        # Read-only where copies get no UID (_appends_unseen): imap4d rewrites a folder that was
+        # empty when SELECTed from that session's view when it is left, losing what was appended.
         s_st, d_st = opened or self._both_sides(lambda: conn.select_src(fp.source),
-                                                lambda: conn.select_dst(fp.destination, readonly=False))
+                                                lambda: conn.select_dst(fp.destination, readonly=_appends_unseen(dst)))
         if s_st.uidvalidity != run.src_uidvalidity:
             raise TransientError(f"UIDVALIDITY of source folder '{display(fp.source)}' changed during the run")
         if d_st.uidvalidity != run.dst_uidvalidity:
             raise TransientError(f"UIDVALIDITY of destination folder '{display(fp.destination)}' changed during the run")
         for batch, fetched in self._prefetch(src, batches(metas, opts.batch_bytes, opts.batch_count)):
             crash("fetched")
-            self._load_pool(run, dst, fetched.values())
             vanished = sum(1 for m in batch if m.uid not in fetched)
             stats.skip(fp.source, "expunged from the source during the run", vanished)
             intents: list[Intent] = []
             items: list[AppendItem] = []
-            adopted: list[tuple[Intent, int]] = []
             for m in batch:
                 msg = fetched.get(m.uid)
                 if msg is None:
@@ -625,29 +821,13 @@ class Engine:
                 if msg.note:
                     stats.warn(f"'{display(fp.source)}' UID {m.uid}: {msg.note}")
                 flags = copy_flags(m, opts.include_deleted)
-                if msg.meta.internaldate and not m.internaldate:  # a date the listing leaves out (POP3)
-                    m = dataclasses.replace(m, internaldate=msg.meta.internaldate)
-                # The fingerprint is needed only to match a destination message of the same size;
-                # otherwise it is left out (SHA-256 was a sixth of migrator's CPU). A copy whose
-                # destination UID is not known gets one before it is confirmed (_append).
-                size = len(msg.body)
-                digest = sha256(msg.body) if run.pool.might_hold(size) else ""
-                intent = Intent(m.uid, size, digest, flags)
-                found = run.pool.take(digest, m) if digest else None
-                if found is not None:
-                    if opts.sync_flags and set(found.flags) != set(flags):
-                        dst.set_flags(found.uid, sorted(set(flags) - set(found.flags)),
-                                      sorted(set(found.flags) - set(flags)))
-                        stats.add(fp.source, flags_updated=1)
-                    adopted.append((intent, found.uid))
-                    continue
-                intents.append(intent)
+                # What the pool holds was adopted by the march (_adopt): everything here is copied.
+                # No fingerprint (SHA-256 was a sixth of migrator's CPU), unless the destination
+                # gives no UID for the copy: then _append takes one before confirming it.
+                m = _served(m, msg)  # the date a POP3 listing leaves out
+                intents.append(Intent(m.uid, m.size, "", flags))
                 items.append(AppendItem(msg.body, flags, m.internaldate, nul_free=msg.nul_free))
             del fetched
-            if adopted:
-                self._confirm(run, adopted)
-                crash("adopted")
-                stats.add(fp.source, found=len(adopted))
             if items:
                 self._append(run, dst, intents, items)
 
@@ -710,6 +890,7 @@ class Engine:
 
     def _append(self, run: FolderRun, dst: Store, intents: list[Intent], items: list[AppendItem]) -> None:
         fp = run.fp
+        intents, shapes = self._to_read_back(run, intents, items)
         if self.ckpt:
             self.ckpt.record_intents(fp.source, run.src_uidvalidity, fp.destination, run.dst_uidvalidity, intents)
         crash("intent-written")
@@ -731,12 +912,82 @@ class Engine:
         intents = [i if uid is not None or i.sha256 else dataclasses.replace(i, sha256=sha256(item.body))
                    for i, item, uid in zip(intents, items, uids)]
         results = list(zip(intents, uids))
-        self._confirm(run, results)
+        if None in uids:  # no UID: found by content at the folder's end (_find_claims)
+            with run.lock:
+                run.claimed.extend((i, Shape.of(item.body), loose_digest(item.body))
+                                   for i, item, uid in zip(intents, items, uids) if uid is None)
+        if run.in_doubt and self.ckpt:
+            self.ckpt.record_resent(fp.destination, run.dst_uidvalidity, [
+                Resent(uid, i.src_uid, i.size, i.sha256, run.dst_uidnext, run.in_doubt[i.src_uid].updated)
+                for i, uid in results if uid is not None and i.src_uid in run.in_doubt])
+        # A copy to read back stays 'unverified' until its bytes are compared (_read_back); a
+        # crash before that leaves it for the next march to compare (march.decide: to_verify).
+        later = [(i, uid) for n, (i, uid) in enumerate(results) if n in shapes and uid is not None]
+        self._confirm(run, [(i, uid) for n, (i, uid) in enumerate(results) if not (n in shapes and uid is not None)])
+        self._confirm(run, later, UNVERIFIED)
         crash("confirmed")
         if self.opts.check_size:
             with run.lock:  # sizes are checked once per folder, at its end (_check_sizes)
                 run.unchecked.extend((intent, uid) for intent, uid in results if uid is not None)
+                run.read_back.extend((i, uid, shapes[n]) for n, (i, uid) in enumerate(results)
+                                     if n in shapes and uid is not None)
         self.stats.add(fp.source, copied=len(results), copied_bytes=sum(i.size for i in intents))
+
+    def _to_read_back(self, run: FolderRun, intents: list[Intent],
+                      items: list[AppendItem]) -> tuple[list[Intent], dict[int, Shape]]:
+        """Which of these copies are read back at the folder's end (engine/content.py): those whose
+        bytes are at risk, and the run's first copy (a sample: once per run, as a read-back costs
+        the folder's end its ride with the next SELECT, a round trip). Their SHA-256 is taken now
+        (it goes into the intent) and their Shape kept, to say what changed without the bytes."""
+        shapes: dict[int, Shape] = {}
+        out = list(intents)
+        if self.opts.check_size:
+            with self._sample_lock:
+                sample, self._sampled = not self._sampled, True
+            for n, (intent, item) in enumerate(zip(intents, items)):
+                if (n == 0 and sample) or at_risk(item.body, item.nul_free):
+                    shapes[n] = Shape.of(item.body)
+        for n, (intent, item) in enumerate(zip(intents, items)):
+            # A message sent again for a pending intent is watched for a late twin (_take_late_twins).
+            if not intent.sha256 and (n in shapes or intent.src_uid in run.in_doubt):
+                out[n] = dataclasses.replace(intent, sha256=sha256(item.body))
+        return out, shapes
+
+    def _read_back_inline(self, entries: list) -> bool:
+        """Whether the copies to read back can ride with the folder's size check (and so with the
+        next folder's SELECT): one batch's worth, and none holding NUL (read through fetch(),
+        which asks a server's BINARY form where BODY[] cannot carry NUL)."""
+        return (len(entries) <= self.opts.batch_count and sum(i.size for i, _u, _s in entries) <= self.opts.batch_bytes
+                and not any(shape.nul for _i, _u, shape in entries))
+
+    def _compare(self, run: FolderRun, entries: list, bodies: dict[int, bytes], altered: set[int]) -> None:
+        """Each copy read back against the SHA-256 of what was sent. A copy not in `bodies` (not in
+        this session's view, or expunged) stays unverified: the next march compares it."""
+        same = []
+        for intent, uid, shape in entries:
+            body = bodies.get(uid)
+            if uid in altered or body is None:
+                continue
+            if sha256(body) == intent.sha256:
+                same.append((intent, uid))
+            else:
+                self._altered(run, intent, uid, describe_change(shape, body))
+        self._confirm(run, same)
+
+    def _read_back(self, run: FolderRun, conn: Connections, entries: list, altered: set[int]) -> None:
+        """_compare for copies too many or too big to ride with the size check: read in batches
+        (memory stays bounded) while the folder is still selected on conn."""
+        for batch in batches(entries, self.opts.batch_bytes, self.opts.batch_count, size=lambda e: e[0].size):
+            bodies = {msg.meta.uid: msg.body for msg in conn.dst().fetch([uid for _i, uid, _s in batch])}
+            self._compare(run, batch, bodies, altered)
+
+    def _altered(self, run: FolderRun, intent: Intent, uid: int, reason: str, copied: bool = True) -> None:
+        """A copy the destination stores with other bytes: reported, and recorded so that no rerun
+        copies it again. copied: it was counted as copied by this run (it no longer is)."""
+        self._confirm(run, [(intent, uid)], ALTERED, reason)
+        self.stats.fail(run.fp.source, intent.src_uid, reason)
+        if copied:
+            self.stats.add(run.fp.source, copied=-1, copied_bytes=-intent.size)
 
     def _check_sizes(self, run: FolderRun, conn: Connections, with_status: bool) -> FolderStatus | None:
         """Ask the destination how big each new message is: a server that rewrites bytes is caught here.
@@ -747,29 +998,38 @@ class Engine:
         the destination's RFC822.SIZE (march.decide).
         """
         by_uid = run.take_unchecked()
+        entries = run.take_read_back()
         if not by_uid and not with_status:
             return None
         folder, uids = run.fp.destination, sorted(by_uid)
         if uids and not conn.dst_selected_writable(folder):
             conn.select_dst(folder, readonly=False)
-        metas, status = conn.dst().list_with_status(folder, uids)
+        inline = self._read_back_inline(entries)
+        checked = conn.dst().list_with_status(folder, uids, [uid for _i, uid, _s in entries] if inline else ())
+        metas = checked.metas
         if len(metas) < len(uids):
             # Messages another worker appended are not in this session's view yet (and a NOOP
             # did not bring them): a fresh SELECT shows them all.
             conn.select_dst(folder, readonly=False)
             metas = conn.dst().list_messages(uids)
-        self._record_sizes(run, by_uid, metas)
-        return status if with_status else None
+            inline = False  # the bodies are read again in this view
+        altered = self._record_sizes(run, by_uid, metas)
+        if inline:
+            self._compare(run, entries, checked.bodies, altered)
+        elif entries:
+            self._read_back(run, conn, entries, altered)
+        return checked.status if with_status else None
 
-    def _record_sizes(self, run: FolderRun, by_uid: dict, metas: list[MessageMeta]) -> None:
-        """A copy whose stored size differs from the source's was altered by the server: reported."""
+    def _record_sizes(self, run: FolderRun, by_uid: dict, metas: list[MessageMeta]) -> set[int]:
+        """A copy whose stored size differs from the source's was altered by the server: reported.
+        Returns their destination UIDs."""
+        altered = set()
         for meta in metas:
             intent = by_uid[meta.uid]
             if meta.size != intent.size:
-                reason = altered_reason(intent.size, meta.size)
-                self._confirm(run, [(intent, meta.uid)], ALTERED, reason)
-                self.stats.fail(run.fp.source, intent.src_uid, reason)
-                self.stats.add(run.fp.source, copied=-1, copied_bytes=-intent.size)
+                self._altered(run, intent, meta.uid, altered_reason(intent.size, meta.size))
+                altered.add(meta.uid)
+        return altered
 
     def _reject(self, run: FolderRun, intent: Intent, reason: str) -> None:
         fp = run.fp
@@ -791,7 +1051,10 @@ class Engine:
         Counted as outstanding work until sent, so the run does not end before it."""
         with run.lock:
             unchecked = bool(run.unchecked)
-        if (self.opts.delete_extra or self.stop.is_set() or not (unchecked or self._may_keep_watermark(run))
+            big_read_back = not self._read_back_inline(run.read_back)  # read in batches, in this folder
+            claimed = bool(run.claimed)  # found by content in this folder (_find_claims)
+        if (self.opts.delete_extra or self.stop.is_set() or big_read_back or claimed
+                or not (unchecked or self._may_keep_watermark(run))
                 or (unchecked and not (own_appends and conn.dst_selected_writable(run.fp.destination)))):
             self._finish_folder(run, conn)
             return
@@ -821,9 +1084,11 @@ class Engine:
         fp = ended.fp
         try:
             by_uid = ended.take_unchecked()
+            entries = ended.take_read_back()  # one batch's worth: _end_folder deferred it
             keep = self._may_keep_watermark(ended)
             try:
-                checked, opened = conn.check_then_open(fp.destination, sorted(by_uid), folder, readonly, expect)
+                checked, opened = conn.check_then_open(fp.destination, sorted(by_uid), folder, readonly, expect,
+                                                       [uid for _i, uid, _s in entries])
             except (TransientError, ConnectionFailed) as e:
                 self._retry_folder(fp, ended.attempt, str(e))
                 raise
@@ -834,7 +1099,7 @@ class Engine:
                 if checked.refused:
                     self.stats.folder_failed(fp.source, checked.refused)
                 else:
-                    self._record_sizes(ended, by_uid, checked.metas)
+                    self._compare(ended, entries, checked.bodies, self._record_sizes(ended, by_uid, checked.metas))
                     # A copy not in the answer (expunged meanwhile?) is left unchecked: then no
                     # watermark, and the next run's march compares its size.
                     if keep and checked.status is not None and len(checked.metas) == len(by_uid):
@@ -850,6 +1115,7 @@ class Engine:
     def _finish_folder(self, run: FolderRun, conn: Connections) -> None:
         """All chunks done: mirror mode removes what matches nothing; then the watermark is stored."""
         try:
+            self._find_claims(run, conn)
             leftovers = sorted(run.extras + run.pool.leftovers()) if self.opts.delete_extra else []
             # The watermark's STATUS rides along with the size check, unless an EXPUNGE comes between.
             status = self._check_sizes(run, conn, with_status=not leftovers and self._may_keep_watermark(run))
@@ -865,6 +1131,51 @@ class Engine:
             self._retry_folder(run.fp, run.attempt, str(e))
         except FolderError as e:
             self.stats.folder_failed(run.fp.source, str(e))
+
+    def _find_claims(self, run: FolderRun, conn: Connections) -> None:
+        """'Copied' means present: copies the destination gave no UID for are looked for among the
+        messages that arrived since the march listed the folder, in a fresh read-only view. Each is
+        found by its SHA-256 (identical), or by its loose form (content.loose_form: stored altered,
+        reported with what changed); a copy found neither way was acknowledged but is not held:
+        a failure with that reason, and the next run does not count it as copied."""
+        claims = run.take_claimed()
+        if not claims or self.ckpt is None:
+            return
+        fp, dst = run.fp, conn.dst()
+        st = conn.select_dst(fp.destination, readonly=True)
+        if st.uidvalidity != run.dst_uidvalidity and run.dst_messages == 0:
+            # A folder empty when listed may get its UIDVALIDITY with its first message (imap4d
+            # keeps it in the first message of an mbox): the copies are recorded under the new one.
+            run.dst_uidvalidity = st.uidvalidity
+        known = {r.dst_uid for r in self.ckpt.rows(fp.source, run.src_uidvalidity, fp.destination).values()
+                 if r.dst_uid is not None}
+        arrived = [m for m in dst.list_messages() if m.uid >= run.dst_uidnext and m.uid not in known]
+        exact: dict[str, list[int]] = {}
+        loose: dict[str, list[tuple[int, bytes]]] = {}
+        for batch in batches(arrived, self.opts.batch_bytes, self.opts.batch_count):
+            for msg in dst.fetch([m.uid for m in batch]):
+                exact.setdefault(sha256(msg.body), []).append(msg.meta.uid)
+                loose.setdefault(loose_digest(msg.body), []).append((msg.meta.uid, msg.body))
+        taken: set[int] = set()
+        found, rest = [], []
+        for intent, shape, loosely in claims:
+            uid = next((u for u in exact.get(intent.sha256, ()) if u not in taken), None)
+            if uid is None:
+                rest.append((intent, shape, loosely))
+            else:
+                taken.add(uid)
+                found.append((intent, uid))
+        self._confirm(run, found)
+        for intent, shape, loosely in rest:
+            hit = next(((u, b) for u, b in loose.get(loosely, ()) if u not in taken), None)
+            if hit is not None:
+                taken.add(hit[0])
+                self._altered(run, intent, hit[0], describe_change(shape, hit[1]))
+                continue
+            reason = "the destination answered OK to the APPEND but does not hold the message"
+            self.ckpt.record_failed(fp.source, run.src_uidvalidity, fp.destination, run.dst_uidvalidity, intent, reason)
+            self.stats.fail(fp.source, intent.src_uid, reason)
+            self.stats.add(fp.source, copied=-1, copied_bytes=-intent.size)
 
     def _may_keep_watermark(self, run: FolderRun) -> bool:
         s = run.src_status
@@ -911,6 +1222,24 @@ def _matches(wm: Watermark, s, d) -> bool:
             == (wm.src_uidvalidity, wm.src_uidnext, wm.src_messages, wm.src_modseq)
             and (d.uidvalidity, d.uidnext, d.messages, d.highestmodseq)
             == (wm.dst_uidvalidity, wm.dst_uidnext, wm.dst_messages, wm.dst_modseq))
+
+
+def _any_between(sorted_sizes: list[int], low: int, high: int) -> bool:
+    i = bisect.bisect_left(sorted_sizes, low)
+    return i < len(sorted_sizes) and sorted_sizes[i] <= high
+
+
+def _appends_unseen(dst: Store) -> bool:
+    """Whether the destination gives no UID for an APPEND (no UIDPLUS): its copies are then found
+    by content, the folder is listed read-only and appended to by one session at a time."""
+    return not dst.capabilities.uidplus
+
+
+def _served(m: MessageMeta, msg: Message) -> MessageMeta:
+    """A listed message with what only its fetched bytes tell: their size (a listed size may be an
+    estimate: Capabilities.exact_sizes), and the date a listing may leave out (POP3: read from the
+    headers by fetch())."""
+    return dataclasses.replace(m, size=len(msg.body), internaldate=m.internaldate or msg.meta.internaldate)
 
 
 def _source(job) -> Folder:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass, field
 
@@ -34,16 +33,16 @@ class EngineOptions:
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     check_size: bool = True
+    # An APPEND in flight when a run died (or its connection was cut) may be committed after the
+    # rerun listed the folder: a rerun within this many seconds of it waits before listing again.
+    # Later arrivals are found by the next march and the copy sent again is removed (docs/resume.md).
+    in_flight_grace: float = 5.0
     stop_grace: float = 5.0  # after Ctrl-C, seconds to let workers finish their batch
     throttle: object = None  # migrator.throttle.Throttle: run-wide rate limits, shared by all workers
 
     def key(self) -> str:
         """The options a watermark depends on: a folder left complete under others is marched again."""
         return f"deleted={int(self.include_deleted)},flags={int(self.sync_flags)},mirror={int(self.delete_extra)}"
-
-
-def sha256(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
 
 
 # -- work items ------------------------------------------------------------------------------
@@ -63,9 +62,12 @@ class FolderRun:
     dst_consistent: bool = True  # ... when SELECT and the listing agreed
     appended: list[int] = field(default_factory=list)  # ... and what this run changed there
     unchecked: list = field(default_factory=list)  # (Intent, destination UID) whose stored size is not checked yet
+    read_back: list = field(default_factory=list)  # (Intent, destination UID, Shape): copies whose bytes are compared
     unknown_uids: bool = False
+    claimed: list = field(default_factory=list)  # (Intent, Shape, loose digest) of copies given no UID
     expunged: int = 0
     pool: Pool = field(default_factory=Pool)  # unaccounted destination messages, by SHA-256
+    in_doubt: dict = field(default_factory=dict)  # source UID -> pending Row whose APPEND may land late
     extras: list[int] = field(default_factory=list)  # unaccounted destination UIDs not in the pool
     pending_chunks: int = 0
     transient: str | None = None  # set by the first chunk that hit a transient error
@@ -78,6 +80,17 @@ class FolderRun:
         with self.lock:
             by_uid, self.unchecked = {uid: intent for intent, uid in self.unchecked}, []
         return by_uid
+
+
+    def take_claimed(self) -> list:
+        with self.lock:
+            entries, self.claimed = self.claimed, []
+        return entries
+
+    def take_read_back(self) -> list:
+        with self.lock:
+            entries, self.read_back = self.read_back, []
+        return entries
 
 
 @dataclass
@@ -144,10 +157,11 @@ class Connections:
         self._dst_selected = (folder, readonly)
         return opened
 
-    def check_then_open(self, done: Folder, uids: list[int], folder: Folder, readonly: bool, expect: int | None):
+    def check_then_open(self, done: Folder, uids: list[int], folder: Folder, readonly: bool, expect: int | None,
+                        read_back: list[int]):
         """Store.check_then_open on the destination, keeping track of what is selected."""
         self._dst_selected = None
-        checked, opened = self.dst().check_then_open(done, uids, folder, readonly, expect)
+        checked, opened = self.dst().check_then_open(done, uids, folder, readonly, expect, read_back)
         if not isinstance(opened, Exception):
             self._dst_selected = (folder, readonly)
         return checked, opened

@@ -8,16 +8,18 @@ destination UID still exists. Everything else is copied, unless an identical
 message (same SHA-256 of the bytes) is in the *pool*: destination messages the
 checkpoint cannot account for. The pool is a multiset: each destination message
 is adopted at most once, so two identical source messages need two identical
-destination messages.
+destination messages; identical messages are paired by INTERNALDATE, then flags,
+for each group as a whole (pair_twins).
 """
 
 from __future__ import annotations
 
 import threading
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Callable, Hashable, Iterable, Mapping, NamedTuple
 
-from migrator.checkpoint import ALTERED, DONE, FAILED, Row
+from migrator.checkpoint import ALTERED, DONE, FAILED, PENDING, UNVERIFIED, Resent, Row
 from migrator.engine.verify import date_instant
 from migrator.stores.base import MessageMeta
 
@@ -41,6 +43,10 @@ class Decision:
     newly_altered: list[tuple[Row, str]] = field(default_factory=list)  # done rows whose stored size differs
     unaccounted: list[MessageMeta] = field(default_factory=list)  # destination messages no row points to
     claims: list[Row] = field(default_factory=list)  # done rows without a destination UID (no UIDPLUS)
+    to_verify: list[Row] = field(default_factory=list)  # copies whose bytes were not compared yet (content.py)
+    # Source UID -> its pending row: an APPEND that was in flight when a run died or its connection
+    # was cut, and that the destination does not show (yet): it may still be committed later.
+    in_doubt: dict[int, Row] = field(default_factory=dict)
 
 
 def decide(src_msgs: list[MessageMeta], dst_msgs: list[MessageMeta], rows: dict[int, Row], dst_uidvalidity: int,
@@ -54,7 +60,7 @@ def decide(src_msgs: list[MessageMeta], dst_msgs: list[MessageMeta], rows: dict[
             continue
         row = rows.get(m.uid)
         if row is not None and row.dst_uidvalidity == dst_uidvalidity:
-            if row.status in (DONE, ALTERED) and (row.dst_uid is None or row.dst_uid in dst_by_uid):
+            if row.status in (DONE, ALTERED, UNVERIFIED) and (row.dst_uid is None or row.dst_uid in dst_by_uid):
                 if row.dst_uid is None:
                     d.claims.append(row)
                 elif row.dst_uid not in accounted:
@@ -70,46 +76,90 @@ def decide(src_msgs: list[MessageMeta], dst_msgs: list[MessageMeta], rows: dict[
                     reason = altered_reason(row.size, dst_by_uid[row.dst_uid].size)
                     d.altered.append((m.uid, reason))
                     d.newly_altered.append((row, reason))
+                elif row.status == UNVERIFIED and row.dst_uid is not None:
+                    d.to_verify.append(row)  # same size: the bytes are compared by the engine
                 continue
             if row.status == FAILED and not retry_failed:
                 d.failed_earlier.append((m.uid, row.reason or "failed"))
                 continue
+            if row.status == PENDING:
+                d.in_doubt[m.uid] = row
         d.to_copy.append(m)
     d.unaccounted = [m for m in dst_msgs if m.uid not in accounted]
     return d
 
 
+class Wanted(NamedTuple):
+    """A source message looking for an identical destination message."""
+
+    meta: MessageMeta  # the source message: its INTERNALDATE and flags
+    digest: str  # SHA-256 of its bytes
+    claim: bool = False  # copied earlier and confirmed without a UID (no UIDPLUS): its copy is there
+
+
+def _date(m: MessageMeta):
+    instant = date_instant(m.internaldate)
+    return m.internaldate if instant is None else instant
+
+
+# The passes of pair_twins, best match first: a destination copy keeps its INTERNALDATE (IMAP cannot
+# change it), so the date decides; flags can be set afterwards, so they only break ties.
+_PASSES: tuple[Callable[[MessageMeta], Hashable], ...] = (
+    lambda m: (_date(m), frozenset(m.flags)),
+    _date,
+    lambda m: frozenset(m.flags),
+    lambda m: None,
+)
+
+
+def pair_twins(wanted: Iterable[Wanted], pool: Mapping[str, Iterable[MessageMeta]]) -> dict[int, MessageMeta]:
+    """Source UID -> the destination message it adopts, decided for each group of identical
+    messages (same digest) as a whole, never first come first served.
+
+    Within a group, sources are paired with destination messages of the same INTERNALDATE and
+    flags, then of the same date, then of the same flags, then with any left; each pass takes
+    sources and destination messages in UID order (stable across reruns). So, claims aside, the
+    number of pairs with the same date is the largest possible, whatever order the sources were
+    fetched in. Each
+    destination message is paired at most once; a source left out is to be copied. Claims come
+    first: one is left without its copy only if the group has fewer destination messages than claims.
+    """
+    groups: dict[str, list[Wanted]] = {}
+    for w in wanted:
+        if w.digest in pool:
+            groups.setdefault(w.digest, []).append(w)
+    pairs: dict[int, MessageMeta] = {}
+    for digest, sources in groups.items():
+        sources.sort(key=lambda w: (not w.claim, w.meta.uid))
+        free = sorted(pool[digest], key=lambda m: m.uid)
+        room = len(free) - sum(w.claim for w in sources)  # what the others may take: claims keep theirs
+        for key in _PASSES:
+            buckets: dict[Hashable, deque[MessageMeta]] = {}
+            for m in free:
+                buckets.setdefault(key(m), deque()).append(m)
+            for w in sources:
+                if w.meta.uid in pairs or not (w.claim or room > 0):
+                    continue
+                bucket = buckets.get(key(w.meta))
+                if bucket:
+                    pairs[w.meta.uid] = bucket.popleft()
+                    room -= not w.claim
+            taken = {m.uid for m in pairs.values()}
+            free = [m for m in free if m.uid not in taken]
+    return pairs
+
+
 class Pool:
-    """Unaccounted destination messages by SHA-256; take() adopts each one at most once.
+    """Unaccounted destination messages by SHA-256; each is adopted at most once (a multiset).
 
-    Among identical candidates the one with the same INTERNALDATE and flags is
-    preferred, then the same date, then the lowest UID (stable across reruns).
-    Shared by the chunks of one folder, hence the lock.
-
-    Candidates may also be deferred (by destination size, not fingerprinted yet) when the source's
-    listed sizes are not exact (POP3): a chunk then fingerprints those of the sizes of the bodies
-    it fetched (due()), under `loading`, before it looks them up.
+    pair() decides for whole groups of identical messages at once (pair_twins). Filled and paired
+    by the march; its leftovers are read by whichever worker ends the folder, hence the lock.
     """
 
     def __init__(self) -> None:
         self._by_digest: dict[str, list[MessageMeta]] = {}
         self._sizes: Counter = Counter()  # sizes of the candidates left
-        self._later: dict[int, list[MessageMeta]] = {}  # deferred candidates, by size
-        self.lazy = False  # some candidates were deferred: chunks load them (copy._load_pool)
-        self.loading = threading.Lock()  # held by a chunk from due() until their add()s are done
         self._lock = threading.Lock()
-
-    def defer(self, metas: list[MessageMeta]) -> None:
-        """Candidates to fingerprint only when a source body of their size is in hand."""
-        with self._lock:
-            for m in metas:
-                self._later.setdefault(m.size, []).append(m)
-            self.lazy = self.lazy or bool(metas)
-
-    def due(self, sizes: set[int]) -> list[MessageMeta]:
-        """The deferred candidates of these sizes, taken out: the caller fingerprints and add()s them."""
-        with self._lock:
-            return [m for size in sorted(sizes) for m in self._later.pop(size, ())]
 
     def add(self, digest: str, meta: MessageMeta) -> None:
         with self._lock:
@@ -121,31 +171,34 @@ class Pool:
         with self._lock:
             return self._sizes[size] > 0
 
-    def take(self, digest: str, want: MessageMeta | None = None) -> MessageMeta | None:
+    def pair(self, wanted: Iterable[Wanted]) -> dict[int, MessageMeta]:
+        """pair_twins against what is left; the destination messages paired leave the pool."""
         with self._lock:
-            cands = self._by_digest.get(digest)
-            if not cands:
-                return None
-            when = date_instant(want.internaldate) if want else None
+            pairs = pair_twins(wanted, self._by_digest)
+            taken = {m.uid for m in pairs.values()}
+            for digest, cands in list(self._by_digest.items()):
+                self._by_digest[digest] = [m for m in cands if m.uid not in taken]
+            for m in pairs.values():
+                self._sizes[m.size] -= 1
+            return pairs
 
-            def rank(c: MessageMeta):
-                same_date = want is not None and date_instant(c.internaldate) == when
-                same_flags = want is not None and set(c.flags) == set(want.flags)
-                return (not same_date, not same_flags, c.uid)
-
-            best = min(cands, key=rank)
-            cands.remove(best)
-            self._sizes[best.size] -= 1
-            return best
+    def discard(self, uid: int) -> None:
+        """A candidate found to be something else (an altered copy): it leaves the pool."""
+        with self._lock:
+            for digest, cands in self._by_digest.items():
+                for m in cands:
+                    if m.uid == uid:
+                        cands.remove(m)
+                        self._sizes[m.size] -= 1
+                        return
 
     def leftovers(self) -> list[int]:
-        """UIDs of the candidates never adopted, deferred ones included."""
         with self._lock:
-            return sorted(m.uid for group in (self._by_digest, self._later) for ms in group.values() for m in ms)
+            return sorted(m.uid for ms in self._by_digest.values() for m in ms)
 
     def __len__(self) -> int:
         with self._lock:
-            return sum(len(v) for v in self._by_digest.values()) + sum(len(v) for v in self._later.values())
+            return sum(len(v) for v in self._by_digest.values())
 
 
 def pool_candidates(unaccounted: list[MessageMeta], wanted_sizes: set[int]) -> tuple[list[MessageMeta], list[MessageMeta]]:
@@ -158,20 +211,19 @@ def pool_candidates(unaccounted: list[MessageMeta], wanted_sizes: set[int]) -> t
     return cands, rest
 
 
-def split_pool(unaccounted: list[MessageMeta], listed_sizes: set[int], known_sizes: set[int], *, exact: bool,
-               copying: bool) -> tuple[list[MessageMeta], list[MessageMeta], list[MessageMeta]]:
-    """Unaccounted destination messages -> (to fingerprint now, to defer, never candidates).
-
-    listed_sizes: sizes of the source messages to copy, as the source listed them; known_sizes:
-    sizes of bytes copied before (checkpoint rows). exact: the source's listed sizes are those of
-    the bytes it will serve. If they are not (POP3: a message without a final newline is served
-    with CRLF added), a listed size says nothing: while there is something to copy, every
-    candidate is deferred until a source body of its size is in hand (Pool.defer), so a copy is
-    still found whatever LIST said, and only destination messages of a fetched body's size are
-    read. Nothing to copy: nothing is read, as with exact sizes.
-    """
-    if exact:
-        now, rest = pool_candidates(unaccounted, listed_sizes | known_sizes)
-        return now, [], rest
-    now, rest = pool_candidates(unaccounted, known_sizes)
-    return (now, rest, []) if copying else (now, [], rest)
+def late_twin_candidates(resent: list[Resent], dst_msgs: list[MessageMeta], rows: dict[int, Row]) -> dict[int, list[MessageMeta]]:
+    """For each copy sent again (Resent, by its destination UID), the destination messages that may
+    be the first APPEND committed late: no row points to them, they arrived after the folder was
+    listed for the resend (UID >= since_uid), and they have the same size. Only these are read to
+    compare SHA-256: a folder without such arrivals costs nothing."""
+    referenced = {r.dst_uid for r in rows.values() if r.dst_uid is not None and r.status != PENDING}
+    present = {m.uid for m in dst_msgs}
+    out: dict[int, list[MessageMeta]] = {}
+    for e in resent:
+        if e.dst_uid not in present:
+            continue
+        cands = [m for m in dst_msgs if m.uid >= e.since_uid and m.size == e.size and m.uid != e.dst_uid
+                 and m.uid not in referenced]
+        if cands:
+            out[e.dst_uid] = cands
+    return out

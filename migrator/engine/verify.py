@@ -8,7 +8,6 @@ date differ are reported as such. EXAMINE and BODY.PEEK[] change nothing.
 
 from __future__ import annotations
 
-import hashlib
 import queue
 import threading
 from collections import defaultdict
@@ -18,6 +17,7 @@ from datetime import datetime
 from typing import Callable
 
 from migrator.engine.batching import batches
+from migrator.engine.content import fingerprint
 from migrator.errors import FolderError
 from migrator.naming import Folder, display
 from migrator.plan import Plan
@@ -72,7 +72,7 @@ def _side(store: Store, folder: Folder, include_deleted: bool, batch_bytes: int,
             meta = flags[msg.meta.uid]
             # A POP3 listing has no date: its fetch() gives the one its copy was stored with.
             date = meta.internaldate or msg.meta.internaldate
-            by_hash[hashlib.sha256(msg.body).hexdigest()].append(Entry(meta.uid, meta.flags, date))
+            by_hash[fingerprint(msg.body)].append(Entry(meta.uid, meta.flags, date))
     return by_hash
 
 

@@ -71,12 +71,14 @@ class Message:
 
 @dataclass(frozen=True)
 class Checked:
-    """list_with_status() of a folder when it is part of a bigger call (check_then_open): a refused
-    listing is given as its reason instead of raised, so the rest of the call still counts."""
+    """list_with_status() of a folder: the listed messages, its STATUS (None if that failed) and
+    the bodies read back. Within a bigger call (check_then_open) a refused listing is given as its
+    reason instead of raised, so the rest of the call still counts."""
 
     metas: list[MessageMeta]
     status: FolderStatus | None
     refused: str | None = None
+    bodies: dict[int, bytes] = field(default_factory=dict)
 
 
 # What opening a folder within a bigger call gives: (status, listing), or why it failed.
@@ -102,6 +104,9 @@ class Capabilities:
     # The listing's sizes are the sizes of the bytes fetch() returns. A store whose listing only
     # estimates them (POP3's LIST) says False: the engine then never matches a listed size.
     exact_sizes: bool = True
+    # An APPEND sent before a crash or a cut connection may be committed after it (a server at the
+    # other end of a network reads what was sent whenever it gets it): engine.copy waits for it.
+    late_commits: bool = False
     max_append_size: int | None = None
     extra: set[str] = field(default_factory=set)
 
@@ -159,14 +164,15 @@ class Store(Protocol):
         of them will be fetched next (a network store may read them in the same round trip)."""
         ...
 
-    def list_with_status(self, name: Folder, uids: Sequence[int]) -> tuple[list[MessageMeta], FolderStatus | None]:
-        """list_messages(uids) of the selected folder `name` (as of now, not of the select()), and
-        status(name) or None if it failed; a network store asks both in one round trip."""
+    def list_with_status(self, name: Folder, uids: Sequence[int], read_back: Sequence[int] = ()) -> Checked:
+        """list_messages(uids) of the selected folder `name` (as of now, not of the select()),
+        status(name) or None if it failed, and the bodies of read_back as fetch() gives them; a
+        network store asks all in one round trip."""
         ...
 
     def check_then_open(self, done: Folder, uids: Sequence[int], name: Folder, readonly: bool = True,
-                        expect: int | None = None) -> tuple[Checked, Opened]:
-        """list_with_status(done, uids) of the selected folder `done`, then select_and_list(name):
+                        expect: int | None = None, read_back: Sequence[int] = ()) -> tuple[Checked, Opened]:
+        """list_with_status(done, uids, read_back) of the selected folder `done`, then select_and_list(name):
         the end of one folder and the start of the next; a network store sends both in one
         round trip. Each part's failure is returned, not raised, so that the other part's result
         is not lost: a refused listing as Checked.refused, a folder that cannot be opened as its
@@ -200,16 +206,17 @@ class FolderBatches:
         status = self.select(name, readonly)  # type: ignore[attr-defined]
         return status, self.list_messages()  # type: ignore[attr-defined]
 
-    def list_with_status(self, name: Folder, uids: Sequence[int]) -> tuple[list[MessageMeta], FolderStatus | None]:
+    def list_with_status(self, name: Folder, uids: Sequence[int], read_back: Sequence[int] = ()) -> Checked:
         metas = self.list_messages(uids) if uids else []  # type: ignore[attr-defined]
+        bodies = {m.meta.uid: m.body for m in self.fetch(read_back)} if read_back else {}  # type: ignore[attr-defined]
         try:
-            return metas, self.status(name)  # type: ignore[attr-defined]
+            return Checked(metas, self.status(name), bodies=bodies)  # type: ignore[attr-defined]
         except FolderError:
-            return metas, None
+            return Checked(metas, None, bodies=bodies)
 
     def check_then_open(self, done: Folder, uids: Sequence[int], name: Folder, readonly: bool = True,
-                        expect: int | None = None) -> tuple[Checked, Opened]:
-        return check_then_open_in_turn(self, done, uids, name, readonly, expect)  # type: ignore[arg-type]
+                        expect: int | None = None, read_back: Sequence[int] = ()) -> tuple[Checked, Opened]:
+        return check_then_open_in_turn(self, done, uids, name, readonly, expect, read_back)  # type: ignore[arg-type]
 
     def statuses(self, names: Sequence[Folder]) -> dict[Folder, FolderStatus]:
         out = {}
@@ -242,10 +249,10 @@ class FolderBatches:
 
 
 def check_then_open_in_turn(store: Store, done: Folder, uids: Sequence[int], name: Folder,
-                            readonly: bool, expect: int | None) -> tuple[Checked, Opened]:
+                            readonly: bool, expect: int | None, read_back: Sequence[int] = ()) -> tuple[Checked, Opened]:
     """Store.check_then_open made of its two calls, one after the other."""
     try:
-        checked = Checked(*store.list_with_status(done, uids))
+        checked = store.list_with_status(done, uids, read_back)
     except FolderError as e:
         checked = Checked([], None, str(e))
     try:

@@ -206,6 +206,18 @@ def connect(ep: Endpoint, creds: Credentials, opts: ConnectOptions) -> imapclien
         if not ep.implicit_tls:
             _maybe_starttls(client, ep, ctx, opts)
         _authenticate(client, ep, creds, opts)
+    except _AuthUnusable as e:
+        # The answer to AUTHENTICATE could not be read (GNU imap4d ends its success line in a bare
+        # LF): the session's state is unknown, so this connection is dropped and a new one logs in
+        # with LOGIN, which the same TLS rule already allowed. Remembered for the run's other
+        # connections, so each does not pay the failed attempt again.
+        _shutdown(client)
+        with _login_only_lock:
+            first = (ep.host, ep.port) not in _login_only
+            _login_only.add((ep.host, ep.port))
+        if first:
+            _warn_once(f"{ep.host}:{ep.port}: {e}; logging in with LOGIN instead")
+        return connect(ep, creds, opts)
     except ConnectionFailed:
         _shutdown(client)
         raise
@@ -256,13 +268,10 @@ def _authenticate(client, ep: Endpoint, creds: Credentials, opts: ConnectOptions
     who = f"{ep.user}@{ep.host}" + (f" as '{opts.auth_user}'" if opts.auth_user else "")
     secret = creds.secret()
     try:
-        if "AUTH=PLAIN" in _before_login(client):
+        if "AUTH=PLAIN" in _before_login(client) and (ep.host, ep.port) not in _login_only:
             # Master user: authenticate as auth_user, act as ep.user (SASL authzid, RFC 4616).
             authc, authz = (opts.auth_user, ep.user) if opts.auth_user else (ep.user, "")
-            if "SASL-IR" in _before_login(client):
-                _plain_initial_response(client, authc, secret, authz)
-            else:
-                client.plain_login(authc, secret, authorization_identity=authz)
+            _plain(client, authc, secret, authz, initial_response="SASL-IR" in _before_login(client))
         else:
             if "LOGINDISABLED" in _before_login(client):
                 raise ConnectionFailed(f"{ep.host} refuses LOGIN on this connection (LOGINDISABLED)")
@@ -273,19 +282,51 @@ def _authenticate(client, ep: Endpoint, creds: Credentials, opts: ConnectOptions
         raise ConnectionFailed(f"login failed for {who}: {_server_text(e, secret)}") from None
 
 
-def _plain_initial_response(client, authc: str, secret: str, authz: str) -> None:
-    """AUTHENTICATE PLAIN with the credentials on the command line (SASL-IR, RFC 4959): one round
-    trip instead of two (imaplib waits for the server's empty challenge first). imapclient's
-    logger shows AUTHENTICATE lines as **REDACTED**."""
+class _AuthUnusable(Exception):
+    """AUTHENTICATE PLAIN got an answer that is not a usable IMAP response (not a NO)."""
+
+
+# (host, port) whose AUTHENTICATE PLAIN answer could not be read: LOGIN is used there (see connect)
+_login_only: set[tuple[str, int]] = set()
+_login_only_lock = threading.Lock()
+
+
+def _plain(client, authc: str, secret: str, authz: str, initial_response: bool) -> None:
+    """AUTHENTICATE PLAIN. With SASL-IR (RFC 4959) the credentials go on the command line: one
+    round trip instead of two (imaplib waits for the server's empty challenge first). imapclient's
+    logger shows AUTHENTICATE lines as **REDACTED**.
+
+    A NO is a refusal (LoginError, the server's reason). A BAD, or an answer that is not an IMAP
+    line at all, says nothing about the credentials: _AuthUnusable, and connect() tries LOGIN."""
     imap = client._imap
-    token = base64.b64encode(f"{authz}\0{authc}\0{secret}".encode()).decode("ascii")
+    raw = f"{authz}\0{authc}\0{secret}"
     try:
-        typ, data = imap._simple_command("AUTHENTICATE", "PLAIN", token)
-    except imaplib.IMAP4.error as e:  # BAD
-        raise imapexc.LoginError(str(e)) from None
+        if initial_response:
+            token = base64.b64encode(raw.encode()).decode("ascii")
+            typ, data = imap._simple_command("AUTHENTICATE", "PLAIN", token)
+        else:
+            typ, data = imap.authenticate("PLAIN", lambda _challenge: raw)
+    except imaplib.IMAP4.abort as e:
+        raise _AuthUnusable(f"its answer to AUTHENTICATE: not valid IMAP ({_unusable_reason(e)})") from None
+    except imaplib.IMAP4.error as e:
+        text = str(e)
+        if "command error: BAD" in text:
+            raise _AuthUnusable("it answered BAD to AUTHENTICATE") from None
+        raise imapexc.LoginError(text) from None  # NO, raised by imaplib's authenticate()
     if typ != "OK":
         raise imapexc.LoginError(_dec(data[-1]) if data and data[-1] is not None else typ)
     imap.state = "AUTH"
+
+
+def _unusable_reason(e: BaseException) -> str:
+    """Why an answer could not be read, without quoting it: it may be a success line, and a
+    success line is not a reason."""
+    text = str(e)
+    if "unterminated line" in text:
+        return "a line not ended by CRLF"
+    if "EOF" in text or "closed" in text.lower():
+        return "the connection closed"
+    return text.split(":", 1)[0][:80]
 
 
 def _oauth2_mech(client, opts: ConnectOptions) -> str:
@@ -391,6 +432,7 @@ class ImapStore:
             uidplus="UIDPLUS" in caps,
             condstore="CONDSTORE" in caps,
             special_use="SPECIAL-USE" in caps,
+            late_commits=True,
             extra=caps,
         )
         for c in caps:
@@ -600,15 +642,17 @@ class ImapStore:
         return opened
 
     def check_then_open(self, done: Folder, uids: Sequence[int], name: Folder, readonly: bool = True,
-                        expect: int | None = None) -> tuple[Checked, Opened]:
+                        expect: int | None = None, read_back: Sequence[int] = ()) -> tuple[Checked, Opened]:
         """list_with_status(done, uids) and select_and_list(name, expect) in one round trip: the size
         check of one folder rides with the opening of the next. Without `expect` the folder is
         listed after its SELECT (no round trip if it is empty: a folder this run created)."""
         if len(uids) > META_FETCH_CHUNK:  # a big answer is read in bounded pieces (list_with_status)
-            return check_then_open_in_turn(self, done, uids, name, readonly, expect)
-        opened, answers = self._open(name, readonly, expect, False, self._check_commands(done, uids), done)
+            return check_then_open_in_turn(self, done, uids, name, readonly, expect, read_back)
+        if read_back:
+            self._read_literals_in_place()
+        opened, answers = self._open(name, readonly, expect, False, self._check_commands(done, uids, read_back), done)
         try:
-            checked = Checked(*self._checked(done, uids, answers))
+            checked = self._checked(done, uids, answers, read_back)
         except FolderError as e:
             checked = Checked([], None, str(e))
         return checked, opened
@@ -685,34 +729,49 @@ class ImapStore:
             self._prefetched = got
         return (st, metas), answers
 
-    def list_with_status(self, name: Folder, uids: Sequence[int]) -> tuple[list[MessageMeta], FolderStatus | None]:
-        """list_messages(uids) of the selected folder `name`, and its STATUS, in one round trip.
-        A NOOP goes first, so messages other sessions added since SELECT are in view (RFC 3501
-        6.1.2); a UID still not in view is missing from the answer, and the caller selects again."""
+    def list_with_status(self, name: Folder, uids: Sequence[int], read_back: Sequence[int] = ()) -> Checked:
+        """list_messages(uids) of the selected folder `name`, its STATUS and the bodies of read_back,
+        in one round trip. A NOOP goes first, so messages other sessions added since SELECT are in
+        view (RFC 3501 6.1.2); a UID still not in view is missing from the answer, and the caller
+        selects again."""
         if len(uids) > META_FETCH_CHUNK:  # a big answer is read in bounded pieces; a round trip is little here
             metas = self.list_messages(uids)
-            return metas, self.list_with_status(name, [])[1]
-        return self._checked(name, uids, self._pipeline(self._check_commands(name, uids)))
+            later = self.list_with_status(name, [], read_back)
+            return Checked(metas, later.status, bodies=later.bodies)
+        if read_back:
+            self._read_literals_in_place()
+        return self._checked(name, uids, self._pipeline(self._check_commands(name, uids, read_back)), read_back)
 
-    def _check_commands(self, name: Folder, uids: Sequence[int]) -> list[tuple[str, tuple]]:
+    def _check_commands(self, name: Folder, uids: Sequence[int], read_back: Sequence[int] = ()) -> list[tuple[str, tuple]]:
         commands = [("NOOP", ()), ("UID", ("FETCH", uid_set(uids), META_ITEMS))] if uids else []
+        if read_back:
+            commands.append(("UID", ("FETCH", uid_set(read_back), "(UID BODY.PEEK[])")))
         return commands + [("STATUS", (self._wire(name), self._status_items()))]
 
-    def _checked(self, name: Folder, uids: Sequence[int],
-                 answers: list) -> tuple[list[MessageMeta], FolderStatus | None]:
+    def _checked(self, name: Folder, uids: Sequence[int], answers: list, read_back: Sequence[int] = ()) -> Checked:
         """list_with_status's result from the answers to _check_commands."""
         typ, _data, status_lines = answers[-1]
         status = _status_of(_statuses_by_name(status_lines), self.server_name(name), alone=True) if typ == "OK" else None
+        bodies: dict[int, bytes] = {}
+        fetches = answers[:-1][-(bool(uids) + bool(read_back)):] if (uids or read_back) else []
+        for ftyp, fdata, _untagged in fetches:
+            if ftyp != "OK":
+                raise self._refused("UID FETCH", _text(fdata))
+        # The FETCHes' untagged answers may come in either's share (a server answers pipelined
+        # commands as it likes): taken together, told apart by form (a body comes as a literal).
+        fetched = [x for _t, _d, untagged in fetches for x in (untagged or [])]
+        if read_back:
+            got = bodies_from_fetch([x for x in fetched if isinstance(x, tuple)])
+            bodies = got if got is not None else bodies_from_any_fetch(
+                [x for x in fetched if not (isinstance(x, bytes) and b"RFC822.SIZE" in x)])
         if not uids:
-            return [], status
-        typ, data, fetched = answers[-2]
-        if typ != "OK":
-            raise self._refused("UID FETCH", _text(data))
+            return Checked([], status, bodies=bodies)
+        fetched = [x for x in fetched if isinstance(x, bytes)]
         metas = self._parse_meta(fetched or [None], list(uids))
         if metas is None:  # not the plain form: imapclient's parser (the folder may no longer be the selected one)
             parsed = parse_fetch_response(fetched, True, True)
             metas = [_meta_of(uid, parsed[uid]) for uid in uids if b"RFC822.SIZE" in parsed.get(uid, {})]
-        return metas, status
+        return Checked(metas, status, bodies=bodies)
 
     def _selected_now(self, name: Folder, readonly: bool, info: dict) -> FolderStatus:
         self._selected, self._selected_readonly = name, readonly

@@ -26,7 +26,7 @@ import pytest
 
 from tests import rig
 from tests.faultproxy import FaultProxy, wait_until
-from tests.helpers import Result, dt, migrator, simple_message
+from tests.helpers import Result, dt, migrator, multiset, simple_message
 
 pytestmark = pytest.mark.e2e
 
@@ -542,3 +542,60 @@ def test_copies_confirmed_without_a_uid_are_found_again_by_fingerprint(source, n
     assert report["totals"]["copied"] == 0 and report["totals"].get("deleted_extra", 0) == 0, report["totals"]
     assert report["totals"]["already_copied"] == copied > 0
     assert_identical(source, dst)
+
+
+# -- exact duplicates with different INTERNALDATEs ------------------------------------------------------
+
+
+TWIN = simple_message(950, body="the same bytes, three times " * 11_000)  # ~300 kB: one per batch, two per chunk
+TWINS = [(TWIN, (), dt(0)), (TWIN, ("\\Seen",), dt(1)), (TWIN, ("\\Flagged", "\\Seen"), dt(2))]
+
+
+@pytest.mark.parametrize("held", [1, 2])
+def test_twins_are_paired_by_date_however_batches_and_chunks_split_them(new_account, tmp_path, held):
+    """Three byte-identical source messages, three INTERNALDATEs; the destination already holds the
+    `held` later ones (other flags). Batches of 0.1 MB put each twin in its own batch, and the folder
+    is cut into two chunks copied by two workers: each held copy must be adopted by the source twin
+    of its date (flags then set as on the source), the others appended. The first twin in UID order
+    taking whatever copy came first would leave one date twice and another missing."""
+    src, dst = new_account("slash", "tsrc"), new_account("slash", "tdst")
+    fillers = [(simple_message(960 + i, body="f" * 2000), (), dt(5 + i)) for i in range(4)]
+    rig.seed(src, ["INBOX"], [fillers[0], TWINS[0], fillers[1], TWINS[1], fillers[2], TWINS[2], fillers[3]])
+    rig.seed(dst, ["INBOX"], [(raw, ("$Other",), date) for raw, _flags, date in TWINS[3 - held:]])
+    expected = multiset(rig.snapshot(src)[("INBOX",)])
+
+    res, preview = run(src, dst, tmp_path, "--dry-run", name="preview")
+    assert res.code == 0, res.text
+    assert preview["totals"]["found_on_destination"] == held, preview["totals"]
+    res, report = run(src, dst, tmp_path)
+    assert res.code == 0, res.text
+    assert report["totals"]["found_on_destination"] == held, report["totals"]
+    assert report["totals"]["copied"] == 7 - held, report["totals"]
+    assert multiset(rig.snapshot(dst)[("INBOX",)]) == expected
+    assert_identical(src, dst)
+
+    # The state lost: every copy is in the pool, and each twin must find the one of its date again.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    res, report = run(src, dst, fresh)
+    assert res.code == 0, res.text
+    assert report["totals"]["copied"] == 0 and report["totals"]["found_on_destination"] == 7, report["totals"]
+    assert multiset(rig.snapshot(dst)[("INBOX",)]) == expected
+    assert_identical(src, dst)
+
+
+TWIN_CRASHES = [("fetched:1",), ("adopted:1",), ("append-sent:2",), ("confirmed:3",), ("append-sent:1", "adopted:1")]
+
+
+@pytest.mark.parametrize("points", TWIN_CRASHES, ids=["+".join(p) for p in TWIN_CRASHES])
+def test_twins_killed_while_fingerprinted_adopted_or_appended_then_rerun(new_account, tmp_path, points):
+    """kill -9 while twins are fingerprinted, adopted or appended: an appended twin left unconfirmed
+    carries its own date, and the rerun must pair it with the twin of that date, not the first one."""
+    src, dst = new_account("slash", "tsrc"), new_account("slash", "tdst")
+    rig.seed(src, ["INBOX"], [TWINS[0], (simple_message(961, body="f" * 2000), (), dt(6)), TWINS[1], TWINS[2]])
+    rig.seed(dst, ["INBOX"], [(TWIN, ("$Other",), dt(2))])
+    for point in points:
+        res, _ = run(src, dst, tmp_path, env={"MIGRATOR_TEST_CRASH_AT": point})
+        assert res.code == -signal.SIGKILL, f"{point} was not reached: {res.text}"
+    finish(src, dst, tmp_path)
+    assert_identical(src, dst)

@@ -284,7 +284,7 @@ def test_listings_of_a_real_server_are_read_in_one_pass(dovecot_slash, monkeypat
         status = store.statuses([("INBOX",)])[("INBOX",)]
         assert status.highestmodseq  # CONDSTORE is on from here
         st, metas = store.select_and_list(("INBOX",), readonly=False, expect=6)
-        checked, _status = store.list_with_status(("INBOX",), [m.uid for m in metas])
+        checked = store.list_with_status(("INBOX",), [m.uid for m in metas]).metas
     finally:
         store.close()
     assert st.uidvalidity == expected.uidvalidity and metas == slow == checked and len(metas) == 6

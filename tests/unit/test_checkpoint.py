@@ -11,9 +11,9 @@ import pytest
 
 from migrator.checkpoint import DONE, FAILED, PENDING, Checkpoint, Intent, Watermark
 from migrator.engine.jobs import EngineOptions
-from migrator.engine.march import Pool, decide, pool_candidates, split_pool
+from migrator.engine.march import Pool, Wanted, decide, pool_candidates
 from migrator.errors import StateError
-from migrator.stores.base import MessageMeta
+from migrator.stores.base import Capabilities, Message, MessageMeta
 from migrator.stores.imap import FOLDER, MESSAGE, TRANSIENT, classify
 
 INBOX = ("INBOX",)
@@ -172,33 +172,61 @@ def test_pool_candidates_only_same_sizes():
     assert [m.uid for m in cands] == [2, 3] and [m.uid for m in rest] == [1]
 
 
-def test_split_pool_exact_sizes_fingerprints_same_sizes_now():
-    dst = [meta(1, 10), meta(2, 20), meta(3, 30)]
-    now, later, rest = split_pool(dst, {20}, {30}, exact=True, copying=True)
-    assert [m.uid for m in now] == [2, 3] and later == [] and [m.uid for m in rest] == [1]
+class _Listed:
+    """A store serving bodies by UID and counting what fetch() reads; its listing may give other
+    sizes than its bytes (exact_sizes=False, like POP3's LIST)."""
+
+    def __init__(self, bodies: dict[int, bytes], exact: bool = True, dates: dict[int, str] | None = None):
+        self.bodies, self.dates, self.read = bodies, dates or {}, []
+        self.capabilities = Capabilities(exact_sizes=exact)
+
+    def fetch(self, uids):
+        for uid in uids:
+            self.read.append(uid)
+            yield Message(MessageMeta(uid, len(self.bodies[uid]), (), self.dates.get(uid, "")), self.bodies[uid])
 
 
-def test_split_pool_inexact_sizes_defers_every_candidate_while_copying():
-    """POP3: a listed size says nothing about the bytes, so no candidate is ruled out by it; only
-    checkpoint rows' sizes (bytes really copied) are fingerprinted at once."""
-    dst = [meta(1, 10), meta(2, 20), meta(3, 30)]
-    now, later, rest = split_pool(dst, {20}, {30}, exact=False, copying=True)
-    assert [m.uid for m in now] == [3] and [m.uid for m in later] == [1, 2] and rest == []
-    now, later, rest = split_pool(dst, set(), set(), exact=False, copying=False)  # nothing to copy: read nothing
-    assert now == [] and later == [] and [m.uid for m in rest] == [1, 2, 3]
+def _pair(src_listing, src, dst_listing, dst):
+    from migrator.engine.copy import Engine
+    from migrator.engine.jobs import FolderRun
+    from migrator.plan import FolderPlan, Plan
+    from migrator.accounts import parse_endpoint
+
+    plan = Plan(parse_endpoint("imap://a@example.org"), parse_endpoint("imap://b@example.org"), [FolderPlan(INBOX, INBOX)])
+    engine = Engine(plan, open_src=None, open_dst=None, checkpoint=None, opts=EngineOptions())
+    run = FolderRun(plan.folders[0], 1)
+    dec = _decide(src_listing, dst_listing, {})
+    pairs = engine._pair_with_pool(run, src, dst, dec, src_listing)
+    return {uid: found.uid for uid, (found, _digest) in pairs.items()}, run, dec
 
 
-def test_pool_deferred_candidates_are_due_by_size_once_and_count_as_leftovers():
-    pool = Pool()
-    assert not pool.lazy
-    pool.defer([meta(1, 10), meta(2, 20), meta(3, 20)])
-    assert pool.lazy and len(pool) == 3 and pool.leftovers() == [1, 2, 3]
-    assert not pool.might_hold(20)  # not fingerprinted yet
-    assert [m.uid for m in pool.due({20, 99})] == [2, 3]
-    assert pool.due({20}) == [] and pool.leftovers() == [1]
-    pool.add("h", meta(2, 20))
-    assert pool.might_hold(20) and pool.take("h").uid == 2
-    assert len(pool) == 1 and pool.leftovers() == [1]
+def test_pairing_reads_only_same_sizes_and_nothing_into_an_empty_destination():
+    src = _Listed({1: b"a" * 10, 2: b"b" * 20})
+    dst = _Listed({7: b"b" * 20, 8: b"c" * 30})
+    pairs, run, _dec = _pair([meta(1, 10), meta(2, 20)], src, [meta(7, 20), meta(8, 30)], dst)
+    assert pairs == {2: 7} and src.read == [2] and dst.read == [7] and run.extras == [8]
+    empty = _Listed({})
+    assert _pair([meta(1, 10), meta(2, 20)], src, [], empty)[0] == {} and empty.read == [] and src.read == [2]
+
+
+def test_pairing_a_source_without_exact_sizes_reads_its_bytes_first():
+    """POP3: a listed size says nothing about the bytes (Dovecot adds a final CRLF), so the messages
+    to copy are fetched first and only destination messages of their bytes' sizes are read; the
+    date the listing leaves out comes from the fetched message. An empty destination, or nothing
+    to copy, reads nothing. The messages to copy go on with their sizes as served."""
+    date = "01-Jan-2020 00:00:00 +0000"
+    src = _Listed({1: b"x" * 12, 2: b"y" * 22}, exact=False, dates={1: date, 2: date})
+    listing = [meta(1, 10, date=""), meta(2, 20, date="")]  # LIST: 2 octets short
+    dst = _Listed({5: b"x" * 12, 6: b"z" * 12, 7: b"y" * 20, 8: b"x" * 12})
+    dst_listing = [meta(5, 12, date="02-Feb-2021 00:00:00 +0000"), meta(6, 12), meta(7, 20), meta(8, 12, date=date)]
+    pairs, run, dec = _pair(listing, src, dst_listing, dst)
+    assert pairs == {1: 8}  # the twin of its date, though 5 has the lower UID
+    assert [(m.uid, m.size, m.internaldate) for m in dec.to_copy] == [(1, 12, date), (2, 22, date)]
+    assert src.read == [1, 2] and sorted(dst.read) == [5, 6, 8] and run.extras == [7]
+    src.read = []
+    empty = _Listed({})
+    assert _pair(listing, src, [], empty)[0] == {} and empty.read == [] and src.read == []
+    assert _pair([], src, dst_listing, dst)[0] == {} and src.read == [] and sorted(dst.read) == [5, 6, 8]
 
 
 def test_pool_is_a_multiset_preferring_same_date_and_flags():
@@ -206,12 +234,12 @@ def test_pool_is_a_multiset_preferring_same_date_and_flags():
     pool.add("h", meta(5, date="01-Jan-2020 00:00:00 +0000"))
     pool.add("h", meta(3, flags=["\\Seen"]))
     pool.add("h", meta(4))
-    assert pool.take("other") is None
-    assert pool.take("h", meta(1)).uid == 4  # same date, same (no) flags
-    assert pool.take("h", meta(2, flags=["\\Seen"])).uid == 3
-    assert pool.take("h", meta(9)).uid == 5  # what is left
-    assert pool.take("h", meta(9)) is None  # each destination message adopted once
-    assert len(pool) == 0 and pool.leftovers() == []
+    assert pool.might_hold(100) and not pool.might_hold(99)
+    assert pool.pair([Wanted(meta(8), "other")]) == {}
+    pairs = pool.pair([Wanted(meta(9), "h"), Wanted(meta(2, flags=["\\Seen"]), "h"), Wanted(meta(1), "h")])
+    assert {s: d.uid for s, d in pairs.items()} == {1: 4, 2: 3, 9: 5}  # same date and flags first; 9 takes what is left
+    assert pool.pair([Wanted(meta(7), "h")]) == {}  # each destination message adopted once
+    assert len(pool) == 0 and pool.leftovers() == [] and not pool.might_hold(100)
 
 
 # -- error classes ---------------------------------------------------------------------------------

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import random
+from collections import Counter
 
 import pytest
 
 from migrator.accounts import parse_endpoint
 from migrator.engine.batching import batches, one_batch
+from migrator.engine.march import Wanted, pair_twins
 from migrator.errors import UsageError
 from migrator.logsafe import SecretMaskFilter
 from migrator.naming import from_server, to_server
@@ -292,3 +296,94 @@ def test_which_bodies_are_read_again_as_binary(body, suspect):
     from migrator.stores.imap import _LONE_0X80
 
     assert bool(_LONE_0X80.search(body)) == suspect
+
+
+# -- identical messages: which source twin adopts which destination copy ----------------------------
+
+
+def _day(d: int, zone: str = "+0000") -> str:
+    return f"{14 + d:02d}-Mar-2019 13:09:26 {zone}"
+
+
+def _twin(uid: int, day: int, flags=(), claim: bool = False, digest: str = "h") -> Wanted:
+    return Wanted(MessageMeta(uid, 100, tuple(sorted(flags)), _day(day)), digest, claim)
+
+
+def _copy(uid: int, day: int, flags=()) -> MessageMeta:
+    return MessageMeta(uid, 100, tuple(sorted(flags)), _day(day))
+
+
+def _paired(wanted, copies, digest="h") -> dict[int, int]:
+    return {s: d.uid for s, d in pair_twins(wanted, {digest: copies}).items()}
+
+
+def test_twins_are_paired_by_date_whatever_order_they_come_in():
+    """Three identical messages with permuted dates on each side, the destination holding all
+    three or two of them: each copy goes to the twin of its date, however the source messages were
+    split into batches and chunks (any order of arrival, the same answer)."""
+    sources = [_twin(1, 0), _twin(2, 1), _twin(3, 2)]
+    for copies, expected in [([_copy(10, 2), _copy(11, 0), _copy(12, 1)], {1: 11, 2: 12, 3: 10}),
+                             ([_copy(10, 2), _copy(12, 1)], {2: 12, 3: 10})]:
+        for order in itertools.permutations(sources):
+            for held in itertools.permutations(copies):
+                assert _paired(order, list(held)) == expected
+
+
+def test_more_source_twins_than_copies_the_copy_goes_to_the_twin_of_its_date():
+    # The defect: the first twin (UID order) took the only copy, which had the third one's date.
+    assert _paired([_twin(1, 0), _twin(2, 1), _twin(3, 2)], [_copy(10, 2)]) == {3: 10}
+    assert _paired([_twin(1, 0), _twin(2, 1), _twin(3, 2)], [_copy(10, 1), _copy(11, 2)]) == {2: 10, 3: 11}
+
+
+def test_fewer_source_twins_than_copies_the_one_of_its_date_is_taken():
+    assert _paired([_twin(1, 1)], [_copy(10, 0), _copy(11, 1), _copy(12, 2)]) == {1: 11}
+
+
+def test_flags_break_ties_and_dates_come_before_flags():
+    same_day = [_twin(1, 0, ["\\Seen"]), _twin(2, 0)]
+    assert _paired(same_day, [_copy(10, 0), _copy(11, 0, ["\\Seen"])]) == {1: 11, 2: 10}
+    no_day_matches = [_twin(1, 5, ["\\Flagged"]), _twin(2, 6)]
+    assert _paired(no_day_matches, [_copy(10, 7), _copy(11, 8, ["\\Flagged"])]) == {1: 11, 2: 10}
+    # Matching flags first would pair 1 with 10 and leave both dates wrong.
+    assert _paired([_twin(1, 0, ["\\Seen"]), _twin(2, 1)], [_copy(10, 1, ["\\Seen"]), _copy(11, 0)]) == {1: 11, 2: 10}
+
+
+def test_twins_without_any_match_are_paired_in_uid_order():
+    assert _paired([_twin(2, 3), _twin(1, 4)], [_copy(11, 5), _copy(10, 6)]) == {1: 10, 2: 11}
+
+
+def test_the_same_instant_in_another_zone_is_the_same_date():
+    moved = MessageMeta(10, 100, (), "14-Mar-2019 15:09:26 +0200")  # = _day(0)
+    assert _paired([_twin(1, 1), _twin(2, 0)], [_copy(11, 3), moved]) == {2: 10, 1: 11}
+
+
+def test_groups_of_other_bytes_are_paired_apart():
+    wanted = [_twin(1, 0, digest="a"), _twin(2, 0, digest="b"), _twin(3, 0, digest="c")]
+    pairs = pair_twins(wanted, {"a": [_copy(10, 1)], "b": [_copy(11, 0)], "x": [_copy(12, 0)]})
+    assert {s: d.uid for s, d in pairs.items()} == {1: 10, 2: 11}
+
+
+def test_claims_keep_their_copy_but_take_no_date_from_others():
+    """A claim (copied earlier, no UID known) is paired even when the group is short of copies,
+    without taking the copy of another twin's date when another copy is left for it."""
+    assert _paired([_twin(1, 1), _twin(5, 0, claim=True)], [_copy(10, 1)]) == {5: 10}
+    assert _paired([_twin(1, 1), _twin(5, 0, claim=True)], [_copy(10, 1), _copy(11, 3)]) == {1: 10, 5: 11}
+    assert _paired([_twin(1, 0), _twin(5, 0, claim=True), _twin(6, 1, claim=True)], [_copy(10, 0), _copy(11, 1)]) \
+        == {5: 10, 6: 11}
+
+
+def test_twins_pairing_keeps_the_most_dates_possible():
+    """Random groups: as many pairs as the smaller side, and as many with the same date as can be."""
+    rnd = random.Random(7)
+    for _ in range(300):
+        sources = [_twin(i, rnd.randrange(4), rnd.sample(["\\Seen", "$A"], rnd.randrange(3)))
+                   for i in range(rnd.randrange(1, 7))]
+        copies = [_copy(100 + i, rnd.randrange(4), rnd.sample(["\\Seen", "$A"], rnd.randrange(3)))
+                  for i in range(rnd.randrange(1, 7))]
+        pairs = pair_twins(sources, {"h": copies})
+        by_uid = {w.meta.uid: w.meta for w in sources}
+        assert len(pairs) == min(len(sources), len(copies))
+        assert len({d.uid for d in pairs.values()}) == len(pairs)
+        src_days, dst_days = Counter(w.meta.internaldate for w in sources), Counter(m.internaldate for m in copies)
+        best = sum(min(n, dst_days[day]) for day, n in src_days.items())
+        assert sum(by_uid[s].internaldate == d.internaldate for s, d in pairs.items()) == best

@@ -1,0 +1,46 @@
+"""What every conformance source holds: the real-world corpus (../shared/corpus, messages no one
+here wrote) with flags, keywords and INTERNALDATEs in several zones, byte-identical twins with
+different dates and flags, and a nested folder."""
+from __future__ import annotations
+
+from tests import rig
+from tests.helpers import dt, simple_message
+
+FLAGS = [(), ("\\Seen",), ("\\Seen", "\\Flagged"), ("\\Answered", "$Forwarded"), ("\\Seen", "NonJunk")]
+TWIN = simple_message(9000, body="the same bytes three times " * 40)
+
+
+# The corpus's 22 messages over 100 KB (16 of its 20 MB) go to a folder of their own: pairs with
+# GNU imap4d leave it out (--exclude), since imap4d APPENDs about 0.3 MB/s.
+LARGE = 100_000
+LARGE_FOLDER = ("Large",)
+
+
+def corpus_items(large: bool) -> list[tuple]:
+    return [(raw, FLAGS[i % len(FLAGS)], dt(i % 500, tz_hours=(i % 5) - 2))
+            for i, (_path, raw) in enumerate(rig.corpus_messages()) if (len(raw) > LARGE) == large]
+
+
+def folders(large: bool = True) -> dict[tuple, list[tuple]]:
+    return {
+        ("INBOX",): corpus_items(large=False),
+        **({LARGE_FOLDER: corpus_items(large=True)} if large else {}),
+        ("Twins",): [(TWIN, (), dt(0)), (TWIN, ("\\Seen",), dt(1, tz_hours=-5)), (TWIN, ("\\Flagged",), dt(2))],
+        ("Work", "Projects"): [(simple_message(700 + i, body="w" * 3000), FLAGS[i % len(FLAGS)], dt(i)) for i in range(12)],
+    }
+
+
+def seed_source(account, large: bool = True) -> dict:
+    """APPEND everything one message at a time (not every server has MULTIAPPEND). What a server
+    refuses is left out; a message refused with keywords is stored without them (imap4d refuses
+    keywords): the source is what the server holds afterwards. Returns counts of both."""
+    notes = {"refused": 0, "keywords_dropped": 0}
+    for folder, items in folders(large).items():
+        refused = rig.append_each(account, folder, items)
+        again = [(raw, tuple(f for f in flags if f.startswith("\\")), date)
+                 for (raw, flags, date), why in zip(items, refused)
+                 if why is not None and any(not f.startswith("\\") for f in flags)]
+        recovered = sum(1 for why in rig.append_each(account, folder, again) if why is None) if again else 0
+        notes["keywords_dropped"] += recovered
+        notes["refused"] += sum(1 for why in refused if why is not None) - recovered
+    return notes
