@@ -36,7 +36,7 @@ from migrator.errors import FolderError, UsageError
 from migrator.naming import INBOX, Folder, display, is_inbox, needs_substitute, parse_display, safe_component
 from migrator.plan import COPY, SKIP, FolderPlan, Plan
 from migrator.presets import Preset, load_preset, localized_names
-from migrator.stores import both_sides
+from migrator.stores import both_sides, calls
 from migrator.stores.base import FolderInfo, Store
 
 SUBSCRIBE_MODES = ("source", "all", "none")
@@ -230,10 +230,10 @@ def plan_folders(src: Store, dst: Store, plan: Plan, opts: PlanningOptions | Non
     opts = opts or PlanningOptions()
     src_listed, dst_folders = both_sides(src.list_folders, dst.list_folders)  # in the same round trip
     plan.destination_listing = dst_folders
-    decisions, warnings = decide(src_listed, dst_folders, getattr(dst, "separator", None), opts)
+    decisions, warnings = decide(src_listed, dst_folders, dst.separator, opts)
     plan.warnings.extend(warnings)
     plan.options = opts.as_dict()
-    statuses = src.statuses([d.info.name for d in decisions]) if with_status else {}
+    statuses = calls.statuses(src, [d.info.name for d in decisions]) if with_status else {}
     for d in decisions:
         messages, size, uidvalidity = _status(src, d.info.name, statuses) if with_status else (None, None, None)
         plan.folders.append(
@@ -251,7 +251,7 @@ def _status(src: Store, folder: Folder, statuses) -> tuple[int | None, int | Non
     if st is None:
         return None, None, None  # listed but not readable: the run reports it
     size = st.size
-    if size is None and st.messages and hasattr(src, "select"):
+    if size is None and st.messages:
         # No STATUS=SIZE: sum RFC822.SIZE after EXAMINE (read-only; changes nothing).
         try:
             src.select(folder, readonly=True)

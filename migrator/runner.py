@@ -23,7 +23,7 @@ from migrator.planner import PlanningOptions, invalid_destination, plan_folders
 from migrator.progress import Progress
 from migrator.report import render_run, render_verify, run_report, verify_report
 from migrator.stats import Stats
-from migrator.stores import Connector, open_pair
+from migrator.stores import Connector, advertised, open_pair
 from migrator.stores.base import Store
 
 
@@ -55,7 +55,7 @@ def default_state_path(plan: Plan) -> str:
 
 def _identity(ep) -> str:
     """Which mailbox a state file belongs to: user and host (not scheme or port, which may change)."""
-    return ep.url() if ep.scheme == "archive" else f"{ep.user}@{ep.host}"
+    return f"{ep.user}@{ep.host}" if ep.is_network else ep.url()
 
 
 def build_plan(plan: Plan, src: Connector, dst: Connector, opts: PlanningOptions | None = None,
@@ -187,8 +187,9 @@ def _execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, 
 
 
 def _workers_for(plan: Plan, workers: int) -> int:
-    """Many POP3 servers lock the mailbox: one session at a time from a POP3 source."""
-    return 1 if plan.source.scheme in ("pop3", "pop3s") else workers
+    """No more sessions than the source allows at once (POP3 servers lock the maildrop: one)."""
+    sessions = advertised(plan.source).sessions
+    return min(workers, sessions) if sessions else workers
 
 
 def execute_verify(plan: Plan, src: Connector, dst: Connector, include_deleted: bool, json_path: str | None,
@@ -220,5 +221,5 @@ def new_plan(src: Connector, dst: Connector) -> Plan:
 
 def check_endpoints(plan: Plan) -> None:
     """Refuse pairs no store can serve, before any connection is opened."""
-    if plan.destination.scheme in ("pop3", "pop3s"):
-        raise UsageError(f"{plan.destination.url()}: POP3 can only be a source (it cannot store messages)")
+    if not advertised(plan.destination).writable:
+        raise UsageError(f"{plan.destination.url()}: {plan.destination.scheme}:// can only be a source (it cannot store messages)")

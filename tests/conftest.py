@@ -1,12 +1,18 @@
 """Pytest fixtures: real Dovecot instances per xdist worker (see tests/rig.py)."""
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 
 import pytest
 
 from tests.rig import Dovecot, Account
+
+# The CLI runs in subprocesses (`python -m migrator`): they import the migrator of this checkout,
+# not whichever one the environment's editable install points at (several worktrees share it).
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_CHECKOUT, os.environ.get("PYTHONPATH")) if p)
 
 
 def pytest_configure(config):

@@ -56,7 +56,7 @@ from migrator.errors import ConnectionFailed, FolderError, MessageRejected, Tran
 from migrator.naming import Folder, display, parents
 from migrator.plan import FolderPlan, Plan
 from migrator.stats import Stats
-from migrator.stores import both_sides, open_pair
+from migrator.stores import both_sides, calls, open_pair
 from migrator.stores.base import AppendItem, FolderStatus, Message, MessageMeta, Store
 
 log = logging.getLogger("migrator.engine")
@@ -192,7 +192,7 @@ class Engine:
                 # The planner's listing of the destination, if it was just made, saves a LIST; used
                 # once (a retry lists again). The source's STATUS is taken meanwhile.
                 listed, self.plan.destination_listing = self.plan.destination_listing, None
-                statuses = (lambda: src.statuses([fp.source for fp in folders])) if self.ckpt is not None else dict
+                statuses = (lambda: calls.statuses(src, [fp.source for fp in folders])) if self.ckpt is not None else dict
                 self._src_status, _ = self._both_sides(statuses,
                                                        lambda: self._prepare_destination(dst, folders, listed))
                 self._settled = self._settle_unchanged(dst, folders)
@@ -232,7 +232,7 @@ class Engine:
         if self.opts.dry_run:
             self.would_create.extend(to_create)
             return
-        created = dst.create_folders([(name, fp.special_use) for name, fp in to_create.items()]) if to_create else {}
+        created = calls.create_folders(dst, [(name, fp.special_use) for name, fp in to_create.items()]) if to_create else {}
         for name, error in created.items():
             if error is None:
                 self.stats.mark_created(name)
@@ -243,7 +243,7 @@ class Engine:
         to_subscribe = list(dict.fromkeys(
             fp.destination for fp in folders
             if fp.subscribed and fp.action != "failed" and fp.destination not in dst_subscribed))
-        for name, error in (dst.subscribe_folders(to_subscribe) if to_subscribe else {}).items():
+        for name, error in (calls.subscribe_folders(dst, to_subscribe) if to_subscribe else {}).items():
             if error:
                 self.stats.warn(f"cannot subscribe '{display(name)}': {error}")
 
@@ -386,7 +386,7 @@ class Engine:
                                     + sorted(self.ckpt.copied_into(ours) if self.ckpt and ours else ())))
         if not wanted:
             return set()
-        self._dst_status = d_st = dst.statuses(wanted)
+        self._dst_status = d_st = calls.statuses(dst, wanted)
         s_st = self._src_status
         settled = set()
         for source, (fp, wm) in marks.items():
@@ -417,7 +417,7 @@ class Engine:
             # With its message count known, the folder is opened and listed in one round trip;
             # a small folder never copied before comes with its bodies (_copies_whole).
             known = status or self._src_status.get(fp.source)
-            return (status, *src.select_and_list(fp.source, readonly=True, expect=known.messages if known else None,
+            return (status, *calls.select_and_list(src, fp.source, readonly=True, expect=known.messages if known else None,
                                                  bodies=self._copies_whole(fp, known)))
 
         def list_destination():
@@ -1005,7 +1005,7 @@ class Engine:
         if uids and not conn.dst_selected_writable(folder):
             conn.select_dst(folder, readonly=False)
         inline = self._read_back_inline(entries)
-        checked = conn.dst().list_with_status(folder, uids, [uid for _i, uid, _s in entries] if inline else ())
+        checked = calls.list_with_status(conn.dst(), folder, uids, [uid for _i, uid, _s in entries] if inline else ())
         metas = checked.metas
         if len(metas) < len(uids):
             # Messages another worker appended are not in this session's view yet (and a NOOP

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from migrator.engine.march import Pool
 from migrator.naming import Folder
 from migrator.plan import FolderPlan
+from migrator.stores import calls
 from migrator.stores.base import FolderStatus, MessageMeta, Store
 
 OVERQUOTA_HINT = ("the destination is over quota: free space or raise the quota, "
@@ -153,7 +154,7 @@ class Connections:
     def open_dst(self, folder: Folder, readonly: bool, expect: int | None):
         """Store.select_and_list on the destination, keeping track of what is selected."""
         self._dst_selected = None
-        opened = self.dst().select_and_list(folder, readonly=readonly, expect=expect)
+        opened = calls.select_and_list(self.dst(), folder, readonly=readonly, expect=expect)
         self._dst_selected = (folder, readonly)
         return opened
 
@@ -161,7 +162,7 @@ class Connections:
                         read_back: list[int]):
         """Store.check_then_open on the destination, keeping track of what is selected."""
         self._dst_selected = None
-        checked, opened = self.dst().check_then_open(done, uids, folder, readonly, expect, read_back)
+        checked, opened = calls.check_then_open(self.dst(), done, uids, folder, readonly, expect, read_back)
         if not isinstance(opened, Exception):
             self._dst_selected = (folder, readonly)
         return checked, opened

@@ -9,7 +9,7 @@ from typing import Callable
 from migrator.accounts import Endpoint
 from migrator.errors import UsageError
 from migrator.secrets import SecretSource, get_password, keyring_name, run_token_command
-from migrator.stores.base import Store
+from migrator.stores.base import Capabilities, Store
 
 class HostSlots:
     """--max-connections-per-host for one run: a semaphore per host name, shared by both sides'
@@ -96,8 +96,8 @@ class Connector:
         return store
 
     def _open(self) -> Store:
-        scheme = self.endpoint.scheme
-        if scheme in ("imap", "imaps"):
+        scheme = _kind(self.endpoint)
+        if scheme == "imap":
             from migrator.stores.imap import ConnectOptions, ImapStore
 
             opts = ConnectOptions(
@@ -110,19 +110,35 @@ class Connector:
                 compress=self.compress,
             )
             return ImapStore(self.endpoint, self._credentials(), opts)
-        if scheme in ("pop3", "pop3s"):
+        if scheme == "pop3":
             from migrator.stores.imap import ConnectOptions
             from migrator.stores.pop3 import Pop3Store
 
             opts = ConnectOptions(ca_file=self.ca_file, insecure=self.insecure,
                                   allow_plaintext=self.allow_plaintext, timeout=self.timeout)
             return Pop3Store(self.endpoint, self._credentials(), opts)
-        if scheme == "archive":
-            from migrator.stores.archive import ArchiveStore
+        from migrator.stores.archive import ArchiveStore
 
-            # A source archive must exist; a destination archive is created on first use.
-            return ArchiveStore(self.endpoint.path, create=self.secret.role == "dst")
-        raise UsageError(f"{self.endpoint.url()}: {scheme}:// is not supported yet")
+        # A source archive must exist; a destination archive is created on first use.
+        return ArchiveStore(self.endpoint.path, create=self.secret.role == "dst")
+
+
+def _kind(ep: Endpoint) -> str:
+    """Which store serves this endpoint: imap, pop3 or archive."""
+    kind = {"imap": "imap", "imaps": "imap", "pop3": "pop3", "pop3s": "pop3", "archive": "archive"}.get(ep.scheme)
+    if kind is None:
+        raise UsageError(f"{ep.url()}: {ep.scheme}:// is not supported yet")
+    return kind
+
+
+def advertised(ep: Endpoint) -> Capabilities:
+    """What the store serving `ep` can do, known before connecting (writable, sessions): what the
+    runner checks a plan against. A connected store's own `capabilities` say more."""
+    if _kind(ep) == "pop3":
+        from migrator.stores.pop3 import Pop3Store
+
+        return Pop3Store.ADVERTISED
+    return Capabilities()
 
 
 def both_sides(on_src: Callable, on_dst: Callable | None, pool=None) -> tuple:

@@ -35,7 +35,7 @@ from migrator.errors import FolderError, StateError, UsageError
 from migrator.fsutil import ensure_private_dir, write_private
 from migrator.naming import Folder, display
 from migrator.stores.base import (
-    AppendItem, Capabilities, FolderBatches, FolderInfo, FolderStatus, Message, MessageMeta, normalize_flags,
+    AppendItem, Capabilities, FolderInfo, FolderStatus, Message, MessageMeta, normalize_flags,
 )
 
 FORMAT = "migrator-archive"
@@ -136,7 +136,7 @@ class _Archive:
             return f"{folder_id}-{os.getpid()}-{random.getrandbits(32):08x}-{self._file_counter}.zst"
 
 
-class ArchiveStore(FolderBatches):
+class ArchiveStore:
     """One 'connection' to an archive. Several may be open in one process (one per worker)."""
 
     separator = None  # any component can be stored: no separator substitutes needed

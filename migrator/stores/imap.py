@@ -42,9 +42,9 @@ from migrator.stores.base import (
     Message,
     MessageMeta,
     Opened,
-    check_then_open_in_turn,
     normalize_flags,
 )
+from migrator.stores.calls import check_then_open_in_turn
 from migrator.stores.netutil import describe_os_error as _describe_os_error, tls_hint as _tls_hint, warn_once
 
 log = logging.getLogger("migrator.imap")
@@ -433,6 +433,7 @@ class ImapStore:
             condstore="CONDSTORE" in caps,
             special_use="SPECIAL-USE" in caps,
             late_commits=True,
+            pipelined=True,
             extra=caps,
         )
         for c in caps:

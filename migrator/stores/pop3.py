@@ -24,6 +24,7 @@ a non-loopback host must upgrade with STLS or migrator refuses to log in.
 from __future__ import annotations
 
 import email.utils
+import dataclasses
 import hashlib
 import logging
 import poplib
@@ -34,7 +35,7 @@ from typing import Iterable, Iterator, Sequence
 from migrator.accounts import Endpoint
 from migrator.errors import ConnectionFailed, FolderError, TransientError, UsageError
 from migrator.naming import INBOX, Folder, display
-from migrator.stores.base import AppendItem, Capabilities, FolderBatches, FolderInfo, FolderStatus, Message, MessageMeta
+from migrator.stores.base import AppendItem, Capabilities, FolderInfo, FolderStatus, Message, MessageMeta
 from migrator.stores.imap import ConnectOptions, Credentials, make_ssl_context
 from migrator.stores.netutil import describe_os_error, tls_hint, warn_once
 
@@ -125,15 +126,17 @@ def _headers(body: bytes) -> bytes:
     return body if end is None else body[: end.start()]
 
 
-class Pop3Store(FolderBatches):
+class Pop3Store:
     separator = None
     prefix = ""
+    # exact_sizes=False: LIST sizes are not the sizes of the bytes RETR serves (module doc);
+    # sessions=1: many POP3 servers lock the maildrop.
+    ADVERTISED = Capabilities(writable=False, keywords=False, exact_sizes=False, sessions=1)
 
     def __init__(self, ep: Endpoint, creds: Credentials, opts: ConnectOptions | None = None):
         self.endpoint = ep
         self._opts = opts or ConnectOptions()
-        # exact_sizes=False: LIST sizes are not the sizes of the bytes RETR serves (module doc).
-        self.capabilities = Capabilities(writable=False, keywords=False, exact_sizes=False)
+        self.capabilities = dataclasses.replace(self.ADVERTISED)
         self._conn = self._connect(creds)
         self._numbers: dict[int, int] = {}  # uid -> message number in this session
         self._sizes: dict[int, int] = {}
@@ -237,6 +240,9 @@ class Pop3Store(FolderBatches):
         raise UsageError("POP3 is read-only: it can only be a source")
 
     def set_flags(self, uid: int, add: Iterable[str], remove: Iterable[str]) -> None:
+        raise UsageError("POP3 is read-only: it can only be a source")
+
+    def expunge_uids(self, uids: Sequence[int]) -> None:
         raise UsageError("POP3 is read-only: it can only be a source")
 
     def close(self) -> None:

@@ -56,7 +56,7 @@ def test_pop3_to_imap_copies_inbox_once_and_leaves_the_source_alone(src_account,
 def test_pop3_cannot_be_a_destination(src_account, dst_account):
     res = migrator("migrate", src_account.url, dst_account.pop3_url, src=src_account, dst=dst_account)
     assert res.code == 2
-    assert "POP3 can only be a source" in res.err
+    assert "pop3:// can only be a source" in res.err
 
 
 # -- the real-world corpus through POP3, reruns, crashes; what each run asks the POP3 server -----------
