@@ -942,7 +942,8 @@ class ImapStore:
         """APPEND items to a folder; MULTIAPPEND (one atomic command) when offered.
 
         Raises MessageRejected when the server refuses (for a MULTIAPPEND batch:
-        the whole batch, nothing stored, as RFC 3502 requires), TransientError
+        the whole batch, nothing stored, as RFC 3502 requires; without MULTIAPPEND,
+        one APPEND a message: its `stored` lists what those before it got), TransientError
         when the connection fails or the server says try later.
         """
         if not items:
@@ -950,7 +951,11 @@ class ImapStore:
         if len(items) > 1 and not self.capabilities.multiappend:
             out: list[int | None] = []
             for item in items:
-                out.extend(self.append(name, [item]))
+                try:
+                    out.extend(self.append(name, [item]))
+                except MessageRejected as e:
+                    e.stored = out  # the messages before this one are on the server
+                    raise
             return out
         text = self._send_append(self.server_name(name), items)
         uids = parse_appenduid(text)
