@@ -51,7 +51,16 @@ class FolderError(MigratorError):
 
 
 class MessageRejected(MigratorError):
-    """The destination refused one message permanently (too big, [PARSE], [OVERQUOTA])."""
+    """The destination refused one message permanently (too big, [PARSE], [OVERQUOTA]).
+
+    stored: None when nothing of what was sent is stored (one message, or a MULTIAPPEND batch,
+    which RFC 3502 makes all or nothing). A list when a batch went one APPEND at a time (a server
+    without MULTIAPPEND): the UIDs (None where unknown) of the messages before the refused one,
+    which are stored; the refused one is the next."""
+
+    def __init__(self, message: str, hint: str | None = None, stored: list | None = None):
+        super().__init__(message, hint)
+        self.stored = stored
 
 
 class StateError(MigratorError):

@@ -897,13 +897,26 @@ class Engine:
         try:
             uids = dst.append(fp.destination, items)
         except MessageRejected as e:
-            if len(items) == 1:
-                self._reject(run, intents[0], str(e))
+            if e.stored is None and len(items) > 1:
+                # A MULTIAPPEND is all or nothing (RFC 3502): find the bad one(s) one by one.
+                for intent, item in zip(intents, items):
+                    self._append(run, dst, [intent], [item])
                 return
-            # A MULTIAPPEND is all or nothing (RFC 3502): find the bad one(s) one by one.
-            for intent, item in zip(intents, items):
-                self._append(run, dst, [intent], [item])
+            # One APPEND a message (one message, or a server without MULTIAPPEND): those before
+            # the refused one are stored, and are confirmed as such, never sent again.
+            done = len(e.stored or ())
+            if done:
+                self._appended(run, intents[:done], items[:done], e.stored, shapes)
+            self._reject(run, intents[done], str(e))
+            if done + 1 < len(items):
+                self._append(run, dst, intents[done + 1:], items[done + 1:])
             return
+        self._appended(run, intents, items, uids, shapes)
+
+    def _appended(self, run: FolderRun, intents: list[Intent], items: list[AppendItem], uids: list[int | None],
+                  shapes: dict[int, Shape]) -> None:
+        """What follows an APPEND the server answered OK: these messages are stored, with these UIDs."""
+        fp = run.fp
         crash("append-sent")  # stored on the server, not yet confirmed: settled by the next march
         with run.lock:
             run.appended.extend(u for u in uids if u is not None)

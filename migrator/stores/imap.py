@@ -943,7 +943,8 @@ class ImapStore:
         """APPEND items to a folder; MULTIAPPEND (one atomic command) when offered.
 
         Raises MessageRejected when the server refuses (for a MULTIAPPEND batch:
-        the whole batch, nothing stored, as RFC 3502 requires), TransientError
+        the whole batch, nothing stored, as RFC 3502 requires; without MULTIAPPEND,
+        one APPEND a message: its `stored` lists what those before it got), TransientError
         when the connection fails or the server says try later.
         """
         if not items:
@@ -951,7 +952,11 @@ class ImapStore:
         if len(items) > 1 and not self.capabilities.multiappend:
             out: list[int | None] = []
             for item in items:
-                out.extend(self.append(name, [item]))
+                try:
+                    out.extend(self.append(name, [item]))
+                except MessageRejected as e:
+                    e.stored = out  # the messages before this one are on the server
+                    raise
             return out
         text = self._send_append(self.server_name(name), items)
         uids = parse_appenduid(text)
@@ -1017,9 +1022,21 @@ class ImapStore:
         kind = classify(text)
         if kind == TRANSIENT:
             return TransientError(f"APPEND to '{server_name}' on {self.endpoint.host}: {text}")
-        if kind == FOLDER:
+        if kind == FOLDER and not self._folder_exists(server_name):
             return FolderError(f"destination folder '{server_name}' does not exist: {text}")
         return MessageRejected(f"{text}")
+
+    def _folder_exists(self, server_name: str) -> bool:
+        """Whether a folder an APPEND was answered [TRYCREATE] for exists all the same: then the
+        answer refuses the message, not the folder (GNU imap4d answers so for a message it cannot
+        parse). INBOX always exists (RFC 3501), the folder selected here does; another is asked for."""
+        if server_name.upper() == "INBOX" or (self._selected is not None and self.server_name(self._selected) == server_name):
+            return True
+        try:
+            self._call("STATUS", self.client.folder_status, server_name, ["MESSAGES"])
+        except FolderError:
+            return False
+        return True
 
     def close(self) -> None:
         """LOGOUT, and close without waiting for the server's BYE: every command before it was

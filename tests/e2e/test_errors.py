@@ -91,6 +91,23 @@ def test_rejected_message_is_reported_and_the_rest_copied(src_account, new_accou
     assert "FAILED INBOX UID" in res.out and "OVERQUOTA" in res.out.upper()  # the summary lists it too
 
 
+def test_an_append_answered_trycreate_gives_up_the_folder_only_if_it_does_not_exist(dst_account):
+    """[TRYCREATE] says the folder does not exist: migrator checks (STATUS) before giving the folder
+    up, as GNU imap4d answers so for a message it cannot parse (test_server_imap4d)."""
+    from migrator.errors import FolderError
+    from migrator.stores.base import AppendItem
+    from migrator.stores.imap import Credentials, ImapStore
+
+    store = ImapStore(parse_endpoint(dst_account.url), Credentials(password=lambda: dst_account.password))
+    try:
+        with pytest.raises(FolderError, match="destination folder 'Nowhere' does not exist: .*TRYCREATE"):
+            store.append(("Nowhere",), [AppendItem(simple_message(1), (), "")])
+        assert len(store.append(("INBOX",), [AppendItem(simple_message(1), (), "")])) == 1
+    finally:
+        store.close()
+    assert rig.fetch_bodies(dst_account, ["INBOX"]) == [simple_message(1)]
+
+
 def test_source_folder_vanished_before_run(src_account, dst_account, tmp_path):
     rig.seed(src_account, ["Doomed"], [simple_message(1)])
     rig.seed(src_account, ["Kept"], [simple_message(2)])

@@ -1,6 +1,7 @@
 """Courier-IMAP 5 as a throwaway test server (tests/servers/courier.py), and migrator against it."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -12,7 +13,7 @@ from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
 from tests import rig
-from tests.helpers import dt, migrate, simple_message
+from tests.helpers import dt, migrate, migrator, simple_message
 from tests.servers.courier import Courier
 
 pytestmark = pytest.mark.e2e
@@ -280,3 +281,32 @@ def test_migrate_from_courier_copies_what_it_serves(courier, new_account, tmp_pa
     assert report["totals"]["copied"] == 2
     assert rig.snapshot(dst) == rig.snapshot(src)
     assert max(len(b) for b in rig.fetch_bodies(dst, ["INBOX"])) < len(big)
+
+
+def test_a_message_refused_in_a_batch_leaves_the_others_once(courier, tmp_path):
+    """Courier has no MULTIAPPEND: a batch goes one APPEND at a time, and those before a refused
+    message are stored when it is refused (here for its INTERNALDATE: Courier refuses one before
+    1970, "Error in IMAP command received by server"). They are confirmed as copied, not sent
+    again one by one as a refused MULTIAPPEND batch is (nothing of which was stored): no duplicates."""
+    from migrator.stores.archive import ArchiveStore
+    from migrator.stores.base import AppendItem
+
+    dates = ["14-Mar-2019 15:09:26 +0200"] * 5
+    dates[2] = "13-Feb-1969 23:32:54 -0330"
+    bodies = [simple_message(i) for i in range(5)]
+    archive = tmp_path / "src.archive"
+    arc = ArchiveStore(str(archive))
+    try:
+        arc.create_folder(("INBOX",))
+        arc.append(("INBOX",), [AppendItem(body, (), date) for body, date in zip(bodies, dates)])
+    finally:
+        arc.close()
+    dst = courier.new_user("rej")
+    res = migrator("migrate", f"archive://{archive}", dst.url, "--state", str(tmp_path / "s.sqlite"),
+                   "--report", str(tmp_path / "r.json"), dst=dst)
+    assert res.code == 1, res.text
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [(f["uid"], f["reason"]) for f in report["failures"]] == [
+        (3, "rejected by the destination: Error in IMAP command received by server.")]
+    assert report["totals"]["copied"] == 4, report["totals"]
+    assert sorted(rig.fetch_bodies(dst, ["INBOX"])) == sorted(bodies[:2] + bodies[3:])
