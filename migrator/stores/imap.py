@@ -6,7 +6,7 @@ library does them in a way that breaks our guarantees:
   messages are sent as raw literals here (LITERAL+ when offered, literal8 when
   the message holds a NUL and the server has BINARY), one command per batch
   with MULTIAPPEND, and the APPENDUID answer (RFC 4315) is parsed here.
-- Connecting: the TLS rule of the project (see connect()) lives here, in one place.
+- Connecting: the TLS rule is stores/connection.py's, shared with POP3.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import re
 import socket
 import ssl
 import threading
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -30,7 +29,7 @@ from imapclient.datetime_util import datetime_to_INTERNALDATE
 from imapclient.response_parser import parse_fetch_response, parse_response
 
 from migrator.accounts import Endpoint
-from migrator.errors import ConnectionFailed, FolderError, MessageRejected, TransientError, UsageError
+from migrator.errors import ConnectionFailed, FolderError, MessageRejected, TransientError
 from migrator.naming import Folder, from_server, to_server
 from migrator.stores import deflate, lean
 from migrator.stores.base import (
@@ -45,7 +44,21 @@ from migrator.stores.base import (
     normalize_flags,
 )
 from migrator.stores.calls import check_then_open_in_turn
-from migrator.stores.netutil import describe_os_error as _describe_os_error, tls_hint as _tls_hint, warn_once
+from migrator.stores.connection import (
+    ConnectOptions,
+    Credentials,
+    connect_failed,
+    make_ssl_context,
+    server_text as _server_text,
+    stay_plain,
+    tls_context,
+    upgrade_failed,
+    warn_once,
+)
+
+# ConnectOptions, Credentials and make_ssl_context live in stores.connection; named here too for
+# the callers that import them from this module (cli/options.py).
+__all__ = ["ConnectOptions", "Credentials", "ImapStore", "make_ssl_context"]
 
 log = logging.getLogger("migrator.imap")
 imaplib.Commands.setdefault("COMPRESS", ("AUTH", "SELECTED"))  # RFC 4978; imaplib lacks it
@@ -75,74 +88,6 @@ META_FETCH_CHUNK = 5000  # UIDs per metadata FETCH: bounds the size of one respo
 SEND_COALESCE = 1 << 20  # APPEND: bodies below this are gathered into one write
 LITERAL_INPLACE = 1 << 20  # FETCH: literals from this size on are read into one buffer
 PIPELINE_WINDOW = 50  # commands sent before reading their answers (CREATE, SUBSCRIBE, STATUS)
-
-
-@dataclass(frozen=True)
-class ConnectOptions:
-    ca_file: str | None = None
-    insecure: bool = False
-    allow_plaintext: bool = False
-    timeout: float = 120.0
-    auth_user: str | None = None  # admin / master user: authenticates as this, acts as endpoint.user
-    oauth2_token_cmd: str | None = None
-    oauth2_mech: str = "auto"  # auto: OAUTHBEARER when the server offers it, else XOAUTH2
-    compress: bool = False  # COMPRESS=DEFLATE (RFC 4978) when offered
-
-
-class Credentials:
-    """Produces the secret on demand, in memory only; shared by all connections of one side.
-
-    A token from an OAuth2 command is fetched again when a server rejects it
-    (expired or revoked), so a long unattended run survives token expiry.
-    """
-
-    def __init__(self, password: Callable[[], str] | None = None, token: Callable[[], str] | None = None):
-        self._password = password
-        self._token = token
-        self._cached: str | None = None
-        self._lock = threading.Lock()  # worker threads log in concurrently
-
-    def secret(self, stale: str | None = None) -> str:
-        """The current secret. If STALE (a token a server just rejected) is still the
-        current one, get a new one first; if another thread already did, reuse that."""
-        with self._lock:
-            if self._cached is None or (stale is not None and self._cached == stale):
-                source = self._token or self._password
-                if source is None:
-                    raise UsageError("no password or token source configured")
-                self._cached = source()
-            return self._cached
-
-    @property
-    def is_token(self) -> bool:
-        return self._token is not None
-
-
-def make_ssl_context(opts: ConnectOptions) -> ssl.SSLContext:
-    """TLS 1.2 or newer; verifies chain and host name against the system store (+ --ca-file)."""
-    return _ssl_context(opts.ca_file, opts.insecure)
-
-
-# Keyed by what the context depends on only, so the --ca-file check, every connection of both
-# sides and the POP3 store share one: loading the system CA store costs ~50 ms of CPU.
-@functools.lru_cache(maxsize=16)
-def _ssl_context(ca_file: str | None, insecure: bool) -> ssl.SSLContext:
-    if insecure:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    else:
-        ctx = ssl.create_default_context()
-        if ca_file:
-            # Added to the system store, not instead of it: one side may be a public
-            # provider (Gmail) and the other a private server.
-            try:
-                ctx.load_verify_locations(cafile=ca_file)
-            except (OSError, ssl.SSLError) as e:
-                reason = getattr(e, "strerror", None) or getattr(e, "reason", None) or "not a PEM certificate file"
-                raise UsageError(f"cannot load --ca-file {ca_file}: {reason}") from None
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
 
 
 class _GreetingCapabilities:
@@ -182,19 +127,14 @@ class _Client(imapclient.IMAPClient):
 def connect(ep: Endpoint, creds: Credentials, opts: ConnectOptions) -> imapclient.IMAPClient:
     """Open, secure and authenticate one IMAP connection.
 
-    TLS rule: imaps:// is TLS from the first byte; imap:// to a non-loopback host
-    must upgrade with STARTTLS or we refuse to send credentials (unless
-    --allow-plaintext); imap:// to loopback (127.0.0.0/8, ::1) may stay plain,
-    the traffic never leaves the machine.
-    """
-    # Plain loopback needs no context: loading the CA store is ~35 ms before the first login.
-    ctx = make_ssl_context(opts) if ep.implicit_tls or not ep.is_loopback else None
+    The TLS rule is connection.stay_plain's, shared with POP3."""
+    ctx = tls_context(ep, opts)
     try:
         client = _Client(
             ep.host, port=ep.port, ssl=ep.implicit_tls, ssl_context=ctx, timeout=opts.timeout
         )
     except (OSError, imaplib.IMAP4.error) as e:
-        raise ConnectionFailed(_describe_os_error(e, ep), hint=_tls_hint(e)) from None
+        raise connect_failed(e, ep) from None
     client.normalise_times = False  # keep INTERNALDATE's timezone
     # No Nagle: a small write (a pipelined command, the CRLF ending an APPEND after a big body)
     # would otherwise wait for the ACK of the previous one, a round trip on a WAN.
@@ -203,8 +143,8 @@ def connect(ep: Endpoint, creds: Credentials, opts: ConnectOptions) -> imapclien
     except (OSError, AttributeError):
         pass
     try:
-        if not ep.implicit_tls:
-            _maybe_starttls(client, ep, ctx, opts)
+        if not ep.implicit_tls and not stay_plain(ep, opts, lambda: "STARTTLS" in _before_login(client), "STARTTLS"):
+            _starttls(client, ep, ctx)
         _authenticate(client, ep, creds, opts)
     except _AuthUnusable as e:
         # The answer to AUTHENTICATE could not be read (GNU imap4d ends its success line in a bare
@@ -223,7 +163,7 @@ def connect(ep: Endpoint, creds: Credentials, opts: ConnectOptions) -> imapclien
         raise
     except (OSError, imaplib.IMAP4.abort) as e:
         _shutdown(client)
-        raise ConnectionFailed(_describe_os_error(e, ep), hint=_tls_hint(e)) from None
+        raise connect_failed(e, ep) from None
     return client
 
 
@@ -234,27 +174,12 @@ def _before_login(client) -> frozenset[str]:
     return frozenset(str(c).upper() for c in client._imap.capabilities)
 
 
-def _maybe_starttls(client, ep: Endpoint, ctx: ssl.SSLContext | None, opts: ConnectOptions) -> None:
-    where = f"{ep.host}:{ep.port}"
-    if ep.is_loopback:
-        return  # local server or SSH tunnel: plain is fine (documented rule)
-    if "STARTTLS" not in _before_login(client):
-        if not opts.allow_plaintext:
-            raise ConnectionFailed(
-                f"{where} does not offer STARTTLS; refusing to log in without TLS",
-                hint="use imaps://, or --allow-plaintext if you accept that the password crosses the network in clear",
-            )
-        _warn_once(f"logging in to {where} without TLS (--allow-plaintext)")
-        return
+def _starttls(client, ep: Endpoint, ctx: ssl.SSLContext | None) -> None:
     try:
         client.starttls(ctx)
     except (OSError, imaplib.IMAP4.error) as e:
-        # Never fall back to plain here, even with --allow-plaintext: a failed
-        # handshake is what an attacker stripping TLS produces. --insecure is
-        # the explicit way to accept a certificate that does not verify.
-        detail = _describe_os_error(e, ep) if isinstance(e, OSError) else _server_text(e)
-        raise ConnectionFailed(f"STARTTLS with {where} failed ({detail}); not logging in", hint=_tls_hint(e)) from None
-    log.debug("STARTTLS with %s done (%s)", where, client._imap.sock.version())
+        raise upgrade_failed(e, ep, "STARTTLS") from None
+    log.debug("STARTTLS with %s:%s done (%s)", ep.host, ep.port, client._imap.sock.version())
 
 
 def _warn_once(text: str) -> None:
@@ -375,16 +300,6 @@ def _oauth2_login(client, ep: Endpoint, creds: Credentials, opts: ConnectOptions
                 f"{mech} login failed for {ep.user}@{ep.host} even with a fresh token: {_server_text(e, token)}",
                 hint="check the token command, the account name and the scopes the token was issued for",
             ) from None
-
-
-def _server_text(e: BaseException, secret: str | None = None) -> str:
-    text = str(e)
-    m = re.search(r"b?['\"](.*)['\"]", text)
-    if m:
-        text = m.group(1)
-    if secret:
-        text = text.replace(secret, "***")
-    return text[:200]
 
 
 def _shutdown(client) -> None:
