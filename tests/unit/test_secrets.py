@@ -18,7 +18,7 @@ from migrator.fsutil import ensure_private_dir, write_private
 from migrator.logsafe import SecretMaskFilter
 from migrator.secrets import SecretSource, get_password, read_password_file, run_token_command
 from migrator.stores.connection import ConnectOptions, Credentials, make_ssl_context
-from migrator.stores.imap import _oauth2_responder
+from migrator.stores.imap_connect import _oauth2_responder
 
 PW = "s3cr3t-Pa55"
 
