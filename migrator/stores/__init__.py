@@ -48,7 +48,7 @@ class Connector:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def _credentials(self):
-        from migrator.stores.imap import Credentials
+        from migrator.stores.connection import Credentials
 
         with self._lock:
             if self._creds is None:
@@ -98,7 +98,8 @@ class Connector:
     def _open(self) -> Store:
         scheme = _kind(self.endpoint)
         if scheme == "imap":
-            from migrator.stores.imap import ConnectOptions, ImapStore
+            from migrator.stores.connection import ConnectOptions
+            from migrator.stores.imap import ImapStore
 
             opts = ConnectOptions(
                 ca_file=self.ca_file,
@@ -111,7 +112,7 @@ class Connector:
             )
             return ImapStore(self.endpoint, self._credentials(), opts)
         if scheme == "pop3":
-            from migrator.stores.imap import ConnectOptions
+            from migrator.stores.connection import ConnectOptions
             from migrator.stores.pop3 import Pop3Store
 
             opts = ConnectOptions(ca_file=self.ca_file, insecure=self.insecure,

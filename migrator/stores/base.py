@@ -49,8 +49,8 @@ class MessageMeta:
     uid: int
     size: int
     flags: tuple[str, ...]  # sorted, without \Recent
-    # IMAP date-time string "dd-Mon-yyyy hh:mm:ss +zzzz", timezone kept. '' in a listing of a store
-    # that tells the date from the bytes only (POP3): its fetch() gives it in Message.meta.
+    # IMAP date-time string "dd-Mon-yyyy hh:mm:ss +zzzz", timezone kept; '' when unknown. A store
+    # that tells the date from the bytes only (POP3) leaves it '' in its listing: fetch() gives it.
     internaldate: str
 
     @property
@@ -60,6 +60,8 @@ class MessageMeta:
 
 @dataclass(frozen=True)
 class Message:
+    """One message as fetch() serves it: its bytes and its complete metadata, read together."""
+
     meta: MessageMeta
     body: bytes
     # True when the body is known to hold no NUL octet: read from an IMAP literal, which cannot
@@ -151,9 +153,12 @@ class Store(Protocol):
         ...
 
     def fetch(self, uids: Sequence[int]) -> Iterator[Message]:
-        """Bodies of the given UIDs, exactly as stored, without setting \\Seen. Each Message.meta has
-        the size of its bytes; its flags and date may be left empty, except the date a store's
-        listing leaves empty (POP3): fetch() gives that one."""
+        """The given UIDs of the selected folder, exactly as stored, without setting \\Seen; a UID
+        no longer there is left out. Each Message.meta is complete, read with the bytes: the uid,
+        the size of the bytes served, the flags and the date (IMAP asks FLAGS and INTERNALDATE in
+        the same UID FETCH as the body; the archive reads its index; POP3 has no flags and tells
+        the date from the bytes, which its listing leaves empty). A caller need not join it to a
+        listing."""
         ...
 
     def append(self, name: Folder, items: Sequence[AppendItem]) -> list[int | None]:

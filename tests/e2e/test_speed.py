@@ -16,7 +16,8 @@ import pytest
 from benchmarks.proxy import DelayProxy
 from migrator.accounts import parse_endpoint
 from migrator.errors import FolderError
-from migrator.stores.imap import ConnectOptions, Credentials, ImapStore
+from migrator.stores.connection import ConnectOptions, Credentials
+from migrator.stores.imap import ImapStore
 from migrator.throttle import Throttle
 from tests import rig
 from tests.faultproxy import wait_until
@@ -262,7 +263,7 @@ def test_listings_of_a_real_server_are_read_in_one_pass(dovecot_slash, monkeypat
     """A listing line is parsed by the pattern for the items in the order asked (one pass over the
     line) unless the server put them in another order; Dovecot does not, also after STATUS
     HIGHESTMODSEQ enabled CONDSTORE (RFC 7162 3.1), which adds MODSEQ to FETCH answers."""
-    from migrator.stores import imap as imap_module
+    from migrator.stores import imap_parse as imap_module
 
     acc = dovecot_slash.new_user("order")
     rig.seed(acc, ["INBOX"], [(simple_message(i), ("\\Seen", "$Label1") if i % 2 else (), dt(i)) for i in range(6)])

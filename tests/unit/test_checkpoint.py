@@ -14,7 +14,7 @@ from migrator.engine.jobs import EngineOptions
 from migrator.engine.march import Pool, Wanted, decide, pool_candidates
 from migrator.errors import StateError
 from migrator.stores.base import Capabilities, Message, MessageMeta
-from migrator.stores.imap import FOLDER, MESSAGE, TRANSIENT, classify
+from migrator.stores.imap_parse import FOLDER, MESSAGE, TRANSIENT, classify
 
 INBOX = ("INBOX",)
 DATE = "14-Mar-2019 15:09:26 +0000"
