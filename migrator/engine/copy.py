@@ -56,7 +56,8 @@ from migrator.errors import ConnectionFailed, FolderError, MessageRejected, Tran
 from migrator.naming import Folder, display, parents
 from migrator.plan import FolderPlan, Plan
 from migrator.stats import Stats
-from migrator.stores import both_sides, calls, open_pair
+from migrator.engine.pairs import both_sides, open_pair
+from migrator.stores import calls
 from migrator.stores.base import AppendItem, FolderStatus, Message, MessageMeta, Store
 
 log = logging.getLogger("migrator.engine")

@@ -6,6 +6,7 @@ import threading
 from dataclasses import dataclass, field
 
 from migrator.engine.march import Pool
+from migrator.engine.pairs import open_pair
 from migrator.naming import Folder
 from migrator.plan import FolderPlan
 from migrator.stores import calls
@@ -137,8 +138,6 @@ class Connections:
 
     def both(self) -> tuple[Store, Store]:
         if self._src is None and self._dst is None:
-            from migrator.stores import open_pair
-
             self._src, self._dst = open_pair(self._open_src, self._open_dst)
         return self.src(), self.dst()
 

@@ -223,7 +223,7 @@ def test_both_sides_overlaps_the_calls_and_raises_after_both_are_done():
     import threading
     import time as _time
 
-    from migrator.stores import both_sides
+    from migrator.engine.pairs import both_sides
 
     started = threading.Event()
 
