@@ -469,6 +469,8 @@ class Engine:
                 self._confirm(run, [(Intent(row.src_uid, row.size, row.sha256, row.flags), row.dst_uid)], ALTERED, reason)
         if dec.to_verify and not opts.dry_run:
             self._verify_rows(run, dst, dec.to_verify)
+        run.count(already=dec.already, skipped_deleted=dec.deleted_skipped,
+                  failed=len(dec.altered) + len(dec.failed_earlier))
         if first:
             self._reported.add(fp.source)
             stats.skip(fp.source, "flagged \\Deleted on the source (--include-deleted copies them)",
@@ -745,6 +747,7 @@ class Engine:
             self._confirm(run, adopted)
             crash("adopted")
             self.stats.add(fp.source, found=len(adopted))
+            run.count(found=len(adopted))
         return [m for m in to_copy if m.uid not in pairs]
 
     def _sync_flags(self, run: FolderRun, dst: Store, updates: list[tuple[MessageMeta, MessageMeta]]) -> None:
@@ -933,6 +936,7 @@ class Engine:
                 run.read_back.extend((i, uid, shapes[n]) for n, (i, uid) in enumerate(results)
                                      if n in shapes and uid is not None)
         self.stats.add(fp.source, copied=len(results), copied_bytes=sum(i.size for i in intents))
+        run.count(copied=len(results))
 
     def _to_read_back(self, run: FolderRun, intents: list[Intent],
                       items: list[AppendItem]) -> tuple[list[Intent], dict[int, Shape]]:
@@ -986,7 +990,13 @@ class Engine:
         """A copy the destination stores with other bytes: reported, and recorded so that no rerun
         copies it again. copied: it was counted as copied by this run (it no longer is)."""
         self._confirm(run, [(intent, uid)], ALTERED, reason)
+        self._fail(run, intent, reason, copied)
+
+    def _fail(self, run: FolderRun, intent: Intent, reason: str, copied: bool = False) -> None:
+        """A message of the folder failed: reported, and counted by the run (then no watermark).
+        copied: it was counted as copied by this run (it no longer is)."""
         self.stats.fail(run.fp.source, intent.src_uid, reason)
+        run.count(failed=1, copied=-int(copied))
         if copied:
             self.stats.add(run.fp.source, copied=-1, copied_bytes=-intent.size)
 
@@ -1037,7 +1047,7 @@ class Engine:
         text = f"rejected by the destination: {reason}"
         if self.ckpt:
             self.ckpt.record_failed(fp.source, run.src_uidvalidity, fp.destination, run.dst_uidvalidity, intent, text)
-        self.stats.fail(fp.source, intent.src_uid, text)
+        self._fail(run, intent, text)
         if "OVERQUOTA" in reason.upper():
             self.stats.warn(OVERQUOTA_HINT)
 
@@ -1175,16 +1185,14 @@ class Engine:
                 continue
             reason = "the destination answered OK to the APPEND but does not hold the message"
             self.ckpt.record_failed(fp.source, run.src_uidvalidity, fp.destination, run.dst_uidvalidity, intent, reason)
-            self.stats.fail(fp.source, intent.src_uid, reason)
-            self.stats.add(fp.source, copied=-1, copied_bytes=-intent.size)
+            self._fail(run, intent, reason, copied=True)
 
     def _may_keep_watermark(self, run: FolderRun) -> bool:
         s = run.src_status
         if self.ckpt is None or self.opts.dry_run or self.stop.is_set() or s is None or s.highestmodseq is None:
             return False
-        counts = self.stats.folders.get(display(run.fp.source))
         # failed messages must be reported again by the next run's march
-        return counts is not None and not counts.failed and not run.unknown_uids and run.dst_consistent
+        return not run.tally.failed and not run.unknown_uids and run.dst_consistent
 
     def _store_watermark(self, run: FolderRun, conn: Connections, d: FolderStatus | None = None) -> None:
         """Remember both sides' STATUS, but only if the destination holds exactly what this run made of it.
@@ -1195,8 +1203,7 @@ class Engine:
         """
         if not self._may_keep_watermark(run):
             return
-        fp, s = run.fp, run.src_status
-        counts = self.stats.folders[display(fp.source)]
+        fp, s, tally = run.fp, run.src_status, run.tally
         d = d or conn.dst().status(fp.destination)
         expected_next = max([run.dst_uidnext] + [u + 1 for u in run.appended])
         if (d.highestmodseq is None or d.uidvalidity != run.dst_uidvalidity or d.uidnext != expected_next
@@ -1205,8 +1212,7 @@ class Engine:
         self.ckpt.set_watermark(fp.source, fp.destination, Watermark(
             self.opts.key(), s.uidvalidity, s.uidnext, s.messages, s.highestmodseq,
             d.uidvalidity, d.uidnext, d.messages, d.highestmodseq,
-            settled=counts.already + counts.copied + counts.found,
-            skipped_deleted=sum(n for r, n in counts.skipped.items() if "\\Deleted" in r),
+            settled=tally.settled, skipped_deleted=tally.skipped_deleted,
         ))
 
 

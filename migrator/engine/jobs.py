@@ -51,6 +51,22 @@ class EngineOptions:
 
 
 @dataclass
+class Tally:
+    """What one march of a folder found and did, as far as its watermark depends on it. Kept by the
+    run itself: the report's counters add up every attempt of the folder, and are the report's."""
+
+    already: int = 0  # copied by an earlier run (or attempt), copy still there
+    copied: int = 0
+    found: int = 0  # adopted: an identical message was on the destination
+    failed: int = 0  # messages reported failed or altered: the next run's march reports them again
+    skipped_deleted: int = 0  # flagged \Deleted on the source, not copied
+
+    @property
+    def settled(self) -> int:
+        return self.already + self.copied + self.found
+
+
+@dataclass
 class FolderRun:
     """Shared by the chunks of one folder while they are copied."""
 
@@ -74,7 +90,14 @@ class FolderRun:
     pending_chunks: int = 0
     transient: str | None = None  # set by the first chunk that hit a transient error
     failed: bool = False
+    tally: Tally = field(default_factory=Tally)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count(self, **counts: int) -> None:
+        """Add to the tally (chunks of the folder count at the same time)."""
+        with self.lock:
+            for key, value in counts.items():
+                setattr(self.tally, key, getattr(self.tally, key) + value)
 
     def take_unchecked(self) -> dict:
         """Destination UID -> Intent of the copies whose stored size is still to be checked; the
