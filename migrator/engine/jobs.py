@@ -70,11 +70,10 @@ class Tally:
 
 class Phase(enum.Enum):
     """Where a folder run is. A run is one march of a folder and what follows from it; a retry
-    is a new run. Drawn in docs/engine.md:
+    is a new run. The transitions (_NEXT), drawn in docs/engine.md:
 
-        MARCHING -> COPYING -> COPIED -> ENDED
-            |                    |
-            +--(nothing to copy)-+--> END_DEFERRED -> ENDED   (the end rides with the next SELECT)
+        MARCHING -> COPYING -> COPIED -> ENDED      (MARCHING -> COPIED: nothing to copy)
+                               COPIED -> END_DEFERRED -> ENDED   (the end rides with the next SELECT)
         any phase before ENDED -> RETRY (marched again) or FAILED (given up for this run)
     """
 
