@@ -9,7 +9,7 @@ destination really holds (engine.march), never by copying blindly.
 
 A second table keeps per-folder *watermarks* (UIDVALIDITY, UIDNEXT, MESSAGES,
 HIGHESTMODSEQ of both sides, as of the end of the last complete pass): a rerun
-that finds the same STATUS on both sides skips the folder (engine.copy).
+that finds the same STATUS on both sides skips the folder (engine/prepare.py).
 
 The state is bound to one source and one destination account (meta table):
 using it for another pair is refused, as its rows would mean nothing there.

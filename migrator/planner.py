@@ -36,7 +36,8 @@ from migrator.errors import FolderError, UsageError
 from migrator.naming import INBOX, Folder, display, is_inbox, needs_substitute, parse_display, safe_component
 from migrator.plan import COPY, SKIP, FolderPlan, Plan
 from migrator.presets import Preset, load_preset, localized_names
-from migrator.stores import both_sides, calls
+from migrator.engine.pairs import both_sides
+from migrator.stores import calls
 from migrator.stores.base import FolderInfo, Store
 
 SUBSCRIBE_MODES = ("source", "all", "none")

@@ -23,7 +23,8 @@ from migrator.planner import PlanningOptions, invalid_destination, plan_folders
 from migrator.progress import Progress
 from migrator.report import render_run, render_verify, run_report, verify_report
 from migrator.stats import Stats
-from migrator.stores import Connector, advertised, open_pair
+from migrator.engine.pairs import open_pair
+from migrator.stores import Connector, advertised
 from migrator.stores.base import Store
 
 

@@ -21,7 +21,7 @@ from migrator.engine.content import fingerprint
 from migrator.errors import FolderError
 from migrator.naming import Folder, display
 from migrator.plan import Plan
-from migrator.stores import both_sides, open_pair
+from migrator.engine.pairs import both_sides, open_pair
 from migrator.stores.base import Store
 
 FORMAT = "%d-%b-%Y %H:%M:%S %z"

@@ -196,7 +196,7 @@ def _pair(src_listing, src, dst_listing, dst):
     engine = Engine(plan, open_src=None, open_dst=None, checkpoint=None, opts=EngineOptions())
     run = FolderRun(plan.folders[0], 1)
     dec = _decide(src_listing, dst_listing, {})
-    pairs = engine._pair_with_pool(run, src, dst, dec, src_listing)
+    pairs = engine.sync.matcher.pair_with_pool(run, src, dst, dec, src_listing)
     return {uid: found.uid for uid, (found, _digest) in pairs.items()}, run, dec
 
 

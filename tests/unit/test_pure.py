@@ -238,7 +238,7 @@ def test_both_sides_overlaps_the_calls_and_raises_after_both_are_done():
     import threading
     import time as _time
 
-    from migrator.stores import both_sides
+    from migrator.engine.pairs import both_sides
 
     started = threading.Event()
 
@@ -282,18 +282,18 @@ def test_workers_take_the_biggest_work_first():
     plan = Plan(parse_endpoint("imap://a@example.org"), parse_endpoint("imap://b@example.org"), list(folders.values()))
     engine = Engine(plan, open_src=None, open_dst=None, checkpoint=None, opts=EngineOptions())
     try:
-        engine._src_status = {
+        engine.ctx.src_status = {
             ("Big",): FolderStatus(1, messages=900, size=60_000_000),
             ("Small",): FolderStatus(1, messages=3, size=30_000),
             ("Counted",): FolderStatus(1, messages=100),  # no STATUS=SIZE: 100 typical messages
         }
         for name in ("Small", "Counted", "Unknown", "Big"):
-            engine._put(MarchJob(folders[name]))
+            engine.scheduler.put(MarchJob(folders[name]))
         chunk = ChunkJob(FolderRun(folders["Inbox"], 1), [MessageMeta(i, 1_000_000, (), "") for i in range(13)])
-        engine._put(chunk)
-        order = [engine._q.get_nowait()[1] for _ in range(5)]
+        engine.scheduler.put(chunk)
+        order = [engine.scheduler._q.get_nowait()[1] for _ in range(5)]
     finally:
-        engine._dst_side.shutdown()
+        engine.ctx.dst_side.shutdown()
     assert [job.fp.source[0] if isinstance(job, MarchJob) else "chunk" for job in order] == [
         "Unknown", "Big", "chunk", "Counted", "Small"]
 
