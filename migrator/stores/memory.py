@@ -28,8 +28,8 @@ message's bytes, None: any; `times`: how many times it applies, None: always):
 
 from __future__ import annotations
 
+import copy
 import functools
-import itertools
 import re
 import threading
 from dataclasses import dataclass, field
@@ -109,8 +109,8 @@ class MemoryServer:
         self.keywords, self.separator, self.late_commits = keywords, separator, late_commits
         self.now = now  # the INTERNALDATE of an APPEND that gives none
         self.lock = threading.RLock()
-        self._uidvalidities = itertools.count(first_uidvalidity)
-        self._boxes: dict[str, _Box] = {"INBOX": _Box(next(self._uidvalidities), subscribed=True)}
+        self._uidvalidity = first_uidvalidity  # the next one given: none is given twice
+        self._boxes: dict[str, _Box] = {"INBOX": _Box(self._new_uidvalidity(), subscribed=True)}
         self._faults: list[_Fault] = []
         self._calls: dict[str, int] = {}
         self._held: list[tuple[_Box, list[tuple[bytes, frozenset[str], str]]]] = []
@@ -118,6 +118,21 @@ class MemoryServer:
 
     def connect(self) -> "MemoryStore":
         return MemoryStore(self)
+
+    def _new_uidvalidity(self) -> int:
+        self._uidvalidity += 1
+        return self._uidvalidity - 1
+
+    def copy(self) -> "MemoryServer":
+        """The server as it is now (folders, messages, held APPENDs, its rewriter: a server's setting),
+        without the injected faults and call counts: what a kill -9 of the client leaves, for the
+        run that follows it."""
+        with self.lock:
+            other = copy.copy(self)
+            other.lock = threading.RLock()
+            other._boxes, other._held = copy.deepcopy((self._boxes, self._held))
+            other._faults, other._calls = [], {}
+            return other
 
     # -- faults ----------------------------------------------------------------------------
 
@@ -142,9 +157,9 @@ class MemoryServer:
         self.rewriter = fn
 
     def clear_faults(self) -> None:
+        """Remove the injected faults (the rewriter stays: it is a setting of the server)."""
         with self.lock:
             self._faults.clear()
-            self.rewriter = None
 
     def land(self) -> int:
         """Commit the held APPENDs (hold_appends) now; returns how many messages landed."""
@@ -155,9 +170,9 @@ class MemoryServer:
                     box.add(body, flags, date)
             return sum(len(m) for _b, m in held)
 
-    def _append_fault(self, bodies: Sequence[bytes]) -> _Fault | None:
+    def _append_fault(self, kinds: tuple[str, ...], bodies: Sequence[bytes]) -> _Fault | None:
         for f in self._faults:
-            if f.kind in ("refuse", "lose", "hold") and any(f.match is None or f.match(b) for b in bodies):
+            if f.kind in kinds and any(f.match is None or f.match(b) for b in bodies):
                 if f.take():
                     return f
         return None
@@ -183,7 +198,7 @@ class MemoryServer:
         with self.lock:
             for level in [*parents(name), name]:
                 if self.key(level) not in self._boxes:
-                    self._boxes[self.key(level)] = _Box(next(self._uidvalidities))
+                    self._boxes[self.key(level)] = _Box(self._new_uidvalidity())
             if special_use:
                 self._boxes[self.key(name)].special_use = special_use
 
@@ -200,6 +215,13 @@ class MemoryServer:
         self.create(name)
         with self.lock:
             return self.box(name).add(body, _canonical(flags), internaldate or self.now)
+
+    def change_flags(self, name: Folder, uid: int, flags: Iterable[str]) -> None:
+        """Set a message's flags from outside (another client), its MODSEQ raised as a STORE would."""
+        with self.lock:
+            box = self.box(name)
+            box.modseq += 1
+            box.messages[uid].flags, box.messages[uid].modseq = _canonical(flags), box.modseq
 
     def contents(self, name: Folder) -> dict[int, tuple[bytes, tuple[str, ...], str]]:
         """UID -> (bytes, sorted flags, INTERNALDATE) of a folder, as stored."""
@@ -330,19 +352,21 @@ class MemoryStore:
             box = s._boxes.get(s.key(name))
             if box is None:
                 raise FolderError(f"destination folder '{display(name)}' does not exist: APPEND [TRYCREATE]")
-            fault = s._append_fault([item.body for item in items])
+            fault = s._append_fault(("refuse", "hold"), [item.body for item in items])  # the whole command
             if fault is not None and fault.kind == "refuse":
                 raise MessageRejected(fault.text)
-            if fault is not None and fault.kind == "hold":
+            if fault is not None:  # held: in flight until land()
                 s._held.append((box, messages))
                 self._lost = True
                 raise TransientError(f"connection to {HOST} lost during APPEND to '{display(name)}'")
-            if fault is not None:  # lost: answered OK, nothing stored
-                uids = list(range(box.uidnext, box.uidnext + len(items)))
-                box.uidnext += len(items)
-            else:
-                uids = [box.add(*m) for m in messages]
-        return list(uids) if s.uidplus else [None] * len(items)
+            uids = []
+            for item, message in zip(items, messages):
+                if s._append_fault(("lose",), [item.body]) is None:
+                    uids.append(box.add(*message))
+                else:  # answered OK (its UID taken), not stored
+                    uids.append(box.uidnext)
+                    box.uidnext += 1
+        return uids if s.uidplus else [None] * len(items)
 
     def _checked(self, item: AppendItem) -> tuple[bytes, frozenset[str], str]:
         """What an APPEND stores of an item, or the server's refusal (unknown flags, a bad date)."""
