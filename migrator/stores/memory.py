@@ -32,14 +32,20 @@ import copy
 import functools
 import re
 import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable, Iterable, Iterator, Sequence
 
 from migrator.errors import FolderError, MessageRejected, TransientError
 from migrator.naming import INBOX, Folder, display, from_server, parents, to_server
 from migrator.stores.base import (
-    AppendItem, Capabilities, FolderInfo, FolderStatus, Message, MessageMeta, NON_COPYABLE_FLAGS,
+    NON_COPYABLE_FLAGS,
+    AppendItem,
+    Capabilities,
+    FolderInfo,
+    FolderStatus,
+    Message,
+    MessageMeta,
 )
 
 HOST = "memory"
@@ -116,14 +122,14 @@ class MemoryServer:
         self._held: list[tuple[_Box, list[tuple[bytes, frozenset[str], str]]]] = []
         self.rewriter: Callable[[bytes], bytes] | None = None
 
-    def connect(self) -> "MemoryStore":
+    def connect(self) -> MemoryStore:
         return MemoryStore(self)
 
     def _new_uidvalidity(self) -> int:
         self._uidvalidity += 1
         return self._uidvalidity - 1
 
-    def copy(self) -> "MemoryServer":
+    def copy(self) -> MemoryServer:
         """The server as it is now (folders, messages, held APPENDs, its rewriter: a server's setting),
         without the injected faults and call counts: what a kill -9 of the client leaves, for the
         run that follows it."""
@@ -172,9 +178,8 @@ class MemoryServer:
 
     def _append_fault(self, kinds: tuple[str, ...], bodies: Sequence[bytes]) -> _Fault | None:
         for f in self._faults:
-            if f.kind in kinds and any(f.match is None or f.match(b) for b in bodies):
-                if f.take():
-                    return f
+            if f.kind in kinds and any(f.match is None or f.match(b) for b in bodies) and f.take():
+                return f
         return None
 
     def _drop_at(self, method: str) -> _Fault | None:
@@ -240,7 +245,7 @@ def _call(fn):
     fault is set, the call that loses it."""
 
     @functools.wraps(fn)
-    def call(self: "MemoryStore", *args, **kwargs):
+    def call(self: MemoryStore, *args, **kwargs):
         if self._lost:
             raise TransientError(f"connection to {HOST} lost before {fn.__name__}: it was lost earlier")
         drop = self.server._drop_at(fn.__name__)
@@ -370,25 +375,35 @@ class MemoryStore:
 
     def _checked(self, item: AppendItem) -> tuple[bytes, frozenset[str], str]:
         """What an APPEND stores of an item, or the server's refusal (unknown flags, a bad date)."""
-        flags = _canonical(item.flags)
-        for f in flags:
-            keyword = not f.startswith("\\")
-            if (keyword and not self.server.keywords) or (not keyword and f.lower() not in SYSTEM_FLAGS):
-                raise MessageRejected("APPEND Unrecognized flag")
+        refused = self._refused_flag(item.flags)
+        if refused:
+            raise MessageRejected(f"APPEND {refused}")
         date = item.internaldate or self.server.now
         try:
             datetime.strptime(date, DATE_FORMAT)
         except ValueError:
             raise MessageRejected(f"APPEND Invalid date-time {date!r}") from None
         body = self.server.rewriter(item.body) if self.server.rewriter else item.body
-        return body, flags, date
+        return body, _canonical(item.flags), date
+
+    def _refused_flag(self, flags: Iterable[str]) -> str | None:
+        """Why a server refuses these flags (BAD), or None: \\Recent (no client sets it), an
+        unknown system flag, a keyword where the server takes none."""
+        for f in flags:
+            if f.startswith("\\") and (f.lower() == "\\recent" or f.lower() not in SYSTEM_FLAGS):
+                return f"Invalid system flag {f}"
+            if not f.startswith("\\") and not self.server.keywords:
+                return "Unrecognized flag"
+        return None
 
     @_call
     def set_flags(self, uid: int, add: Iterable[str], remove: Iterable[str]) -> None:
         box = self._box(write=True)
+        add, remove = list(add), list(remove)
+        refused = self._refused_flag(add + remove)
+        if refused:
+            raise FolderError(f"UID STORE failed on {HOST}: STORE {refused}")
         add, remove = _canonical(add), _canonical(remove)
-        if not self.server.keywords and any(not f.startswith("\\") for f in add | remove):
-            raise FolderError(f"UID STORE failed on {HOST}: STORE Unrecognized flag")
         with self.server.lock:
             m = box.messages.get(uid)
             if m is not None and (m.flags | add) - remove != m.flags:

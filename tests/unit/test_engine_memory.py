@@ -27,15 +27,24 @@ from migrator.naming import INBOX
 from migrator.plan import FolderPlan, Plan
 from migrator.stats import Stats
 from migrator.stores.memory import MemoryServer, munge8bit
-from tests.stores.corpus import EIGHT_BIT, KEYWORDS, LONG_LINE, NUL, PLAIN, TWINS, BARE_LF
+from tests.stores.contract import PARTLY_STORED
+from tests.stores.corpus import (
+    BARE_LF,
+    EIGHT_BIT,
+    KEYWORDS,
+    LONG_LINE,
+    NUL,
+    PLAIN,
+    TWINS,
+)
 
 FOLDERS = {
     INBOX: PLAIN + KEYWORDS + [NUL, LONG_LINE, BARE_LF],
     ("Work", "Projects"): [EIGHT_BIT] + PLAIN[:2],
     ("Twins",): TWINS,
 }
-FAST = dict(workers=2, batch_count=2, chunk_messages=3, backoff_base=0.001, backoff_max=0.01, in_flight_grace=0.0,
-            stop_grace=2.0)
+FAST = {"workers": 2, "batch_count": 2, "chunk_messages": 3, "backoff_base": 0.001, "backoff_max": 0.01,
+        "in_flight_grace": 0.0, "stop_grace": 2.0}
 
 
 def seeded(**options) -> MemoryServer:
@@ -120,12 +129,7 @@ def test_a_refused_append_is_reported_and_the_rest_copied(tmp_path, uidplus):
     assert_identical(world, but={KEYWORDS[0].body})
 
 
-# Known bug (reproduced on GNU imap4d through ImapStore, tests/stores/test_imap_imap4d.py): a store
-# without MULTIAPPEND sends a batch one APPEND at a time and raises at the first refusal, after the
-# messages before it were stored; the engine takes the refusal as RFC 3502's all-or-nothing and sends
-# each message of the batch again: those before the refused one end up there twice.
-ONE_BY_ONE = pytest.param(False, id="one-by-one", marks=pytest.mark.xfail(
-    strict=True, reason="a refusal within a batch sent one APPEND at a time duplicates the messages before it"))
+ONE_BY_ONE = pytest.param(False, id="one-by-one", marks=PARTLY_STORED)  # a known bug: see tests/stores/contract.py
 
 
 @pytest.mark.parametrize("multiappend", [pytest.param(True, id="multiappend"), ONE_BY_ONE])
