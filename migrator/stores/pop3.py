@@ -30,10 +30,10 @@ import logging
 import poplib
 import re
 import ssl
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, NoReturn, Sequence
 
 from migrator.accounts import Endpoint
-from migrator.errors import ConnectionFailed, FolderError, TransientError, UsageError
+from migrator.errors import ConnectionFailed, FolderError, TransientError
 from migrator.naming import INBOX, Folder, display
 from migrator.stores.base import AppendItem, Capabilities, FolderInfo, FolderStatus, Message, MessageMeta
 from migrator.stores.imap import ConnectOptions, Credentials, make_ssl_context
@@ -231,19 +231,19 @@ class Pop3Store:
             yield Message(MessageMeta(uid, len(body), (), date_from_headers(_headers(body))), body)
 
     def create_folder(self, name: Folder, special_use: str | None = None) -> None:
-        raise UsageError("POP3 is read-only: it can only be a source")
+        _read_only()
 
     def subscribe(self, name: Folder) -> None:
-        raise UsageError("POP3 is read-only: it can only be a source")
+        _read_only()
 
     def append(self, name: Folder, items: Sequence[AppendItem]) -> list[int | None]:
-        raise UsageError("POP3 is read-only: it can only be a source")
+        _read_only()
 
     def set_flags(self, uid: int, add: Iterable[str], remove: Iterable[str]) -> None:
-        raise UsageError("POP3 is read-only: it can only be a source")
+        _read_only()
 
     def expunge_uids(self, uids: Sequence[int]) -> None:
-        raise UsageError("POP3 is read-only: it can only be a source")
+        _read_only()
 
     def close(self) -> None:
         try:
@@ -253,6 +253,11 @@ class Pop3Store:
                 self._conn.close()
             except Exception:
                 pass
+
+
+def _read_only() -> NoReturn:
+    """What every call that writes raises (base.Store: FolderError from a read-only store)."""
+    raise FolderError("POP3 is read-only: it can only be a source")
 
 
 def _text(e: BaseException) -> str:
