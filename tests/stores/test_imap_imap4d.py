@@ -13,7 +13,7 @@ class TestImapImap4d(StoreContract):
     refuses_keywords = True  # "BAD APPEND Unrecognized flag" (ImapStore cannot tell beforehand)
     dates = "wall-clock"  # the digits kept, the zone lost: "15:09:26 +0530" reads "15:09:26 +0000"
     holds = frozenset(HARD) - {"nul"}  # cut at the first NUL (line ends: the loose form makes them CRLF)
-    uidvalidity_is_the_creation_second = True
+    uidvalidity_from_the_clock = True
 
     @PARTLY_STORED
     def test_a_refused_append_stores_none_of_its_messages(self, ends, store):
