@@ -26,9 +26,9 @@ from tests.stores.corpus import HARD, KEYWORDS, PLAIN, SIMPLE, Sample
 MISSING: Folder = ("No such folder",)
 
 # A known bug, marked where it shows (strict: the mark goes when it is fixed). A store without
-# MULTIAPPEND (ImapStore on Courier and GNU imap4d; MemoryServer(multiappend=False), which sends as
-# ImapStore does) sends a batch one APPEND at a time and raises at the refused message, after the ones before
-# it were stored; engine.copy then sends each again: those end up on the destination twice.
+# MULTIAPPEND (ImapStore on Courier and GNU imap4d; MemoryServer(multiappend=False), which sends
+# as ImapStore does) sends a batch one APPEND at a time and raises at the refused message, after
+# the ones before it were stored; engine.copy then sends each again: those end up there twice.
 PARTLY_STORED = pytest.mark.xfail(strict=True, reason="a refused APPEND batch sent one message at a time leaves "
                                                       "the messages before the refused one stored")
 
