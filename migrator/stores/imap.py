@@ -438,9 +438,16 @@ class ImapStore:
             self._call("UID STORE -FLAGS", self.client.remove_flags, [uid], remove, silent=True)
 
     def expunge_uids(self, uids: Sequence[int]) -> None:
-        """Mark \\Deleted and expunge exactly these UIDs (UID EXPUNGE when available)."""
+        """Mark \\Deleted and expunge exactly these UIDs (UID EXPUNGE when available). Without
+        UIDPLUS, EXPUNGE removes every \\Deleted message: refused (FolderError, nothing changed)
+        when the folder has others."""
         if not uids:
             return
+        if not self.capabilities.uidplus:
+            others = set(self._call("UID SEARCH DELETED", self.client.search, ["DELETED"])) - set(uids)
+            if others:
+                raise FolderError(f"cannot expunge {len(uids)} message(s) alone on {self.endpoint.host} (no UIDPLUS): "
+                                  f"{len(others)} other message(s) of the folder are flagged \\Deleted")
         self._call("UID STORE +FLAGS \\Deleted", self.client.add_flags, list(uids), ["\\Deleted"], silent=True)
         if self.capabilities.uidplus:
             self._call("UID EXPUNGE", self.client.uid_expunge, list(uids))

@@ -29,10 +29,10 @@ import dataclasses
 import hashlib
 import poplib
 import re
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, NoReturn, Sequence
 
 from migrator.accounts import Endpoint
-from migrator.errors import ConnectionFailed, FolderError, UsageError
+from migrator.errors import ConnectionFailed, FolderError
 from migrator.naming import INBOX, Folder, display
 from migrator.stores.base import AppendItem, Capabilities, FolderInfo, FolderStatus, Message, MessageMeta
 from migrator.stores.connection import (
@@ -225,19 +225,19 @@ class Pop3Store:
             yield Message(MessageMeta(uid, len(body), (), date_from_headers(_headers(body))), body)
 
     def create_folder(self, name: Folder, special_use: str | None = None) -> None:
-        raise UsageError("POP3 is read-only: it can only be a source")
+        _read_only()
 
     def subscribe(self, name: Folder) -> None:
-        raise UsageError("POP3 is read-only: it can only be a source")
+        _read_only()
 
     def append(self, name: Folder, items: Sequence[AppendItem]) -> list[int | None]:
-        raise UsageError("POP3 is read-only: it can only be a source")
+        _read_only()
 
     def set_flags(self, uid: int, add: Iterable[str], remove: Iterable[str]) -> None:
-        raise UsageError("POP3 is read-only: it can only be a source")
+        _read_only()
 
     def expunge_uids(self, uids: Sequence[int]) -> None:
-        raise UsageError("POP3 is read-only: it can only be a source")
+        _read_only()
 
     def close(self) -> None:
         try:
@@ -248,6 +248,11 @@ class Pop3Store:
             except Exception:
                 pass
 
+
+
+def _read_only() -> NoReturn:
+    """What every call that writes raises (base.Store: FolderError from a read-only store)."""
+    raise FolderError("POP3 is read-only: it can only be a source")
 
 
 def _capa(conn: poplib.POP3) -> dict:
