@@ -13,27 +13,16 @@ import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Callable
 
 from migrator.engine.batching import batches
 from migrator.engine.content import fingerprint
 from migrator.errors import FolderError
+from migrator.imapdate import date_instant
 from migrator.naming import Folder, display
 from migrator.plan import Plan
 from migrator.stores import both_sides, open_pair
 from migrator.stores.base import Store
-
-FORMAT = "%d-%b-%Y %H:%M:%S %z"
-
-
-def date_instant(text: str) -> float | None:
-    """INTERNALDATE as seconds since the epoch: servers may store the instant but not the zone."""
-    try:
-        return datetime.strptime(text.strip(), FORMAT).timestamp()
-    except ValueError:
-        return None
-
 
 @dataclass
 class Entry:
