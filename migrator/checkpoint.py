@@ -34,7 +34,7 @@ from typing import Iterable
 
 from migrator.errors import StateError
 from migrator.fsutil import ensure_private_dir
-from migrator.naming import Folder
+from migrator.naming import Folder, folder_from_key, folder_key
 
 FORMAT = "migrator-state"
 VERSION = 1
@@ -96,11 +96,6 @@ CREATE TABLE IF NOT EXISTS resent (
     PRIMARY KEY (dst_folder, dst_uidvalidity, dst_uid)
 );
 """
-
-
-@functools.lru_cache(maxsize=4096)  # called for every row written; folders are few
-def folder_key(folder: Folder) -> str:
-    return json.dumps(list(folder), ensure_ascii=False)
 
 
 # Flags are stored as JSON lists; a mailbox has few distinct flag sets, and every row carries one.
@@ -324,7 +319,7 @@ class Checkpoint:
     def failed(self) -> list[tuple[Folder, int, str]]:
         with self._mutex:
             cur = self._db.execute("SELECT src_folder, src_uid, reason FROM messages WHERE status=?", (FAILED,))
-            return [(tuple(json.loads(f)), uid, reason or "") for f, uid, reason in cur.fetchall()]
+            return [(folder_from_key(f), uid, reason or "") for f, uid, reason in cur.fetchall()]
 
     def watermark(self, src: Folder, dst: Folder) -> Watermark | None:
         with self._mutex:

@@ -33,7 +33,7 @@ import zstandard
 
 from migrator.errors import FolderError, StateError, UsageError
 from migrator.fsutil import ensure_private_dir, write_private
-from migrator.naming import Folder, display
+from migrator.naming import Folder, display, folder_from_key, folder_key
 from migrator.stores.base import (
     AppendItem, Capabilities, FolderInfo, FolderStatus, Message, MessageMeta, normalize_flags,
 )
@@ -157,7 +157,7 @@ class ArchiveStore:
     def _folder(self, name: Folder) -> tuple[int, int, int]:
         with self._arc.lock:
             row = self._arc.db.execute(
-                "SELECT id, uidvalidity, uidnext FROM folders WHERE name=?", (_key(name),)
+                "SELECT id, uidvalidity, uidnext FROM folders WHERE name=?", (folder_key(name),)
             ).fetchone()
         if row is None:
             raise FolderError(f"folder '{display(name)}' is not in archive {self.path}")
@@ -166,11 +166,9 @@ class ArchiveStore:
     def list_folders(self) -> list[FolderInfo]:
         with self._arc.lock:
             rows = self._arc.db.execute("SELECT name, subscribed, special_use FROM folders").fetchall()
-        out = [
-            FolderInfo(tuple(json.loads(n)), display(tuple(json.loads(n))), frozenset([special] if special else []),
-                       special, bool(sub))
-            for n, sub, special in rows
-        ]
+        named = [(folder_from_key(key), bool(sub), special) for key, sub, special in rows]
+        out = [FolderInfo(name, display(name), frozenset([special] if special else []), special, sub)
+               for name, sub, special in named]
         return sorted(out, key=lambda f: (f.name != ("INBOX",), f.name))
 
     def create_folder(self, name: Folder, special_use: str | None = None) -> None:
@@ -178,13 +176,13 @@ class ArchiveStore:
         with self._arc.lock:
             self._arc.db.execute(
                 "INSERT OR IGNORE INTO folders(name, uidvalidity, uidnext, special_use) VALUES (?,?,1,?)",
-                (_key(name), random.randint(1, 2**31 - 1), special_use),
+                (folder_key(name), random.randint(1, 2**31 - 1), special_use),
             )
 
     def subscribe(self, name: Folder) -> None:
         self._writable()
         with self._arc.lock:
-            self._arc.db.execute("UPDATE folders SET subscribed=1 WHERE name=?", (_key(name),))
+            self._arc.db.execute("UPDATE folders SET subscribed=1 WHERE name=?", (folder_key(name),))
 
     def status(self, name: Folder) -> FolderStatus:
         fid, uidvalidity, uidnext = self._folder(name)
@@ -310,7 +308,3 @@ class ArchiveStore:
         if not getattr(self, "_released", False):
             self._released = True
             self._arc.release()
-
-
-def _key(name: Folder) -> str:
-    return json.dumps(list(name), ensure_ascii=False)
