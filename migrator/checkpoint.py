@@ -22,7 +22,6 @@ One process at a time: an exclusive flock on PATH.lock.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import json
 import os
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from migrator.errors import StateError
-from migrator.fsutil import ensure_private_dir
+from migrator.fsutil import ensure_private_dir, lock_exclusive
 from migrator.naming import Folder, folder_from_key, folder_key
 
 FORMAT = "migrator-state"
@@ -162,16 +161,8 @@ class Checkpoint:
         self.path = path
         parent = os.path.dirname(os.path.abspath(path))
         ensure_private_dir(parent)
-        self._lock_fh = open(path + ".lock", "a+")
-        os.chmod(path + ".lock", 0o600)
-        try:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_fh.close()
-            raise StateError(
-                f"state file {path} is in use by another migrator process",
-                hint="wait for it to finish, or use another --state file",
-            ) from None
+        self._lock_fh = lock_exclusive(path + ".lock", f"state file {path} is in use by another migrator process",
+                                       hint="wait for it to finish, or use another --state file")
         existed = os.path.exists(path)
         if not existed:
             # Create with 0600 before SQLite opens it: it holds folder names and message hashes.

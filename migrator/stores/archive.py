@@ -20,7 +20,6 @@ restore is migrate from one, and verify works on it unchanged.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -32,7 +31,7 @@ from typing import Iterable, Iterator, Sequence
 import zstandard
 
 from migrator.errors import FolderError, StateError, UsageError
-from migrator.fsutil import ensure_private_dir, write_private
+from migrator.fsutil import ensure_private_dir, lock_exclusive, write_private
 from migrator.naming import Folder, display, folder_from_key, folder_key
 from migrator.stores.base import (
     AppendItem, Capabilities, FolderInfo, FolderStatus, Message, MessageMeta, normalize_flags,
@@ -105,13 +104,8 @@ class _Archive:
             raise StateError(f"{path} is not a migrator archive")
         if meta.get("version") != VERSION:
             raise StateError(f"archive {path} has version {meta.get('version')}; this migrator reads version {VERSION}")
-        self._lock_fh = open(os.path.join(path, "lock"), "a+")
-        os.chmod(self._lock_fh.name, 0o600)
-        try:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_fh.close()
-            raise StateError(f"archive {path} is in use by another migrator process") from None
+        self._lock_fh = lock_exclusive(os.path.join(path, "lock"),
+                                       f"archive {path} is in use by another migrator process")
         index = os.path.join(path, "index.sqlite")
         if not os.path.exists(index):
             os.close(os.open(index, os.O_CREAT | os.O_WRONLY, 0o600))
