@@ -6,7 +6,6 @@ decided here once (EngineOptions.dry_run) and honoured by the engine.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from migrator.checkpoint import Checkpoint
 from migrator.engine.copy import Engine, EngineOptions
 from migrator.engine import tuning
 from migrator.engine.verify import verify
+from migrator.digest import short_digest
 from migrator.errors import UsageError
 from migrator.fsutil import write_json
 from migrator.plan import Plan
@@ -47,7 +47,7 @@ def default_state_path(plan: Plan) -> str:
         root, _ = os.path.splitext(plan.path)
         return root + ".state.sqlite"
     key = f"{plan.source.url()} -> {plan.destination.url()}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    digest = f"{short_digest(key.encode()):012x}"
     label = f"{plan.source.user}@{plan.source.host}" if plan.source.is_network else os.path.basename(plan.source.path)
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
     return os.path.join(state_dir(), f"{safe}-{digest}.sqlite")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from migrator.engine.batching import batches
-from migrator.engine.content import fingerprint
+from migrator.digest import fingerprint
 from migrator.errors import FolderError
 from migrator.imapdate import date_instant
 from migrator.naming import Folder, display

@@ -4,7 +4,8 @@ Layout of an archive directory (mode 0700, files 0600):
 
     archive.json            {"format": "migrator-archive", "version": 1}: what this is
     index.sqlite            folders and messages: where each message's bytes are,
-                            its flags, INTERNALDATE, size and SHA-256 (SQLite, WAL)
+                            its flags, INTERNALDATE, size and fingerprint
+                            (digest.py: SHA-256, NUL as 0x80) (SQLite, WAL)
     data/<folder>-<n>.zst   message bytes, one independent zstd frame per message,
                             appended; each writer (worker) has its own file
 
@@ -20,7 +21,6 @@ restore is migrate from one, and verify works on it unchanged.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -30,6 +30,7 @@ from typing import Iterable, Iterator, Sequence
 
 import zstandard
 
+from migrator.digest import fingerprint
 from migrator.errors import FolderError, StateError, UsageError
 from migrator.fsutil import ensure_private_dir, lock_exclusive, write_private
 from migrator.naming import Folder, display, folder_from_key, folder_key
@@ -250,7 +251,7 @@ class ArchiveStore:
                 db.executemany(
                     "INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?)",
                     [
-                        (fid, uid, file, offset, length, len(item.body), hashlib.sha256(item.body).hexdigest(),
+                        (fid, uid, file, offset, length, len(item.body), fingerprint(item.body),
                          json.dumps(list(normalize_flags(item.flags))), item.internaldate)
                         for uid, (item, offset, length) in zip(uids, placed)
                     ],
