@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from migrator.accounts import parse_endpoint
+from migrator.accounts import Endpoint, parse_endpoint
+from migrator.plan import Plan
 from migrator.secrets import SecretSource
 from migrator.stores import Connector
 
@@ -177,32 +178,28 @@ def _warn_insecure(conn: ConnOptions) -> None:
 
 
 def connectors(src_url: str, dst_url: str, conn: ConnOptions) -> tuple[Connector, Connector]:
-    src_ep, dst_ep = parse_endpoint(src_url), parse_endpoint(dst_url)
-    common = dict(ca_file=conn.ca_file, insecure=conn.insecure, allow_plaintext=conn.allow_plaintext,
-                  compress=conn.compress)
-    src = Connector(src_ep, SecretSource("src", conn.src_password_file, conn.src_oauth2_token_cmd),
-                    auth_user=conn.src_auth_user, **common)
-    dst = Connector(dst_ep, SecretSource("dst", conn.dst_password_file, conn.dst_oauth2_token_cmd),
-                    auth_user=conn.dst_auth_user, **common)
-    _check_ca_file(conn)
-    _warn_insecure(conn)
-    return src, dst
+    """Connectors for the accounts named on the command line."""
+    return _connector_pair(parse_endpoint(src_url), parse_endpoint(dst_url), {}, {}, conn)
 
 
-def plan_connectors(plan, conn: ConnOptions) -> tuple[Connector, Connector]:
+def plan_connectors(plan: Plan, conn: ConnOptions) -> tuple[Connector, Connector]:
     """Connectors for a plan read from a file: its secret sources, unless the command line names others."""
-    def secret(role, side, pw_file, token_cmd):
-        if pw_file or token_cmd:
-            return SecretSource(role, pw_file, token_cmd)
-        return SecretSource(role, side.get("password_file"), side.get("oauth2_token_cmd"))
+    return _connector_pair(plan.source, plan.destination, plan.source_secret, plan.destination_secret, conn)
 
-    common = dict(ca_file=conn.ca_file, insecure=conn.insecure, allow_plaintext=conn.allow_plaintext,
-                  compress=conn.compress)
-    src = Connector(plan.source, secret("src", plan.source_secret, conn.src_password_file, conn.src_oauth2_token_cmd),
-                    auth_user=conn.src_auth_user, **common)
-    dst = Connector(plan.destination,
-                    secret("dst", plan.destination_secret, conn.dst_password_file, conn.dst_oauth2_token_cmd),
-                    auth_user=conn.dst_auth_user, **common)
+
+def _connector_pair(src_ep: Endpoint, dst_ep: Endpoint, src_saved: dict[str, str], dst_saved: dict[str, str],
+                    conn: ConnOptions) -> tuple[Connector, Connector]:
+    """Both sides' Connectors. A side's password file or token command given on the command line
+    wins over the saved one (a plan file's); else the saved one is used, if any."""
+    def connector(role: str, ep: Endpoint, saved: dict[str, str], pw_file: str | None, token_cmd: str | None,
+                  auth_user: str | None) -> Connector:
+        if not (pw_file or token_cmd):
+            pw_file, token_cmd = saved.get("password_file"), saved.get("oauth2_token_cmd")
+        return Connector(ep, SecretSource(role, pw_file, token_cmd), auth_user=auth_user, ca_file=conn.ca_file,
+                         insecure=conn.insecure, allow_plaintext=conn.allow_plaintext, compress=conn.compress)
+
+    src = connector("src", src_ep, src_saved, conn.src_password_file, conn.src_oauth2_token_cmd, conn.src_auth_user)
+    dst = connector("dst", dst_ep, dst_saved, conn.dst_password_file, conn.dst_oauth2_token_cmd, conn.dst_auth_user)
     _check_ca_file(conn)
     _warn_insecure(conn)
     return src, dst
