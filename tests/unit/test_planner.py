@@ -8,7 +8,7 @@ from migrator.errors import UsageError
 from migrator.naming import parse_display
 from migrator.plan import Plan
 from migrator.plan_io import read_plan, render_plan
-from migrator.planner import decide, invalid_destination, parse_map, planning_options, special_folders
+from migrator.planner import invalid_destination, map_folders, parse_map, planning_options, special_folders
 from migrator.presets import available, localized_names
 from migrator.stores.base import FolderInfo
 
@@ -20,8 +20,8 @@ def info(name: str, use: str | None = None, noselect: bool = False, subscribed: 
 
 
 def plan_of(src, dst, sep="/", **opts):
-    decisions, warnings = decide(src, dst, sep, planning_options(**opts))
-    return {"/".join(d.info.name): ("/".join(d.destination), d.action, d.rule) for d in decisions}, warnings
+    choices, warnings = map_folders(src, dst, sep, planning_options(**opts))
+    return {"/".join(c.info.name): ("/".join(c.destination), c.action, c.rule) for c in choices}, warnings
 
 
 SLASH_SPECIAL_DST = [info("INBOX"), info("Sent", "\\Sent"), info("Trash", "\\Trash"), info("Junk", "\\Junk")]
@@ -114,9 +114,9 @@ def test_noselect_folders_are_not_planned():
 
 @pytest.mark.parametrize("mode, expected", [("source", [True, False]), ("all", [True, True]), ("none", [False, False])])
 def test_subscribe_modes(mode, expected):
-    decisions, _ = decide([info("A", subscribed=True), info("B")], [info("INBOX")], "/",
-                          planning_options(subscribe=mode))
-    assert [d.subscribed for d in decisions] == expected
+    choices, _ = map_folders([info("A", subscribed=True), info("B")], [info("INBOX")], "/",
+                               planning_options(subscribe=mode))
+    assert [c.subscribed for c in choices] == expected
 
 
 @pytest.mark.parametrize("text, old, new", [
