@@ -35,8 +35,8 @@ from migrator.errors import StateError
 from migrator.fsutil import ensure_private_dir, lock_exclusive
 from migrator.naming import Folder, folder_from_key, folder_key
 
-FORMAT = "migrator-state"
-VERSION = 1
+STATE_FORMAT = "migrator-state"
+STATE_VERSION = 1
 
 PENDING, DONE, FAILED, ALTERED = "pending", "done", "failed", "altered"
 # Stored, with a destination UID, but its bytes not yet compared with what was sent (engine/content.py)
@@ -183,7 +183,7 @@ class Checkpoint:
                 # One transaction: a crash here leaves an empty file, not a headless one.
                 self._db.executescript(
                     f"BEGIN; {_SCHEMA} INSERT INTO meta(key, value) VALUES "
-                    f"('format', '{FORMAT}'), ('version', '{VERSION}'); COMMIT;"
+                    f"('format', '{STATE_FORMAT}'), ('version', '{STATE_VERSION}'); COMMIT;"
                 )
         except sqlite3.DatabaseError as e:
             self.close()
@@ -203,11 +203,12 @@ class Checkpoint:
             meta = dict(self._db.execute("SELECT key, value FROM meta"))
         except sqlite3.DatabaseError:
             meta = {}
-        if meta.get("format") != FORMAT:
+        if meta.get("format") != STATE_FORMAT:
             raise sqlite3.DatabaseError("no migrator header")
-        if meta.get("version") != str(VERSION):
+        if meta.get("version") != str(STATE_VERSION):
             raise StateError(
-                f"state file {self.path} has version {meta.get('version')}, this migrator reads version {VERSION}",
+                f"state file {self.path} has version {meta.get('version')}, "
+                f"this migrator reads version {STATE_VERSION}",
                 hint="use the migrator version that wrote it, or --reset-state",
             )
 

@@ -38,8 +38,8 @@ from migrator.stores.base import (
     AppendItem, Capabilities, FolderInfo, FolderStatus, Message, MessageMeta, normalize_flags,
 )
 
-FORMAT = "migrator-archive"
-VERSION = 1
+ARCHIVE_FORMAT = "migrator-archive"
+ARCHIVE_VERSION = 1
 ZSTD_LEVEL = 3  # fast, and mail compresses well at this level already
 
 _SCHEMA = """
@@ -95,16 +95,17 @@ class _Archive:
                 raise UsageError(f"{path} exists and is not empty, and is not a migrator archive")
             ensure_private_dir(path)
             ensure_private_dir(os.path.join(path, "data"))
-            write_private(marker, json.dumps({"format": FORMAT, "version": VERSION}) + "\n")
+            write_private(marker, json.dumps({"format": ARCHIVE_FORMAT, "version": ARCHIVE_VERSION}) + "\n")
         try:
             with open(marker, encoding="utf-8") as fh:
                 meta = json.load(fh)
         except (OSError, ValueError) as e:
             raise StateError(f"{marker} is unreadable: {e}") from None
-        if meta.get("format") != FORMAT:
+        if meta.get("format") != ARCHIVE_FORMAT:
             raise StateError(f"{path} is not a migrator archive")
-        if meta.get("version") != VERSION:
-            raise StateError(f"archive {path} has version {meta.get('version')}; this migrator reads version {VERSION}")
+        if meta.get("version") != ARCHIVE_VERSION:
+            raise StateError(f"archive {path} has version {meta.get('version')}; "
+                             f"this migrator reads version {ARCHIVE_VERSION}")
         self._lock_fh = lock_exclusive(os.path.join(path, "lock"),
                                        f"archive {path} is in use by another migrator process")
         index = os.path.join(path, "index.sqlite")
