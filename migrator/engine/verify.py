@@ -65,14 +65,15 @@ def _side(store: Store, folder: Folder, include_deleted: bool, batch_bytes: int,
     return by_hash
 
 
-def verify(plan: Plan, open_src: Callable[[], Store], open_dst: Callable[[], Store], include_deleted: bool = False,
-           workers: int = 1, batch_bytes: int = 8 << 20, batch_count: int = 400) -> list[FolderDiff]:
+def verify(plan: Plan, connect_src: Callable[[], Store], connect_dst: Callable[[], Store],
+           include_deleted: bool = False, workers: int = 1, batch_bytes: int = 8 << 20,
+           batch_count: int = 400) -> list[FolderDiff]:
     """One comparison per destination folder; folders merged into one are compared as their union.
 
     `workers` connection pairs compare folders at the same time, and each reads its source and
     destination folder at the same time (a verify of a WAN migration took three times as long
     as the migration, one folder and one side after the other). A lost connection or login
-    failure ends the verify with that error."""
+    failure ends the verify with that error. connect_src/connect_dst log in one more connection."""
     groups: dict[Folder, list[Folder]] = {}
     for fp in plan.copying():
         groups.setdefault(fp.destination, []).append(fp.source)
@@ -81,7 +82,7 @@ def verify(plan: Plan, open_src: Callable[[], Store], open_dst: Callable[[], Sto
     todo = queue.SimpleQueue()
     for i, item in enumerate(groups.items()):
         todo.put((i, *item))
-    first = open_pair(open_src, open_dst)
+    first = open_pair(connect_src, connect_dst)
     try:
         dst_names = {f.name for f in first[1].list_folders()}
     except BaseException:
@@ -93,7 +94,7 @@ def verify(plan: Plan, open_src: Callable[[], Store], open_dst: Callable[[], Sto
     def work(pair) -> None:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-dst") as dst_side:
             try:
-                src, dst = pair or open_pair(open_src, open_dst)
+                src, dst = pair or open_pair(connect_src, connect_dst)
             except BaseException as e:
                 errors.append(e)
                 return
