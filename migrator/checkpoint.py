@@ -28,8 +28,8 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from migrator.errors import StateError
 from migrator.fsutil import ensure_private_dir, lock_exclusive
@@ -363,11 +363,14 @@ class Checkpoint:
                       intent: Intent, reason: str) -> None:
         self.record_done(src, src_uidvalidity, dst, dst_uidvalidity, [(intent, None)], FAILED, reason)
 
-    def update_flags(self, src: Folder, src_uidvalidity: int, dst: Folder, updates: Iterable[tuple[int, tuple[str, ...]]]) -> None:
+    def update_flags(self, src: Folder, src_uidvalidity: int, dst: Folder,
+                     updates: Iterable[tuple[int, tuple[str, ...]]]) -> None:
         now = time.time()
         self._write(
-            "UPDATE messages SET flags=?, updated=? WHERE src_folder=? AND src_uidvalidity=? AND src_uid=? AND dst_folder=?",
-            [(flags_json(tuple(flags)), now, folder_key(src), src_uidvalidity, uid, folder_key(dst)) for uid, flags in updates],
+            "UPDATE messages SET flags=?, updated=? "
+            "WHERE src_folder=? AND src_uidvalidity=? AND src_uid=? AND dst_folder=?",
+            [(flags_json(tuple(flags)), now, folder_key(src), src_uidvalidity, uid, folder_key(dst))
+             for uid, flags in updates],
         )
 
     def forget(self, src: Folder, src_uidvalidity: int, dst: Folder, src_uids: Iterable[int]) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Iterable
+from collections.abc import Iterable
 
 Folder = tuple[str, ...]
 
@@ -55,7 +55,9 @@ def safe_component(component: str, separator: str | None) -> str:
 
 
 def needs_substitute(folder: Folder, separator: str | None) -> bool:
-    return bool(separator) and any(separator in p for p in folder)
+    if not separator:
+        return False
+    return any(separator in p for p in folder)
 
 
 def display(folder: Folder) -> str:

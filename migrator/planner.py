@@ -112,11 +112,11 @@ def localized_use(folder: Folder) -> str | None:
 
 def special_folders(folders: list[FolderInfo]) -> dict[str, Folder]:
     """use -> folder: marked by special-use; or, when no folder is marked, found by localized name."""
-    marked = [f for f in folders if f.special_use]
     out: dict[str, Folder] = {}
-    if marked:
-        for f in marked:
+    for f in folders:
+        if f.special_use:
             out.setdefault(f.special_use, f.name)
+    if out:
         return out
     for f in folders:
         use = localized_use(f.name) if f.selectable else None

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 from migrator.digest import fingerprint
 
-
 LARGE = 10 << 20  # from this size on a copy is read back (servers truncate or convert big messages)
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
@@ -57,7 +56,7 @@ class Shape:
     fields: frozenset[bytes]  # header field names, in lower case
 
     @classmethod
-    def of(cls, body: bytes) -> "Shape":
+    def of(cls, body: bytes) -> Shape:
         header = _header(body)
         h8 = len(header) - len(header.decode("latin-1").encode("ascii", "ignore"))
         all8 = len(body) - len(body.decode("latin-1").encode("ascii", "ignore")) if not body.isascii() else 0

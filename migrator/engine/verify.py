@@ -11,18 +11,19 @@ from __future__ import annotations
 import queue
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
-from migrator.engine.batching import batches
 from migrator.digest import fingerprint
+from migrator.engine.batching import batches
 from migrator.errors import FolderError
 from migrator.imapdate import date_instant
 from migrator.naming import Folder, display
 from migrator.plan import Plan
 from migrator.stores import both_sides, open_pair
 from migrator.stores.base import Store
+
 
 @dataclass
 class Entry:
@@ -79,7 +80,7 @@ def verify(plan: Plan, connect_src: Callable[[], Store], connect_dst: Callable[[
         groups.setdefault(fp.destination, []).append(fp.source)
     out = [FolderDiff(" + ".join(display(s) for s in sources), display(destination))
            for destination, sources in groups.items()]
-    todo = queue.SimpleQueue()
+    todo: queue.SimpleQueue[tuple[int, Folder, list[Folder]]] = queue.SimpleQueue()
     for i, item in enumerate(groups.items()):
         todo.put((i, *item))
     first = open_pair(connect_src, connect_dst)

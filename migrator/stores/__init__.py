@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from migrator.accounts import Endpoint
 from migrator.errors import UsageError
 from migrator.secrets import SecretSource, get_password, keyring_name, run_token_command
 from migrator.stores.base import Capabilities, Store
+
 
 class HostSlots:
     """--max-connections-per-host for one run: a semaphore per host name, shared by both sides'
@@ -82,7 +83,8 @@ class Connector:
         except BaseException:
             slots.release()
             raise
-        close, released = store.close, []
+        close = store.close
+        released: list[bool] = []
 
         def close_and_release() -> None:
             try:
@@ -92,7 +94,9 @@ class Connector:
                     released.append(True)
                     slots.release()
 
-        store.close = close_and_release
+        # The slot goes back when this connection closes, whichever kind of store it is: its own
+        # close() is wrapped on the instance (a wrapper class would have to forward every method).
+        store.close = close_and_release  # type: ignore[method-assign]
         return store
 
     def _open(self) -> Store:
@@ -168,14 +172,13 @@ def open_pair(connect_src: Callable[[], Store], connect_dst: Callable[[], Store]
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = [pool.submit(connect_src), pool.submit(connect_dst)]
-    opened = [f.result() if f.exception() is None else None for f in futures]
-    if None in opened:
-        for store in opened:
-            if store is not None:
+    failed = [f for f in futures if f.exception() is not None]
+    if failed:
+        for f in futures:
+            if f.exception() is None:
                 try:
-                    store.close()
+                    f.result().close()
                 except Exception:
                     pass
-        for f in futures:
-            f.result()  # raises
-    return opened[0], opened[1]
+        failed[0].result()  # raises
+    return futures[0].result(), futures[1].result()

@@ -26,7 +26,8 @@ import os
 import random
 import sqlite3
 import threading
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import BinaryIO
 
 import zstandard
 
@@ -35,7 +36,13 @@ from migrator.errors import FolderError, StateError, UsageError
 from migrator.fsutil import ensure_private_dir, lock_exclusive, write_private
 from migrator.naming import Folder, display, folder_from_key, folder_key
 from migrator.stores.base import (
-    AppendItem, Capabilities, FolderInfo, FolderStatus, Message, MessageMeta, normalize_flags,
+    AppendItem,
+    Capabilities,
+    FolderInfo,
+    FolderStatus,
+    Message,
+    MessageMeta,
+    normalize_flags,
 )
 
 ARCHIVE_FORMAT = "migrator-archive"
@@ -69,11 +76,11 @@ CREATE TABLE IF NOT EXISTS messages (
 class _Archive:
     """The shared, process-wide handle on one archive directory (index + lock)."""
 
-    _registry: dict[str, "_Archive"] = {}
+    _registry: dict[str, _Archive] = {}
     _registry_lock = threading.Lock()
 
     @classmethod
-    def open(cls, path: str, create: bool) -> "_Archive":
+    def open(cls, path: str, create: bool) -> _Archive:
         key = os.path.abspath(path)
         with cls._registry_lock:
             arc = cls._registry.get(key)
@@ -144,7 +151,7 @@ class ArchiveStore:
         self._arc = _Archive.open(self.path, create=create and not readonly)
         self.capabilities = Capabilities(writable=not readonly, multiappend=True, uidplus=True)
         self._selected: tuple[int, Folder] | None = None
-        self._writers: dict[int, tuple[str, object]] = {}  # folder id -> (file name, open file)
+        self._writers: dict[int, tuple[str, BinaryIO]] = {}  # folder id -> (file name, open file)
         self._cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
         self._dctx = zstandard.ZstdDecompressor()
 
@@ -248,13 +255,13 @@ class ArchiveStore:
             db.execute("BEGIN IMMEDIATE")
             try:
                 (uidnext,) = db.execute("SELECT uidnext FROM folders WHERE id=?", (fid,)).fetchone()
-                uids = list(range(uidnext, uidnext + len(placed)))
+                uids: list[int | None] = list(range(uidnext, uidnext + len(placed)))
                 db.executemany(
                     "INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?)",
                     [
                         (fid, uid, file, offset, length, len(item.body), fingerprint(item.body),
                          json.dumps(list(normalize_flags(item.flags))), item.internaldate)
-                        for uid, (item, offset, length) in zip(uids, placed)
+                        for uid, (item, offset, length) in zip(uids, placed, strict=True)
                     ],
                 )
                 db.execute("UPDATE folders SET uidnext=? WHERE id=?", (uidnext + len(placed), fid))
@@ -264,7 +271,7 @@ class ArchiveStore:
                 raise
         return uids
 
-    def _writer(self, fid: int):
+    def _writer(self, fid: int) -> tuple[str, BinaryIO]:
         entry = self._writers.get(fid)
         if entry is None:
             file = self._arc.new_data_file(fid)

@@ -1,6 +1,6 @@
 """INTERNALDATE: written with its zone, read back as the same instant, from RFC 5322 dates too."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 from migrator.imapdate import date_instant, date_key, format_date, from_rfc5322, parse_date
 
@@ -15,7 +15,7 @@ def test_parse_round_trips_with_the_zone():
     dt = parse_date(text)
     assert dt is not None and dt.utcoffset() == timedelta(hours=2)
     assert format_date(dt) == text
-    assert parse_date(" 7-Jul-2024 01:02:03 +0000") == datetime(2024, 7, 7, 1, 2, 3, tzinfo=timezone.utc)
+    assert parse_date(" 7-Jul-2024 01:02:03 +0000") == datetime(2024, 7, 7, 1, 2, 3, tzinfo=UTC)
 
 
 def test_a_naive_datetime_is_local_time():
