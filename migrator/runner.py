@@ -6,19 +6,20 @@ decided here once (EngineOptions.dry_run) and honoured by the engine.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from migrator.checkpoint import Checkpoint
-from migrator.engine.copy import Engine, EngineOptions
+from migrator.digest import short_digest
 from migrator.engine import tuning
+from migrator.engine.copy import Engine, EngineOptions
 from migrator.engine.verify import verify
 from migrator.errors import UsageError
 from migrator.fsutil import write_json
-from migrator.plan import Plan
 from migrator.naming import Folder, display
+from migrator.plan import Plan
 from migrator.planner import PlanningOptions, invalid_destination, plan_folders
 from migrator.progress import Progress
 from migrator.report import render_run, render_verify, run_report, verify_report
@@ -48,7 +49,7 @@ def default_state_path(plan: Plan) -> str:
         root, _ = os.path.splitext(plan.path)
         return root + ".state.sqlite"
     key = f"{plan.source.url()} -> {plan.destination.url()}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    digest = f"{short_digest(key.encode()):012x}"
     label = f"{plan.source.user}@{plan.source.host}" if plan.source.is_network else os.path.basename(plan.source.path)
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
     return os.path.join(state_dir(), f"{safe}-{digest}.sqlite")
@@ -131,7 +132,7 @@ def check_plan(plan: Plan, src: Connector, dst: Connector, delete_extra: bool = 
 
 
 def execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, command: str,
-            print_fn=print, folder_errors: list[tuple[Folder, str]] = (),
+            print_fn=print, folder_errors: Sequence[tuple[Folder, str]] = (),
             spare: tuple[Store, Store] | None = None) -> dict:
     """Run a plan; returns the report dict (also written to --report). spare: open connections
     (from plan_keeping_connections) the run uses first; closed by the run."""
@@ -223,4 +224,5 @@ def new_plan(src: Connector, dst: Connector) -> Plan:
 def check_endpoints(plan: Plan) -> None:
     """Refuse pairs no store can serve, before any connection is opened."""
     if not advertised(plan.destination).writable:
-        raise UsageError(f"{plan.destination.url()}: {plan.destination.scheme}:// can only be a source (it cannot store messages)")
+        raise UsageError(f"{plan.destination.url()}: {plan.destination.scheme}:// can only be a source "
+                         "(it cannot store messages)")

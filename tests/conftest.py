@@ -8,7 +8,7 @@ import tempfile
 
 import pytest
 
-from tests.rig import Dovecot, Account
+from tests.rig import Account, Dovecot
 
 # The CLI runs in subprocesses (`python -m migrator`): they import the migrator of this checkout,
 # not whichever one the environment's editable install points at (several worktrees share it).

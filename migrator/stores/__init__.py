@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from migrator.accounts import Endpoint
 from migrator.errors import UsageError
 from migrator.secrets import SecretSource, get_password, keyring_name, run_token_command
 from migrator.stores.base import Capabilities, Store
+
 
 class HostSlots:
     """--max-connections-per-host for one run: a semaphore per host name, shared by both sides'
@@ -81,7 +83,8 @@ class Connector:
         except BaseException:
             slots.release()
             raise
-        close, released = store.close, []
+        close = store.close
+        released: list[bool] = []
 
         def close_and_release() -> None:
             try:
@@ -91,7 +94,9 @@ class Connector:
                     released.append(True)
                     slots.release()
 
-        store.close = close_and_release
+        # The slot goes back when this connection closes, whichever kind of store it is: its own
+        # close() is wrapped on the instance (a wrapper class would have to forward every method).
+        store.close = close_and_release  # type: ignore[method-assign]
         return store
 
     def _open(self) -> Store:

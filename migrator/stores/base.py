@@ -11,8 +11,9 @@ through a StoreFactory.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Protocol
 
 from migrator.errors import FolderError
 from migrator.naming import Folder
@@ -131,7 +132,12 @@ class Store(Protocol):
     and leaves the selection as it was."""
 
     capabilities: Capabilities
-    separator: str | None  # the hierarchy separator folder names are written with; None: flat
+
+    @property
+    def separator(self) -> str | None:
+        """The hierarchy separator folder names are written with; None: flat. Read-only here, so a
+        store may declare it as a class constant (the archive's and POP3's None)."""
+        ...
 
     def list_folders(self) -> list[FolderInfo]: ...
 

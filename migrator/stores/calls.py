@@ -7,7 +7,8 @@ that implements only the core (archive, POP3, memory) is a complete store.
 
 from __future__ import annotations
 
-from typing import Sequence, cast
+from collections.abc import Sequence
+from typing import cast
 
 from migrator.errors import FolderError
 from migrator.naming import Folder
@@ -87,7 +88,8 @@ def check_then_open(store: Store, done: Folder, uids: Sequence[int], name: Folde
 
 
 def check_then_open_in_turn(store: Store, done: Folder, uids: Sequence[int], name: Folder,
-                            readonly: bool, expect: int | None, read_back: Sequence[int] = ()) -> tuple[Checked, Opened]:
+                            readonly: bool, expect: int | None,
+                            read_back: Sequence[int] = ()) -> tuple[Checked, Opened]:
     """check_then_open made of its two calls, one after the other (also IMAP's own fallback)."""
     try:
         checked = list_with_status(store, done, uids, read_back)

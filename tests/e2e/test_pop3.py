@@ -186,7 +186,8 @@ def test_pop3_corpus_copied_whole_rerun_reads_nothing_and_reruns_without_state_f
     with_nul_sizes = {len(body) for body in served if b"\x00" in body}
     reencoded = [f for f in altered if int(re.search(r"\((\d+) bytes sent", f["reason"]).group(1)) in with_nul_sizes]
     assert len(reencoded) == 2, altered
-    for k, (name, state, extra) in enumerate((("fresh", "s2.sqlite", ()), ("reset", "s1.sqlite", ("--reset-state",))), 1):
+    runs = (("fresh", "s2.sqlite", ()), ("reset", "s1.sqlite", ("--reset-state",)))
+    for k, (name, state, extra) in enumerate(runs, 1):
         res, report = pop3_run(src, dst, tmp_path, state, name, *extra)
         assert report["totals"]["found_on_destination"] == n - len(altered), (name, res.text)
         assert report["totals"]["copied"] == 0 and report["totals"]["failed"] == len(altered), (name, res.text)
@@ -215,7 +216,8 @@ def test_pop3_kill_9_mid_copy_then_rerun_duplicates_nothing(new_account, tmp_pat
     res, report = pop3_run(src, dst, tmp_path, "s.sqlite", "rerun", "--batch-mb", "0.1")
     assert res.code == 0, res.text
     assert message_count(dst) == n
-    assert report["totals"]["copied"] + report["totals"]["found_on_destination"] + report["totals"]["already_copied"] == n
+    t = report["totals"]
+    assert t["copied"] + t["found_on_destination"] + t["already_copied"] == n
     assert verify_pop3(src, dst)["identical"]
 
     res, report = pop3_run(src, dst, tmp_path, "fresh.sqlite", "fresh", "--batch-mb", "0.1")

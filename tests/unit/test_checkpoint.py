@@ -187,12 +187,13 @@ class _Listed:
 
 
 def _pair(src_listing, src, dst_listing, dst):
+    from migrator.accounts import parse_endpoint
     from migrator.engine.copy import Engine
     from migrator.engine.jobs import FolderRun
     from migrator.plan import FolderPlan, Plan
-    from migrator.accounts import parse_endpoint
 
-    plan = Plan(parse_endpoint("imap://a@example.org"), parse_endpoint("imap://b@example.org"), [FolderPlan(INBOX, INBOX)])
+    plan = Plan(parse_endpoint("imap://a@example.org"), parse_endpoint("imap://b@example.org"),
+                [FolderPlan(INBOX, INBOX)])
     engine = Engine(plan, open_src=None, open_dst=None, checkpoint=None, opts=EngineOptions())
     run = FolderRun(plan.folders[0], 1)
     dec = _decide(src_listing, dst_listing, {})

@@ -230,7 +230,8 @@ def test_status_answers_are_matched_by_mailbox_name():
     assert _status_of(by_name, "Missing") is None
     one = _statuses_by_name([b'"Sent Items" (MESSAGES 3 UIDNEXT 4 UIDVALIDITY 5)'])
     assert _status_of(one, "Sent", alone=True).uidvalidity == 5 and _status_of(one, "Sent") is None
-    two = _statuses_by_name([b'"Foo" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY 1)', b'"foo" (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 2)'])
+    two = _statuses_by_name([b'"Foo" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY 1)',
+                             b'"foo" (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 2)'])
     assert _status_of(two, "foo").uidvalidity == 2 and _status_of(two, "FOO") is None  # ambiguous: none
 
 
@@ -299,7 +300,8 @@ def test_workers_take_the_biggest_work_first():
 
 
 @pytest.mark.parametrize("body, suspect", [
-    ("Subject: \u2014 \u201cquoted\u201d \u2019 \u00e9\u20ac\r\n\r\n\u4e2d\u6587 \U0001f600\r\n".encode(), False),  # UTF-8
+    # UTF-8
+    ("Subject: \u2014 \u201cquoted\u201d \u2019 \u00e9\u20ac\r\n\r\n\u4e2d\u6587 \U0001f600\r\n".encode(), False),
     (b"ab\x80cd", True),  # what Dovecot serves for a stored NUL
     (b"\x80 first", True),
     (b"plain ASCII", False),
