@@ -14,9 +14,9 @@ import threading
 from typing import Iterable, Iterator
 
 from migrator.checkpoint import UNVERIFIED, Intent, Resent
+from migrator.digest import fingerprint
 from migrator.engine.batching import batches
 from migrator.engine.content import Shape, at_risk, loose_digest
-from migrator.engine.content import fingerprint as sha256
 from migrator.engine.context import Context, Ledger
 from migrator.engine.crashpoints import crash
 from migrator.engine.keywords import keywords_of, lost_keywords_reason, system_flags
@@ -128,7 +128,7 @@ class Copier:
             run.appended.extend(u for u in uids if u is not None)
             run.unknown_uids = run.unknown_uids or None in uids
         # Without a destination UID (no UIDPLUS) a copy is found again by its fingerprint only.
-        intents = [i if uid is not None or i.sha256 else dataclasses.replace(i, sha256=sha256(item.body))
+        intents = [i if uid is not None or i.sha256 else dataclasses.replace(i, sha256=fingerprint(item.body))
                    for i, item, uid in zip(intents, items, uids)]
         self._confirm(run, intents, items, uids, shapes)
         self.ledger.count(run, copied=len(intents), copied_bytes=sum(i.size for i in intents))
@@ -179,7 +179,7 @@ class Copier:
         for n, (intent, item) in enumerate(zip(intents, items)):
             # A message sent again for a pending intent is watched for a late twin (matching.py).
             if not intent.sha256 and (n in shapes or intent.src_uid in run.in_doubt):
-                out[n] = dataclasses.replace(intent, sha256=sha256(item.body))
+                out[n] = dataclasses.replace(intent, sha256=fingerprint(item.body))
         return out, shapes
 
 

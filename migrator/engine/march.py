@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Hashable, Iterable, Mapping, NamedTuple
 
 from migrator.checkpoint import ALTERED, DONE, FAILED, PENDING, UNVERIFIED, Resent, Row
-from migrator.engine.verify import date_instant
+from migrator.imapdate import date_key
 from migrator.stores.base import MessageMeta
 
 
@@ -97,9 +97,8 @@ class Wanted(NamedTuple):
     claim: bool = False  # copied earlier and confirmed without a UID (no UIDPLUS): its copy is there
 
 
-def _date(m: MessageMeta):
-    instant = date_instant(m.internaldate)
-    return m.internaldate if instant is None else instant
+def _date(m: MessageMeta) -> float | str:
+    return date_key(m.internaldate)
 
 
 # The passes of pair_twins, best match first: a destination copy keeps its INTERNALDATE (IMAP cannot

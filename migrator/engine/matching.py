@@ -17,9 +17,9 @@ import dataclasses
 import time
 
 from migrator.checkpoint import DONE, Intent
+from migrator.digest import fingerprint
 from migrator.engine.batching import batches
 from migrator.engine.content import Shape, describe_change, loose_digest, loose_window
-from migrator.engine.content import fingerprint as sha256
 from migrator.engine.context import Context, Ledger
 from migrator.engine.copying import prefetch, served
 from migrator.engine.crashpoints import crash
@@ -57,7 +57,7 @@ class Matcher:
         digests: dict[int, str] = {}
         wanted = list({m.uid: m for ms in cands.values() for m in ms}.values())
         for batch in batches(wanted, self.opts.batch_bytes, self.opts.batch_count):
-            digests.update((msg.meta.uid, sha256(msg.body)) for msg in dst.fetch([m.uid for m in batch]))
+            digests.update((msg.meta.uid, fingerprint(msg.body)) for msg in dst.fetch([m.uid for m in batch]))
         rows, taken, remove, done = dict(rows), set(), [], []
         for e in markers:
             row = rows.get(e.src_uid)
@@ -141,7 +141,7 @@ class Matcher:
         by_uid = {m.uid: m for m in candidates}
         for batch in batches(candidates, self.opts.batch_bytes, self.opts.batch_count):
             for msg in dst.fetch([d.uid for d in batch]):
-                run.pool.add(sha256(msg.body), by_uid[msg.meta.uid])
+                run.pool.add(fingerprint(msg.body), by_uid[msg.meta.uid])
 
     def _fingerprint_sources(self, src: Store, metas: list[MessageMeta]) -> list[Wanted]:
         """These source messages with their fingerprint, each body hashed as it comes and dropped;
@@ -149,7 +149,7 @@ class Matcher:
         wanted = []
         for batch, fetched in prefetch(self.ctx, src, batches(metas, self.opts.batch_bytes, self.opts.batch_count)):
             crash("fetched")  # nothing adopted yet: the next march fingerprints them again
-            wanted += [Wanted(served(m, msg), sha256(msg.body)) for m in batch if (msg := fetched.get(m.uid))]
+            wanted += [Wanted(served(m, msg), fingerprint(msg.body)) for m in batch if (msg := fetched.get(m.uid))]
         return wanted
 
     def settle_claims(self, run: FolderRun, claims, pairs: dict) -> None:
@@ -193,7 +193,7 @@ class Matcher:
                     continue
                 uid, stored = hit
                 found.add(m.uid)
-                intent = Intent(m.uid, len(msg.body), sha256(msg.body), copy_flags(m, self.opts.include_deleted))
+                intent = Intent(m.uid, len(msg.body), fingerprint(msg.body), copy_flags(m, self.opts.include_deleted))
                 self.ledger.altered(run, intent, uid, describe_change(Shape.of(msg.body), stored), copied=False)
                 run.pool.discard(uid)
                 run.extras = [u for u in run.extras if u != uid]

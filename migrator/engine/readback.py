@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from migrator.checkpoint import Intent
+from migrator.digest import fingerprint
 from migrator.engine.batching import batches
 from migrator.engine.content import Shape, describe_change, loose_digest, same_size_change
-from migrator.engine.content import fingerprint as sha256
 from migrator.engine.context import Context, Ledger
 from migrator.engine.jobs import Connections, EngineOptions, FolderRun
 from migrator.stores.base import MessageMeta, Store
@@ -55,7 +55,7 @@ class ReadBack:
             body = bodies.get(c.uid)
             if c.uid in skip or body is None:
                 continue
-            if sha256(body) == c.intent.sha256:
+            if fingerprint(body) == c.intent.sha256:
                 same.append((c.intent, c.uid))
             else:
                 reason = describe_change(c.shape, body) if c.shape else same_size_change(c.intent.size)
@@ -123,7 +123,7 @@ class Held:
         for batch in batches(metas, opts.batch_bytes, opts.batch_count):
             for msg in dst.fetch([m.uid for m in batch]):
                 if exact:
-                    held._exact.setdefault(sha256(msg.body), []).append(msg.meta.uid)
+                    held._exact.setdefault(fingerprint(msg.body), []).append(msg.meta.uid)
                 held._loose.setdefault(loose_digest(msg.body), []).append((msg.meta.uid, msg.body))
         return held
 

@@ -11,9 +11,9 @@ from datetime import datetime
 from typing import Sequence
 
 from imapclient import imap_utf7
-from imapclient.datetime_util import datetime_to_INTERNALDATE
 from imapclient.response_parser import parse_fetch_response, parse_response
 
+from migrator.imapdate import format_date
 from migrator.stores.base import FolderStatus, MessageMeta, normalize_flags
 
 SPECIAL_USE_ATTRS = ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash", "\\Important")
@@ -122,7 +122,7 @@ def meta_of(uid: int, d: dict) -> MessageMeta:
 
 def _format_date(value) -> str:
     if isinstance(value, datetime):
-        return datetime_to_INTERNALDATE(value)
+        return format_date(value)
     return dec(value)
 
 
