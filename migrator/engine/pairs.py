@@ -30,12 +30,12 @@ def both_sides(on_src: Callable, on_dst: Callable | None, pool: ThreadPoolExecut
     return from_src, (dst_side.result() if dst_side is not None else None)
 
 
-def open_pair(open_src: Callable[[], Store], open_dst: Callable[[], Store]) -> tuple[Store, Store]:
+def open_pair(connect_src: Callable[[], Store], connect_dst: Callable[[], Store]) -> tuple[Store, Store]:
     """Open both sides at the same time: on a WAN each login is several round trips.
 
     If one side fails, the other is closed and the first failure (source first) is raised."""
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = [pool.submit(open_src), pool.submit(open_dst)]
+        futures = [pool.submit(connect_src), pool.submit(connect_dst)]
     opened = [f.result() if f.exception() is None else None for f in futures]
     if None in opened:
         for store in opened:

@@ -32,10 +32,10 @@ Job = MarchJob | ChunkJob
 
 
 class Scheduler:
-    def __init__(self, ctx: Context, open_src: Callable[[], Store], open_dst: Callable[[], Store],
+    def __init__(self, ctx: Context, connect_src: Callable[[], Store], connect_dst: Callable[[], Store],
                  spare: tuple[Store, Store] | None = None):
         self.ctx = ctx
-        self.open_src, self.open_dst = open_src, open_dst
+        self.connect_src, self.connect_dst = connect_src, connect_dst
         # Open connections handed over by the planner: used to prepare folders, then by a worker,
         # so a run logs in once less per side (several round trips each on a WAN).
         self._spare = spare
@@ -106,7 +106,7 @@ class Scheduler:
         for attempt in range(1, opts.max_attempts + 1):
             src = dst = None
             try:
-                src, dst = self._take_spare() or open_pair(self.open_src, self.open_dst)
+                src, dst = self._take_spare() or open_pair(self.connect_src, self.connect_dst)
                 out = work(src, dst)
                 with self._spare_lock:
                     self._spare = (src, dst)  # for the first worker
@@ -189,7 +189,7 @@ class Scheduler:
 
     def _worker(self, log_in_now: bool = False) -> None:
         ctx = self.ctx
-        conn = Connections(self.open_src, self.open_dst, None if log_in_now else self._take_spare())
+        conn = Connections(self.connect_src, self.connect_dst, None if log_in_now else self._take_spare())
         if log_in_now:
             try:
                 conn.both()

@@ -171,7 +171,7 @@ class FolderSync:
             readonly = opts.dry_run or appends_unseen(dst)
             if ended is not None:  # the previous folder's end goes in the same round trip
                 return self.ending.with_open(ended, conn, fp.destination, readonly, expect)
-            return conn.open_dst(fp.destination, readonly, expect)
+            return conn.select_and_list_dst(fp.destination, readonly, expect)
 
         to_create = opts.dry_run and fp.destination in ctx.would_create
         (s_status, s_st, src_msgs), listed = ctx.both_sides(list_source, None if to_create else list_destination)

@@ -281,7 +281,7 @@ def test_workers_take_the_biggest_work_first():
 
     folders = {name: FolderPlan((name,), (name,)) for name in ("Big", "Small", "Counted", "Unknown", "Inbox")}
     plan = Plan(parse_endpoint("imap://a@example.org"), parse_endpoint("imap://b@example.org"), list(folders.values()))
-    engine = Engine(plan, open_src=None, open_dst=None, checkpoint=None, opts=EngineOptions())
+    engine = Engine(plan, connect_src=None, connect_dst=None, checkpoint=None, opts=EngineOptions())
     try:
         engine.ctx.src_status = {
             ("Big",): FolderStatus(1, messages=900, size=60_000_000),
