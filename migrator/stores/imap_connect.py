@@ -1,13 +1,14 @@
 """Opening one IMAP connection: TLS or STARTTLS (the rule is connection.py's), the greeting's
-capabilities, login (SASL PLAIN, with LOGIN as the fallback; XOAUTH2 / OAUTHBEARER with a token)
-and COMPRESS. Everything below the libraries' public API goes through imap_wire.Wire."""
+capabilities, login (SASL PLAIN, with LOGIN as the fallback; XOAUTH2 / OAUTHBEARER with a token),
+COMPRESS and the personal namespace (asked once per account). Everything below the libraries'
+public API goes through imap_wire.Wire."""
 
 from __future__ import annotations
 
 import imaplib
 import logging
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from imapclient import exceptions as imapexc
 
@@ -59,6 +60,24 @@ def connect(ep: Endpoint, creds: Credentials, opts: ConnectOptions) -> Wire:
         wire.shutdown()
         raise connect_failed(e, ep) from None
     return wire
+
+
+# (host, port, user, auth_user) -> (separator, prefix) of the account's personal namespace
+_namespaces: dict[tuple, tuple[str | None, str]] = {}
+_namespaces_lock = threading.Lock()
+
+
+def namespace(ep: Endpoint, opts: ConnectOptions, ask: Callable[[], tuple[str | None, str]]) -> tuple[str | None, str]:
+    """(separator, prefix) of the personal namespace, ask()ed once per account and run: every
+    worker connection of the account gets the same answer (a round trip less per login)."""
+    key = (ep.host.lower(), ep.port, ep.user, opts.auth_user)
+    with _namespaces_lock:
+        known = _namespaces.get(key)
+    if known is None:
+        known = ask()
+        with _namespaces_lock:
+            _namespaces[key] = known
+    return known
 
 
 def _starttls(wire: Wire, ep: Endpoint, ctx) -> None:
