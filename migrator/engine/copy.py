@@ -13,8 +13,8 @@ Engine is the public face (runner.py, the tests): it puts the parts of a run tog
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 from migrator.checkpoint import Checkpoint
 from migrator.engine.context import Context

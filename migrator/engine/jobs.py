@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from migrator.engine.march import Pool
@@ -121,7 +122,7 @@ class FolderRun:
     extras: list[int] = field(default_factory=list)  # unaccounted destination UIDs not in the pool
     pending_chunks: int = 0
     phase: Phase = Phase.MARCHING
-    transient: str | None = None  # why the run is to be retried (the first chunk's transient error)
+    transient: str = ""  # why the run is to be retried (the first chunk's transient error)
     tally: Tally = field(default_factory=Tally)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -134,7 +135,7 @@ class FolderRun:
             raise RuntimeError(f"folder run of '{display(self.fp.source)}': {self.phase.value} -> {to.value}")
         self.phase = to
 
-    def chunk_done(self, outcome: Phase | None = None, reason: str | None = None) -> Phase | None:
+    def chunk_done(self, outcome: Phase | None = None, reason: str = "") -> Phase | None:
         """One chunk is finished: well (outcome None), or with a transient error (RETRY, reason)
         or a folder error (FAILED). The first transient error has the folder marched again once
         all its chunks are done (the others copy nothing more); a folder error gives it up.
@@ -204,8 +205,11 @@ def close_quietly(store: Store) -> None:
 class Connections:
     """A worker's own pair of connections, opened lazily, dropped on transient errors."""
 
-    def __init__(self, connect_src, connect_dst, opened: tuple[Store, Store] | None = None):
+    def __init__(self, connect_src: Callable[[], Store], connect_dst: Callable[[], Store],
+                 opened: tuple[Store, Store] | None = None):
         self._connect_src, self._connect_dst = connect_src, connect_dst
+        self._src: Store | None
+        self._dst: Store | None
         self._src, self._dst = opened or (None, None)
         self._dst_selected: tuple[Folder, bool] | None = None  # (folder, readonly) last selected here
         # The run in END_DEFERRED on this connection: its end (size check, read-back, STATUS) goes with

@@ -11,7 +11,7 @@ without them; from then on it leaves keywords out at once, so that a server that
 from __future__ import annotations
 
 import threading
-from typing import Iterable
+from collections.abc import Iterable
 
 from migrator.errors import FolderError
 from migrator.stores.base import Store

@@ -16,7 +16,7 @@ import bisect
 import dataclasses
 import time
 
-from migrator.checkpoint import DONE, Intent
+from migrator.checkpoint import DONE, Checkpoint, Intent
 from migrator.digest import fingerprint
 from migrator.engine.batching import batches
 from migrator.engine.content import Shape, describe_change, loose_digest, loose_window
@@ -41,14 +41,15 @@ class Matcher:
         self.opts = ctx.opts
         self.ledger = ledger
 
-    def take_late_twins(self, run: FolderRun, dst: Store, rows: dict, dst_msgs: list[MessageMeta]):
+    def take_late_twins(self, run: FolderRun, dst: Store, journal: Checkpoint, rows: dict,
+                        dst_msgs: list[MessageMeta]) -> tuple[dict, list[MessageMeta]]:
         """Copies sent again for a pending intent (table resent) whose first APPEND was committed
         late after all: the copy sent again is removed (its UID came from APPENDUID: provably
         ours, provably redundant) and the row points at the late one, whose flags decide() then
         brings in step. Order, for a crash at any point: row first, then EXPUNGE, then the marker.
         Returns the rows and the destination listing as they are afterwards."""
-        fp, ckpt = run.fp, self.ctx.ckpt
-        markers = ckpt.resent(fp.destination, run.dst_uidvalidity)
+        fp = run.fp
+        markers = journal.resent(fp.destination, run.dst_uidvalidity)
         if not markers:
             return rows, dst_msgs
         present = {m.uid for m in dst_msgs}
@@ -67,7 +68,8 @@ class Matcher:
             if row is not None and row.dst_uid != e.dst_uid and e.dst_uid not in referenced:
                 remove.append(e.dst_uid)  # re-pointed by a run that died before its EXPUNGE
                 continue
-            late = next((m for m in cands.get(e.dst_uid, ()) if digests.get(m.uid) == e.sha256 and m.uid not in taken), None)
+            late = next((m for m in cands.get(e.dst_uid, ())
+                         if digests.get(m.uid) == e.sha256 and m.uid not in taken), None)
             if late is None:
                 if time.time() - e.sent > LATE_COMMIT_WINDOW:
                     done.append(e.dst_uid)
@@ -77,11 +79,12 @@ class Matcher:
                 rows[e.src_uid] = dataclasses.replace(row, dst_uid=late.uid, status=DONE)
                 self.ledger.confirm(run, [(Intent(row.src_uid, row.size, e.sha256, row.flags), late.uid)])
             remove.append(e.dst_uid)
-        self._remove_resent(run, dst, remove, done)
+        self._remove_resent(run, dst, journal, remove, done)
         gone = set(remove)
         return rows, [m for m in dst_msgs if m.uid not in gone]
 
-    def _remove_resent(self, run: FolderRun, dst: Store, remove: list[int], done: list[int]) -> None:
+    def _remove_resent(self, run: FolderRun, dst: Store, journal: Checkpoint, remove: list[int],
+                       done: list[int]) -> None:
         """The copies sent again whose first APPEND was found: removed, and their markers dropped
         with those of `done` (gone, or too old to wait for)."""
         fp, stats = run.fp, self.ctx.stats
@@ -97,7 +100,7 @@ class Matcher:
             stats.warn(f"'{display(fp.source)}': {len(remove)} APPEND(s) of an earlier run were committed "
                        "late; the copies sent again were removed")
             done.extend(remove)
-        self.ctx.ckpt.drop_resent(fp.destination, run.dst_uidvalidity, done)
+        journal.drop_resent(fp.destination, run.dst_uidvalidity, done)
 
     def pair_with_pool(self, run: FolderRun, src: Store, dst: Store, dec: Decision,
                        src_msgs: list[MessageMeta]) -> dict | None:
@@ -159,8 +162,8 @@ class Matcher:
         if found and self.ctx.writing:
             self.ledger.confirm(run, found)
 
-    def match_altered(self, run: FolderRun, src: Store, dst: Store, dec: Decision, pairs: dict,
-                      src_msgs: list[MessageMeta]) -> None:
+    def match_altered(self, run: FolderRun, src: Store, dst: Store, journal: Checkpoint, dec: Decision,
+                      pairs: dict, src_msgs: list[MessageMeta]) -> None:
         """After the exact pairing: destination messages left over may be copies a server altered
         (content.loose_form: Cyrus's munged 8-bit headers, a line end added, mbox fields added) that
         no row points to any more (the state was lost or reset), or copies a server gave no UID
@@ -175,7 +178,7 @@ class Matcher:
         src_by_uid = {m.uid: m for m in src_msgs}
         wanted.update({row.src_uid: src_by_uid[row.src_uid] for row in claims if row.src_uid in src_by_uid})
         if not left or not wanted:
-            self._forget_claims(run, dec, claims, set(), src_by_uid)
+            self._forget_claims(run, journal, dec, claims, set(), src_by_uid)
             return
         sizes = sorted(m.size for m in wanted.values())
         cands = [m for m in left if _any_between(sizes, (m.size - 256) // 2, m.size + 64)]
@@ -189,7 +192,7 @@ class Matcher:
             for m in sorted(batch, key=lambda m: m.uid not in claimed):  # claims first: their copy is there
                 msg = fetched.get(m.uid)
                 hit = held.take_loose(loose_digest(msg.body)) if msg is not None else None
-                if not hit:
+                if msg is None or not hit:
                     continue
                 uid, stored = hit
                 found.add(m.uid)
@@ -198,14 +201,15 @@ class Matcher:
                 run.pool.discard(uid)
                 run.extras = [u for u in run.extras if u != uid]
         dec.to_copy = [m for m in dec.to_copy if m.uid not in found]
-        self._forget_claims(run, dec, claims, found, src_by_uid)
+        self._forget_claims(run, journal, dec, claims, found, src_by_uid)
 
-    def _forget_claims(self, run: FolderRun, dec: Decision, claims: list, found: set[int], src_by_uid: dict) -> None:
+    def _forget_claims(self, run: FolderRun, journal: Checkpoint, dec: Decision, claims: list, found: set[int],
+                       src_by_uid: dict) -> None:
         """Claims whose copy is not on the destination: the row must not outlive the message."""
         lost = [row for row in claims if row.src_uid not in found]
         if not lost:
             return
-        self.ctx.ckpt.forget(run.fp.source, run.src_uidvalidity, run.fp.destination, [row.src_uid for row in lost])
+        journal.forget(run.fp.source, run.src_uidvalidity, run.fp.destination, [row.src_uid for row in lost])
         dec.to_copy += [src_by_uid[row.src_uid] for row in lost if row.src_uid in src_by_uid]
         dec.already -= len(lost)
 

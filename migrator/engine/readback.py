@@ -11,6 +11,7 @@ messages found again by their content (engine/content.py says which and how).
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import NamedTuple
 
 from migrator.checkpoint import Intent
@@ -46,7 +47,7 @@ class ReadBack:
                 and not any(c.shape and c.shape.nul for c in checks))
 
     def compare(self, run: FolderRun, checks: list[Check], bodies: dict[int, bytes],
-                skip: set[int] = frozenset()) -> None:
+                skip: Container[int] = frozenset()) -> None:
         """Each copy read back against the SHA-256 of what was sent: confirmed, or recorded as
         altered. A copy in `skip` (found altered by its size) or not in `bodies` (not in this
         session's view, or expunged) stays unverified: the next march compares it."""
@@ -62,7 +63,7 @@ class ReadBack:
                 self.ledger.altered(run, c.intent, c.uid, reason, copied=c.shape is not None)
         self.ledger.confirm(run, same)
 
-    def read(self, run: FolderRun, dst: Store, checks: list[Check], skip: set[int] = frozenset()) -> None:
+    def read(self, run: FolderRun, dst: Store, checks: list[Check], skip: Container[int] = frozenset()) -> None:
         """compare() for copies in the folder selected on dst, read in batches (memory stays bounded)."""
         opts = self.opts
         for batch in batches(checks, opts.batch_bytes, opts.batch_count, size=lambda c: c.intent.size):
@@ -117,7 +118,7 @@ class Held:
         self._taken: set[int] = set()
 
     @classmethod
-    def read(cls, dst: Store, metas: list[MessageMeta], opts: EngineOptions, exact: bool) -> "Held":
+    def read(cls, dst: Store, metas: list[MessageMeta], opts: EngineOptions, exact: bool) -> Held:
         """These messages of the folder selected on dst; exact: indexed by SHA-256 as well."""
         held = cls()
         for batch in batches(metas, opts.batch_bytes, opts.batch_count):

@@ -15,7 +15,8 @@ import random
 import threading
 import time
 from collections import Counter
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from migrator.engine.context import Context
 from migrator.engine.jobs import ChunkJob, Connections, MarchJob, close_quietly
@@ -24,6 +25,9 @@ from migrator.errors import ConnectionFailed, TransientError
 from migrator.naming import Folder, display
 from migrator.plan import FolderPlan
 from migrator.stores.base import Store
+
+if TYPE_CHECKING:  # FolderSync runs the jobs; it queues its own work here
+    from migrator.engine.sync import FolderSync
 
 TYPICAL_MESSAGE_BYTES = 50_000  # only to rank a folder whose STATUS has no SIZE among the others
 
@@ -49,7 +53,8 @@ class Scheduler:
         self._outstanding_lock = threading.Lock()
         self._all_done = threading.Condition(self._outstanding_lock)  # notified when nothing is outstanding
         self._live: Counter = Counter()  # source folder -> its queued or running jobs, deferred ends
-        self.sync = None  # engine/sync.py's FolderSync, which runs the jobs: set by the engine
+        # What runs the jobs (engine/sync.py): set by the engine, which makes it with this scheduler.
+        self.sync: FolderSync
 
     # -- a run ---------------------------------------------------------------------------------
 
@@ -212,8 +217,9 @@ class Scheduler:
                 finally:
                     self.release(_source(job))
         finally:
-            if conn.deferred is not None:  # only if a bug ended the loop: keep the count right
-                self.release(conn.take_deferred().fp.source)
+            deferred = conn.take_deferred()
+            if deferred is not None:  # only if a bug ended the loop: keep the count right
+                self.release(deferred.fp.source)
             conn.close()
 
     def _next_job(self, conn: Connections) -> Job | None:

@@ -168,7 +168,8 @@ class Store(Protocol):
         ...
 
     def append(self, name: Folder, items: Sequence[AppendItem]) -> list[int | None]:
-        """Store messages; returns the new UIDs where the store can tell (UIDPLUS)."""
+        """Store messages; returns one entry per item, in order: its new UID where the store can tell
+        (UIDPLUS), else None."""
         ...
 
     def set_flags(self, uid: int, add: Iterable[str], remove: Iterable[str]) -> None:

@@ -132,7 +132,7 @@ class ImapStore:
     def list_folders(self) -> list[FolderInfo]:
         pattern = (self.wire.mailbox(""), self.wire.mailbox("*"))
         answers = self._pipeline([("LIST", pattern), ("LSUB", pattern)])  # one round trip for both
-        for (typ, data, _untagged), what in zip(answers, ("LIST", "LSUB")):
+        for (typ, data, _untagged), what in zip(answers, ("LIST", "LSUB"), strict=True):
             if typ != "OK":
                 raise self._refused(what, text(data))
         subscribed = {n for _, _, n in self.wire.folder_list(answers[1][2])}
@@ -147,7 +147,8 @@ class ImapStore:
         # special_use is not sent: the planner maps special folders onto the destination's own.
         names = [name for name, _special_use in folders]
         out: dict[Folder, str | None] = {}
-        for name, (typ, data, _untagged) in zip(names, self._pipelined("CREATE", [(self._mailbox(n),) for n in names])):
+        answers = self._pipelined("CREATE", [(self._mailbox(n),) for n in names])
+        for name, (typ, data, _untagged) in zip(names, answers, strict=True):
             said = text(data)
             if typ == "OK" or "ALREADYEXISTS" in said.upper() or "already exists" in said.lower():
                 out[name] = None
@@ -163,7 +164,7 @@ class ImapStore:
     def subscribe_folders(self, names: Sequence[Folder]) -> dict[Folder, str | None]:
         answers = self._pipelined("SUBSCRIBE", [(self._mailbox(n),) for n in names])
         return {name: None if typ == "OK" else f"SUBSCRIBE failed on {self.endpoint.host}: {text(data)}"
-                for name, (typ, data, _untagged) in zip(names, answers)}
+                for name, (typ, data, _untagged) in zip(names, answers, strict=True)}
 
     def _status_items(self) -> str:
         items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
@@ -188,7 +189,7 @@ class ImapStore:
         answers = self._pipelined("STATUS", [(self._mailbox(n), items) for n in names])
         by_name = statuses_by_name([line for _typ, _data, untagged in answers for line in untagged])
         out = {}
-        for name, (typ, _data, _untagged) in zip(names, answers):
+        for name, (typ, _data, _untagged) in zip(names, answers, strict=True):
             st = status_of(by_name, self.server_name(name)) if typ == "OK" else None
             if st is not None:
                 out[name] = st
@@ -311,7 +312,8 @@ class ImapStore:
             self.wire.read_literals_in_place()
         return self._checked(name, uids, self._pipeline(self._check_commands(name, uids, read_back)), read_back)
 
-    def _check_commands(self, name: Folder, uids: Sequence[int], read_back: Sequence[int] = ()) -> list[tuple[str, tuple]]:
+    def _check_commands(self, name: Folder, uids: Sequence[int],
+                        read_back: Sequence[int] = ()) -> list[tuple[str, tuple]]:
         commands = [("NOOP", ()), ("UID", ("FETCH", uid_set(uids), META_ITEMS))] if uids else []
         if read_back:
             commands.append(("UID", ("FETCH", uid_set(read_back), MESSAGE_ITEMS)))
@@ -450,7 +452,7 @@ class ImapStore:
         uids = parse_appenduid(said)
         if len(uids) != len(items):
             return [None] * len(items)
-        return uids
+        return list(uids)
 
     def _send_append(self, server_name: str, items: Sequence[AppendItem]) -> str:
         caps = self.raw_capabilities
@@ -479,7 +481,9 @@ class ImapStore:
         """Whether a folder an APPEND was answered [TRYCREATE] for exists all the same: then the
         answer refuses the message, not the folder (GNU imap4d answers so for a message it cannot
         parse). INBOX always exists (RFC 3501), the folder selected here does; another is asked for."""
-        if server_name.upper() == "INBOX" or (self._selected is not None and self.server_name(self._selected) == server_name):
+        if server_name.upper() == "INBOX":
+            return True
+        if self._selected is not None and self.server_name(self._selected) == server_name:
             return True
         try:
             self._call("STATUS", self.client.folder_status, server_name, ["MESSAGES"])

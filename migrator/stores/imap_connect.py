@@ -38,7 +38,8 @@ def connect(ep: Endpoint, creds: Credentials, opts: ConnectOptions) -> Wire:
     except (OSError, imaplib.IMAP4.error) as e:
         raise connect_failed(e, ep) from None
     try:
-        if not ep.implicit_tls and not stay_plain(ep, opts, lambda: "STARTTLS" in wire.login_capabilities(), "STARTTLS"):
+        if not ep.implicit_tls and not stay_plain(ep, opts, lambda: "STARTTLS" in wire.login_capabilities(),
+                                                  "STARTTLS"):
             _starttls(wire, ep, ctx)
         _authenticate(wire, ep, creds, opts)
     except _AuthUnusable as e:
@@ -176,7 +177,7 @@ def _oauth2_responder(mech: str, user: str, token: str) -> Callable[[bytes], str
         first, ack = f"n,a={authzid},\x01auth=Bearer {token}\x01\x01", "\x01"
     else:
         first, ack = f"user={user}\x01auth=Bearer {token}\x01\x01", ""
-    sent = []
+    sent: list[bool] = []
 
     def respond(_challenge: bytes) -> str:
         if sent:

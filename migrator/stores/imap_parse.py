@@ -1,7 +1,7 @@
 """Reading IMAP answers, without I/O: what a NO means (classify), what CAPABILITY means for the
-Store contract, LIST, listings, message heads, STATUS, APPENDUID and uid-sets. The usual forms are read by one regular expression per line;
-anything else by imapclient's general parser (public API), which is too slow to use for every
-line of a big folder."""
+Store contract, LIST, listings, message heads, STATUS, APPENDUID and uid-sets. The usual forms
+are read by one regular expression per line; anything else by imapclient's general parser
+(public API), which is too slow to use for every line of a big folder."""
 
 from __future__ import annotations
 
@@ -318,7 +318,7 @@ def parse_status(untagged: list) -> FolderStatus | None:
         return None
     parsed = parse_response([line])
     flat = parsed[-1] if parsed and isinstance(parsed[-1], tuple) else ()
-    items = dict(zip(flat[::2], flat[1::2]))
+    items = dict(zip(flat[::2], flat[1::2], strict=False))  # name value pairs; an odd one out is dropped
     if b"UIDVALIDITY" not in items:
         return None
     return FolderStatus(
@@ -363,15 +363,10 @@ def parse_appenduid(text: str) -> list[int]:
 
 def uid_set(uids: Sequence[int]) -> str:
     """[1,2,3,7,9,10] -> '1:3,7,9:10' (short command lines for big folders)."""
-    out, start, prev = [], None, None
+    ranges: list[list[int]] = []  # [first, last]
     for u in sorted(uids):
-        if start is None:
-            start = prev = u
-        elif u == prev + 1:
-            prev = u
+        if ranges and u == ranges[-1][1] + 1:
+            ranges[-1][1] = u
         else:
-            out.append(f"{start}:{prev}" if prev != start else str(start))
-            start = prev = u
-    if start is not None:
-        out.append(f"{start}:{prev}" if prev != start else str(start))
-    return ",".join(out)
+            ranges.append([u, u])
+    return ",".join(f"{first}:{last}" if last != first else str(first) for first, last in ranges)

@@ -371,8 +371,8 @@ class MemoryStore:
                 s._held.append((box, messages))
                 self._lost = True
                 raise TransientError(f"connection to {HOST} lost during APPEND to '{display(name)}'")
-            uids = []
-            for item, message in zip(items, messages):
+            uids: list[int | None] = []
+            for item, message in zip(items, messages, strict=True):
                 if s._append_fault(("lose",), [item.body]) is None:
                     uids.append(box.add(*message))
                 else:  # answered OK (its UID taken), not stored
