@@ -19,7 +19,7 @@ from migrator.stores.base import Capabilities, FolderInfo, FolderStatus, Message
 
 SPECIAL_USE_ATTRS = ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash", "\\Important")
 # Response codes (RFC 5530) that mean "try again later" rather than "this message is bad":
-# the folder is marched again after a reconnect and a backoff (engine/copy.py).
+# the folder is marched again after a reconnect and a backoff (engine/scheduler.py, Scheduler.retry).
 TRANSIENT_CODES = ("UNAVAILABLE", "THROTTLED", "LIMIT", "INUSE", "SERVERBUG", "EXPUNGEISSUED")
 TRANSIENT, FOLDER, MESSAGE = "transient", "folder", "message"
 

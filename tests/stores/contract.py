@@ -320,7 +320,7 @@ class StoreContract(ReadContract):
 
     def test_append_to_the_folder_selected_read_only(self, store):
         """The engine appends to a destination folder it selected read-only where copies get no
-        UID (no UIDPLUS: engine.copy._appends_unseen)."""
+        UID (no UIDPLUS: engine/jobs.py, appends_unseen)."""
         self.put(store, ("Ro",), PLAIN[:1])
         store.select(("Ro",), readonly=True)
         if not self.appends_to_a_folder_selected_read_only:
