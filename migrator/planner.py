@@ -32,11 +32,11 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 
+from migrator.engine.pairs import both_sides
 from migrator.errors import FolderError, UsageError
 from migrator.naming import INBOX, Folder, display, is_inbox, needs_substitute, parse_display, safe_component
 from migrator.plan import COPY, SKIP, FolderPlan, Plan
 from migrator.presets import Preset, load_preset, localized_names
-from migrator.engine.pairs import both_sides
 from migrator.stores import calls
 from migrator.stores.base import FolderInfo, Store
 
@@ -201,26 +201,29 @@ def map_folders(src_folders: list[FolderInfo], dst_folders: list[FolderInfo], ds
             note = f"'{dst_separator}' replaced by '_': it is the destination's separator"
             dest = fixed
         # -- whether it is copied
-        asked = (
-            _glob_any(name, opts.include) or _selected_by_folder(name, opts.folders)
-            or _prefix_map(name, opts.maps) is not None
-        )
-        action = COPY
-        if opts.exclude and _glob_any(name, opts.exclude):
-            action, rule, note = SKIP, "exclude", "matches --exclude"
-        elif (opts.include or opts.folders) and not (
-            _glob_any(name, opts.include) or _selected_by_folder(name, opts.folders)
-        ):
-            action, rule, note = SKIP, "not-selected", "not matched by --include / --folder"
-        elif not asked:
-            for p in presets:
-                hit = next((s for s in p.skips if s.matches(name, info.special_use)), None)
-                if hit:
-                    action, rule, note = SKIP, f"preset:{p.name}", hit.reason
-                    break
+        action, skipped = COPY, _skipped(info, opts, presets)
+        if skipped is not None:
+            action, (rule, note) = SKIP, skipped
         subscribed = {"source": info.subscribed, "all": True, "none": False}[opts.subscribe]
         choices.append(FolderChoice(info, dest, action, rule, use, subscribed, note))
     return choices, warnings
+
+
+def _skipped(info: FolderInfo, opts: PlanningOptions, presets: list[Preset]) -> tuple[str, str] | None:
+    """Whether a folder is left out of the copy: (rule, note) saying why, or None if it is copied."""
+    name = info.name
+    if opts.exclude and _glob_any(name, opts.exclude):
+        return "exclude", "matches --exclude"
+    selected = _glob_any(name, opts.include) or _selected_by_folder(name, opts.folders)
+    if (opts.include or opts.folders) and not selected:
+        return "not-selected", "not matched by --include / --folder"
+    if selected or _prefix_map(name, opts.maps) is not None:  # asked for: no preset skips it
+        return None
+    for p in presets:
+        hit = next((s for s in p.skips if s.matches(name, info.special_use)), None)
+        if hit:
+            return f"preset:{p.name}", hit.reason
+    return None
 
 
 # -- against the servers ------------------------------------------------------------------

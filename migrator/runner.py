@@ -15,6 +15,7 @@ from migrator.checkpoint import Checkpoint
 from migrator.digest import short_digest
 from migrator.engine import tuning
 from migrator.engine.copy import Engine, EngineOptions
+from migrator.engine.pairs import open_pair
 from migrator.engine.verify import verify
 from migrator.errors import UsageError
 from migrator.fsutil import write_json
@@ -24,7 +25,6 @@ from migrator.planner import PlanningOptions, invalid_destination, plan_folders
 from migrator.progress import Progress
 from migrator.report import render_run, render_verify, run_report, verify_report
 from migrator.stats import Stats
-from migrator.engine.pairs import open_pair
 from migrator.stores import Connector, advertised
 from migrator.stores.base import Store
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -31,6 +31,9 @@ from migrator.cli.options import (
     setup_logging,
     with_folder_choice,
 )
+
+if TYPE_CHECKING:  # imported when a batch runs, not at every start of the CLI
+    from migrator.batch import RowResult
 
 StateDir = Annotated[str | None, typer.Option(
     "--state-dir", help="Directory for the per-mailbox checkpoint files (default ~/.local/state/migrator/).")]
@@ -65,7 +68,6 @@ def batch(
     """Migrate every mailbox listed in CSV_FILE; a failing mailbox does not stop the others. Rerun to resume."""
     from migrator import runner
     from migrator.batch import batch_exit_code, read_batch, run_batch, state_path_for
-    from migrator.fsutil import write_json
 
     setup_logging(debug)
     rows = read_batch(csv_file)
@@ -90,13 +92,24 @@ def batch(
         return runner.execute(plan, src, dst, settings, command="batch", print_fn=lambda *_: None)
 
     def on_done(result) -> None:
-        status = "ok" if result.exit_code == 0 else f"exit {result.exit_code}"
-        detail = f": {result.error}" if result.error else f", {result.copied} copied, {result.failed} failed"
         if not quiet or result.exit_code:
-            typer.echo(f"line {result.row.line}: {result.row.source} -> {result.row.destination}: {status}{detail}")
+            typer.echo(_outcome_line(result))
 
     results = run_batch(rows, migrate_one, parallel, on_done)
-    code = batch_exit_code(results)
+    _conclude(results, batch_exit_code(results), csv_file, report, quiet)
+
+
+def _outcome_line(result: RowResult) -> str:
+    """What the batch says of one mailbox when it is done."""
+    status = "ok" if result.exit_code == 0 else f"exit {result.exit_code}"
+    detail = f": {result.error}" if result.error else f", {result.copied} copied, {result.failed} failed"
+    return f"line {result.row.line}: {result.row.source} -> {result.row.destination}: {status}{detail}"
+
+
+def _conclude(results: list[RowResult], code: int, csv_file: str, report: str | None, quiet: bool) -> None:
+    """The batch's report file, its last line, and its exit code (the worst of its mailboxes)."""
+    from migrator.fsutil import write_json
+
     if report:
         write_json(report, {"report_version": 1, "command": "batch", "file": csv_file, "exit_code": code,
                             "mailboxes": [r.as_dict() for r in results]})

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 from migrator.checkpoint import ALTERED, DONE, Checkpoint, Intent
 from migrator.engine.jobs import OVERQUOTA_HINT, EngineOptions, FolderRun
@@ -41,9 +41,15 @@ class Context:
     would_create: list[Folder] = field(default_factory=list)  # dry run: folders a real run would create
 
     @property
+    def journal(self) -> Checkpoint | None:
+        """The checkpoint, in a run that records what it does (not a dry run, not without state):
+        what the march and the end write there only such a run writes."""
+        return None if self.opts.dry_run else self.ckpt
+
+    @property
     def writing(self) -> bool:
         """A real run with a journal: what it does is recorded (not a dry run, not without state)."""
-        return self.ckpt is not None and not self.opts.dry_run
+        return self.journal is not None
 
     def both_sides(self, on_src: Callable, on_dst: Callable | None) -> tuple:
         return both_sides(on_src, on_dst, self.dst_side)
@@ -66,7 +72,7 @@ class Ledger:
         if ckpt:
             ckpt.record_intents(fp.source, run.src_uidvalidity, fp.destination, run.dst_uidvalidity, intents)
 
-    def confirm(self, run: FolderRun, results: list[tuple[Intent, int | None]], status: str = DONE,
+    def confirm(self, run: FolderRun, results: Sequence[tuple[Intent, int | None]], status: str = DONE,
                 reason: str | None = None) -> None:
         ckpt, fp = self.ctx.ckpt, run.fp
         if ckpt:

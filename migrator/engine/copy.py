@@ -13,8 +13,8 @@ Engine is the public face (runner.py, the tests): it puts the parts of a run tog
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 from migrator.checkpoint import Checkpoint
 from migrator.engine.context import Context
@@ -34,8 +34,8 @@ class Engine:
     def __init__(
         self,
         plan: Plan,
-        open_src: Callable[[], Store],
-        open_dst: Callable[[], Store],
+        connect_src: Callable[[], Store],
+        connect_dst: Callable[[], Store],
         checkpoint: Checkpoint | None,
         opts: EngineOptions,
         stats: Stats | None = None,
@@ -49,7 +49,7 @@ class Engine:
         dst_side = ThreadPoolExecutor(max_workers=max(1, opts.workers), thread_name_prefix="dst-side")
         self.ctx = Context(plan, checkpoint, opts, self.stats, self.stop, dst_side)
         self.preparation = Preparation(self.ctx)
-        self.scheduler = Scheduler(self.ctx, open_src, open_dst, spare)
+        self.scheduler = Scheduler(self.ctx, connect_src, connect_dst, spare)
         self.sync = FolderSync(self.ctx, self.scheduler)
         self.scheduler.sync = self.sync
 

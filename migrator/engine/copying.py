@@ -11,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from migrator.checkpoint import UNVERIFIED, Intent, Resent
+from migrator.digest import fingerprint
 from migrator.engine.batching import batches
 from migrator.engine.content import Shape, at_risk, loose_digest
-from migrator.engine.content import fingerprint as sha256
 from migrator.engine.context import Context, Ledger
 from migrator.engine.crashpoints import crash
 from migrator.engine.jobs import Connections, FolderRun, appends_unseen
@@ -43,12 +43,13 @@ class Copier:
         # Read-write on the destination: the folder's size check (ending.py) then needs no SELECT.
         # Read-only where copies get no UID (appends_unseen): imap4d rewrites a folder that was
         # empty when SELECTed from that session's view when it is left, losing what was appended.
-        s_st, d_st = opened or ctx.both_sides(lambda: conn.select_src(fp.source),
-                                              lambda: conn.select_dst(fp.destination, readonly=appends_unseen(dst)))
+        s_st, d_st = opened or ctx.both_sides(
+            lambda: conn.select_src(fp.source), lambda: conn.select_dst(fp.destination, readonly=appends_unseen(dst)))
         if s_st.uidvalidity != run.src_uidvalidity:
             raise TransientError(f"UIDVALIDITY of source folder '{display(fp.source)}' changed during the run")
         if d_st.uidvalidity != run.dst_uidvalidity:
-            raise TransientError(f"UIDVALIDITY of destination folder '{display(fp.destination)}' changed during the run")
+            raise TransientError(
+                f"UIDVALIDITY of destination folder '{display(fp.destination)}' changed during the run")
         for batch, fetched in prefetch(ctx, src, batches(metas, opts.batch_bytes, opts.batch_count)):
             crash("fetched")
             vanished = sum(1 for m in batch if m.uid not in fetched)
@@ -88,7 +89,7 @@ class Copier:
                  shapes: dict[int, Shape], e: MessageRejected) -> None:
         if e.stored is None and len(items) > 1:
             # A MULTIAPPEND is all or nothing (RFC 3502): find the bad one(s) one by one.
-            for intent, item in zip(intents, items):
+            for intent, item in zip(intents, items, strict=True):
                 self._append(run, dst, [intent], [item])
             return
         # One APPEND a message (one message, or a server without MULTIAPPEND): those before
@@ -109,8 +110,8 @@ class Copier:
             run.appended.extend(u for u in uids if u is not None)
             run.unknown_uids = run.unknown_uids or None in uids
         # Without a destination UID (no UIDPLUS) a copy is found again by its fingerprint only.
-        intents = [i if uid is not None or i.sha256 else dataclasses.replace(i, sha256=sha256(item.body))
-                   for i, item, uid in zip(intents, items, uids)]
+        intents = [i if uid is not None or i.sha256 else dataclasses.replace(i, sha256=fingerprint(item.body))
+                   for i, item, uid in zip(intents, items, uids, strict=True)]
         self._confirm(run, intents, items, uids, shapes)
         self.ledger.count(run, copied=len(intents), copied_bytes=sum(i.size for i in intents))
 
@@ -118,19 +119,19 @@ class Copier:
                  shapes: dict[int, Shape]) -> None:
         """After an APPEND: each copy confirmed, and kept for the folder's end (ending.py)."""
         fp, ckpt = run.fp, self.ctx.ckpt
-        results = list(zip(intents, uids))
+        results = list(zip(intents, uids, strict=True))
         if None in uids:  # no UID: found by content at the folder's end (readback.find_claims)
             with run.lock:
                 run.claimed.extend((i, Shape.of(item.body), loose_digest(item.body))
-                                   for i, item, uid in zip(intents, items, uids) if uid is None)
+                                   for i, item, uid in zip(intents, items, uids, strict=True) if uid is None)
         if run.in_doubt and ckpt:
             ckpt.record_resent(fp.destination, run.dst_uidvalidity, [
                 Resent(uid, i.src_uid, i.size, i.sha256, run.dst_uidnext, run.in_doubt[i.src_uid].updated)
                 for i, uid in results if uid is not None and i.src_uid in run.in_doubt])
         # A copy to read back stays 'unverified' until its bytes are compared (readback.py); a
         # crash before that leaves it for the next march to compare (march.decide: to_verify).
-        later = [n for n in sorted(shapes) if uids[n] is not None]
-        checks = [Check(intents[n], uids[n], shapes[n]) for n in later]
+        later = {n: uid for n in sorted(shapes) if (uid := uids[n]) is not None}  # position -> destination UID
+        checks = [Check(intents[n], uid, shapes[n]) for n, uid in later.items()]
         self.ledger.confirm(run, [result for n, result in enumerate(results) if n not in later])
         self.ledger.confirm(run, [(c.intent, c.uid) for c in checks], UNVERIFIED)
         crash("confirmed")
@@ -150,13 +151,13 @@ class Copier:
         if self.ctx.opts.check_size:
             with self._sample_lock:
                 sample, self._sampled = not self._sampled, True
-            for n, (intent, item) in enumerate(zip(intents, items)):
+            for n, item in enumerate(items):
                 if (n == 0 and sample) or at_risk(item.body, item.nul_free):
                     shapes[n] = Shape.of(item.body)
-        for n, (intent, item) in enumerate(zip(intents, items)):
+        for n, (intent, item) in enumerate(zip(intents, items, strict=True)):
             # A message sent again for a pending intent is watched for a late twin (matching.py).
             if not intent.sha256 and (n in shapes or intent.src_uid in run.in_doubt):
-                out[n] = dataclasses.replace(intent, sha256=sha256(item.body))
+                out[n] = dataclasses.replace(intent, sha256=fingerprint(item.body))
         return out, shapes
 
 

@@ -15,7 +15,9 @@ Until it is sent it counts as outstanding work (Scheduler.hold), so the run does
 
 from __future__ import annotations
 
-from migrator.checkpoint import Watermark
+from typing import TYPE_CHECKING
+
+from migrator.checkpoint import Checkpoint, Watermark
 from migrator.engine.context import Context, Ledger
 from migrator.engine.crashpoints import crash
 from migrator.engine.jobs import Connections, FolderRun, Phase
@@ -26,9 +28,12 @@ from migrator.naming import Folder
 from migrator.stores import calls
 from migrator.stores.base import Checked, FolderStatus, MessageMeta
 
+if TYPE_CHECKING:  # a deferred end is outstanding work there
+    from migrator.engine.scheduler import Scheduler
+
 
 class FolderEnd:
-    def __init__(self, ctx: Context, ledger: Ledger, readback: ReadBack, scheduler):
+    def __init__(self, ctx: Context, ledger: Ledger, readback: ReadBack, scheduler: Scheduler):
         self.ctx = ctx
         self.ledger = ledger
         self.readback = readback
@@ -60,8 +65,10 @@ class FolderEnd:
                     or (unchecked and not (own_appends and conn.dst_selected_writable(run.fp.destination))))
 
     def alone(self, conn: Connections) -> None:
-        """The end deferred on conn, sent by itself."""
+        """The end deferred on conn (if any), sent by itself."""
         run = conn.take_deferred()
+        if run is None:
+            return
         try:
             self._finish(run, conn)
         except Exception as e:  # as the worker loop does for a job: reported, and the run goes on
@@ -183,13 +190,19 @@ class FolderEnd:
     # -- the watermark ---------------------------------------------------------------------------
 
     def _may_keep_watermark(self, run: FolderRun) -> bool:
+        return self._watermark_base(run) is not None
+
+    def _watermark_base(self, run: FolderRun) -> tuple[Checkpoint, tuple[int, int, int, int]] | None:
         """Whether the folder may be left with a watermark, as far as this run knows: the inputs are
-        the run's own (its tally, what it saw listing the destination), not the report's."""
-        ctx, s = self.ctx, run.src_status
-        if ctx.ckpt is None or ctx.opts.dry_run or ctx.stop.is_set() or s is None or s.highestmodseq is None:
-            return False
+        the run's own (its tally, what it saw listing the destination), not the report's. If it
+        may: the journal it goes to, and its source half (the STATUS taken before listing)."""
+        ctx, s, journal = self.ctx, run.src_status, self.ctx.journal
+        if journal is None or ctx.stop.is_set() or s is None or s.highestmodseq is None:
+            return None
         # failed messages must be reported again by the next run's march
-        return not run.tally.failed and not run.unknown_uids and run.dst_consistent
+        if run.tally.failed or run.unknown_uids or not run.dst_consistent:
+            return None
+        return journal, (s.uidvalidity, s.uidnext, s.messages, s.highestmodseq)
 
     def _store_watermark(self, run: FolderRun, conn: Connections, d: FolderStatus | None = None) -> None:
         """Remember both sides' STATUS, but only if the destination holds exactly what this run made of it.
@@ -198,16 +211,17 @@ class FolderEnd:
         Expected: the listed messages + our APPENDs - our expunges, and UIDNEXT just past our last
         APPENDUID. Anything else means someone else wrote there meanwhile: no watermark, next run marches.
         """
-        if not self._may_keep_watermark(run):
+        base = self._watermark_base(run)
+        if base is None:
             return
-        fp, s, tally = run.fp, run.src_status, run.tally
+        journal, source = base
+        fp, tally = run.fp, run.tally
         d = d or conn.dst().status(fp.destination)
         expected_next = max([run.dst_uidnext] + [u + 1 for u in run.appended])
         if (d.highestmodseq is None or d.uidvalidity != run.dst_uidvalidity or d.uidnext != expected_next
                 or d.messages != run.dst_messages + len(run.appended) - run.expunged):
             return
-        self.ctx.ckpt.set_watermark(fp.source, fp.destination, Watermark(
-            self.ctx.opts.key(), s.uidvalidity, s.uidnext, s.messages, s.highestmodseq,
-            d.uidvalidity, d.uidnext, d.messages, d.highestmodseq,
+        journal.set_watermark(fp.source, fp.destination, Watermark(
+            self.ctx.opts.key(), *source, d.uidvalidity, d.uidnext, d.messages, d.highestmodseq,
             settled=tally.settled, skipped_deleted=tally.skipped_deleted,
         ))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from migrator.engine.march import Pool
@@ -13,6 +14,7 @@ from migrator.naming import Folder, display
 from migrator.plan import FolderPlan
 from migrator.stores import calls
 from migrator.stores.base import FolderStatus, MessageMeta, Store
+from migrator.throttle import Throttle
 
 OVERQUOTA_HINT = ("the destination is over quota: free space or raise the quota, "
                   "then rerun with --retry-failed")
@@ -42,7 +44,7 @@ class EngineOptions:
     # Later arrivals are found by the next march and the copy sent again is removed (docs/resume.md).
     in_flight_grace: float = 5.0
     stop_grace: float = 5.0  # after Ctrl-C, seconds to let workers finish their batch
-    throttle: object = None  # migrator.throttle.Throttle: run-wide rate limits, shared by all workers
+    throttle: Throttle | None = None  # run-wide rate limits, shared by all workers
 
     def key(self) -> str:
         """The options a watermark depends on: a folder left complete under others is marched again."""
@@ -120,7 +122,7 @@ class FolderRun:
     extras: list[int] = field(default_factory=list)  # unaccounted destination UIDs not in the pool
     pending_chunks: int = 0
     phase: Phase = Phase.MARCHING
-    transient: str | None = None  # why the run is to be retried (the first chunk's transient error)
+    transient: str = ""  # why the run is to be retried (the first chunk's transient error)
     tally: Tally = field(default_factory=Tally)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -133,7 +135,7 @@ class FolderRun:
             raise RuntimeError(f"folder run of '{display(self.fp.source)}': {self.phase.value} -> {to.value}")
         self.phase = to
 
-    def chunk_done(self, outcome: Phase | None = None, reason: str | None = None) -> Phase | None:
+    def chunk_done(self, outcome: Phase | None = None, reason: str = "") -> Phase | None:
         """One chunk is finished: well (outcome None), or with a transient error (RETRY, reason)
         or a folder error (FAILED). The first transient error has the folder marched again once
         all its chunks are done (the others copy nothing more); a folder error gives it up.
@@ -203,8 +205,11 @@ def close_quietly(store: Store) -> None:
 class Connections:
     """A worker's own pair of connections, opened lazily, dropped on transient errors."""
 
-    def __init__(self, open_src, open_dst, opened: tuple[Store, Store] | None = None):
-        self._open_src, self._open_dst = open_src, open_dst
+    def __init__(self, connect_src: Callable[[], Store], connect_dst: Callable[[], Store],
+                 opened: tuple[Store, Store] | None = None):
+        self._connect_src, self._connect_dst = connect_src, connect_dst
+        self._src: Store | None
+        self._dst: Store | None
         self._src, self._dst = opened or (None, None)
         self._dst_selected: tuple[Folder, bool] | None = None  # (folder, readonly) last selected here
         # The run in END_DEFERRED on this connection: its end (size check, read-back, STATUS) goes with
@@ -214,17 +219,17 @@ class Connections:
 
     def src(self) -> Store:
         if self._src is None:
-            self._src = self._open_src()
+            self._src = self._connect_src()
         return self._src
 
     def dst(self) -> Store:
         if self._dst is None:
-            self._dst = self._open_dst()
+            self._dst = self._connect_dst()
         return self._dst
 
     def both(self) -> tuple[Store, Store]:
         if self._src is None and self._dst is None:
-            self._src, self._dst = open_pair(self._open_src, self._open_dst)
+            self._src, self._dst = open_pair(self._connect_src, self._connect_dst)
         return self.src(), self.dst()
 
     def select_src(self, folder: Folder):
@@ -236,7 +241,7 @@ class Connections:
         self._dst_selected = (folder, readonly)
         return st
 
-    def open_dst(self, folder: Folder, readonly: bool, expect: int | None):
+    def select_and_list_dst(self, folder: Folder, readonly: bool, expect: int | None):
         """Store.select_and_list on the destination, keeping track of what is selected."""
         self._dst_selected = None
         opened = calls.select_and_list(self.dst(), folder, readonly=readonly, expect=expect)

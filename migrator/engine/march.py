@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, deque
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Hashable, Iterable, Mapping, NamedTuple
+from typing import NamedTuple
 
 from migrator.checkpoint import ALTERED, DONE, FAILED, PENDING, UNVERIFIED, Resent, Row
-from migrator.engine.verify import date_instant
+from migrator.imapdate import date_key
 from migrator.stores.base import MessageMeta
 
 
@@ -43,7 +44,8 @@ class Decision:
     newly_altered: list[tuple[Row, str]] = field(default_factory=list)  # done rows whose stored size differs
     unaccounted: list[MessageMeta] = field(default_factory=list)  # destination messages no row points to
     claims: list[Row] = field(default_factory=list)  # done rows without a destination UID (no UIDPLUS)
-    to_verify: list[Row] = field(default_factory=list)  # copies whose bytes were not compared yet (content.py)
+    # (row, its destination UID): copies whose bytes were not compared yet (content.py)
+    to_verify: list[tuple[Row, int]] = field(default_factory=list)
     # Source UID -> its pending row: an APPEND that was in flight when a run died or its connection
     # was cut, and that the destination does not show (yet): it may still be committed later.
     in_doubt: dict[int, Row] = field(default_factory=dict)
@@ -77,7 +79,7 @@ def decide(src_msgs: list[MessageMeta], dst_msgs: list[MessageMeta], rows: dict[
                     d.altered.append((m.uid, reason))
                     d.newly_altered.append((row, reason))
                 elif row.status == UNVERIFIED and row.dst_uid is not None:
-                    d.to_verify.append(row)  # same size: the bytes are compared by the engine
+                    d.to_verify.append((row, row.dst_uid))  # same size: the bytes are compared by the engine
                 continue
             if row.status == FAILED and not retry_failed:
                 d.failed_earlier.append((m.uid, row.reason or "failed"))
@@ -97,9 +99,8 @@ class Wanted(NamedTuple):
     claim: bool = False  # copied earlier and confirmed without a UID (no UIDPLUS): its copy is there
 
 
-def _date(m: MessageMeta):
-    instant = date_instant(m.internaldate)
-    return m.internaldate if instant is None else instant
+def _date(m: MessageMeta) -> float | str:
+    return date_key(m.internaldate)
 
 
 # The passes of pair_twins, best match first: a destination copy keeps its INTERNALDATE (IMAP cannot
@@ -185,7 +186,7 @@ class Pool:
     def discard(self, uid: int) -> None:
         """A candidate found to be something else (an altered copy): it leaves the pool."""
         with self._lock:
-            for digest, cands in self._by_digest.items():
+            for cands in self._by_digest.values():
                 for m in cands:
                     if m.uid == uid:
                         cands.remove(m)
@@ -201,8 +202,10 @@ class Pool:
             return sum(len(v) for v in self._by_digest.values())
 
 
-def pool_candidates(unaccounted: list[MessageMeta], wanted_sizes: set[int]) -> tuple[list[MessageMeta], list[MessageMeta]]:
-    """Split unaccounted destination messages into those worth fingerprinting (a size we look for) and the rest.
+def pool_candidates(unaccounted: list[MessageMeta],
+                    wanted_sizes: set[int]) -> tuple[list[MessageMeta], list[MessageMeta]]:
+    """Split unaccounted destination messages into those worth fingerprinting (a size we look for)
+    and the rest.
 
     A message can only be identical to one of the same size, so a clean first run fetches nothing.
     """
@@ -211,7 +214,8 @@ def pool_candidates(unaccounted: list[MessageMeta], wanted_sizes: set[int]) -> t
     return cands, rest
 
 
-def late_twin_candidates(resent: list[Resent], dst_msgs: list[MessageMeta], rows: dict[int, Row]) -> dict[int, list[MessageMeta]]:
+def late_twin_candidates(resent: list[Resent], dst_msgs: list[MessageMeta],
+                         rows: dict[int, Row]) -> dict[int, list[MessageMeta]]:
     """For each copy sent again (Resent, by its destination UID), the destination messages that may
     be the first APPEND committed late: no row points to them, they arrived after the folder was
     listed for the resend (UID >= since_uid), and they have the same size. Only these are read to

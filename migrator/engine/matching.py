@@ -16,10 +16,10 @@ import bisect
 import dataclasses
 import time
 
-from migrator.checkpoint import DONE, Intent
+from migrator.checkpoint import DONE, Checkpoint, Intent
+from migrator.digest import fingerprint
 from migrator.engine.batching import batches
 from migrator.engine.content import Shape, describe_change, loose_digest, loose_window
-from migrator.engine.content import fingerprint as sha256
 from migrator.engine.context import Context, Ledger
 from migrator.engine.copying import prefetch, served
 from migrator.engine.crashpoints import crash
@@ -40,14 +40,15 @@ class Matcher:
         self.opts = ctx.opts
         self.ledger = ledger
 
-    def take_late_twins(self, run: FolderRun, dst: Store, rows: dict, dst_msgs: list[MessageMeta]):
+    def take_late_twins(self, run: FolderRun, dst: Store, journal: Checkpoint, rows: dict,
+                        dst_msgs: list[MessageMeta]) -> tuple[dict, list[MessageMeta]]:
         """Copies sent again for a pending intent (table resent) whose first APPEND was committed
         late after all: the copy sent again is removed (its UID came from APPENDUID: provably
         ours, provably redundant) and the row points at the late one, whose flags decide() then
         brings in step. Order, for a crash at any point: row first, then EXPUNGE, then the marker.
         Returns the rows and the destination listing as they are afterwards."""
-        fp, ckpt = run.fp, self.ctx.ckpt
-        markers = ckpt.resent(fp.destination, run.dst_uidvalidity)
+        fp = run.fp
+        markers = journal.resent(fp.destination, run.dst_uidvalidity)
         if not markers:
             return rows, dst_msgs
         present = {m.uid for m in dst_msgs}
@@ -56,7 +57,7 @@ class Matcher:
         digests: dict[int, str] = {}
         wanted = list({m.uid: m for ms in cands.values() for m in ms}.values())
         for batch in batches(wanted, self.opts.batch_bytes, self.opts.batch_count):
-            digests.update((msg.meta.uid, sha256(msg.body)) for msg in dst.fetch([m.uid for m in batch]))
+            digests.update((msg.meta.uid, fingerprint(msg.body)) for msg in dst.fetch([m.uid for m in batch]))
         rows, taken, remove, done = dict(rows), set(), [], []
         for e in markers:
             row = rows.get(e.src_uid)
@@ -66,7 +67,8 @@ class Matcher:
             if row is not None and row.dst_uid != e.dst_uid and e.dst_uid not in referenced:
                 remove.append(e.dst_uid)  # re-pointed by a run that died before its EXPUNGE
                 continue
-            late = next((m for m in cands.get(e.dst_uid, ()) if digests.get(m.uid) == e.sha256 and m.uid not in taken), None)
+            late = next((m for m in cands.get(e.dst_uid, ())
+                         if digests.get(m.uid) == e.sha256 and m.uid not in taken), None)
             if late is None:
                 if time.time() - e.sent > LATE_COMMIT_WINDOW:
                     done.append(e.dst_uid)
@@ -76,11 +78,12 @@ class Matcher:
                 rows[e.src_uid] = dataclasses.replace(row, dst_uid=late.uid, status=DONE)
                 self.ledger.confirm(run, [(Intent(row.src_uid, row.size, e.sha256, row.flags), late.uid)])
             remove.append(e.dst_uid)
-        self._remove_resent(run, dst, remove, done)
+        self._remove_resent(run, dst, journal, remove, done)
         gone = set(remove)
         return rows, [m for m in dst_msgs if m.uid not in gone]
 
-    def _remove_resent(self, run: FolderRun, dst: Store, remove: list[int], done: list[int]) -> None:
+    def _remove_resent(self, run: FolderRun, dst: Store, journal: Checkpoint, remove: list[int],
+                       done: list[int]) -> None:
         """The copies sent again whose first APPEND was found: removed, and their markers dropped
         with those of `done` (gone, or too old to wait for)."""
         fp, stats = run.fp, self.ctx.stats
@@ -96,7 +99,7 @@ class Matcher:
             stats.warn(f"'{display(fp.source)}': {len(remove)} APPEND(s) of an earlier run were committed "
                        "late; the copies sent again were removed")
             done.extend(remove)
-        self.ctx.ckpt.drop_resent(fp.destination, run.dst_uidvalidity, done)
+        journal.drop_resent(fp.destination, run.dst_uidvalidity, done)
 
     def pair_with_pool(self, run: FolderRun, src: Store, dst: Store, dec: Decision,
                        src_msgs: list[MessageMeta]) -> dict | None:
@@ -140,7 +143,7 @@ class Matcher:
         by_uid = {m.uid: m for m in candidates}
         for batch in batches(candidates, self.opts.batch_bytes, self.opts.batch_count):
             for msg in dst.fetch([d.uid for d in batch]):
-                run.pool.add(sha256(msg.body), by_uid[msg.meta.uid])
+                run.pool.add(fingerprint(msg.body), by_uid[msg.meta.uid])
 
     def _fingerprint_sources(self, src: Store, metas: list[MessageMeta]) -> list[Wanted]:
         """These source messages with their fingerprint, each body hashed as it comes and dropped;
@@ -148,7 +151,7 @@ class Matcher:
         wanted = []
         for batch, fetched in prefetch(self.ctx, src, batches(metas, self.opts.batch_bytes, self.opts.batch_count)):
             crash("fetched")  # nothing adopted yet: the next march fingerprints them again
-            wanted += [Wanted(served(m, msg), sha256(msg.body)) for m in batch if (msg := fetched.get(m.uid))]
+            wanted += [Wanted(served(m, msg), fingerprint(msg.body)) for m in batch if (msg := fetched.get(m.uid))]
         return wanted
 
     def settle_claims(self, run: FolderRun, claims, pairs: dict) -> None:
@@ -158,8 +161,8 @@ class Matcher:
         if found and self.ctx.writing:
             self.ledger.confirm(run, found)
 
-    def match_altered(self, run: FolderRun, src: Store, dst: Store, dec: Decision, pairs: dict,
-                      src_msgs: list[MessageMeta]) -> None:
+    def match_altered(self, run: FolderRun, src: Store, dst: Store, journal: Checkpoint, dec: Decision,
+                      pairs: dict, src_msgs: list[MessageMeta]) -> None:
         """After the exact pairing: destination messages left over may be copies a server altered
         (content.loose_form: Cyrus's munged 8-bit headers, a line end added, mbox fields added) that
         no row points to any more (the state was lost or reset), or copies a server gave no UID
@@ -174,7 +177,7 @@ class Matcher:
         src_by_uid = {m.uid: m for m in src_msgs}
         wanted.update({row.src_uid: src_by_uid[row.src_uid] for row in claims if row.src_uid in src_by_uid})
         if not left or not wanted:
-            self._forget_claims(run, dec, claims, set(), src_by_uid)
+            self._forget_claims(run, journal, dec, claims, set(), src_by_uid)
             return
         sizes = sorted(m.size for m in wanted.values())
         cands = [m for m in left if _any_between(sizes, (m.size - 256) // 2, m.size + 64)]
@@ -188,23 +191,24 @@ class Matcher:
             for m in sorted(batch, key=lambda m: m.uid not in claimed):  # claims first: their copy is there
                 msg = fetched.get(m.uid)
                 hit = held.take_loose(loose_digest(msg.body)) if msg is not None else None
-                if not hit:
+                if msg is None or not hit:
                     continue
                 uid, stored = hit
                 found.add(m.uid)
-                intent = Intent(m.uid, len(msg.body), sha256(msg.body), copy_flags(m, self.opts.include_deleted))
+                intent = Intent(m.uid, len(msg.body), fingerprint(msg.body), copy_flags(m, self.opts.include_deleted))
                 self.ledger.altered(run, intent, uid, describe_change(Shape.of(msg.body), stored), copied=False)
                 run.pool.discard(uid)
                 run.extras = [u for u in run.extras if u != uid]
         dec.to_copy = [m for m in dec.to_copy if m.uid not in found]
-        self._forget_claims(run, dec, claims, found, src_by_uid)
+        self._forget_claims(run, journal, dec, claims, found, src_by_uid)
 
-    def _forget_claims(self, run: FolderRun, dec: Decision, claims: list, found: set[int], src_by_uid: dict) -> None:
+    def _forget_claims(self, run: FolderRun, journal: Checkpoint, dec: Decision, claims: list, found: set[int],
+                       src_by_uid: dict) -> None:
         """Claims whose copy is not on the destination: the row must not outlive the message."""
         lost = [row for row in claims if row.src_uid not in found]
         if not lost:
             return
-        self.ctx.ckpt.forget(run.fp.source, run.src_uidvalidity, run.fp.destination, [row.src_uid for row in lost])
+        journal.forget(run.fp.source, run.src_uidvalidity, run.fp.destination, [row.src_uid for row in lost])
         dec.to_copy += [src_by_uid[row.src_uid] for row in lost if row.src_uid in src_by_uid]
         dec.already -= len(lost)
 

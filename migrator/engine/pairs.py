@@ -7,8 +7,8 @@ contract's callables.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 from migrator.stores.base import Store
 
@@ -30,20 +30,19 @@ def both_sides(on_src: Callable, on_dst: Callable | None, pool: ThreadPoolExecut
     return from_src, (dst_side.result() if dst_side is not None else None)
 
 
-def open_pair(open_src: Callable[[], Store], open_dst: Callable[[], Store]) -> tuple[Store, Store]:
+def open_pair(connect_src: Callable[[], Store], connect_dst: Callable[[], Store]) -> tuple[Store, Store]:
     """Open both sides at the same time: on a WAN each login is several round trips.
 
     If one side fails, the other is closed and the first failure (source first) is raised."""
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = [pool.submit(open_src), pool.submit(open_dst)]
-    opened = [f.result() if f.exception() is None else None for f in futures]
-    if None in opened:
-        for store in opened:
-            if store is not None:
+        futures = [pool.submit(connect_src), pool.submit(connect_dst)]
+    if any(f.exception() is not None for f in futures):
+        for f in futures:
+            if f.exception() is None:
                 try:
-                    store.close()
+                    f.result().close()
                 except Exception:
                     pass
         for f in futures:
             f.result()  # raises
-    return opened[0], opened[1]
+    return futures[0].result(), futures[1].result()

@@ -68,13 +68,15 @@ class Preparation:
         if ctx.opts.dry_run:
             ctx.would_create.extend(to_create)
             return existed
-        created = calls.create_folders(dst, [(name, fp.special_use) for name, fp in to_create.items()]) if to_create else {}
+        created = (calls.create_folders(dst, [(name, fp.special_use) for name, fp in to_create.items()])
+                   if to_create else {})
         for name, error in created.items():
             if error is None:
                 ctx.stats.mark_created(name)
         for fp in folders:
-            if created.get(fp.destination):
-                ctx.stats.folder_failed(fp.source, created[fp.destination])
+            error = created.get(fp.destination)
+            if error:
+                ctx.stats.folder_failed(fp.source, error)
                 fp.action = "failed"
         to_subscribe = list(dict.fromkeys(
             fp.destination for fp in folders

@@ -11,12 +11,13 @@ messages found again by their content (engine/content.py says which and how).
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import NamedTuple
 
 from migrator.checkpoint import Intent
+from migrator.digest import fingerprint
 from migrator.engine.batching import batches
 from migrator.engine.content import Shape, describe_change, loose_digest, same_size_change
-from migrator.engine.content import fingerprint as sha256
 from migrator.engine.context import Context, Ledger
 from migrator.engine.jobs import Connections, EngineOptions, FolderRun
 from migrator.stores.base import MessageMeta, Store
@@ -46,7 +47,7 @@ class ReadBack:
                 and not any(c.shape and c.shape.nul for c in checks))
 
     def compare(self, run: FolderRun, checks: list[Check], bodies: dict[int, bytes],
-                skip: set[int] = frozenset()) -> None:
+                skip: Container[int] = frozenset()) -> None:
         """Each copy read back against the SHA-256 of what was sent: confirmed, or recorded as
         altered. A copy in `skip` (found altered by its size) or not in `bodies` (not in this
         session's view, or expunged) stays unverified: the next march compares it."""
@@ -55,14 +56,14 @@ class ReadBack:
             body = bodies.get(c.uid)
             if c.uid in skip or body is None:
                 continue
-            if sha256(body) == c.intent.sha256:
+            if fingerprint(body) == c.intent.sha256:
                 same.append((c.intent, c.uid))
             else:
                 reason = describe_change(c.shape, body) if c.shape else same_size_change(c.intent.size)
                 self.ledger.altered(run, c.intent, c.uid, reason, copied=c.shape is not None)
         self.ledger.confirm(run, same)
 
-    def read(self, run: FolderRun, dst: Store, checks: list[Check], skip: set[int] = frozenset()) -> None:
+    def read(self, run: FolderRun, dst: Store, checks: list[Check], skip: Container[int] = frozenset()) -> None:
         """compare() for copies in the folder selected on dst, read in batches (memory stays bounded)."""
         opts = self.opts
         for batch in batches(checks, opts.batch_bytes, opts.batch_count, size=lambda c: c.intent.size):
@@ -117,13 +118,13 @@ class Held:
         self._taken: set[int] = set()
 
     @classmethod
-    def read(cls, dst: Store, metas: list[MessageMeta], opts: EngineOptions, exact: bool) -> "Held":
+    def read(cls, dst: Store, metas: list[MessageMeta], opts: EngineOptions, exact: bool) -> Held:
         """These messages of the folder selected on dst; exact: indexed by SHA-256 as well."""
         held = cls()
         for batch in batches(metas, opts.batch_bytes, opts.batch_count):
             for msg in dst.fetch([m.uid for m in batch]):
                 if exact:
-                    held._exact.setdefault(sha256(msg.body), []).append(msg.meta.uid)
+                    held._exact.setdefault(fingerprint(msg.body), []).append(msg.meta.uid)
                 held._loose.setdefault(loose_digest(msg.body), []).append((msg.meta.uid, msg.body))
         return held
 

@@ -15,7 +15,8 @@ import random
 import threading
 import time
 from collections import Counter
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from migrator.engine.context import Context
 from migrator.engine.jobs import ChunkJob, Connections, MarchJob, close_quietly
@@ -25,6 +26,9 @@ from migrator.naming import Folder, display
 from migrator.plan import FolderPlan
 from migrator.stores.base import Store
 
+if TYPE_CHECKING:  # FolderSync runs the jobs; it queues its own work here
+    from migrator.engine.sync import FolderSync
+
 TYPICAL_MESSAGE_BYTES = 50_000  # only to rank a folder whose STATUS has no SIZE among the others
 
 T = TypeVar("T")
@@ -32,10 +36,10 @@ Job = MarchJob | ChunkJob
 
 
 class Scheduler:
-    def __init__(self, ctx: Context, open_src: Callable[[], Store], open_dst: Callable[[], Store],
+    def __init__(self, ctx: Context, connect_src: Callable[[], Store], connect_dst: Callable[[], Store],
                  spare: tuple[Store, Store] | None = None):
         self.ctx = ctx
-        self.open_src, self.open_dst = open_src, open_dst
+        self.connect_src, self.connect_dst = connect_src, connect_dst
         # Open connections handed over by the planner: used to prepare folders, then by a worker,
         # so a run logs in once less per side (several round trips each on a WAN).
         self._spare = spare
@@ -49,7 +53,8 @@ class Scheduler:
         self._outstanding_lock = threading.Lock()
         self._all_done = threading.Condition(self._outstanding_lock)  # notified when nothing is outstanding
         self._live: Counter = Counter()  # source folder -> its queued or running jobs, deferred ends
-        self.sync = None  # engine/sync.py's FolderSync, which runs the jobs: set by the engine
+        # What runs the jobs (engine/sync.py): set by the engine, which makes it with this scheduler.
+        self.sync: FolderSync
 
     # -- a run ---------------------------------------------------------------------------------
 
@@ -106,7 +111,7 @@ class Scheduler:
         for attempt in range(1, opts.max_attempts + 1):
             src = dst = None
             try:
-                src, dst = self._take_spare() or open_pair(self.open_src, self.open_dst)
+                src, dst = self._take_spare() or open_pair(self.connect_src, self.connect_dst)
                 out = work(src, dst)
                 with self._spare_lock:
                     self._spare = (src, dst)  # for the first worker
@@ -189,7 +194,7 @@ class Scheduler:
 
     def _worker(self, log_in_now: bool = False) -> None:
         ctx = self.ctx
-        conn = Connections(self.open_src, self.open_dst, None if log_in_now else self._take_spare())
+        conn = Connections(self.connect_src, self.connect_dst, None if log_in_now else self._take_spare())
         if log_in_now:
             try:
                 conn.both()
@@ -212,8 +217,9 @@ class Scheduler:
                 finally:
                     self.release(_source(job))
         finally:
-            if conn.deferred is not None:  # only if a bug ended the loop: keep the count right
-                self.release(conn.take_deferred().fp.source)
+            deferred = conn.take_deferred()
+            if deferred is not None:  # only if a bug ended the loop: keep the count right
+                self.release(deferred.fp.source)
             conn.close()
 
     def _next_job(self, conn: Connections) -> Job | None:

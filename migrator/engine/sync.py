@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from migrator.checkpoint import ALTERED, Intent
 from migrator.engine.batching import chunks, one_batch
@@ -36,6 +37,9 @@ from migrator.plan import FolderPlan
 from migrator.stores import calls
 from migrator.stores.base import FolderStatus, MessageMeta, Store
 
+if TYPE_CHECKING:  # the scheduler runs the jobs of this module; they queue work there
+    from migrator.engine.scheduler import Scheduler
+
 log = logging.getLogger("migrator.engine")
 
 
@@ -44,7 +48,7 @@ class _WaitForMerged(Exception):
 
 
 class FolderSync:
-    def __init__(self, ctx: Context, scheduler):
+    def __init__(self, ctx: Context, scheduler: Scheduler):
         self.ctx = ctx
         self.scheduler = scheduler  # engine/scheduler.py: chunks and retries are queued there
         ledger = Ledger(ctx)
@@ -77,7 +81,7 @@ class FolderSync:
             self.ending.end(run, conn, own_appends=True)
 
     def run_chunk(self, job: ChunkJob, conn: Connections) -> None:
-        run, outcome, reason = job.run, None, None
+        run, outcome, reason = job.run, None, ""
         try:
             if run.phase is Phase.COPYING:  # else another chunk failed: the folder is retried or given up
                 self.copier.copy_chunk(run, job.metas, conn, job.opened)
@@ -118,8 +122,8 @@ class FolderSync:
         run = FolderRun(fp, attempt, s_st.uidvalidity, src_status=s_status)
         dst_msgs = self._listed_destination(run, listed)
         crash("march-listed")
-        if ctx.writing:
-            ctx.ckpt.set_watermark(fp.source, fp.destination, None)  # not complete until its end
+        if (journal := ctx.journal) is not None:
+            journal.set_watermark(fp.source, fp.destination, None)  # not complete until its end
         dec = self._decide(run, dst, src_msgs, dst_msgs, listed is not None)
         if listed is not None and self._waited_for_in_flight(fp, dst, dec):
             return self.march(fp, attempt, conn)  # listed again: what landed meanwhile is adopted
@@ -158,7 +162,8 @@ class FolderSync:
             # With its message count known, the folder is opened and listed in one round trip;
             # a small folder never copied before comes with its bodies (_copies_whole).
             known = status or ctx.src_status.get(fp.source)
-            return (status, *calls.select_and_list(src, fp.source, readonly=True, expect=known.messages if known else None,
+            expect = known.messages if known else None
+            return (status, *calls.select_and_list(src, fp.source, readonly=True, expect=expect,
                                                    bodies=self._copies_whole(fp, known)))
 
         def list_destination():
@@ -170,7 +175,7 @@ class FolderSync:
             readonly = opts.dry_run or appends_unseen(dst)
             if ended is not None:  # the previous folder's end goes in the same round trip
                 return self.ending.with_open(ended, conn, fp.destination, readonly, expect)
-            return conn.open_dst(fp.destination, readonly, expect)
+            return conn.select_and_list_dst(fp.destination, readonly, expect)
 
         to_create = opts.dry_run and fp.destination in ctx.would_create
         (s_status, s_st, src_msgs), listed = ctx.both_sides(list_source, None if to_create else list_destination)
@@ -195,8 +200,8 @@ class FolderSync:
                 listed: bool) -> Decision:
         ctx, opts, fp = self.ctx, self.ctx.opts, run.fp
         rows = ctx.ckpt.rows(fp.source, run.src_uidvalidity, fp.destination) if ctx.ckpt else {}
-        if listed and ctx.writing:
-            rows, dst_msgs = self.matcher.take_late_twins(run, dst, rows, dst_msgs)
+        if listed and (journal := ctx.journal) is not None:
+            rows, dst_msgs = self.matcher.take_late_twins(run, dst, journal, rows, dst_msgs)
         return decide(src_msgs, dst_msgs, rows, run.dst_uidvalidity, include_deleted=opts.include_deleted,
                       sync_flags=opts.sync_flags, retry_failed=opts.retry_failed)
 
@@ -205,21 +210,21 @@ class FolderSync:
         """What the destination already holds: pairs with the pool (matching.py), claims settled,
         altered copies found, copies of earlier runs read back; the run's tally of what it found.
         Returns the pairs (None if stopped meanwhile)."""
-        writing = self.ctx.writing
+        journal = self.ctx.journal
         pairs = self.matcher.pair_with_pool(run, src, dst, dec, src_msgs)
         if pairs is None:
             return None
         self.matcher.settle_claims(run, dec.claims, pairs)
-        if writing:
-            self.matcher.match_altered(run, src, dst, dec, pairs, src_msgs)
+        if journal is not None:
+            self.matcher.match_altered(run, src, dst, journal, dec, pairs, src_msgs)
             for row, reason in dec.newly_altered:
                 intent = Intent(row.src_uid, row.size, row.sha256, row.flags)
                 self.ledger.confirm(run, [(intent, row.dst_uid)], ALTERED, reason)
         if dec.to_verify and not self.ctx.opts.dry_run:
             # Copies a run stored but stopped before reading back (a crash, a cut connection):
             # their bytes are compared now, in the folder the march just opened.
-            self.readback.read(run, dst, [Check(Intent(r.src_uid, r.size, r.sha256, r.flags), r.dst_uid)
-                                          for r in dec.to_verify])
+            self.readback.read(run, dst, [Check(Intent(r.src_uid, r.size, r.sha256, r.flags), uid)
+                                          for r, uid in dec.to_verify])
         run.count(already=dec.already, skipped_deleted=dec.deleted_skipped,
                   failed=len(dec.altered) + len(dec.failed_earlier))
         return pairs

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 from migrator.digest import fingerprint
 from migrator.engine.batching import batches
+from migrator.engine.pairs import both_sides, open_pair
 from migrator.errors import FolderError
 from migrator.imapdate import date_instant
 from migrator.naming import Folder, display
 from migrator.plan import Plan
-from migrator.engine.pairs import both_sides, open_pair
 from migrator.stores.base import Store
 
 

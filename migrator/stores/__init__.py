@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from migrator.accounts import Endpoint
@@ -96,7 +95,7 @@ class Connector:
 
         # The slot goes back when this connection closes, whichever kind of store it is: its own
         # close() is wrapped on the instance (a wrapper class would have to forward every method).
-        store.close = close_and_release  # type: ignore[method-assign]
+        store.close = close_and_release  # type: ignore[method-assign]  # on purpose: see the comment above
         return store
 
     def _open(self) -> Store:

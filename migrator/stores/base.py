@@ -108,7 +108,8 @@ class Capabilities:
     # estimates them (POP3's LIST) says False: the engine then never matches a listed size.
     exact_sizes: bool = True
     # An APPEND sent before a crash or a cut connection may be committed after it (a server at the
-    # other end of a network reads what was sent whenever it gets it): engine.copy waits for it.
+    # other end of a network reads what was sent whenever it gets it): the march waits for it
+    # (engine/sync.py), and removes a copy sent again if the first one lands (engine/matching.py).
     late_commits: bool = False
     # The store implements Pipelined: it sends many calls in one round trip. Without it,
     # stores.calls makes the same calls one after the other from the core.
@@ -168,7 +169,8 @@ class Store(Protocol):
         ...
 
     def append(self, name: Folder, items: Sequence[AppendItem]) -> list[int | None]:
-        """Store messages; returns the new UIDs where the store can tell (UIDPLUS)."""
+        """Store messages; returns one entry per item, in order: its new UID where the store can tell
+        (UIDPLUS), else None."""
         ...
 
     def set_flags(self, uid: int, add: Iterable[str], remove: Iterable[str]) -> None:

@@ -18,8 +18,8 @@ import re
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from migrator.accounts import Endpoint
 from migrator.errors import ConnectionFailed, TransientError, UsageError
@@ -116,7 +116,8 @@ def stay_plain(ep: Endpoint, opts: ConnectOptions, offered: Callable[[], bool], 
     if not opts.allow_plaintext:
         raise ConnectionFailed(
             f"{where} does not offer {upgrade}; refusing to log in without TLS",
-            hint=f"use {ep.scheme}s://, or --allow-plaintext if you accept that the password crosses the network in clear",
+            hint=f"use {ep.scheme}s://, or --allow-plaintext if you accept that the password crosses the network "
+                 "in clear",
         )
     warn_once(log, f"logging in to {where} without TLS (--allow-plaintext)")
     return True

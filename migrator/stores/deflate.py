@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import zlib
-from typing import Callable
+from collections.abc import Callable
 
 COMPRESS_LEVEL = 1  # mail text compresses well already at the fastest level; attachments hardly at all
 READ_SIZE = 64 * 1024

@@ -1,10 +1,11 @@
 """IMAP store: the Store calls (and the Pipelined ones) in IMAP terms.
 
 It stands on three modules and touches no private part of imaplib or imapclient itself:
-- imap_connect: opening a connection, TLS, login, COMPRESS;
+- imap_connect: opening a connection, TLS, login, COMPRESS, the namespace (asked once per account);
 - imap_wire: every private imaplib/imapclient use (pipelining, raw APPEND, the FETCH readers),
   and ReadAhead, the bodies one round trip read before fetch() asked for them;
-- imap_parse: reading answers (listings, message heads, STATUS, APPENDUID), no I/O.
+- imap_parse: reading answers (capabilities, folders, listings, message heads, STATUS,
+  APPENDUID), no I/O.
 docs/stores.md describes the split.
 """
 
@@ -12,22 +13,42 @@ from __future__ import annotations
 
 import imaplib
 import logging
-import threading
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from imapclient import exceptions as imapexc
 
 from migrator.accounts import Endpoint
 from migrator.errors import FolderError, MessageRejected, TransientError
-from migrator.naming import Folder, from_server, to_server
-from migrator.stores.base import AppendItem, Capabilities, Checked, FolderInfo, FolderStatus, Message, MessageMeta, Opened
+from migrator.naming import Folder, to_server
+from migrator.stores.base import AppendItem, Checked, FolderInfo, FolderStatus, Message, MessageMeta, Opened
 from migrator.stores.calls import check_then_open_in_turn
 from migrator.stores.connection import ConnectOptions, Credentials, connection_lost, make_ssl_context, server_text
-from migrator.stores.imap_connect import connect, start_compression
+from migrator.stores.imap_connect import connect, namespace, start_compression
 from migrator.stores.imap_parse import (
-    BINARY_ITEMS, FOLDER, MESSAGE_ITEMS, META_ITEMS, SPECIAL_USE_ATTRS, TRANSIENT, Fetched, binaries_from_fetch,
-    classify, dec, messages_from_any_fetch, messages_from_fetch, meta_of, metas_from_any_fetch, parse_appenduid,
-    nul_suspects, parse_meta, restore_nul, selected_status, status_of, statuses_by_name, text, uid_set,
+    BINARY_ITEMS,
+    FOLDER,
+    MESSAGE_ITEMS,
+    META_ITEMS,
+    TRANSIENT,
+    Fetched,
+    binaries_from_fetch,
+    capabilities_of,
+    checked_fetches,
+    classify,
+    dec,
+    folder_infos,
+    messages_from_any_fetch,
+    messages_from_fetch,
+    meta_of,
+    nul_suspects,
+    parse_appenduid,
+    parse_meta,
+    restore_nul,
+    selected_status,
+    status_of,
+    statuses_by_name,
+    text,
+    uid_set,
 )
 from migrator.stores.imap_wire import ReadAhead, Refused
 
@@ -40,9 +61,6 @@ log = logging.getLogger("migrator.imap")
 META_FETCH_CHUNK = 5000  # UIDs per metadata FETCH: bounds the size of one response
 # What a lost connection raises from imaplib, imapclient and the socket.
 _LOST = (imaplib.IMAP4.abort, imapexc.IMAPClientAbortError, OSError, EOFError)
-
-_namespaces: dict[tuple, tuple[str | None, str]] = {}  # see ImapStore._namespace
-_namespaces_lock = threading.Lock()
 
 
 class ImapStore:
@@ -59,21 +77,9 @@ class ImapStore:
         self._read_ahead = ReadAhead()
         caps = {dec(c).upper() for c in self.client.capabilities()}
         self.raw_capabilities = caps
-        self.capabilities = Capabilities(
-            writable=True,
-            multiappend="MULTIAPPEND" in caps,
-            uidplus="UIDPLUS" in caps,
-            condstore="CONDSTORE" in caps,
-            special_use="SPECIAL-USE" in caps,
-            late_commits=True,
-            pipelined=True,
-            extra=caps,
-        )
-        for c in caps:
-            if c.startswith("APPENDLIMIT="):
-                self.capabilities.max_append_size = int(c.split("=", 1)[1] or 0) or None
+        self.capabilities = capabilities_of(caps)
         self.compressed = bool(self._opts.compress and "COMPRESS=DEFLATE" in caps and start_compression(self.wire, ep))
-        self.separator, self.prefix = self._namespace()
+        self.separator, self.prefix = namespace(ep, self._opts, self._ask_namespace)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -92,19 +98,8 @@ class ImapStore:
             return TransientError(f"{what} on {self.endpoint.host}: {text}")
         return FolderError(f"{what} failed on {self.endpoint.host}: {text}")
 
-    def _namespace(self) -> tuple[str | None, str]:
-        """(separator, prefix) of the personal namespace. Asked once per account and run: every
-        worker connection of the account gets the same answer (a round trip less per login)."""
-        key = (self.endpoint.host.lower(), self.endpoint.port, self.endpoint.user, self._opts.auth_user)
-        with _namespaces_lock:
-            known = _namespaces.get(key)
-        if known is None:
-            known = self._ask_namespace()
-            with _namespaces_lock:
-                _namespaces[key] = known
-        return known
-
     def _ask_namespace(self) -> tuple[str | None, str]:
+        """(separator, prefix) of the personal namespace, asked (imap_connect.namespace keeps it)."""
         if self.client.has_capability("NAMESPACE"):
             ns = self._call("NAMESPACE", self.client.namespace)
             if ns.personal:
@@ -137,19 +132,11 @@ class ImapStore:
     def list_folders(self) -> list[FolderInfo]:
         pattern = (self.wire.mailbox(""), self.wire.mailbox("*"))
         answers = self._pipeline([("LIST", pattern), ("LSUB", pattern)])  # one round trip for both
-        for (typ, data, _untagged), what in zip(answers, ("LIST", "LSUB")):
+        for (typ, data, _untagged), what in zip(answers, ("LIST", "LSUB"), strict=True):
             if typ != "OK":
                 raise self._refused(what, text(data))
-        listed = self.wire.folder_list(answers[0][2])
         subscribed = {n for _, _, n in self.wire.folder_list(answers[1][2])}
-        out: dict[Folder, FolderInfo] = {}
-        for attrs, _sep, name in listed:
-            attrs = frozenset(dec(a) for a in attrs)
-            special = next((a for a in SPECIAL_USE_ATTRS if a.lower() in {x.lower() for x in attrs}), None)
-            name = dec(name)
-            comps = from_server(name, self.separator, self.prefix)
-            out[comps] = FolderInfo(comps, name, attrs, special, name in subscribed)
-        return sorted(out.values(), key=lambda f: (f.name != ("INBOX",), f.name))
+        return folder_infos(self.wire.folder_list(answers[0][2]), subscribed, self.separator, self.prefix)
 
     def create_folder(self, name: Folder, special_use: str | None = None) -> None:
         error = self.create_folders([(name, special_use)])[name]
@@ -160,7 +147,8 @@ class ImapStore:
         # special_use is not sent: the planner maps special folders onto the destination's own.
         names = [name for name, _special_use in folders]
         out: dict[Folder, str | None] = {}
-        for name, (typ, data, _untagged) in zip(names, self._pipelined("CREATE", [(self._mailbox(n),) for n in names])):
+        answers = self._pipelined("CREATE", [(self._mailbox(n),) for n in names])
+        for name, (typ, data, _untagged) in zip(names, answers, strict=True):
             said = text(data)
             if typ == "OK" or "ALREADYEXISTS" in said.upper() or "already exists" in said.lower():
                 out[name] = None
@@ -176,7 +164,7 @@ class ImapStore:
     def subscribe_folders(self, names: Sequence[Folder]) -> dict[Folder, str | None]:
         answers = self._pipelined("SUBSCRIBE", [(self._mailbox(n),) for n in names])
         return {name: None if typ == "OK" else f"SUBSCRIBE failed on {self.endpoint.host}: {text(data)}"
-                for name, (typ, data, _untagged) in zip(names, answers)}
+                for name, (typ, data, _untagged) in zip(names, answers, strict=True)}
 
     def _status_items(self) -> str:
         items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
@@ -201,7 +189,7 @@ class ImapStore:
         answers = self._pipelined("STATUS", [(self._mailbox(n), items) for n in names])
         by_name = statuses_by_name([line for _typ, _data, untagged in answers for line in untagged])
         out = {}
-        for name, (typ, _data, _untagged) in zip(names, answers):
+        for name, (typ, _data, _untagged) in zip(names, answers, strict=True):
             st = status_of(by_name, self.server_name(name)) if typ == "OK" else None
             if st is not None:
                 out[name] = st
@@ -324,7 +312,8 @@ class ImapStore:
             self.wire.read_literals_in_place()
         return self._checked(name, uids, self._pipeline(self._check_commands(name, uids, read_back)), read_back)
 
-    def _check_commands(self, name: Folder, uids: Sequence[int], read_back: Sequence[int] = ()) -> list[tuple[str, tuple]]:
+    def _check_commands(self, name: Folder, uids: Sequence[int],
+                        read_back: Sequence[int] = ()) -> list[tuple[str, tuple]]:
         commands = [("NOOP", ()), ("UID", ("FETCH", uid_set(uids), META_ITEMS))] if uids else []
         if read_back:
             commands.append(("UID", ("FETCH", uid_set(read_back), MESSAGE_ITEMS)))
@@ -334,25 +323,11 @@ class ImapStore:
         """list_with_status's result from the answers to _check_commands."""
         typ, _data, status_lines = answers[-1]
         status = status_of(statuses_by_name(status_lines), self.server_name(name), alone=True) if typ == "OK" else None
-        bodies: dict[int, bytes] = {}
         fetches = answers[:-1][-(bool(uids) + bool(read_back)):] if (uids or read_back) else []
         for ftyp, fdata, _untagged in fetches:
             if ftyp != "OK":
                 raise self._refused("UID FETCH", text(fdata))
-        # The FETCHes' untagged answers may come in either's share (a server answers pipelined
-        # commands as it likes): taken together, told apart by form (a body comes as a literal).
-        fetched = [x for _t, _d, untagged in fetches for x in (untagged or [])]
-        if read_back:
-            got = messages_from_fetch([x for x in fetched if isinstance(x, tuple)])
-            if got is None:
-                got = messages_from_any_fetch([x for x in fetched if not (isinstance(x, bytes) and b"RFC822.SIZE" in x)])
-            bodies = {uid: body for uid, (_meta, body) in got.items()}
-        if not uids:
-            return Checked([], status, bodies=bodies)
-        fetched = [x for x in fetched if isinstance(x, bytes)]
-        metas = parse_meta(fetched or [None], list(uids))
-        if metas is None:  # not the plain form: imapclient's parser (the folder may no longer be the selected one)
-            metas = metas_from_any_fetch(fetched, uids)
+        metas, bodies = checked_fetches([x for _t, _d, untagged in fetches for x in (untagged or [])], uids, read_back)
         return Checked(metas, status, bodies=bodies)
 
     def list_messages(self, uids: Sequence[int] | None = None) -> list[MessageMeta]:
@@ -477,7 +452,7 @@ class ImapStore:
         uids = parse_appenduid(said)
         if len(uids) != len(items):
             return [None] * len(items)
-        return uids
+        return list(uids)
 
     def _send_append(self, server_name: str, items: Sequence[AppendItem]) -> str:
         caps = self.raw_capabilities
@@ -506,7 +481,9 @@ class ImapStore:
         """Whether a folder an APPEND was answered [TRYCREATE] for exists all the same: then the
         answer refuses the message, not the folder (GNU imap4d answers so for a message it cannot
         parse). INBOX always exists (RFC 3501), the folder selected here does; another is asked for."""
-        if server_name.upper() == "INBOX" or (self._selected is not None and self.server_name(self._selected) == server_name):
+        if server_name.upper() == "INBOX":
+            return True
+        if self._selected is not None and self.server_name(self._selected) == server_name:
             return True
         try:
             self._call("STATUS", self.client.folder_status, server_name, ["MESSAGES"])

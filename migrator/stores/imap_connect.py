@@ -1,13 +1,14 @@
 """Opening one IMAP connection: TLS or STARTTLS (the rule is connection.py's), the greeting's
-capabilities, login (SASL PLAIN, with LOGIN as the fallback; XOAUTH2 / OAUTHBEARER with a token)
-and COMPRESS. Everything below the libraries' public API goes through imap_wire.Wire."""
+capabilities, login (SASL PLAIN, with LOGIN as the fallback; XOAUTH2 / OAUTHBEARER with a token),
+COMPRESS and the personal namespace (asked once per account). Everything below the libraries'
+public API goes through imap_wire.Wire."""
 
 from __future__ import annotations
 
 import imaplib
 import logging
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from imapclient import exceptions as imapexc
 
@@ -37,7 +38,8 @@ def connect(ep: Endpoint, creds: Credentials, opts: ConnectOptions) -> Wire:
     except (OSError, imaplib.IMAP4.error) as e:
         raise connect_failed(e, ep) from None
     try:
-        if not ep.implicit_tls and not stay_plain(ep, opts, lambda: "STARTTLS" in wire.login_capabilities(), "STARTTLS"):
+        if not ep.implicit_tls and not stay_plain(ep, opts, lambda: "STARTTLS" in wire.login_capabilities(),
+                                                  "STARTTLS"):
             _starttls(wire, ep, ctx)
         _authenticate(wire, ep, creds, opts)
     except _AuthUnusable as e:
@@ -59,6 +61,24 @@ def connect(ep: Endpoint, creds: Credentials, opts: ConnectOptions) -> Wire:
         wire.shutdown()
         raise connect_failed(e, ep) from None
     return wire
+
+
+# (host, port, user, auth_user) -> (separator, prefix) of the account's personal namespace
+_namespaces: dict[tuple, tuple[str | None, str]] = {}
+_namespaces_lock = threading.Lock()
+
+
+def namespace(ep: Endpoint, opts: ConnectOptions, ask: Callable[[], tuple[str | None, str]]) -> tuple[str | None, str]:
+    """(separator, prefix) of the personal namespace, ask()ed once per account and run: every
+    worker connection of the account gets the same answer (a round trip less per login)."""
+    key = (ep.host.lower(), ep.port, ep.user, opts.auth_user)
+    with _namespaces_lock:
+        known = _namespaces.get(key)
+    if known is None:
+        known = ask()
+        with _namespaces_lock:
+            _namespaces[key] = known
+    return known
 
 
 def _starttls(wire: Wire, ep: Endpoint, ctx) -> None:
@@ -157,7 +177,7 @@ def _oauth2_responder(mech: str, user: str, token: str) -> Callable[[bytes], str
         first, ack = f"n,a={authzid},\x01auth=Bearer {token}\x01\x01", "\x01"
     else:
         first, ack = f"user={user}\x01auth=Bearer {token}\x01\x01", ""
-    sent = []
+    sent: list[bool] = []
 
     def respond(_challenge: bytes) -> str:
         if sent:

@@ -1,24 +1,25 @@
-"""Reading IMAP answers, without I/O: what a NO means (classify), listings, message heads,
-STATUS, APPENDUID and uid-sets. The usual forms are read by one regular expression per line;
-anything else by imapclient's general parser (public API), which is too slow to use for every
-line of a big folder."""
+"""Reading IMAP answers, without I/O: what a NO means (classify), what CAPABILITY means for the
+Store contract, LIST, listings, message heads, STATUS, APPENDUID and uid-sets. The usual forms
+are read by one regular expression per line; anything else by imapclient's general parser
+(public API), which is too slow to use for every line of a big folder."""
 
 from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Sequence
 
 from imapclient import imap_utf7
-from imapclient.datetime_util import datetime_to_INTERNALDATE
 from imapclient.response_parser import parse_fetch_response, parse_response
 
-from migrator.stores.base import FolderStatus, MessageMeta, normalize_flags
+from migrator.imapdate import format_date
+from migrator.naming import Folder, from_server
+from migrator.stores.base import Capabilities, FolderInfo, FolderStatus, MessageMeta, normalize_flags
 
 SPECIAL_USE_ATTRS = ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash", "\\Important")
 # Response codes (RFC 5530) that mean "try again later" rather than "this message is bad":
-# the folder is marched again after a reconnect and a backoff (engine/copy.py).
+# the folder is marched again after a reconnect and a backoff (engine/scheduler.py, Scheduler.retry).
 TRANSIENT_CODES = ("UNAVAILABLE", "THROTTLED", "LIMIT", "INUSE", "SERVERBUG", "EXPUNGEISSUED")
 TRANSIENT, FOLDER, MESSAGE = "transient", "folder", "message"
 
@@ -55,6 +56,37 @@ def dec(v) -> str:
 def text(data) -> str:
     """The text of a tagged answer's data, for messages."""
     return " ".join(dec(d) for d in data if d is not None) if data else ""
+
+
+def capabilities_of(caps: set[str]) -> Capabilities:
+    """What a server's CAPABILITY list (upper case) means for the Store contract."""
+    out = Capabilities(
+        writable=True,
+        multiappend="MULTIAPPEND" in caps,
+        uidplus="UIDPLUS" in caps,
+        condstore="CONDSTORE" in caps,
+        special_use="SPECIAL-USE" in caps,
+        late_commits=True,
+        pipelined=True,
+        extra=caps,
+    )
+    for c in caps:
+        if c.startswith("APPENDLIMIT="):
+            out.max_append_size = int(c.split("=", 1)[1] or 0) or None
+    return out
+
+
+def folder_infos(listed: list[tuple], subscribed: set, separator: str | None, prefix: str) -> list[FolderInfo]:
+    """LIST's [(attributes, separator, name)] (imapclient's form) -> the folders, INBOX first;
+    subscribed: the names LSUB gave."""
+    out: dict[Folder, FolderInfo] = {}
+    for raw_attrs, _sep, raw_name in listed:
+        attrs = frozenset(dec(a) for a in raw_attrs)
+        special = next((a for a in SPECIAL_USE_ATTRS if a.lower() in {x.lower() for x in attrs}), None)
+        name = dec(raw_name)
+        comps = from_server(name, separator, prefix)
+        out[comps] = FolderInfo(comps, name, attrs, special, name in subscribed)
+    return sorted(out.values(), key=lambda f: (f.name != ("INBOX",), f.name))
 
 
 # -- listings ------------------------------------------------------------------------------------
@@ -122,7 +154,7 @@ def meta_of(uid: int, d: dict) -> MessageMeta:
 
 def _format_date(value) -> str:
     if isinstance(value, datetime):
-        return datetime_to_INTERNALDATE(value)
+        return format_date(value)
     return dec(value)
 
 
@@ -213,6 +245,27 @@ def restore_nul(bodies: dict[int, bytes], binary: dict[int, bytes]) -> tuple[set
     return restored, notes
 
 
+def checked_fetches(fetched: list, uids: Sequence[int],
+                    read_back: Sequence[int]) -> tuple[list[MessageMeta], dict[int, bytes]]:
+    """A folder's check (a META_ITEMS FETCH of `uids`, a MESSAGE_ITEMS one of `read_back`, either
+    may be absent): (the listing of uids, {uid: body} of read_back). The FETCHes' untagged answers
+    may come in either's share (a server answers pipelined commands as it likes): `fetched` is
+    them taken together, told apart here by form (a body comes as a literal)."""
+    bodies: dict[int, bytes] = {}
+    if read_back:
+        got = messages_from_fetch([x for x in fetched if isinstance(x, tuple)])
+        if got is None:
+            got = messages_from_any_fetch([x for x in fetched if not (isinstance(x, bytes) and b"RFC822.SIZE" in x)])
+        bodies = {uid: body for uid, (_meta, body) in got.items()}
+    if not uids:
+        return [], bodies
+    lines = [x for x in fetched if isinstance(x, bytes)]
+    metas = parse_meta(lines or [None], list(uids))
+    if metas is None:  # not the plain form: imapclient's parser (the folder may no longer be the selected one)
+        metas = metas_from_any_fetch(lines, uids)
+    return metas, bodies
+
+
 # -- STATUS --------------------------------------------------------------------------------------
 
 def mailbox_key(server_name: str) -> str:
@@ -265,7 +318,7 @@ def parse_status(untagged: list) -> FolderStatus | None:
         return None
     parsed = parse_response([line])
     flat = parsed[-1] if parsed and isinstance(parsed[-1], tuple) else ()
-    items = dict(zip(flat[::2], flat[1::2]))
+    items = dict(zip(flat[::2], flat[1::2], strict=False))  # name value pairs; an odd one out is dropped
     if b"UIDVALIDITY" not in items:
         return None
     return FolderStatus(
@@ -310,15 +363,10 @@ def parse_appenduid(text: str) -> list[int]:
 
 def uid_set(uids: Sequence[int]) -> str:
     """[1,2,3,7,9,10] -> '1:3,7,9:10' (short command lines for big folders)."""
-    out, start, prev = [], None, None
+    ranges: list[list[int]] = []  # [first, last]
     for u in sorted(uids):
-        if start is None:
-            start = prev = u
-        elif u == prev + 1:
-            prev = u
+        if ranges and u == ranges[-1][1] + 1:
+            ranges[-1][1] = u
         else:
-            out.append(f"{start}:{prev}" if prev != start else str(start))
-            start = prev = u
-    if start is not None:
-        out.append(f"{start}:{prev}" if prev != start else str(start))
-    return ",".join(out)
+            ranges.append([u, u])
+    return ",".join(f"{first}:{last}" if last != first else str(first) for first, last in ranges)

@@ -22,14 +22,14 @@ import functools
 import imaplib
 import re
 import socket
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import imapclient
 from imapclient import imap4, tls
 
-from migrator.stores import deflate
 from migrator.naming import Folder
+from migrator.stores import deflate
 from migrator.stores.base import AppendItem
 from migrator.stores.imap_parse import Fetched, dec
 
@@ -133,7 +133,7 @@ class Wire:
         self._imap = client._imap  # imapclient's imaplib connection: what this layer drives
 
     @classmethod
-    def open(cls, host: str, port: int, implicit_tls: bool, ctx, timeout: float) -> "Wire":
+    def open(cls, host: str, port: int, implicit_tls: bool, ctx, timeout: float) -> Wire:
         """Connect (TLS from the first byte with implicit_tls) and read the greeting."""
         client = _Client(host, port=port, ssl=implicit_tls, ssl_context=ctx, timeout=timeout)
         client.normalise_times = False  # keep INTERNALDATE's timezone
@@ -215,7 +215,7 @@ class Wire:
             # Untagged data of this kind that came so far, also what came while an earlier command
             # completed (Dovecot answers a FETCH before the NOOP in front of it completes). A batch of
             # one kind (STATUS) is told apart by content (imap_parse.statuses_by_name), not by this split.
-            out += [self._answer(name, args, tag) for (name, args), tag in zip(window, tags)]
+            out += [self._answer(name, args, tag) for (name, args), tag in zip(window, tags, strict=True)]
         return out
 
     def open_folder(self, before: Sequence[tuple[str, tuple]], command: str, mailbox: bytes,
@@ -231,7 +231,8 @@ class Wire:
         try:
             tags = self._sent_together(list(before) + [(command, (mailbox,))] +
                                        [("UID", ("FETCH", "1:*", items)) for items in fetches])
-            answers = [self._answer(n, args, tag) for (n, args), tag in zip(before, tags)]
+            # tags: before's, then the SELECT's and the FETCHes': zip stops at the end of before's
+            answers = [self._answer(n, args, tag) for (n, args), tag in zip(before, tags, strict=False)]
             if before:
                 # Left from the folder selected before (a NOOP's EXISTS): imapclient reads the first
                 # EXISTS it finds. The SELECT's own answer comes after (a server runs a SELECT only
@@ -404,13 +405,14 @@ def install_lean_reader(imap) -> None:
     plain_get_response = cls._get_response.__get__(imap)
 
     def get_line() -> bytes:
-        line = imap.file.readline(imaplib._MAXLINE + 1)  # imaplib's own limit on a line
-        if len(line) > imaplib._MAXLINE:
-            raise imap.error("got more than %d bytes" % imaplib._MAXLINE)
+        limit = imaplib._MAXLINE  # type: ignore[attr-defined]  # imaplib's own limit on a line, private: not in typeshed
+        line = imap.file.readline(limit + 1)
+        if len(line) > limit:
+            raise imap.error(f"got more than {limit} bytes")
         if not line:
             raise imap.abort("socket error: EOF")
         if not line.endswith(b"\r\n"):
-            raise imap.abort("socket error: unterminated line: %r" % line)
+            raise imap.abort(f"socket error: unterminated line: {line!r}")
         return line[:-2]
 
     def get_response():

@@ -38,15 +38,8 @@ from datetime import datetime
 
 from migrator.errors import FolderError, MessageRejected, TransientError
 from migrator.naming import INBOX, Folder, display, from_server, parents, to_server
-from migrator.stores.base import (
-    NON_COPYABLE_FLAGS,
-    AppendItem,
-    Capabilities,
-    FolderInfo,
-    FolderStatus,
-    Message,
-    MessageMeta,
-)
+from migrator.stores import base
+from migrator.stores.base import AppendItem, Capabilities, FolderInfo, FolderStatus, Message, MessageMeta
 
 HOST = "memory"
 SYSTEM_FLAGS = {f.lower(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\Recent")}
@@ -237,7 +230,7 @@ class MemoryServer:
 def _canonical(flags: Iterable[str]) -> frozenset[str]:
     """System flags in their canonical case, \\Recent left out (it is session state)."""
     out = {SYSTEM_FLAGS.get(f.lower(), f) for f in flags}
-    return frozenset(out - NON_COPYABLE_FLAGS)
+    return frozenset(out - base.NON_COPYABLE_FLAGS)
 
 
 def _call(fn):
@@ -371,8 +364,8 @@ class MemoryStore:
                 s._held.append((box, messages))
                 self._lost = True
                 raise TransientError(f"connection to {HOST} lost during APPEND to '{display(name)}'")
-            uids = []
-            for item, message in zip(items, messages):
+            uids: list[int | None] = []
+            for item, message in zip(items, messages, strict=True):
                 if s._append_fault(("lose",), [item.body]) is None:
                     uids.append(box.add(*message))
                 else:  # answered OK (its UID taken), not stored

@@ -24,15 +24,16 @@ plaintext only with --allow-plaintext.
 
 from __future__ import annotations
 
-import email.utils
 import dataclasses
-import hashlib
 import poplib
 import re
-from typing import Iterable, Iterator, NoReturn, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import NoReturn
 
 from migrator.accounts import Endpoint
+from migrator.digest import short_digest
 from migrator.errors import ConnectionFailed, FolderError
+from migrator.imapdate import from_rfc5322
 from migrator.naming import INBOX, Folder, display
 from migrator.stores.base import AppendItem, Capabilities, FolderInfo, FolderStatus, Message, MessageMeta
 from migrator.stores.connection import (
@@ -52,19 +53,7 @@ _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 def uid_from_uidl(uidl: bytes) -> int:
-    return int.from_bytes(hashlib.sha256(uidl).digest()[:6], "big") or 1
-
-
-def imap_date(value: str) -> str:
-    """RFC 5322 date -> IMAP date-time string, or '' if it cannot be read."""
-    try:
-        dt = email.utils.parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError):
-        return ""
-    if dt is None or dt.tzinfo is None:
-        return ""
-    months = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
-    return dt.strftime(f"%d-{months[dt.month - 1]}-%Y %H:%M:%S %z")
+    return short_digest(uidl) or 1
 
 
 def date_from_headers(header_bytes: bytes) -> str:
@@ -82,13 +71,13 @@ def date_from_headers(header_bytes: bytes) -> str:
             date = value.decode("latin-1")
     for candidate in (received, date):
         if candidate:
-            text = imap_date(candidate)
+            text = from_rfc5322(candidate)
             if text:
                 return text
     return ""
 
 
-class _MessageReader:
+class _MessageReader(poplib.POP3):
     """poplib's client, with the multi-line answer of RETR read here: lines of any length (poplib's
     _getline refuses lines over 2,048 octets), kept as served, line ends included. Memory is
     bounded by the message, which is held whole anyway. The one-line answers (+OK, UIDL and LIST
@@ -96,12 +85,12 @@ class _MessageReader:
 
     def retr_bytes(self, which: int) -> bytes:
         """The message as the server sends it after RETR, dot-unstuffed, without the final '.' line."""
-        self._putcmd(f"RETR {which}")  # type: ignore[attr-defined]
-        self._getresp()  # type: ignore[attr-defined]  # raises error_proto on -ERR
-        return read_multiline(self.file)  # type: ignore[attr-defined]
+        self._putcmd(f"RETR {which}")  # type: ignore[attr-defined]  # poplib's private helpers, not in typeshed
+        self._getresp()  # type: ignore[attr-defined]  # poplib's private helpers, not in typeshed; error_proto on -ERR
+        return read_multiline(self.file)
 
 
-class _Pop3(_MessageReader, poplib.POP3):
+class _Pop3(_MessageReader):
     pass
 
 
@@ -148,10 +137,11 @@ class Pop3Store:
 
     # -- connection -------------------------------------------------------------------------
 
-    def _connect(self, creds: Credentials) -> _Pop3:
+    def _connect(self, creds: Credentials) -> _MessageReader:
         ep, opts = self.endpoint, self._opts
         ctx = tls_context(ep, opts)
         try:
+            conn: _MessageReader
             if ep.implicit_tls:
                 conn = _Pop3Tls(ep.host, ep.port, timeout=opts.timeout, context=ctx)
             else:
@@ -212,7 +202,7 @@ class Pop3Store:
 
     def list_messages(self, uids: Sequence[int] | None = None) -> list[MessageMeta]:
         """From the UIDL and LIST of select(): no date (fetch() gives it), LIST's size (not exact)."""
-        wanted = uids if uids is not None else sorted(self._numbers, key=self._numbers.get)
+        wanted = uids if uids is not None else sorted(self._numbers, key=self._numbers.__getitem__)
         return [MessageMeta(uid, self._sizes[uid], (), "") for uid in wanted if uid in self._numbers]
 
     def fetch(self, uids: Sequence[int]) -> Iterator[Message]:
@@ -247,7 +237,6 @@ class Pop3Store:
                 self._conn.close()
             except Exception:
                 pass
-
 
 
 def _read_only() -> NoReturn:

@@ -11,6 +11,7 @@ import pytest
 from tests import rig
 from tests.conformance.content import seed_source
 
+
 @pytest.fixture(scope="session")
 def sources(servers):
     """sources(kind) -> (account, what the server holds as rig.messages_by_uid, seeding notes)."""

@@ -159,7 +159,7 @@ class ReadContract:
         listed = {m.uid: m for m in store.list_messages()}
         got = {m.meta.uid: m for m in store.fetch([*uids, max(uids) + 1000])}
         assert sorted(got) == sorted(uids)  # an unknown UID is left out
-        for uid, sample in zip(uids, samples):
+        for uid, sample in zip(uids, samples, strict=True):
             body = got[uid].body
             assert got[uid].meta.size == len(body), sample.name
             if store.capabilities.exact_sizes:
@@ -176,7 +176,7 @@ class ReadContract:
         before = self.listing(store, INBOX)
         fetched = list(store.fetch(uids))
         assert self.listing(store, INBOX) == before
-        for meta, msg in zip(before, fetched):
+        for meta, msg in zip(before, fetched, strict=True):
             assert meta.internaldate or date_instant(msg.meta.internaldate) is not None
 
     def test_another_connection_sees_the_same_uids(self, ends, connect):
@@ -206,7 +206,8 @@ class ReadContract:
         opened = both(calls.select_and_list, INBOX, expect=len(uids))
         assert same_folder_state(opened[0], st) and opened[1] == store.list_messages()
         checked = both(calls.list_with_status, INBOX, uids[:2], read_back=uids[1:3])
-        assert sorted(m.uid for m in checked.metas) == sorted(uids[:2]) and checked.status == st and checked.refused is None
+        assert sorted(m.uid for m in checked.metas) == sorted(uids[:2])
+        assert checked.status == st and checked.refused is None
         assert checked.bodies == {m.meta.uid: m.body for m in store.fetch(uids[1:3])}
         checked, opened = both(calls.check_then_open, INBOX, uids, INBOX)
         assert checked.metas == opened[1] == store.list_messages()
@@ -319,7 +320,7 @@ class StoreContract(ReadContract):
 
     def test_append_to_the_folder_selected_read_only(self, store):
         """The engine appends to a destination folder it selected read-only where copies get no
-        UID (no UIDPLUS: engine.copy._appends_unseen)."""
+        UID (no UIDPLUS: engine/jobs.py, appends_unseen)."""
         self.put(store, ("Ro",), PLAIN[:1])
         store.select(("Ro",), readonly=True)
         if not self.appends_to_a_folder_selected_read_only:
@@ -335,7 +336,7 @@ class StoreContract(ReadContract):
         store.select(("A",))
         store.append(("B",), [PLAIN[2].item()])
         assert [m.uid for m in store.list_messages()] == a
-        assert all(self.same_bytes(m.body, s.body) for m, s in zip(store.fetch(a), PLAIN))
+        assert all(self.same_bytes(m.body, s.body) for m, s in zip(store.fetch(a), PLAIN[:2], strict=True))
 
     def test_flags_and_keywords_round_trip(self, store):
         store.create_folder(("Flags",))

@@ -31,9 +31,11 @@ PLAIN = [Sample(f"plain{i}", simple_message(i), flags, date) for i, (flags, date
     (("\\Draft",), "04-Jul-2021 08:07:06 -0800"),
 ])]
 KEYWORDS = [Sample("keywords", simple_message(20), ("$Forwarded", "NonJunk", "\\Seen"), "15-Mar-2019 10:00:00 -0300")]
-EIGHT_BIT = Sample("8bit", _with_header(30, "Subject: caf\u00e9 \u2013 na\u00efve".encode(), "corps 8 bits: \u00e9t\u00e9\r\n".encode()),
+EIGHT_BIT = Sample("8bit", _with_header(30, "Subject: caf\u00e9 \u2013 na\u00efve".encode(),
+                                        "corps 8 bits: \u00e9t\u00e9\r\n".encode()),
                    ("\\Seen",), "16-Mar-2019 11:00:00 +0100")
-LONG_LINE = Sample("long-line", _with_header(31, b"X-Long: yes", b"L" * 5000 + b"\r\n"), (), "17-Mar-2019 12:00:00 +0000")
+LONG_LINE = Sample("long-line", _with_header(31, b"X-Long: yes", b"L" * 5000 + b"\r\n"), (),
+                   "17-Mar-2019 12:00:00 +0000")
 NUL = Sample("nul", _with_header(32, b"X-Nul: yes", b"a NUL \x00 here\r\n"), (), "18-Mar-2019 13:00:00 +0000")
 BARE_LF = Sample("bare-lf", simple_message(33).replace(b"\r\n", b"\n"), (), "19-Mar-2019 14:00:00 +0000")
 TWINS = [Sample("twin-a", simple_message(40, body="twin"), (), "20-Mar-2019 15:00:00 +0000"),

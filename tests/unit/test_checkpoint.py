@@ -194,7 +194,7 @@ def _pair(src_listing, src, dst_listing, dst):
 
     plan = Plan(parse_endpoint("imap://a@example.org"), parse_endpoint("imap://b@example.org"),
                 [FolderPlan(INBOX, INBOX)])
-    engine = Engine(plan, open_src=None, open_dst=None, checkpoint=None, opts=EngineOptions())
+    engine = Engine(plan, connect_src=None, connect_dst=None, checkpoint=None, opts=EngineOptions())
     run = FolderRun(plan.folders[0], 1)
     dec = _decide(src_listing, dst_listing, {})
     pairs = engine.sync.matcher.pair_with_pool(run, src, dst, dec, src_listing)

@@ -185,7 +185,8 @@ def _meta(uid, body, flags=(), date="14-Mar-2019 15:09:26 +0200"):
           b"3 (FLAGS (\\Seen))"],
          {1: (_meta(1, b"hello", ("$X",), "04-Mar-2019 15:09:26 +0200"), b"hello")}, "same"),
         ([None], {}, {}),  # nothing answered (all expunged)
-        ([(b"1 (BODY[] {5}", b"hello"), b" UID 1 FLAGS () INTERNALDATE " + _DATE + b")"], None,  # items after the literal
+        # items after the literal
+        ([(b"1 (BODY[] {5}", b"hello"), b" UID 1 FLAGS () INTERNALDATE " + _DATE + b")"], None,
          {1: (_meta(1, b"hello"), b"hello")}),
         ([b"1 (UID 1 FLAGS () INTERNALDATE " + _DATE + b" BODY[] NIL)"], None, {1: (_meta(1, b""), b"")}),  # no literal
     ],
@@ -212,7 +213,9 @@ def test_parse_status_answer():
 def test_status_answers_are_matched_by_mailbox_name():
     """Pipelined STATUS answers may arrive before an earlier command's completion: each is told
     apart by the name it carries (quoted, atom, literal, modified UTF-7; INBOX in any case)."""
-    from migrator.stores.imap_parse import mailbox_key as _mailbox_key, status_of as _status_of, statuses_by_name as _statuses_by_name
+    from migrator.stores.imap_parse import mailbox_key as _mailbox_key
+    from migrator.stores.imap_parse import status_of as _status_of
+    from migrator.stores.imap_parse import statuses_by_name as _statuses_by_name
 
     lines = [
         b'"Box/f2" (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 20)',
@@ -281,7 +284,7 @@ def test_workers_take_the_biggest_work_first():
 
     folders = {name: FolderPlan((name,), (name,)) for name in ("Big", "Small", "Counted", "Unknown", "Inbox")}
     plan = Plan(parse_endpoint("imap://a@example.org"), parse_endpoint("imap://b@example.org"), list(folders.values()))
-    engine = Engine(plan, open_src=None, open_dst=None, checkpoint=None, opts=EngineOptions())
+    engine = Engine(plan, connect_src=None, connect_dst=None, checkpoint=None, opts=EngineOptions())
     try:
         engine.ctx.src_status = {
             ("Big",): FolderStatus(1, messages=900, size=60_000_000),
