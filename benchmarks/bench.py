@@ -149,27 +149,28 @@ def compare(want: dict, got: dict, flags_carried: bool = True) -> str:
 # -- the tools ------------------------------------------------------------------------------
 
 
-def migrator_row(e: Env, label: str, *extra: str, rerun: bool = False) -> Row:
+def migrator_row(e: Env, label: str, *extra: str, rerun: bool = False, root: Path = ROOT) -> Row:
     """One migrator run into a fresh destination; with rerun, the same command again (nothing new):
-    the row then shows the rerun, and the note its share of the first run's time."""
+    the row then shows the rerun, and the note its share of the first run's time. root: the
+    checkout whose migrator runs (--migrator-from: another version, in the same rounds)."""
     dst = e.dst_dovecot.new_user("d")
     work = e.tmp / f"mig-{dst.user}"
     work.mkdir()
     cmd = [sys.executable, "-m", "migrator", "migrate", f"imap://{e.src.user}@127.0.0.1:{e.src_port}",
            f"imap://{dst.user}@127.0.0.1:{e.dst_port_for(dst)}", "--state", str(work / "state.sqlite"), "--quiet", *extra]
     env = {"MIGRATOR_SRC_PASSWORD": e.src.password, "MIGRATOR_DST_PASSWORD": dst.password,
-           "PYTHONPATH": str(ROOT)}
+           "PYTHONPATH": str(root)}
     if os.environ.get("BENCH_PROFILE") and not extra:  # py-spy flame graph of the default run
         path = os.environ["BENCH_PROFILE"]
         fmt = "raw" if path.endswith(".txt") else "flamegraph"  # raw = collapsed stacks, greppable
         cmd = ["py-spy", "record", "-o", path, "-r", "200", "--format", fmt, *os.environ.get("BENCH_PROFILE_ARGS", "").split(), "--", *cmd]
-    wall, rss, code, out = run_measured(cmd, env, cwd=str(ROOT))
+    wall, rss, code, out = run_measured(cmd, env, cwd=str(root))
     if code != 0:
         return Row(label, wall, rss, "no", f"exit {code}: {out.strip().splitlines()[-1:] }")
     note = ""
     if rerun:
         first = wall
-        wall, rss, code, out = run_measured(cmd, env, cwd=str(ROOT))
+        wall, rss, code, out = run_measured(cmd, env, cwd=str(root))
         if code != 0:
             return Row(label, wall, rss, "no", f"rerun exit {code}")
         note = f"rerun took {100 * wall / first:.0f}% of the first run ({first:.1f} s)"
@@ -322,6 +323,9 @@ def main() -> int:
     ap.add_argument("--memory-messages", type=int, default=100_000)
     ap.add_argument("--migrator-args", action="append", default=[], metavar="ARGS",
                     help="an extra migrator row with these options, e.g. '--workers 8' (repeatable)")
+    ap.add_argument("--migrator-from", action="append", default=[], metavar="DIR",
+                    help="an extra migrator row running the checkout in DIR (e.g. a worktree of the code "
+                         "before a change), in the same rounds as the others (repeatable)")
     args = ap.parse_args()
     if args.memory:
         from benchmarks.memory import run_memory
@@ -359,6 +363,9 @@ def main() -> int:
         rows = []
         extra = {f"migrator {a}": (lambda e, a=a: migrator_row(e, f"migrator {a}", *a.split()))
                  for a in args.migrator_args}
+        for d in args.migrator_from:
+            compileall.compile_dir(str(Path(d) / "migrator"), quiet=1)
+            extra[f"migrator@{Path(d).name}"] = (lambda e, d=d: migrator_row(e, f"migrator@{Path(d).name}", root=Path(d)))
         names = tools + list(extra)
         runs_of: dict[str, list[Row]] = {name: [] for name in names}
         # Rounds, not blocks: each round runs every tool once, starting one tool later than the

@@ -18,9 +18,9 @@ from __future__ import annotations
 import csv
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 from migrator.accounts import parse_endpoint
 from migrator.errors import EXIT_INTERRUPTED, MigratorError, UsageError
@@ -43,7 +43,8 @@ class BatchRow:
 def read_batch(path: str) -> list[BatchRow]:
     try:
         with open(path, newline="", encoding="utf-8") as fh:
-            lines = [(n, line) for n, line in enumerate(fh, start=1) if line.strip() and not line.lstrip().startswith("#")]
+            lines = [(n, line) for n, line in enumerate(fh, start=1)
+                     if line.strip() and not line.lstrip().startswith("#")]
     except OSError as e:
         raise UsageError(f"cannot read batch file {path}: {e.strerror}") from None
     except UnicodeDecodeError:
@@ -60,18 +61,24 @@ def read_batch(path: str) -> list[BatchRow]:
     if missing:
         raise UsageError(f"{path}:{lines[0][0]}: the header has no '{missing[0]}' column")
     rows: list[BatchRow] = []
-    for (number, _text), values in zip(lines[1:], reader):
+    # strict=False: a quoted value over two lines makes one row of two lines (numbered as before).
+    for (number, _text), values in zip(lines[1:], reader, strict=False):
         if len(values) > len(header):
             raise UsageError(f"{path}:{number}: {len(values)} values for {len(header)} columns")
-        cells = {h: (v.strip() or None) for h, v in zip(header, values)}
+        # strict=False: a row may leave its last (optional) columns out.
+        cells = {h: (v.strip() or None) for h, v in zip(header, values, strict=False)}
+        urls = []
         for key in REQUIRED:
-            if not cells.get(key):
+            url = cells.get(key)
+            if not url:
                 raise UsageError(f"{path}:{number}: '{key}' is empty")
             try:
-                parse_endpoint(cells[key])
+                parse_endpoint(url)
             except UsageError as e:
                 raise UsageError(f"{path}:{number}: {e}", hint=e.hint) from None
-        rows.append(BatchRow(number, **{k: cells.get(k) for k in REQUIRED + OPTIONAL}))
+            urls.append(url)
+        source, destination = urls
+        rows.append(BatchRow(number, source, destination, **{k: cells.get(k) for k in OPTIONAL}))
     if not rows:
         raise UsageError(f"{path}: no mailboxes listed")
     return rows
@@ -91,7 +98,8 @@ class RowResult:
 
 
 def run_batch(rows: list[BatchRow], migrate_one: Callable[[BatchRow], dict], parallel: int = 1,
-              on_done: Callable[[RowResult], None] = lambda r: None, stop: threading.Event | None = None) -> list[RowResult]:
+              on_done: Callable[[RowResult], None] = lambda r: None,
+              stop: threading.Event | None = None) -> list[RowResult]:
     """Run migrate_one for every row (at most `parallel` at once); a failing row never stops the others."""
     stop = stop or threading.Event()
 

@@ -9,7 +9,7 @@ destination really holds (engine.march), never by copying blindly.
 
 A second table keeps per-folder *watermarks* (UIDVALIDITY, UIDNEXT, MESSAGES,
 HIGHESTMODSEQ of both sides, as of the end of the last complete pass): a rerun
-that finds the same STATUS on both sides skips the folder (engine.copy).
+that finds the same STATUS on both sides skips the folder (engine/prepare.py).
 
 The state is bound to one source and one destination account (meta table):
 using it for another pair is refused, as its rows would mean nothing there.
@@ -22,22 +22,21 @@ One process at a time: an exclusive flock on PATH.lock.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import json
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from migrator.errors import StateError
-from migrator.fsutil import ensure_private_dir
-from migrator.naming import Folder
+from migrator.fsutil import ensure_private_dir, lock_exclusive
+from migrator.naming import Folder, folder_from_key, folder_key
 
-FORMAT = "migrator-state"
-VERSION = 1
+STATE_FORMAT = "migrator-state"
+STATE_VERSION = 1
 
 PENDING, DONE, FAILED, ALTERED = "pending", "done", "failed", "altered"
 # Stored, with a destination UID, but its bytes not yet compared with what was sent (engine/content.py)
@@ -96,11 +95,6 @@ CREATE TABLE IF NOT EXISTS resent (
     PRIMARY KEY (dst_folder, dst_uidvalidity, dst_uid)
 );
 """
-
-
-@functools.lru_cache(maxsize=4096)  # called for every row written; folders are few
-def folder_key(folder: Folder) -> str:
-    return json.dumps(list(folder), ensure_ascii=False)
 
 
 # Flags are stored as JSON lists; a mailbox has few distinct flag sets, and every row carries one.
@@ -167,16 +161,8 @@ class Checkpoint:
         self.path = path
         parent = os.path.dirname(os.path.abspath(path))
         ensure_private_dir(parent)
-        self._lock_fh = open(path + ".lock", "a+")
-        os.chmod(path + ".lock", 0o600)
-        try:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_fh.close()
-            raise StateError(
-                f"state file {path} is in use by another migrator process",
-                hint="wait for it to finish, or use another --state file",
-            ) from None
+        self._lock_fh = lock_exclusive(path + ".lock", f"state file {path} is in use by another migrator process",
+                                       hint="wait for it to finish, or use another --state file")
         existed = os.path.exists(path)
         if not existed:
             # Create with 0600 before SQLite opens it: it holds folder names and message hashes.
@@ -197,7 +183,7 @@ class Checkpoint:
                 # One transaction: a crash here leaves an empty file, not a headless one.
                 self._db.executescript(
                     f"BEGIN; {_SCHEMA} INSERT INTO meta(key, value) VALUES "
-                    f"('format', '{FORMAT}'), ('version', '{VERSION}'); COMMIT;"
+                    f"('format', '{STATE_FORMAT}'), ('version', '{STATE_VERSION}'); COMMIT;"
                 )
         except sqlite3.DatabaseError as e:
             self.close()
@@ -217,11 +203,12 @@ class Checkpoint:
             meta = dict(self._db.execute("SELECT key, value FROM meta"))
         except sqlite3.DatabaseError:
             meta = {}
-        if meta.get("format") != FORMAT:
+        if meta.get("format") != STATE_FORMAT:
             raise sqlite3.DatabaseError("no migrator header")
-        if meta.get("version") != str(VERSION):
+        if meta.get("version") != str(STATE_VERSION):
             raise StateError(
-                f"state file {self.path} has version {meta.get('version')}, this migrator reads version {VERSION}",
+                f"state file {self.path} has version {meta.get('version')}, "
+                f"this migrator reads version {STATE_VERSION}",
                 hint="use the migrator version that wrote it, or --reset-state",
             )
 
@@ -324,7 +311,7 @@ class Checkpoint:
     def failed(self) -> list[tuple[Folder, int, str]]:
         with self._mutex:
             cur = self._db.execute("SELECT src_folder, src_uid, reason FROM messages WHERE status=?", (FAILED,))
-            return [(tuple(json.loads(f)), uid, reason or "") for f, uid, reason in cur.fetchall()]
+            return [(folder_from_key(f), uid, reason or "") for f, uid, reason in cur.fetchall()]
 
     def watermark(self, src: Folder, dst: Folder) -> Watermark | None:
         with self._mutex:
@@ -376,11 +363,14 @@ class Checkpoint:
                       intent: Intent, reason: str) -> None:
         self.record_done(src, src_uidvalidity, dst, dst_uidvalidity, [(intent, None)], FAILED, reason)
 
-    def update_flags(self, src: Folder, src_uidvalidity: int, dst: Folder, updates: Iterable[tuple[int, tuple[str, ...]]]) -> None:
+    def update_flags(self, src: Folder, src_uidvalidity: int, dst: Folder,
+                     updates: Iterable[tuple[int, tuple[str, ...]]]) -> None:
         now = time.time()
         self._write(
-            "UPDATE messages SET flags=?, updated=? WHERE src_folder=? AND src_uidvalidity=? AND src_uid=? AND dst_folder=?",
-            [(flags_json(tuple(flags)), now, folder_key(src), src_uidvalidity, uid, folder_key(dst)) for uid, flags in updates],
+            "UPDATE messages SET flags=?, updated=? "
+            "WHERE src_folder=? AND src_uidvalidity=? AND src_uid=? AND dst_folder=?",
+            [(flags_json(tuple(flags)), now, folder_key(src), src_uidvalidity, uid, folder_key(dst))
+             for uid, flags in updates],
         )
 
     def forget(self, src: Folder, src_uidvalidity: int, dst: Folder, src_uids: Iterable[int]) -> None:

@@ -1,10 +1,15 @@
-"""Files migrator creates hold mail metadata: owner-only permissions (0600 files, 0700 dirs)."""
+"""Files migrator creates hold mail metadata: owner-only permissions (0600 files, 0700 dirs).
+
+Its state file and an archive are used by one process at a time: lock_exclusive()."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-from typing import Any
+from typing import IO, Any
+
+from migrator.errors import StateError
 
 
 def ensure_private_dir(path: str) -> None:
@@ -38,3 +43,20 @@ def write_private(path: str, data: str | bytes) -> None:
 
 def write_json(path: str, obj: Any) -> None:
     write_private(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def lock_exclusive(path: str, busy: str, hint: str | None = None) -> IO[bytes]:
+    """Hold an exclusive lock (flock) on the lock file PATH, created 0600, until the returned file
+    is closed, or the process ends. Held by another process: StateError(busy, hint) at once."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fh = os.fdopen(fd, "r+b", buffering=0)
+    try:
+        os.fchmod(fd, 0o600)  # one an older migrator created with the umask's mode
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise StateError(busy, hint=hint) from None
+    except BaseException:
+        fh.close()
+        raise
+    return fh

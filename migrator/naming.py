@@ -13,7 +13,9 @@ SEPARATOR_SUBSTITUTE in place of the separator, and the planner warns about it.
 
 from __future__ import annotations
 
-from typing import Iterable
+import functools
+import json
+from collections.abc import Iterable
 
 Folder = tuple[str, ...]
 
@@ -53,7 +55,9 @@ def safe_component(component: str, separator: str | None) -> str:
 
 
 def needs_substitute(folder: Folder, separator: str | None) -> bool:
-    return bool(separator) and any(separator in p for p in folder)
+    if not separator:
+        return False
+    return any(separator in p for p in folder)
 
 
 def display(folder: Folder) -> str:
@@ -76,3 +80,14 @@ def parents(folder: Folder) -> Iterable[Folder]:
     """('a','b','c') -> ('a',), ('a','b')"""
     for i in range(1, len(folder)):
         yield folder[:i]
+
+
+@functools.lru_cache(maxsize=4096)  # called for every row a state file writes; folders are few
+def folder_key(folder: Folder) -> str:
+    """A folder as the state file and the archive index store it: its components as a JSON list."""
+    return json.dumps(list(folder), ensure_ascii=False)
+
+
+def folder_from_key(key: str) -> Folder:
+    """Inverse of folder_key()."""
+    return tuple(json.loads(key))

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 import tomllib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import NoReturn
 
 from migrator.accounts import parse_endpoint
 from migrator.errors import UsageError
@@ -92,7 +93,7 @@ def _comment(text: str) -> str:
 
 def render_plan(plan: Plan, path: str) -> str:
     lines = [HEADER.format(path=path)]
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines.append(f"# Written by `migrator plan` on {when}.")
     for w in plan.warnings:
         lines.append(_comment(f"WARNING: {w}"))
@@ -173,7 +174,7 @@ class _Lines:
         return self.at.get((ctx, key)) or self.at.get((ctx, None))
 
 
-def _fail(path: str, line: int | None, message: str, hint: str | None = None):
+def _fail(path: str, line: int | None, message: str, hint: str | None = None) -> NoReturn:
     where = f"{path}:{line}" if line else path
     raise UsageError(f"{where}: {message}", hint=hint)
 

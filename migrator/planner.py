@@ -36,7 +36,8 @@ from migrator.errors import FolderError, UsageError
 from migrator.naming import INBOX, Folder, display, is_inbox, needs_substitute, parse_display, safe_component
 from migrator.plan import COPY, SKIP, FolderPlan, Plan
 from migrator.presets import Preset, load_preset, localized_names
-from migrator.stores import both_sides
+from migrator.engine.pairs import both_sides
+from migrator.stores import calls
 from migrator.stores.base import FolderInfo, Store
 
 SUBSCRIBE_MODES = ("source", "all", "none")
@@ -87,7 +88,9 @@ def planning_options(maps=(), include=(), exclude=(), folders=(), presets=(), su
 
 
 @dataclass
-class Decision:
+class FolderChoice:
+    """Where one source folder goes, whether it is copied, and by which rule (a plan line to be)."""
+
     info: FolderInfo
     destination: Folder
     action: str
@@ -110,11 +113,11 @@ def localized_use(folder: Folder) -> str | None:
 
 def special_folders(folders: list[FolderInfo]) -> dict[str, Folder]:
     """use -> folder: marked by special-use; or, when no folder is marked, found by localized name."""
-    marked = [f for f in folders if f.special_use]
     out: dict[str, Folder] = {}
-    if marked:
-        for f in marked:
+    for f in folders:
+        if f.special_use:
             out.setdefault(f.special_use, f.name)
+    if out:
         return out
     for f in folders:
         use = localized_use(f.name) if f.selectable else None
@@ -152,8 +155,8 @@ def _selected_by_folder(folder: Folder, names: list[str]) -> bool:
     return False
 
 
-def decide(src_folders: list[FolderInfo], dst_folders: list[FolderInfo], dst_separator: str | None,
-           opts: PlanningOptions) -> tuple[list[Decision], list[str]]:
+def map_folders(src_folders: list[FolderInfo], dst_folders: list[FolderInfo], dst_separator: str | None,
+                opts: PlanningOptions) -> tuple[list[FolderChoice], list[str]]:
     """The rules of the module docstring, on names only: no server is touched."""
     presets: list[Preset] = [load_preset(p) for p in opts.presets]
     warnings = [w for p in presets for w in p.warnings]
@@ -162,8 +165,8 @@ def decide(src_folders: list[FolderInfo], dst_folders: list[FolderInfo], dst_sep
     dst_special = special_folders(dst_folders)
     preset_maps = [(r.source, r.destination, p.name) for p in presets for r in p.renames]
 
-    own: dict[Folder, tuple[Folder, str, str | None]] = {}  # special-use / localized decisions, for children
-    decisions = []
+    own: dict[Folder, tuple[Folder, str, str | None]] = {}  # special-use / localized choices, for children
+    choices = []
     for info in selectable:
         name = info.name
         use = info.special_use if src_marks else localized_use(name)
@@ -216,8 +219,8 @@ def decide(src_folders: list[FolderInfo], dst_folders: list[FolderInfo], dst_sep
                     action, rule, note = SKIP, f"preset:{p.name}", hit.reason
                     break
         subscribed = {"source": info.subscribed, "all": True, "none": False}[opts.subscribe]
-        decisions.append(Decision(info, dest, action, rule, use, subscribed, note))
-    return decisions, warnings
+        choices.append(FolderChoice(info, dest, action, rule, use, subscribed, note))
+    return choices, warnings
 
 
 # -- against the servers ------------------------------------------------------------------
@@ -230,17 +233,17 @@ def plan_folders(src: Store, dst: Store, plan: Plan, opts: PlanningOptions | Non
     opts = opts or PlanningOptions()
     src_listed, dst_folders = both_sides(src.list_folders, dst.list_folders)  # in the same round trip
     plan.destination_listing = dst_folders
-    decisions, warnings = decide(src_listed, dst_folders, getattr(dst, "separator", None), opts)
+    choices, warnings = map_folders(src_listed, dst_folders, dst.separator, opts)
     plan.warnings.extend(warnings)
     plan.options = opts.as_dict()
-    statuses = src.statuses([d.info.name for d in decisions]) if with_status else {}
-    for d in decisions:
-        messages, size, uidvalidity = _status(src, d.info.name, statuses) if with_status else (None, None, None)
+    statuses = calls.statuses(src, [c.info.name for c in choices]) if with_status else {}
+    for c in choices:
+        messages, size, uidvalidity = _status(src, c.info.name, statuses) if with_status else (None, None, None)
         plan.folders.append(
             FolderPlan(
-                source=d.info.name, destination=d.destination, action=d.action, rule=d.rule,
-                special_use=d.special_use, messages=messages, size=size, uidvalidity=uidvalidity,
-                subscribed=d.subscribed, note=d.note,
+                source=c.info.name, destination=c.destination, action=c.action, rule=c.rule,
+                special_use=c.special_use, messages=messages, size=size, uidvalidity=uidvalidity,
+                subscribed=c.subscribed, note=c.note,
             )
         )
     return plan
@@ -251,7 +254,7 @@ def _status(src: Store, folder: Folder, statuses) -> tuple[int | None, int | Non
     if st is None:
         return None, None, None  # listed but not readable: the run reports it
     size = st.size
-    if size is None and st.messages and hasattr(src, "select"):
+    if size is None and st.messages:
         # No STATUS=SIZE: sum RFC822.SIZE after EXAMINE (read-only; changes nothing).
         try:
             src.select(folder, readonly=True)

@@ -27,7 +27,7 @@ class Progress:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         if not self.quiet:
             self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
             self._thread.start()

@@ -89,14 +89,10 @@ def render_run(report: dict[str, Any]) -> str:
         if t["deleted_extra"]:
             lines.append(f"Deleted from the destination (--delete-extra): {t['deleted_extra']}.")
         lines.append(f"Elapsed {report['elapsed_seconds']:.1f} s, {t['messages_per_second']} msgs/s.")
-    for reason, n in t["skipped"].items():
-        lines.append(f"Skipped {n}: {reason}.")
-    for f in report["failures"]:
-        lines.append(f"FAILED {f['folder']} UID {f['uid']}: {f['reason']}")
-    for f in report["folder_errors"]:
-        lines.append(f"FOLDER FAILED {f['folder']}: {f['reason']}")
-    for w in report["warnings"]:
-        lines.append(f"warning: {w}")
+    lines += [f"Skipped {n}: {reason}." for reason, n in t["skipped"].items()]
+    lines += [f"FAILED {f['folder']} UID {f['uid']}: {f['reason']}" for f in report["failures"]]
+    lines += [f"FOLDER FAILED {f['folder']}: {f['reason']}" for f in report["folder_errors"]]
+    lines += [f"warning: {w}" for w in report["warnings"]]
     return "\n".join(lines)
 
 
@@ -129,16 +125,16 @@ def render_verify(report: dict[str, Any]) -> str:
     lines = []
     for f in report["folders"]:
         status = "identical" if f["identical"] else "DIFFERENT"
-        lines.append(f"{f['source']} -> {f['destination']}: {f['source_messages']} / {f['destination_messages']} messages, {status}")
+        lines.append(f"{f['source']} -> {f['destination']}: "
+                     f"{f['source_messages']} / {f['destination_messages']} messages, {status}")
         if f["error"]:
             lines.append(f"  error: {f['error']}")
-        for m in f["missing"]:
-            lines.append(f"  missing on destination: source UID {m['source_uid']} sha256 {m['sha256'][:16]}")
-        for m in f["extra"]:
-            lines.append(f"  extra on destination: UID {m['destination_uid']} sha256 {m['sha256'][:16]}")
-        for m in f["flags_differ"]:
-            lines.append(f"  flags differ: source UID {m['source_uid']} {m['source_flags']} vs destination UID {m['destination_uid']} {m['destination_flags']}")
-        for m in f["date_differs"]:
-            lines.append(f"  date differs: source UID {m['source_uid']} {m['source_date']} vs destination UID {m['destination_uid']} {m['destination_date']}")
+        lines += [f"  missing on destination: source UID {m['source_uid']} sha256 {m['sha256'][:16]}"
+                  for m in f["missing"]]
+        lines += [f"  extra on destination: UID {m['destination_uid']} sha256 {m['sha256'][:16]}" for m in f["extra"]]
+        lines += [f"  flags differ: source UID {m['source_uid']} {m['source_flags']} "
+                  f"vs destination UID {m['destination_uid']} {m['destination_flags']}" for m in f["flags_differ"]]
+        lines += [f"  date differs: source UID {m['source_uid']} {m['source_date']} "
+                  f"vs destination UID {m['destination_uid']} {m['destination_date']}" for m in f["date_differs"]]
     lines.append("Identical." if report["identical"] else "Differences found.")
     return "\n".join(lines)

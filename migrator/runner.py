@@ -6,24 +6,26 @@ decided here once (EngineOptions.dry_run) and honoured by the engine.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from migrator.checkpoint import Checkpoint
-from migrator.engine.copy import Engine, EngineOptions
+from migrator.digest import short_digest
 from migrator.engine import tuning
+from migrator.engine.copy import Engine, EngineOptions
 from migrator.engine.verify import verify
 from migrator.errors import UsageError
 from migrator.fsutil import write_json
-from migrator.plan import Plan
 from migrator.naming import Folder, display
+from migrator.plan import Plan
 from migrator.planner import PlanningOptions, invalid_destination, plan_folders
 from migrator.progress import Progress
 from migrator.report import render_run, render_verify, run_report, verify_report
 from migrator.stats import Stats
-from migrator.stores import Connector, open_pair
+from migrator.engine.pairs import open_pair
+from migrator.stores import Connector, advertised
 from migrator.stores.base import Store
 
 
@@ -47,7 +49,7 @@ def default_state_path(plan: Plan) -> str:
         root, _ = os.path.splitext(plan.path)
         return root + ".state.sqlite"
     key = f"{plan.source.url()} -> {plan.destination.url()}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    digest = f"{short_digest(key.encode()):012x}"
     label = f"{plan.source.user}@{plan.source.host}" if plan.source.is_network else os.path.basename(plan.source.path)
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
     return os.path.join(state_dir(), f"{safe}-{digest}.sqlite")
@@ -55,7 +57,7 @@ def default_state_path(plan: Plan) -> str:
 
 def _identity(ep) -> str:
     """Which mailbox a state file belongs to: user and host (not scheme or port, which may change)."""
-    return ep.url() if ep.scheme == "archive" else f"{ep.user}@{ep.host}"
+    return f"{ep.user}@{ep.host}" if ep.is_network else ep.url()
 
 
 def build_plan(plan: Plan, src: Connector, dst: Connector, opts: PlanningOptions | None = None,
@@ -130,7 +132,7 @@ def check_plan(plan: Plan, src: Connector, dst: Connector, delete_extra: bool = 
 
 
 def execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, command: str,
-            print_fn=print, folder_errors: list[tuple[Folder, str]] = (),
+            print_fn=print, folder_errors: Sequence[tuple[Folder, str]] = (),
             spare: tuple[Store, Store] | None = None) -> dict:
     """Run a plan; returns the report dict (also written to --report). spare: open connections
     (from plan_keeping_connections) the run uses first; closed by the run."""
@@ -187,8 +189,9 @@ def _execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, 
 
 
 def _workers_for(plan: Plan, workers: int) -> int:
-    """Many POP3 servers lock the mailbox: one session at a time from a POP3 source."""
-    return 1 if plan.source.scheme in ("pop3", "pop3s") else workers
+    """No more sessions than the source allows at once (POP3 servers lock the maildrop: one)."""
+    sessions = advertised(plan.source).sessions
+    return min(workers, sessions) if sessions else workers
 
 
 def execute_verify(plan: Plan, src: Connector, dst: Connector, include_deleted: bool, json_path: str | None,
@@ -220,5 +223,6 @@ def new_plan(src: Connector, dst: Connector) -> Plan:
 
 def check_endpoints(plan: Plan) -> None:
     """Refuse pairs no store can serve, before any connection is opened."""
-    if plan.destination.scheme in ("pop3", "pop3s"):
-        raise UsageError(f"{plan.destination.url()}: POP3 can only be a source (it cannot store messages)")
+    if not advertised(plan.destination).writable:
+        raise UsageError(f"{plan.destination.url()}: {plan.destination.scheme}:// can only be a source "
+                         "(it cannot store messages)")

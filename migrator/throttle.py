@@ -22,7 +22,8 @@ BACKOFF_CODES = ("[THROTTLED", "[LIMIT", "[UNAVAILABLE")
 class Throttle:
     def __init__(self, bytes_per_second: float | None = None, messages_per_second: float | None = None,
                  clock=time.monotonic):
-        for name, v in (("--max-bytes-per-second", bytes_per_second), ("--max-messages-per-second", messages_per_second)):
+        for name, v in (("--max-bytes-per-second", bytes_per_second),
+                        ("--max-messages-per-second", messages_per_second)):
             if v is not None and v <= 0:
                 raise ValueError(f"{name} must be positive")
         self.bytes_rate = bytes_per_second

@@ -1,12 +1,19 @@
 """Pytest fixtures: real Dovecot instances per xdist worker (see tests/rig.py)."""
 from __future__ import annotations
 
+import importlib
+import os
 import shutil
 import tempfile
 
 import pytest
 
-from tests.rig import Dovecot, Account
+from tests.rig import Account, Dovecot
+
+# The CLI runs in subprocesses (`python -m migrator`): they import the migrator of this checkout,
+# not whichever one the environment's editable install points at (several worktrees share it).
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_CHECKOUT, os.environ.get("PYTHONPATH")) if p)
 
 
 def pytest_configure(config):
@@ -71,3 +78,37 @@ def new_account(dovecot_slash, dovecot_dot):
         return instances[instance].new_user(prefix, quota=quota, max_mail_size=max_mail_size)
 
     return make
+
+
+# kind -> (module, class) of the servers the rig starts besides Dovecot (tests/servers/)
+OTHER_SERVERS = {
+    "cyrus": ("tests.servers.cyrus", "Cyrus"),
+    "courier": ("tests.servers.courier", "Courier"),
+    "imap4d": ("tests.servers.imap4d", "Imap4d"),
+}
+
+
+@pytest.fixture(scope="session")
+def servers(rig_root, dovecot_slash):
+    """servers(kind) -> a started server of that kind (Dovecot: the rig's '/' instance). Started
+    lazily, one instance of each kind per pytest-xdist worker, shared by the conformance suite and
+    the store contract (a missing server is an error, never a skip)."""
+    started: dict = {}
+
+    def get(kind: str):
+        if kind == "dovecot":
+            return dovecot_slash
+        if kind not in started:
+            module, name = OTHER_SERVERS[kind]
+            server = getattr(importlib.import_module(module), name)(rig_root, f"conf-{kind}")
+            try:
+                server.start()  # raises with the server's log tail: the test errors
+            except BaseException:
+                server.cleanup()
+                raise
+            started[kind] = server
+        return started[kind]
+
+    yield get
+    for server in started.values():
+        server.cleanup()

@@ -28,7 +28,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 HOST = "127.0.0.1"
 MAX_CONNECTIONS = 500  # a run opens a few per worker and reconnects after each cut: far below this
@@ -72,7 +72,7 @@ class FaultProxy:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         self._spawn(self._accept_loop)
         if self._random_cuts:
             self._spawn(self._random_loop)
@@ -89,7 +89,7 @@ class FaultProxy:
         for t in self._threads:
             t.join(5)
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -122,7 +122,7 @@ class FaultProxy:
         while not self._closing.is_set():
             try:
                 client, _ = self._listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return

@@ -59,12 +59,12 @@ Dovecot facts found (and relied upon) while building this rig (2.3.19.1):
 from __future__ import annotations
 
 import atexit
+import grp
 import hashlib
 import itertools
 import os
 import pwd
 import re
-import grp
 import secrets
 import shutil
 import signal
@@ -74,10 +74,10 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
 
 from imapclient import IMAPClient
 from imapclient.datetime_util import datetime_to_INTERNALDATE
@@ -93,10 +93,10 @@ SPECIAL_USE = {
     "Archive": r"\Archive",
 }
 
-Message = Union[bytes, tuple]  # raw bytes or (raw, flags, internaldate)
+Message = bytes | tuple  # raw bytes or (raw, flags, internaldate)
 
 _user_counter = itertools.count(1)
-_live: "set[Dovecot]" = set()  # started instances, stopped at interpreter exit
+_live: set[Dovecot] = set()  # started instances, stopped at interpreter exit
 
 
 @atexit.register
@@ -173,11 +173,11 @@ class Account:
     password: str
     separator: str
     prefix: str
-    server: "Dovecot" = field(repr=False, compare=False)  # the instance that holds it (any kind)
+    server: Dovecot = field(repr=False, compare=False)  # the instance that holds it (any kind)
     host: str = "127.0.0.1"
 
     @property
-    def dovecot(self) -> "Dovecot":
+    def dovecot(self) -> Dovecot:
         """Older name of `server`, from when Dovecot was the only kind."""
         return self.server
 
@@ -216,7 +216,7 @@ class Account:
 class Dovecot:
     kind = "dovecot"
 
-    def __init__(self, root: Union[str, Path, None] = None, name: str = "dovecot",
+    def __init__(self, root: str | Path | None = None, name: str = "dovecot",
                  separator: str = "/", prefix: str = "", special_use: bool = False, compress: bool = True):
         if separator not in ("/", "."):
             raise ValueError("separator must be '/' or '.'")
@@ -250,7 +250,7 @@ class Dovecot:
         self._lock = threading.Lock()
         self._last_mtime = 0.0
         self._started = False
-        self._proc: Optional[subprocess.Popen] = None
+        self._proc: subprocess.Popen | None = None
         for d in (self.state_dir, self.mail_dir, self.users_dir):
             d.mkdir(parents=True, exist_ok=True)
         _ensure_traversable(self.dir)
@@ -384,7 +384,7 @@ service imap {{
         return time.time()
 
     # ------------------------------------------------------------ lifecycle
-    def start(self, timeout: float = 20.0) -> "Dovecot":
+    def start(self, timeout: float = 20.0) -> Dovecot:
         last_err = None
         for attempt in range(3):  # free ports can be raced away: retry with new ones
             if attempt or not self.port:
@@ -430,7 +430,7 @@ service imap {{
             time.sleep(0.05)
         raise RuntimeError(f"imap port {self.port} not ready after {timeout}s: {err}")
 
-    def master_pid(self) -> Optional[int]:
+    def master_pid(self) -> int | None:
         proc = getattr(self, "_proc", None)
         if proc is None or proc.poll() is not None:
             return None
@@ -485,7 +485,7 @@ service imap {{
         self._started = False
         _live.discard(self)
 
-    def restart(self, timeout: float = 20.0) -> "Dovecot":
+    def restart(self, timeout: float = 20.0) -> Dovecot:
         """Stop everything, start again on the same ports (accounts keep working)."""
         self.stop()
         deadline = time.monotonic() + timeout
@@ -522,7 +522,7 @@ service imap {{
         return subprocess.run([_find_doveadm(), "-c", str(self.conf), *args],
                               capture_output=True, text=True, check=check)
 
-    def session_pids(self, user: Optional[str] = None) -> list[int]:
+    def session_pids(self, user: str | None = None) -> list[int]:
         """imap/pop3 session processes (not login processes); by user if given."""
         out = []
         for pid in self.pids():
@@ -540,7 +540,7 @@ service imap {{
             out.append(pid)
         return out
 
-    def kill_sessions(self, user: Optional[str] = None, sig: int = signal.SIGKILL) -> int:
+    def kill_sessions(self, user: str | None = None, sig: int = signal.SIGKILL) -> int:
         """Drop IMAP/POP3 sessions server-side (default: SIGKILL, like a crash).
 
         Returns the number of processes signalled."""
@@ -553,8 +553,8 @@ service imap {{
         return len(pids)
 
     # ----------------------------------------------------------------- users
-    def new_user(self, prefix: str = "u", quota: Optional[str] = None,
-                 max_mail_size: Optional[str] = None) -> Account:
+    def new_user(self, prefix: str = "u", quota: str | None = None,
+                 max_mail_size: str | None = None) -> Account:
         with _counter_lock:
             n = next(_user_counter)
         user = f"{prefix}{worker_id()}n{n}{secrets.token_hex(2)}"
@@ -567,7 +567,7 @@ service imap {{
                        user=user, password=password, separator=self.separator,
                        prefix=self.prefix, server=self)
 
-    def set_quota(self, account: Account, quota: Optional[str]) -> None:
+    def set_quota(self, account: Account, quota: str | None) -> None:
         with self._lock:
             self._users[account.user]["quota"] = quota
             self._users[account.user]["had_quota"] = True
@@ -583,7 +583,7 @@ service imap {{
                        prefix=self.prefix, server=self)
 
 
-def set_quota(account: Account, quota: Optional[str]) -> None:
+def set_quota(account: Account, quota: str | None) -> None:
     account.dovecot.set_quota(account, quota)
 
 
@@ -624,7 +624,7 @@ def folder_components(account: Account, name: str) -> tuple:
 
 
 def create_folder(account: Account, components: Sequence[str], subscribe: bool = False,
-                  client: Optional[IMAPClient] = None) -> str:
+                  client: IMAPClient | None = None) -> str:
     name = folder_name(account, components)
     c = client or connect(account)
     try:
@@ -723,7 +723,7 @@ def messages_by_uid(account: Account) -> dict[tuple, dict[int, tuple]]:
         for name in _list(c, True):
             out[folder_components(account, name)] = {
                 uid: (body_sha(d[b"BODY[]"]), tuple(_flags(d[b"FLAGS"])),
-                      d[b"INTERNALDATE"].astimezone(timezone.utc).isoformat())
+                      d[b"INTERNALDATE"].astimezone(UTC).isoformat())
                 for uid, d in _fetch_all(c, name).items()}
         return out
     finally:

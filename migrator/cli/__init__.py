@@ -12,10 +12,15 @@ import sys
 import typer
 
 from migrator.cli.app import app
-from migrator.cli import cmd_migrate  # noqa: F401  (registers commands)
+from migrator.errors import EXIT_INTERRUPTED, EXIT_MESSAGES_FAILED, EXIT_OK, EXIT_USAGE, Interrupted, MigratorError
+
+# Imported for what they do: each registers its commands on app, and --help lists them in this
+# order (so not sorted).
+# isort: off
+from migrator.cli import cmd_migrate  # noqa: F401
 from migrator.cli import cmd_plan  # noqa: F401
 from migrator.cli import cmd_batch  # noqa: F401
-from migrator.errors import EXIT_INTERRUPTED, EXIT_MESSAGES_FAILED, EXIT_OK, EXIT_USAGE, Interrupted, MigratorError
+# isort: on
 
 
 def _sigterm(signum, frame):

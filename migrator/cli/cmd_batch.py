@@ -2,26 +2,49 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from migrator.cli.app import app
 from migrator.cli.options import (
-    AllowPlain, BatchMB, CaFile, Compress, ConnOptions, Debug, DryRun, DstAuthUser, IncludeDeleted, Insecure,
-    MappingOptions, MaxConns, NoSyncFlags, Quiet, RetryFailed, RunOptions, SrcAuthUser, Workers, connectors,
-    run_settings, setup_logging, with_folder_choice,
+    AllowPlain,
+    BatchMB,
+    CaFile,
+    Compress,
+    ConnOptions,
+    Debug,
+    DryRun,
+    DstAuthUser,
+    IncludeDeleted,
+    Insecure,
+    MappingOptions,
+    MaxConns,
+    NoSyncFlags,
+    Quiet,
+    RetryFailed,
+    RunOptions,
+    SrcAuthUser,
+    Workers,
+    connectors,
+    run_settings,
+    setup_logging,
+    with_folder_choice,
 )
+
+StateDir = Annotated[str | None, typer.Option(
+    "--state-dir", help="Directory for the per-mailbox checkpoint files (default ~/.local/state/migrator/).")]
 
 
 @app.command()
 @with_folder_choice
 def batch(
-    csv_file: Annotated[str, typer.Argument(help="CSV with columns source,destination[,src_password_file,dst_password_file,src_auth_user,dst_auth_user]")],
+    csv_file: Annotated[str, typer.Argument(help="CSV with columns source,destination"
+                                                 "[,src_password_file,dst_password_file,src_auth_user,dst_auth_user]")],
     parallel: Annotated[int, typer.Option("--parallel", "-p", min=1, max=32, help="Mailboxes migrated at once.")] = 1,
     workers: Workers = 2,
-    state_dir: Annotated[Optional[str], typer.Option("--state-dir", help="Directory for the per-mailbox checkpoint files (default ~/.local/state/migrator/).")] = None,
-    report: Annotated[Optional[str], typer.Option("--report", help="Write one JSON report for the whole batch.")] = None,
+    state_dir: StateDir = None,
+    report: Annotated[str | None, typer.Option("--report", help="Write one JSON report for the whole batch.")] = None,
     dry_run: DryRun = False,
     include_deleted: IncludeDeleted = False,
     no_sync_flags: NoSyncFlags = False,

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from migrator.cli.app import app, finish_run
 from migrator.cli.options import (
-    ConnOptions, Debug, IncludeDeleted, MappingOptions, MaxConns, Quiet, Report, RunOptions, Workers, connectors,
+    ConnOptions,
+    Debug,
+    IncludeDeleted,
+    MappingOptions,
+    MaxConns,
+    Quiet,
+    Report,
+    RunOptions,
+    Workers,
+    connectors,
     plan_connectors,
-    run_settings, setup_logging, with_connection_options, with_folder_choice, with_mapping_options, with_run_options,
+    run_settings,
+    setup_logging,
+    with_connection_options,
+    with_folder_choice,
+    with_mapping_options,
+    with_run_options,
 )
 from migrator.errors import EXIT_MESSAGES_FAILED, UsageError
 
@@ -46,7 +60,7 @@ def migrate(
 @with_folder_choice
 def verify_cmd(
     source: Annotated[str, typer.Argument(help="Source account URL, or a PLAN file (then no DESTINATION)")],
-    destination: Annotated[Optional[str], typer.Argument(help="Destination account URL")] = None,
+    destination: Annotated[str | None, typer.Argument(help="Destination account URL")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     report: Report = None,
     include_deleted: IncludeDeleted = False,
@@ -57,7 +71,9 @@ def verify_cmd(
     mapping: MappingOptions,
     conn: ConnOptions,
 ) -> None:
-    """Compare SOURCE and DESTINATION (or the folders of a PLAN) message by message. Read-only; exit 0 only if identical."""
+    """Compare SOURCE and DESTINATION (or the folders of a PLAN) message by message.
+
+    Read-only; exit 0 only if identical."""
     from migrator import runner, throttle
 
     setup_logging(debug)
@@ -67,7 +83,8 @@ def verify_cmd(
         if "://" in source:
             raise UsageError("verify needs SOURCE and DESTINATION, or one PLAN file")
         if mapping.given:
-            raise UsageError("with a PLAN file, edit the plan instead of giving --map/--include/--exclude/--folder/--preset")
+            raise UsageError("with a PLAN file, edit the plan instead of giving "
+                             "--map/--include/--exclude/--folder/--preset")
         plan = read_plan(source)
         runner.check_endpoints(plan)
         src, dst = plan_connectors(plan, conn)

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from migrator.cli.app import app, finish_run
 from migrator.cli.options import (
-    ConnOptions, Debug, MappingOptions, Quiet, RunOptions, connectors, plan_connectors, run_settings, setup_logging,
-    with_connection_options, with_mapping_options, with_run_options,
+    ConnOptions,
+    Debug,
+    MappingOptions,
+    Quiet,
+    RunOptions,
+    connectors,
+    plan_connectors,
+    run_settings,
+    setup_logging,
+    with_connection_options,
+    with_mapping_options,
+    with_run_options,
 )
 from migrator.errors import UsageError
 from migrator.naming import display
@@ -32,7 +42,8 @@ def default_plan_path(plan: Plan) -> str:
 def plan_cmd(
     source: Annotated[str, typer.Argument(help="Source account, e.g. imaps://alice@old.example.com")],
     destination: Annotated[str, typer.Argument(help="Destination account, e.g. imaps://alice@new.example.com")],
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Plan file to write (default: plans/USER@HOST.toml).")] = None,
+    output: Annotated[str | None, typer.Option(
+        "--output", "-o", help="Plan file to write (default: plans/USER@HOST.toml).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing plan file.")] = False,
     debug: Debug = False,
     *,
@@ -74,7 +85,8 @@ def plan_cmd(
 @with_run_options
 @with_connection_options
 def run_cmd(
-    plan_file: Annotated[str, typer.Argument(metavar="PLAN", help="Plan file written by `migrator plan` (and maybe edited).")],
+    plan_file: Annotated[str, typer.Argument(
+        metavar="PLAN", help="Plan file written by `migrator plan` (and maybe edited).")],
     quiet: Quiet = False,
     debug: Debug = False,
     *,

@@ -6,48 +6,84 @@ import dataclasses
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from migrator.accounts import parse_endpoint
+from migrator.accounts import Endpoint, parse_endpoint
+from migrator.plan import Plan
 from migrator.secrets import SecretSource
 from migrator.stores import Connector
 
-SrcPwFile = Annotated[Optional[str], typer.Option("--src-password-file", help="File holding the source password (mode 0600).")]
-DstPwFile = Annotated[Optional[str], typer.Option("--dst-password-file", help="File holding the destination password (mode 0600).")]
-CaFile = Annotated[Optional[str], typer.Option("--ca-file", help="PEM file of extra CA certificates to trust (private CA), added to the system store.")]
+SrcPwFile = Annotated[str | None, typer.Option(
+    "--src-password-file", help="File holding the source password (mode 0600).")]
+DstPwFile = Annotated[str | None, typer.Option(
+    "--dst-password-file", help="File holding the destination password (mode 0600).")]
+CaFile = Annotated[str | None, typer.Option(
+    "--ca-file", help="PEM file of extra CA certificates to trust (private CA), added to the system store.")]
 Insecure = Annotated[bool, typer.Option("--insecure", help="Do not verify TLS certificates (test servers only).")]
-AllowPlain = Annotated[bool, typer.Option("--allow-plaintext", help="Allow logging in without TLS to a non-loopback host whose server offers no STARTTLS.")]
-Compress = Annotated[bool, typer.Option("--compress", help="COMPRESS=DEFLATE on IMAP connections whose server offers it: faster on slow links (below ~50 Mbit/s), slower on a LAN.")]
-SrcAuthUser = Annotated[Optional[str], typer.Option("--src-auth-user", help="Admin/master user to authenticate as on the source.")]
-DstAuthUser = Annotated[Optional[str], typer.Option("--dst-auth-user", help="Admin/master user to authenticate as on the destination.")]
-SrcToken = Annotated[Optional[str], typer.Option("--src-oauth2-token-cmd", help="Command printing an OAuth2 access token for the source (XOAUTH2/OAUTHBEARER); re-run when the token is rejected.")]
-DstToken = Annotated[Optional[str], typer.Option("--dst-oauth2-token-cmd", help="Command printing an OAuth2 access token for the destination; re-run when the token is rejected.")]
+AllowPlain = Annotated[bool, typer.Option(
+    "--allow-plaintext", help="Allow logging in without TLS to a non-loopback host whose server offers no STARTTLS.")]
+Compress = Annotated[bool, typer.Option(
+    "--compress",
+    help="COMPRESS=DEFLATE on IMAP connections whose server offers it: faster on slow links (below ~50 Mbit/s), "
+         "slower on a LAN.")]
+SrcAuthUser = Annotated[str | None, typer.Option(
+    "--src-auth-user", help="Admin/master user to authenticate as on the source.")]
+DstAuthUser = Annotated[str | None, typer.Option(
+    "--dst-auth-user", help="Admin/master user to authenticate as on the destination.")]
+SrcToken = Annotated[str | None, typer.Option(
+    "--src-oauth2-token-cmd",
+    help="Command printing an OAuth2 access token for the source (XOAUTH2/OAUTHBEARER); re-run when the token is "
+         "rejected.")]
+DstToken = Annotated[str | None, typer.Option(
+    "--dst-oauth2-token-cmd",
+    help="Command printing an OAuth2 access token for the destination; re-run when the token is rejected.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, summary only on failure (for cron).")]
 Debug = Annotated[bool, typer.Option("--debug", help="Log the IMAP protocol to stderr (passwords masked).")]
 DryRun = Annotated[bool, typer.Option("--dry-run", "-n", help="Show what would be done; change nothing anywhere.")]
-Workers = Annotated[int, typer.Option("--workers", "-w", min=1, max=64, help="Parallel workers, each with its own source and destination connection.")]
-State = Annotated[Optional[str], typer.Option("--state", help="Checkpoint file (SQLite). Default: beside the plan, or ~/.local/state/migrator/.")]
-ResetState = Annotated[bool, typer.Option("--reset-state", help="Start the checkpoint over (the destination is still reconciled, nothing is duplicated).")]
-Report = Annotated[Optional[str], typer.Option("--report", help="Write the run report as JSON to this file.")]
+Workers = Annotated[int, typer.Option(
+    "--workers", "-w", min=1, max=64, help="Parallel workers, each with its own source and destination connection.")]
+State = Annotated[str | None, typer.Option(
+    "--state", help="Checkpoint file (SQLite). Default: beside the plan, or ~/.local/state/migrator/.")]
+ResetState = Annotated[bool, typer.Option(
+    "--reset-state", help="Start the checkpoint over (the destination is still reconciled, nothing is duplicated).")]
+Report = Annotated[str | None, typer.Option("--report", help="Write the run report as JSON to this file.")]
 IncludeDeleted = Annotated[bool, typer.Option("--include-deleted", help="Also copy messages flagged \\Deleted.")]
-NoSyncFlags = Annotated[bool, typer.Option("--no-sync-flags", help="On reruns, do not update flags of messages already copied.")]
-DeleteExtra = Annotated[bool, typer.Option("--delete-extra", help="Mirror: delete destination messages that are not on the source.")]
-RetryFailed = Annotated[bool, typer.Option("--retry-failed", help="Try again messages that failed permanently in an earlier run.")]
-BatchMB = Annotated[float, typer.Option("--batch-mb", min=0.1, help="Bytes per FETCH/APPEND batch, in MB (bounds memory).")]
-MaxBps = Annotated[Optional[float], typer.Option("--max-bytes-per-second", min=1, help="Limit the whole run to this many message bytes per second.")]
-MaxMps = Annotated[Optional[float], typer.Option("--max-messages-per-second", min=0.01, help="Limit the whole run to this many messages per second.")]
-InFlightGrace = Annotated[float, typer.Option("--in-flight-grace", min=0, help="After a crash or a cut connection, wait until this many seconds have passed since the APPENDs then in flight before listing their folder again (a server may still commit them); a later commit is found by the next run.")]
-MaxConns = Annotated[int, typer.Option("--max-connections-per-host", min=1, help="Open connections per host, all workers of a run together; in a batch, per mailbox (Gmail allows 15 per account).")]
+NoSyncFlags = Annotated[bool, typer.Option(
+    "--no-sync-flags", help="On reruns, do not update flags of messages already copied.")]
+DeleteExtra = Annotated[bool, typer.Option(
+    "--delete-extra", help="Mirror: delete destination messages that are not on the source.")]
+RetryFailed = Annotated[bool, typer.Option(
+    "--retry-failed", help="Try again messages that failed permanently in an earlier run.")]
+BatchMB = Annotated[float, typer.Option(
+    "--batch-mb", min=0.1, help="Bytes per FETCH/APPEND batch, in MB (bounds memory).")]
+MaxBps = Annotated[float | None, typer.Option(
+    "--max-bytes-per-second", min=1, help="Limit the whole run to this many message bytes per second.")]
+MaxMps = Annotated[float | None, typer.Option(
+    "--max-messages-per-second", min=0.01, help="Limit the whole run to this many messages per second.")]
+InFlightGrace = Annotated[float, typer.Option(
+    "--in-flight-grace", min=0,
+    help="After a crash or a cut connection, wait until this many seconds have passed since the APPENDs then in "
+         "flight before listing their folder again (a server may still commit them); a later commit is found by the "
+         "next run.")]
+MaxConns = Annotated[int, typer.Option(
+    "--max-connections-per-host", min=1,
+    help="Open connections per host, all workers of a run together; in a batch, per mailbox (Gmail allows 15 per "
+         "account).")]
 
 # Mapping options (planner rules; see `migrator plan --help` for their order).
-MapOpt = Annotated[Optional[list[str]], typer.Option("--map", help="Rename a folder and its subfolders: 'Old Name=New/Name' (repeatable).")]
-IncludeOpt = Annotated[Optional[list[str]], typer.Option("--include", help="Copy only folders whose '/'-joined name matches this glob (repeatable).")]
-ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", help="Skip folders whose '/'-joined name matches this glob (repeatable; beats --include).")]
-FolderOpt = Annotated[Optional[list[str]], typer.Option("--folder", help="Copy only this folder; 'NAME/*' for NAME and its subtree (repeatable).")]
-PresetOpt = Annotated[Optional[list[str]], typer.Option("--preset", help="Apply a preset: gmail, office365 (repeatable).")]
-SubscribeOpt = Annotated[str, typer.Option("--subscribe", help="Subscribe destination folders: 'source' (as on the source), 'all' or 'none'.")]
+MapOpt = Annotated[list[str] | None, typer.Option(
+    "--map", help="Rename a folder and its subfolders: 'Old Name=New/Name' (repeatable).")]
+IncludeOpt = Annotated[list[str] | None, typer.Option(
+    "--include", help="Copy only folders whose '/'-joined name matches this glob (repeatable).")]
+ExcludeOpt = Annotated[list[str] | None, typer.Option(
+    "--exclude", help="Skip folders whose '/'-joined name matches this glob (repeatable; beats --include).")]
+FolderOpt = Annotated[list[str] | None, typer.Option(
+    "--folder", help="Copy only this folder; 'NAME/*' for NAME and its subtree (repeatable).")]
+PresetOpt = Annotated[list[str] | None, typer.Option("--preset", help="Apply a preset: gmail, office365 (repeatable).")]
+SubscribeOpt = Annotated[str, typer.Option(
+    "--subscribe", help="Subscribe destination folders: 'source' (as on the source), 'all' or 'none'.")]
 
 
 @dataclass(frozen=True)
@@ -131,7 +167,8 @@ _FOLDER_CHOICE_PARAMS = [
     ("folder", FolderOpt, None), ("preset", PresetOpt, None),
 ]
 # migrate and plan: the folder choice and --subscribe; verify and batch: the folder choice only.
-with_mapping_options = _folded("mapping", MappingOptions, _FOLDER_CHOICE_PARAMS + [("subscribe", SubscribeOpt, "source")])
+with_mapping_options = _folded("mapping", MappingOptions,
+                               _FOLDER_CHOICE_PARAMS + [("subscribe", SubscribeOpt, "source")])
 with_folder_choice = _folded("mapping", MappingOptions, _FOLDER_CHOICE_PARAMS)
 
 
@@ -159,6 +196,7 @@ _RUN_PARAMS = [(f.name, kind, f.default) for f, kind in zip(
     dataclasses.fields(RunOptions),
     [DryRun, Workers, State, ResetState, Report, IncludeDeleted, NoSyncFlags, DeleteExtra, RetryFailed, BatchMB,
      MaxBps, MaxMps, MaxConns, InFlightGrace],
+    strict=True,
 )]
 with_run_options = _folded("run", RunOptions, _RUN_PARAMS)
 
@@ -177,32 +215,28 @@ def _warn_insecure(conn: ConnOptions) -> None:
 
 
 def connectors(src_url: str, dst_url: str, conn: ConnOptions) -> tuple[Connector, Connector]:
-    src_ep, dst_ep = parse_endpoint(src_url), parse_endpoint(dst_url)
-    common = dict(ca_file=conn.ca_file, insecure=conn.insecure, allow_plaintext=conn.allow_plaintext,
-                  compress=conn.compress)
-    src = Connector(src_ep, SecretSource("src", conn.src_password_file, conn.src_oauth2_token_cmd),
-                    auth_user=conn.src_auth_user, **common)
-    dst = Connector(dst_ep, SecretSource("dst", conn.dst_password_file, conn.dst_oauth2_token_cmd),
-                    auth_user=conn.dst_auth_user, **common)
-    _check_ca_file(conn)
-    _warn_insecure(conn)
-    return src, dst
+    """Connectors for the accounts named on the command line."""
+    return _connector_pair(parse_endpoint(src_url), parse_endpoint(dst_url), {}, {}, conn)
 
 
-def plan_connectors(plan, conn: ConnOptions) -> tuple[Connector, Connector]:
+def plan_connectors(plan: Plan, conn: ConnOptions) -> tuple[Connector, Connector]:
     """Connectors for a plan read from a file: its secret sources, unless the command line names others."""
-    def secret(role, side, pw_file, token_cmd):
-        if pw_file or token_cmd:
-            return SecretSource(role, pw_file, token_cmd)
-        return SecretSource(role, side.get("password_file"), side.get("oauth2_token_cmd"))
+    return _connector_pair(plan.source, plan.destination, plan.source_secret, plan.destination_secret, conn)
 
-    common = dict(ca_file=conn.ca_file, insecure=conn.insecure, allow_plaintext=conn.allow_plaintext,
-                  compress=conn.compress)
-    src = Connector(plan.source, secret("src", plan.source_secret, conn.src_password_file, conn.src_oauth2_token_cmd),
-                    auth_user=conn.src_auth_user, **common)
-    dst = Connector(plan.destination,
-                    secret("dst", plan.destination_secret, conn.dst_password_file, conn.dst_oauth2_token_cmd),
-                    auth_user=conn.dst_auth_user, **common)
+
+def _connector_pair(src_ep: Endpoint, dst_ep: Endpoint, src_saved: dict[str, str], dst_saved: dict[str, str],
+                    conn: ConnOptions) -> tuple[Connector, Connector]:
+    """Both sides' Connectors. A side's password file or token command given on the command line
+    wins over the saved one (a plan file's); else the saved one is used, if any."""
+    def connector(role: str, ep: Endpoint, saved: dict[str, str], pw_file: str | None, token_cmd: str | None,
+                  auth_user: str | None) -> Connector:
+        if not (pw_file or token_cmd):
+            pw_file, token_cmd = saved.get("password_file"), saved.get("oauth2_token_cmd")
+        return Connector(ep, SecretSource(role, pw_file, token_cmd), auth_user=auth_user, ca_file=conn.ca_file,
+                         insecure=conn.insecure, allow_plaintext=conn.allow_plaintext, compress=conn.compress)
+
+    src = connector("src", src_ep, src_saved, conn.src_password_file, conn.src_oauth2_token_cmd, conn.src_auth_user)
+    dst = connector("dst", dst_ep, dst_saved, conn.dst_password_file, conn.dst_oauth2_token_cmd, conn.dst_auth_user)
     _check_ca_file(conn)
     _warn_insecure(conn)
     return src, dst
@@ -220,13 +254,14 @@ def engine_options(src: Connector, dst: Connector, run: RunOptions):
     from migrator.engine.copy import EngineOptions
 
     limiter = throttle.Throttle(run.max_bytes_per_second, run.max_messages_per_second)
+    active = limiter if limiter.limited else None
     opts = EngineOptions(
         workers=throttle.connection_limits(src, dst, run.workers, run.max_connections_per_host),
         dry_run=run.dry_run, include_deleted=run.include_deleted, sync_flags=not run.no_sync_flags,
         delete_extra=run.delete_extra, retry_failed=run.retry_failed, batch_bytes=int(run.batch_mb * 1e6),
-        throttle=limiter if limiter.limited else None, in_flight_grace=run.in_flight_grace,
+        throttle=active, in_flight_grace=run.in_flight_grace,
     )
-    opts.batch_bytes, opts.batch_count = throttle.batch_limits(opts.throttle, opts.batch_bytes, opts.batch_count)
+    opts.batch_bytes, opts.batch_count = throttle.batch_limits(active, opts.batch_bytes, opts.batch_count)
     return opts
 
 

@@ -20,18 +20,10 @@ Pure functions: no I/O here.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 
-def fingerprint(body: bytes) -> str:
-    """A message's fingerprint: SHA-256 of its bytes, a NUL counted as 0x80. Dovecot serves a
-    stored NUL as 0x80 (an IMAP literal cannot carry it), Cyrus and Courier as NUL in a literal8:
-    the same stored message reads both ways (docs/resume.md, the fingerprint)."""
-    if b"\x00" in body:
-        body = body.replace(b"\x00", b"\x80")
-    return hashlib.sha256(body).hexdigest()
-
+from migrator.digest import fingerprint
 
 LARGE = 10 << 20  # from this size on a copy is read back (servers truncate or convert big messages)
 
@@ -64,7 +56,7 @@ class Shape:
     fields: frozenset[bytes]  # header field names, in lower case
 
     @classmethod
-    def of(cls, body: bytes) -> "Shape":
+    def of(cls, body: bytes) -> Shape:
         header = _header(body)
         h8 = len(header) - len(header.decode("latin-1").encode("ascii", "ignore"))
         all8 = len(body) - len(body.decode("latin-1").encode("ascii", "ignore")) if not body.isascii() else 0

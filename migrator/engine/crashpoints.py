@@ -4,12 +4,13 @@ MIGRATOR_TEST_CRASH_AT="NAME:N" makes the process SIGKILL itself (no cleanup,
 no atexit, no flush: exactly like `kill -9`) the Nth time the engine passes the
 point NAME. Without the variable (always, outside the tests) crash() is a no-op.
 
-Points (see engine/copy.py): march-listed, pool-fetched, fetched (a batch of
-source bodies, to copy or, in the march, to fingerprint), intent-written,
-append-sent (the server stored the messages, the checkpoint does not know yet),
-confirmed, end-deferred (a folder's size check waits for the next folder's
-SELECT), adopted, flags-set, expunged, late-twin-removed (a copy sent again was
-removed because the first APPEND was committed late).
+Points (docs/engine.md lists where each sits): march-listed (sync.py),
+pool-fetched, fetched (a batch of source bodies, to copy or, in the march, to
+fingerprint), adopted, late-twin-removed (a copy sent again was removed because
+the first APPEND was committed late) (matching.py); flags-set (sync.py);
+intent-written, append-sent (the server stored the messages, the checkpoint does
+not know yet), confirmed (copying.py); end-deferred (a folder's size check waits
+for the next folder's SELECT), expunged (ending.py).
 """
 
 from __future__ import annotations

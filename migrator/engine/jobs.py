@@ -1,13 +1,17 @@
-"""Work items and per-worker connections of the copy engine (engine/copy.py)."""
+"""The copy engine's records: its options, a folder run and its phases, the two kinds of job,
+and a worker's connections (which keep track of what is selected on the destination)."""
 
 from __future__ import annotations
 
+import enum
 import threading
 from dataclasses import dataclass, field
 
 from migrator.engine.march import Pool
-from migrator.naming import Folder
+from migrator.engine.pairs import open_pair
+from migrator.naming import Folder, display
 from migrator.plan import FolderPlan
+from migrator.stores import calls
 from migrator.stores.base import FolderStatus, MessageMeta, Store
 
 OVERQUOTA_HINT = ("the destination is over quota: free space or raise the quota, "
@@ -49,8 +53,53 @@ class EngineOptions:
 
 
 @dataclass
+class Tally:
+    """What one march of a folder found and did, as far as its watermark depends on it. Kept by the
+    run itself: the report's counters add up every attempt of the folder, and are the report's."""
+
+    already: int = 0  # copied by an earlier run (or attempt), copy still there
+    copied: int = 0
+    found: int = 0  # adopted: an identical message was on the destination
+    failed: int = 0  # messages reported failed or altered: the next run's march reports them again
+    skipped_deleted: int = 0  # flagged \Deleted on the source, not copied
+
+    @property
+    def settled(self) -> int:
+        return self.already + self.copied + self.found
+
+
+class Phase(enum.Enum):
+    """Where a folder run is. A run is one march of a folder and what follows from it; a retry
+    is a new run. The transitions (_NEXT), drawn in docs/engine.md:
+
+        MARCHING -> COPYING -> COPIED -> ENDED      (MARCHING -> COPIED: nothing to copy)
+                               COPIED -> END_DEFERRED -> ENDED   (the end rides with the next SELECT)
+        any phase before ENDED -> RETRY (marched again) or FAILED (given up for this run)
+    """
+
+    MARCHING = "marching"  # both sides listed: deciding, adopting, setting flags
+    COPYING = "copying"  # chunks queued or being copied (pending_chunks of them)
+    COPIED = "copied"  # every chunk done: the folder's end (engine/ending.py) is next
+    END_DEFERRED = "end deferred"  # the end waits on a worker's connection (Connections.deferred)
+    ENDED = "ended"  # checked, claims found, mirror EXPUNGE done, watermark stored if it may be
+    RETRY = "retry"  # a transient error: the folder is marched again (transient says why)
+    FAILED = "failed"  # a folder error, reported: given up for this run
+
+
+_NEXT = {
+    Phase.MARCHING: {Phase.COPYING, Phase.COPIED, Phase.RETRY, Phase.FAILED},
+    Phase.COPYING: {Phase.COPIED, Phase.RETRY, Phase.FAILED},
+    Phase.COPIED: {Phase.END_DEFERRED, Phase.ENDED, Phase.RETRY, Phase.FAILED},
+    Phase.END_DEFERRED: {Phase.ENDED, Phase.RETRY, Phase.FAILED},
+    Phase.RETRY: {Phase.FAILED},  # a chunk's folder error after another chunk's transient one
+    Phase.ENDED: set(),
+    Phase.FAILED: set(),
+}
+
+
+@dataclass
 class FolderRun:
-    """Shared by the chunks of one folder while they are copied."""
+    """One folder's march, copy and end: shared by its chunks while they are copied."""
 
     fp: FolderPlan
     attempt: int
@@ -62,7 +111,7 @@ class FolderRun:
     dst_consistent: bool = True  # ... when SELECT and the listing agreed
     appended: list[int] = field(default_factory=list)  # ... and what this run changed there
     unchecked: list = field(default_factory=list)  # (Intent, destination UID) whose stored size is not checked yet
-    read_back: list = field(default_factory=list)  # (Intent, destination UID, Shape): copies whose bytes are compared
+    read_back: list = field(default_factory=list)  # readback.Check: copies whose bytes are compared
     unknown_uids: bool = False
     claimed: list = field(default_factory=list)  # (Intent, Shape, loose digest) of copies given no UID
     expunged: int = 0
@@ -70,9 +119,41 @@ class FolderRun:
     in_doubt: dict = field(default_factory=dict)  # source UID -> pending Row whose APPEND may land late
     extras: list[int] = field(default_factory=list)  # unaccounted destination UIDs not in the pool
     pending_chunks: int = 0
-    transient: str | None = None  # set by the first chunk that hit a transient error
-    failed: bool = False
+    phase: Phase = Phase.MARCHING
+    transient: str | None = None  # why the run is to be retried (the first chunk's transient error)
+    tally: Tally = field(default_factory=Tally)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def advance(self, to: Phase) -> None:
+        with self.lock:
+            self._advance(to)
+
+    def _advance(self, to: Phase) -> None:
+        if to not in _NEXT[self.phase]:  # a bug: reported as an internal error on the folder
+            raise RuntimeError(f"folder run of '{display(self.fp.source)}': {self.phase.value} -> {to.value}")
+        self.phase = to
+
+    def chunk_done(self, outcome: Phase | None = None, reason: str | None = None) -> Phase | None:
+        """One chunk is finished: well (outcome None), or with a transient error (RETRY, reason)
+        or a folder error (FAILED). The first transient error has the folder marched again once
+        all its chunks are done (the others copy nothing more); a folder error gives it up.
+        Returns the run's phase if that was its last chunk (COPIED if all went well), else None."""
+        with self.lock:
+            if outcome is not None and outcome in _NEXT[self.phase]:
+                self._advance(outcome)
+                self.transient = self.transient or reason
+            self.pending_chunks -= 1
+            if self.pending_chunks:
+                return None
+            if self.phase is Phase.COPYING:
+                self._advance(Phase.COPIED)
+            return self.phase
+
+    def count(self, **counts: int) -> None:
+        """Add to the tally (chunks of the folder count at the same time)."""
+        with self.lock:
+            for key, value in counts.items():
+                setattr(self.tally, key, getattr(self.tally, key) + value)
 
     def take_unchecked(self) -> dict:
         """Destination UID -> Intent of the copies whose stored size is still to be checked; the
@@ -80,7 +161,6 @@ class FolderRun:
         with self.lock:
             by_uid, self.unchecked = {uid: intent for intent, uid in self.unchecked}, []
         return by_uid
-
 
     def take_claimed(self) -> list:
         with self.lock:
@@ -107,6 +187,12 @@ class ChunkJob:
     opened: tuple | None = None  # (source, destination) SELECT answers: run at once by the march's worker
 
 
+def appends_unseen(dst: Store) -> bool:
+    """Whether the destination gives no UID for an APPEND (no UIDPLUS): its copies are then found
+    by content, the folder is listed read-only and appended to by one session at a time."""
+    return not dst.capabilities.uidplus
+
+
 def close_quietly(store: Store) -> None:
     try:
         store.close()
@@ -121,7 +207,9 @@ class Connections:
         self._open_src, self._open_dst = open_src, open_dst
         self._src, self._dst = opened or (None, None)
         self._dst_selected: tuple[Folder, bool] | None = None  # (folder, readonly) last selected here
-        # A folder whose end (size check, STATUS) waits to go with the next SELECT here (engine._end_folder)
+        # The run in END_DEFERRED on this connection: its end (size check, read-back, STATUS) goes with
+        # the next folder's SELECT here (engine/ending.py). Here, because it needs this connection:
+        # the folder is selected on it, and every new message of the folder was appended through it.
         self.deferred: FolderRun | None = None
 
     def src(self) -> Store:
@@ -136,8 +224,6 @@ class Connections:
 
     def both(self) -> tuple[Store, Store]:
         if self._src is None and self._dst is None:
-            from migrator.stores import open_pair
-
             self._src, self._dst = open_pair(self._open_src, self._open_dst)
         return self.src(), self.dst()
 
@@ -153,7 +239,7 @@ class Connections:
     def open_dst(self, folder: Folder, readonly: bool, expect: int | None):
         """Store.select_and_list on the destination, keeping track of what is selected."""
         self._dst_selected = None
-        opened = self.dst().select_and_list(folder, readonly=readonly, expect=expect)
+        opened = calls.select_and_list(self.dst(), folder, readonly=readonly, expect=expect)
         self._dst_selected = (folder, readonly)
         return opened
 
@@ -161,7 +247,7 @@ class Connections:
                         read_back: list[int]):
         """Store.check_then_open on the destination, keeping track of what is selected."""
         self._dst_selected = None
-        checked, opened = self.dst().check_then_open(done, uids, folder, readonly, expect, read_back)
+        checked, opened = calls.check_then_open(self.dst(), done, uids, folder, readonly, expect, read_back)
         if not isinstance(opened, Exception):
             self._dst_selected = (folder, readonly)
         return checked, opened

@@ -11,28 +11,18 @@ from __future__ import annotations
 import queue
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Callable
 
+from migrator.digest import fingerprint
 from migrator.engine.batching import batches
-from migrator.engine.content import fingerprint
 from migrator.errors import FolderError
+from migrator.imapdate import date_instant
 from migrator.naming import Folder, display
 from migrator.plan import Plan
-from migrator.stores import both_sides, open_pair
+from migrator.engine.pairs import both_sides, open_pair
 from migrator.stores.base import Store
-
-FORMAT = "%d-%b-%Y %H:%M:%S %z"
-
-
-def date_instant(text: str) -> float | None:
-    """INTERNALDATE as seconds since the epoch: servers may store the instant but not the zone."""
-    try:
-        return datetime.strptime(text.strip(), FORMAT).timestamp()
-    except ValueError:
-        return None
 
 
 @dataclass
@@ -76,23 +66,24 @@ def _side(store: Store, folder: Folder, include_deleted: bool, batch_bytes: int,
     return by_hash
 
 
-def verify(plan: Plan, open_src: Callable[[], Store], open_dst: Callable[[], Store], include_deleted: bool = False,
-           workers: int = 1, batch_bytes: int = 8 << 20, batch_count: int = 400) -> list[FolderDiff]:
+def verify(plan: Plan, connect_src: Callable[[], Store], connect_dst: Callable[[], Store],
+           include_deleted: bool = False, workers: int = 1, batch_bytes: int = 8 << 20,
+           batch_count: int = 400) -> list[FolderDiff]:
     """One comparison per destination folder; folders merged into one are compared as their union.
 
     `workers` connection pairs compare folders at the same time, and each reads its source and
     destination folder at the same time (a verify of a WAN migration took three times as long
     as the migration, one folder and one side after the other). A lost connection or login
-    failure ends the verify with that error."""
+    failure ends the verify with that error. connect_src/connect_dst log in one more connection."""
     groups: dict[Folder, list[Folder]] = {}
     for fp in plan.copying():
         groups.setdefault(fp.destination, []).append(fp.source)
     out = [FolderDiff(" + ".join(display(s) for s in sources), display(destination))
            for destination, sources in groups.items()]
-    todo = queue.SimpleQueue()
+    todo: queue.SimpleQueue[tuple[int, Folder, list[Folder]]] = queue.SimpleQueue()
     for i, item in enumerate(groups.items()):
         todo.put((i, *item))
-    first = open_pair(open_src, open_dst)
+    first = open_pair(connect_src, connect_dst)
     try:
         dst_names = {f.name for f in first[1].list_folders()}
     except BaseException:
@@ -104,7 +95,7 @@ def verify(plan: Plan, open_src: Callable[[], Store], open_dst: Callable[[], Sto
     def work(pair) -> None:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-dst") as dst_side:
             try:
-                src, dst = pair or open_pair(open_src, open_dst)
+                src, dst = pair or open_pair(connect_src, connect_dst)
             except BaseException as e:
                 errors.append(e)
                 return

@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import tomllib
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 from migrator.errors import UsageError
@@ -29,7 +29,9 @@ class SkipRule:
     def matches(self, folder: Folder, special_use: str | None) -> bool:
         if self.special_use and special_use and self.special_use.lower() == special_use.lower():
             return True
-        return bool(self.name) and fnmatch.fnmatchcase(display(folder), self.name)
+        if not self.name:
+            return False
+        return fnmatch.fnmatchcase(display(folder), self.name)
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ def available() -> list[str]:
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_preset(name: str) -> Preset:
     if name in NOT_PRESETS or not name.replace("-", "").replace("_", "").isalnum():
         raise UsageError(f"unknown preset '{name}'", hint="available: " + ", ".join(available()))
@@ -74,7 +76,7 @@ def load_preset(name: str) -> Preset:
     return Preset(data["name"], data.get("description", ""), tuple(data.get("warnings", [])), skips, renames)
 
 
-@lru_cache(maxsize=None)
+@cache
 def localized_names() -> dict[str, str]:
     """casefolded folder name -> special-use attribute, e.g. 'gesendete elemente' -> '\\Sent'."""
     table: dict[str, str] = {}

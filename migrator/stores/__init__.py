@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from migrator.accounts import Endpoint
 from migrator.errors import UsageError
 from migrator.secrets import SecretSource, get_password, keyring_name, run_token_command
-from migrator.stores.base import Store
+from migrator.stores.base import Capabilities, Store
+
 
 class HostSlots:
     """--max-connections-per-host for one run: a semaphore per host name, shared by both sides'
@@ -48,7 +49,7 @@ class Connector:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def _credentials(self):
-        from migrator.stores.imap import Credentials
+        from migrator.stores.connection import Credentials
 
         with self._lock:
             if self._creds is None:
@@ -82,7 +83,8 @@ class Connector:
         except BaseException:
             slots.release()
             raise
-        close, released = store.close, []
+        close = store.close
+        released: list[bool] = []
 
         def close_and_release() -> None:
             try:
@@ -92,13 +94,16 @@ class Connector:
                     released.append(True)
                     slots.release()
 
-        store.close = close_and_release
+        # The slot goes back when this connection closes, whichever kind of store it is: its own
+        # close() is wrapped on the instance (a wrapper class would have to forward every method).
+        store.close = close_and_release  # type: ignore[method-assign]
         return store
 
     def _open(self) -> Store:
-        scheme = self.endpoint.scheme
-        if scheme in ("imap", "imaps"):
-            from migrator.stores.imap import ConnectOptions, ImapStore
+        scheme = _kind(self.endpoint)
+        if scheme == "imap":
+            from migrator.stores.connection import ConnectOptions
+            from migrator.stores.imap import ImapStore
 
             opts = ConnectOptions(
                 ca_file=self.ca_file,
@@ -110,56 +115,33 @@ class Connector:
                 compress=self.compress,
             )
             return ImapStore(self.endpoint, self._credentials(), opts)
-        if scheme in ("pop3", "pop3s"):
-            from migrator.stores.imap import ConnectOptions
+        if scheme == "pop3":
+            from migrator.stores.connection import ConnectOptions
             from migrator.stores.pop3 import Pop3Store
 
             opts = ConnectOptions(ca_file=self.ca_file, insecure=self.insecure,
                                   allow_plaintext=self.allow_plaintext, timeout=self.timeout)
             return Pop3Store(self.endpoint, self._credentials(), opts)
-        if scheme == "archive":
-            from migrator.stores.archive import ArchiveStore
+        from migrator.stores.archive import ArchiveStore
 
-            # A source archive must exist; a destination archive is created on first use.
-            return ArchiveStore(self.endpoint.path, create=self.secret.role == "dst")
-        raise UsageError(f"{self.endpoint.url()}: {scheme}:// is not supported yet")
+        # A source archive must exist; a destination archive is created on first use.
+        return ArchiveStore(self.endpoint.path, create=self.secret.role == "dst")
 
 
-def both_sides(on_src: Callable, on_dst: Callable | None, pool=None) -> tuple:
-    """(on_src(), on_dst()), on_dst called meanwhile by a helper thread (the pool's, or one of its
-    own) on its own connection: the two sides' round trips overlap instead of adding up. If
-    either fails, its error is raised once both are done, the source's first."""
-    if pool is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=1) as own:
-            return both_sides(on_src, on_dst, own)
-    dst_side = pool.submit(on_dst) if on_dst is not None else None
-    try:
-        from_src = on_src()
-    except BaseException:
-        if dst_side is not None:
-            dst_side.exception()  # wait for it
-        raise
-    return from_src, (dst_side.result() if dst_side is not None else None)
+def _kind(ep: Endpoint) -> str:
+    """Which store serves this endpoint: imap, pop3 or archive."""
+    kind = {"imap": "imap", "imaps": "imap", "pop3": "pop3", "pop3s": "pop3", "archive": "archive"}.get(ep.scheme)
+    if kind is None:
+        raise UsageError(f"{ep.url()}: {ep.scheme}:// is not supported yet")
+    return kind
 
 
-def open_pair(open_src: Callable[[], Store], open_dst: Callable[[], Store]) -> tuple[Store, Store]:
-    """Open both sides at the same time: on a WAN each login is several round trips.
+def advertised(ep: Endpoint) -> Capabilities:
+    """What the store serving `ep` can do, known before connecting (writable, sessions): what the
+    runner checks a plan against. A connected store's own `capabilities` say more."""
+    if _kind(ep) == "pop3":
+        from migrator.stores.pop3 import Pop3Store
 
-    If one side fails, the other is closed and the first failure (source first) is raised."""
-    from concurrent.futures import ThreadPoolExecutor
+        return Pop3Store.ADVERTISED
+    return Capabilities()
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = [pool.submit(open_src), pool.submit(open_dst)]
-    opened = [f.result() if f.exception() is None else None for f in futures]
-    if None in opened:
-        for store in opened:
-            if store is not None:
-                try:
-                    store.close()
-                except Exception:
-                    pass
-        for f in futures:
-            f.result()  # raises
-    return opened[0], opened[1]

@@ -4,7 +4,8 @@ Layout of an archive directory (mode 0700, files 0600):
 
     archive.json            {"format": "migrator-archive", "version": 1}: what this is
     index.sqlite            folders and messages: where each message's bytes are,
-                            its flags, INTERNALDATE, size and SHA-256 (SQLite, WAL)
+                            its flags, INTERNALDATE, size and fingerprint
+                            (digest.py: SHA-256, NUL as 0x80) (SQLite, WAL)
     data/<folder>-<n>.zst   message bytes, one independent zstd frame per message,
                             appended; each writer (worker) has its own file
 
@@ -20,26 +21,32 @@ restore is migrate from one, and verify works on it unchanged.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
 import random
 import sqlite3
 import threading
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import BinaryIO
 
 import zstandard
 
+from migrator.digest import fingerprint
 from migrator.errors import FolderError, StateError, UsageError
-from migrator.fsutil import ensure_private_dir, write_private
-from migrator.naming import Folder, display
+from migrator.fsutil import ensure_private_dir, lock_exclusive, write_private
+from migrator.naming import Folder, display, folder_from_key, folder_key
 from migrator.stores.base import (
-    AppendItem, Capabilities, FolderBatches, FolderInfo, FolderStatus, Message, MessageMeta, normalize_flags,
+    AppendItem,
+    Capabilities,
+    FolderInfo,
+    FolderStatus,
+    Message,
+    MessageMeta,
+    normalize_flags,
 )
 
-FORMAT = "migrator-archive"
-VERSION = 1
+ARCHIVE_FORMAT = "migrator-archive"
+ARCHIVE_VERSION = 1
 ZSTD_LEVEL = 3  # fast, and mail compresses well at this level already
 
 _SCHEMA = """
@@ -69,11 +76,11 @@ CREATE TABLE IF NOT EXISTS messages (
 class _Archive:
     """The shared, process-wide handle on one archive directory (index + lock)."""
 
-    _registry: dict[str, "_Archive"] = {}
+    _registry: dict[str, _Archive] = {}
     _registry_lock = threading.Lock()
 
     @classmethod
-    def open(cls, path: str, create: bool) -> "_Archive":
+    def open(cls, path: str, create: bool) -> _Archive:
         key = os.path.abspath(path)
         with cls._registry_lock:
             arc = cls._registry.get(key)
@@ -95,23 +102,19 @@ class _Archive:
                 raise UsageError(f"{path} exists and is not empty, and is not a migrator archive")
             ensure_private_dir(path)
             ensure_private_dir(os.path.join(path, "data"))
-            write_private(marker, json.dumps({"format": FORMAT, "version": VERSION}) + "\n")
+            write_private(marker, json.dumps({"format": ARCHIVE_FORMAT, "version": ARCHIVE_VERSION}) + "\n")
         try:
             with open(marker, encoding="utf-8") as fh:
                 meta = json.load(fh)
         except (OSError, ValueError) as e:
             raise StateError(f"{marker} is unreadable: {e}") from None
-        if meta.get("format") != FORMAT:
+        if meta.get("format") != ARCHIVE_FORMAT:
             raise StateError(f"{path} is not a migrator archive")
-        if meta.get("version") != VERSION:
-            raise StateError(f"archive {path} has version {meta.get('version')}; this migrator reads version {VERSION}")
-        self._lock_fh = open(os.path.join(path, "lock"), "a+")
-        os.chmod(self._lock_fh.name, 0o600)
-        try:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_fh.close()
-            raise StateError(f"archive {path} is in use by another migrator process") from None
+        if meta.get("version") != ARCHIVE_VERSION:
+            raise StateError(f"archive {path} has version {meta.get('version')}; "
+                             f"this migrator reads version {ARCHIVE_VERSION}")
+        self._lock_fh = lock_exclusive(os.path.join(path, "lock"),
+                                       f"archive {path} is in use by another migrator process")
         index = os.path.join(path, "index.sqlite")
         if not os.path.exists(index):
             os.close(os.open(index, os.O_CREAT | os.O_WRONLY, 0o600))
@@ -136,7 +139,7 @@ class _Archive:
             return f"{folder_id}-{os.getpid()}-{random.getrandbits(32):08x}-{self._file_counter}.zst"
 
 
-class ArchiveStore(FolderBatches):
+class ArchiveStore:
     """One 'connection' to an archive. Several may be open in one process (one per worker)."""
 
     separator = None  # any component can be stored: no separator substitutes needed
@@ -148,7 +151,7 @@ class ArchiveStore(FolderBatches):
         self._arc = _Archive.open(self.path, create=create and not readonly)
         self.capabilities = Capabilities(writable=not readonly, multiappend=True, uidplus=True)
         self._selected: tuple[int, Folder] | None = None
-        self._writers: dict[int, tuple[str, object]] = {}  # folder id -> (file name, open file)
+        self._writers: dict[int, tuple[str, BinaryIO]] = {}  # folder id -> (file name, open file)
         self._cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
         self._dctx = zstandard.ZstdDecompressor()
 
@@ -157,7 +160,7 @@ class ArchiveStore(FolderBatches):
     def _folder(self, name: Folder) -> tuple[int, int, int]:
         with self._arc.lock:
             row = self._arc.db.execute(
-                "SELECT id, uidvalidity, uidnext FROM folders WHERE name=?", (_key(name),)
+                "SELECT id, uidvalidity, uidnext FROM folders WHERE name=?", (folder_key(name),)
             ).fetchone()
         if row is None:
             raise FolderError(f"folder '{display(name)}' is not in archive {self.path}")
@@ -166,11 +169,9 @@ class ArchiveStore(FolderBatches):
     def list_folders(self) -> list[FolderInfo]:
         with self._arc.lock:
             rows = self._arc.db.execute("SELECT name, subscribed, special_use FROM folders").fetchall()
-        out = [
-            FolderInfo(tuple(json.loads(n)), display(tuple(json.loads(n))), frozenset([special] if special else []),
-                       special, bool(sub))
-            for n, sub, special in rows
-        ]
+        named = [(folder_from_key(key), bool(sub), special) for key, sub, special in rows]
+        out = [FolderInfo(name, display(name), frozenset([special] if special else []), special, sub)
+               for name, sub, special in named]
         return sorted(out, key=lambda f: (f.name != ("INBOX",), f.name))
 
     def create_folder(self, name: Folder, special_use: str | None = None) -> None:
@@ -178,13 +179,13 @@ class ArchiveStore(FolderBatches):
         with self._arc.lock:
             self._arc.db.execute(
                 "INSERT OR IGNORE INTO folders(name, uidvalidity, uidnext, special_use) VALUES (?,?,1,?)",
-                (_key(name), random.randint(1, 2**31 - 1), special_use),
+                (folder_key(name), random.randint(1, 2**31 - 1), special_use),
             )
 
     def subscribe(self, name: Folder) -> None:
         self._writable()
         with self._arc.lock:
-            self._arc.db.execute("UPDATE folders SET subscribed=1 WHERE name=?", (_key(name),))
+            self._arc.db.execute("UPDATE folders SET subscribed=1 WHERE name=?", (folder_key(name),))
 
     def status(self, name: Folder) -> FolderStatus:
         fid, uidvalidity, uidnext = self._folder(name)
@@ -254,13 +255,13 @@ class ArchiveStore(FolderBatches):
             db.execute("BEGIN IMMEDIATE")
             try:
                 (uidnext,) = db.execute("SELECT uidnext FROM folders WHERE id=?", (fid,)).fetchone()
-                uids = list(range(uidnext, uidnext + len(placed)))
+                uids: list[int | None] = list(range(uidnext, uidnext + len(placed)))
                 db.executemany(
                     "INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?)",
                     [
-                        (fid, uid, file, offset, length, len(item.body), hashlib.sha256(item.body).hexdigest(),
+                        (fid, uid, file, offset, length, len(item.body), fingerprint(item.body),
                          json.dumps(list(normalize_flags(item.flags))), item.internaldate)
-                        for uid, (item, offset, length) in zip(uids, placed)
+                        for uid, (item, offset, length) in zip(uids, placed, strict=True)
                     ],
                 )
                 db.execute("UPDATE folders SET uidnext=? WHERE id=?", (uidnext + len(placed), fid))
@@ -270,7 +271,7 @@ class ArchiveStore(FolderBatches):
                 raise
         return uids
 
-    def _writer(self, fid: int):
+    def _writer(self, fid: int) -> tuple[str, BinaryIO]:
         entry = self._writers.get(fid)
         if entry is None:
             file = self._arc.new_data_file(fid)
@@ -310,7 +311,3 @@ class ArchiveStore(FolderBatches):
         if not getattr(self, "_released", False):
             self._released = True
             self._arc.release()
-
-
-def _key(name: Folder) -> str:
-    return json.dumps(list(name), ensure_ascii=False)

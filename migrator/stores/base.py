@@ -11,8 +11,9 @@ through a StoreFactory.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Protocol
 
 from migrator.errors import FolderError
 from migrator.naming import Folder
@@ -49,8 +50,8 @@ class MessageMeta:
     uid: int
     size: int
     flags: tuple[str, ...]  # sorted, without \Recent
-    # IMAP date-time string "dd-Mon-yyyy hh:mm:ss +zzzz", timezone kept. '' in a listing of a store
-    # that tells the date from the bytes only (POP3): its fetch() gives it in Message.meta.
+    # IMAP date-time string "dd-Mon-yyyy hh:mm:ss +zzzz", timezone kept; '' when unknown. A store
+    # that tells the date from the bytes only (POP3) leaves it '' in its listing: fetch() gives it.
     internaldate: str
 
     @property
@@ -60,6 +61,8 @@ class MessageMeta:
 
 @dataclass(frozen=True)
 class Message:
+    """One message as fetch() serves it: its bytes and its complete metadata, read together."""
+
     meta: MessageMeta
     body: bytes
     # True when the body is known to hold no NUL octet: read from an IMAP literal, which cannot
@@ -107,6 +110,11 @@ class Capabilities:
     # An APPEND sent before a crash or a cut connection may be committed after it (a server at the
     # other end of a network reads what was sent whenever it gets it): engine.copy waits for it.
     late_commits: bool = False
+    # The store implements Pipelined: it sends many calls in one round trip. Without it,
+    # stores.calls makes the same calls one after the other from the core.
+    pipelined: bool = False
+    # How many sessions may be open at once (POP3 servers lock the maildrop: 1); None: no limit.
+    sessions: int | None = None
     max_append_size: int | None = None
     extra: set[str] = field(default_factory=set)
 
@@ -116,10 +124,20 @@ def normalize_flags(flags: Iterable[str]) -> tuple[str, ...]:
 
 
 class Store(Protocol):
-    """One open connection to one end of a copy."""
+    """The required core: one open connection to one end of a copy. Every store implements all of
+    it honestly; a read-only store (POP3) raises FolderError from the calls that write.
+
+    Selection state: select() opens a folder for list_messages(), fetch(), set_flags() and
+    expunge_uids(); the folder stays selected until the next select(). append() names its folder
+    and leaves the selection as it was."""
 
     capabilities: Capabilities
-    separator: str | None
+
+    @property
+    def separator(self) -> str | None:
+        """The hierarchy separator folder names are written with; None: flat. Read-only here, so a
+        store may declare it as a class constant (the archive's and POP3's None)."""
+        ...
 
     def list_folders(self) -> list[FolderInfo]: ...
 
@@ -131,9 +149,45 @@ class Store(Protocol):
 
     def status(self, name: Folder) -> FolderStatus: ...
 
-    # The three below act on many folders at once, so that a store on a network can send
-    # the commands together (one round trip instead of one per folder). Stores without
-    # that inherit FolderBatches, which loops over the one-folder calls.
+    def select(self, name: Folder, readonly: bool = True) -> FolderStatus:
+        """Open a folder for the calls below; raises FolderError if it vanished."""
+        ...
+
+    def list_messages(self, uids: Sequence[int] | None = None) -> list[MessageMeta]:
+        """Metadata of the selected folder's messages: all of them as of the select() (a store
+        may use what SELECT answered), or the given UIDs."""
+        ...
+
+    def fetch(self, uids: Sequence[int]) -> Iterator[Message]:
+        """The given UIDs of the selected folder, exactly as stored, without setting \\Seen; a UID
+        no longer there is left out. Each Message.meta is complete, read with the bytes: the uid,
+        the size of the bytes served, the flags and the date (IMAP asks FLAGS and INTERNALDATE in
+        the same UID FETCH as the body; the archive reads its index; POP3 has no flags and tells
+        the date from the bytes, which its listing leaves empty). A caller need not join it to a
+        listing."""
+        ...
+
+    def append(self, name: Folder, items: Sequence[AppendItem]) -> list[int | None]:
+        """Store messages; returns the new UIDs where the store can tell (UIDPLUS)."""
+        ...
+
+    def set_flags(self, uid: int, add: Iterable[str], remove: Iterable[str]) -> None:
+        """Change one message's flags in the selected folder."""
+        ...
+
+    def expunge_uids(self, uids: Sequence[int]) -> None:
+        """Remove these messages of the selected folder, and no other (UID EXPUNGE where the
+        server has it; a store that cannot be that precise refuses with FolderError)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Pipelined(Store, Protocol):
+    """Optional capability (Capabilities.pipelined): the calls a network store sends together
+    (many folders, or one folder's end and the next one's start) to save round trips. The engine
+    reaches them through stores.calls, which falls back on the core for stores without it, so
+    each has exactly the meaning of the core calls it stands for."""
 
     def statuses(self, names: Sequence[Folder]) -> dict[Folder, FolderStatus]:
         """STATUS of many folders; a folder whose STATUS fails is left out of the answer."""
@@ -148,114 +202,26 @@ class Store(Protocol):
         """Subscribe folders; per folder None, or the reason it failed."""
         ...
 
-    def select(self, name: Folder, readonly: bool = True) -> FolderStatus:
-        """Open a folder for the calls below; raises FolderError if it vanished."""
-        ...
-
-    def list_messages(self, uids: Sequence[int] | None = None) -> list[MessageMeta]:
-        """Metadata of the selected folder's messages: all of them as of the select() (a store
-        may use what SELECT answered), or the given UIDs."""
-        ...
-
     def select_and_list(self, name: Folder, readonly: bool = True, expect: int | None = None,
                         bodies: bool = False) -> tuple[FolderStatus, list[MessageMeta]]:
         """select(), then list_messages() of all. expect: how many messages the folder's STATUS
-        showed, if known (a network store may then ask for both in one round trip). bodies: all
-        of them will be fetched next (a network store may read them in the same round trip)."""
+        showed, if known (the store may then ask for both in one round trip). bodies: all of them
+        will be fetched next (the store may read them in the same round trip)."""
         ...
 
     def list_with_status(self, name: Folder, uids: Sequence[int], read_back: Sequence[int] = ()) -> Checked:
         """list_messages(uids) of the selected folder `name` (as of now, not of the select()),
-        status(name) or None if it failed, and the bodies of read_back as fetch() gives them; a
-        network store asks all in one round trip."""
+        status(name) or None if it failed, and the bodies of read_back as fetch() gives them."""
         ...
 
     def check_then_open(self, done: Folder, uids: Sequence[int], name: Folder, readonly: bool = True,
                         expect: int | None = None, read_back: Sequence[int] = ()) -> tuple[Checked, Opened]:
-        """list_with_status(done, uids, read_back) of the selected folder `done`, then select_and_list(name):
-        the end of one folder and the start of the next; a network store sends both in one
-        round trip. Each part's failure is returned, not raised, so that the other part's result
-        is not lost: a refused listing as Checked.refused, a folder that cannot be opened as its
-        FolderError. A lost connection raises (both parts are then to be done again)."""
+        """list_with_status(done, uids, read_back) of the selected folder `done`, then
+        select_and_list(name): the end of one folder and the start of the next. Each part's
+        failure is returned, not raised, so that the other part's result is not lost: a refused
+        listing as Checked.refused, a folder that cannot be opened as its FolderError. A lost
+        connection raises (both parts are then to be done again)."""
         ...
-
-    def fetch(self, uids: Sequence[int]) -> Iterator[Message]:
-        """Bodies of the given UIDs, exactly as stored, without setting \\Seen. Each Message.meta has
-        the size of its bytes; its flags and date may be left empty, except the date a store's
-        listing leaves empty (POP3): fetch() gives that one."""
-        ...
-
-    def append(self, name: Folder, items: Sequence[AppendItem]) -> list[int | None]:
-        """Store messages; returns the new UIDs where the store can tell (UIDPLUS)."""
-        ...
-
-    def set_flags(self, uid: int, add: Iterable[str], remove: Iterable[str]) -> None: ...
-
-    def close(self) -> None: ...
 
 
 StoreFactory = Callable[[], Store]
-
-
-class FolderBatches:
-    """The calls of Store that a network store sends together (many folders, or a folder and its
-    listing), made here one after the other: for local or read-only stores."""
-
-    def select_and_list(self, name: Folder, readonly: bool = True, expect: int | None = None,
-                        bodies: bool = False) -> tuple[FolderStatus, list[MessageMeta]]:
-        status = self.select(name, readonly)  # type: ignore[attr-defined]
-        return status, self.list_messages()  # type: ignore[attr-defined]
-
-    def list_with_status(self, name: Folder, uids: Sequence[int], read_back: Sequence[int] = ()) -> Checked:
-        metas = self.list_messages(uids) if uids else []  # type: ignore[attr-defined]
-        bodies = {m.meta.uid: m.body for m in self.fetch(read_back)} if read_back else {}  # type: ignore[attr-defined]
-        try:
-            return Checked(metas, self.status(name), bodies=bodies)  # type: ignore[attr-defined]
-        except FolderError:
-            return Checked(metas, None, bodies=bodies)
-
-    def check_then_open(self, done: Folder, uids: Sequence[int], name: Folder, readonly: bool = True,
-                        expect: int | None = None, read_back: Sequence[int] = ()) -> tuple[Checked, Opened]:
-        return check_then_open_in_turn(self, done, uids, name, readonly, expect, read_back)  # type: ignore[arg-type]
-
-    def statuses(self, names: Sequence[Folder]) -> dict[Folder, FolderStatus]:
-        out = {}
-        for name in names:
-            try:
-                out[name] = self.status(name)  # type: ignore[attr-defined]
-            except FolderError:
-                continue
-        return out
-
-    def create_folders(self, folders: Sequence[tuple[Folder, str | None]]) -> dict[Folder, str | None]:
-        out: dict[Folder, str | None] = {}
-        for name, special_use in folders:
-            try:
-                self.create_folder(name, special_use=special_use)  # type: ignore[attr-defined]
-                out[name] = None
-            except FolderError as e:
-                out[name] = str(e)
-        return out
-
-    def subscribe_folders(self, names: Sequence[Folder]) -> dict[Folder, str | None]:
-        out: dict[Folder, str | None] = {}
-        for name in names:
-            try:
-                self.subscribe(name)  # type: ignore[attr-defined]
-                out[name] = None
-            except FolderError as e:
-                out[name] = str(e)
-        return out
-
-
-def check_then_open_in_turn(store: Store, done: Folder, uids: Sequence[int], name: Folder,
-                            readonly: bool, expect: int | None, read_back: Sequence[int] = ()) -> tuple[Checked, Opened]:
-    """Store.check_then_open made of its two calls, one after the other."""
-    try:
-        checked = store.list_with_status(done, uids, read_back)
-    except FolderError as e:
-        checked = Checked([], None, str(e))
-    try:
-        return checked, store.select_and_list(name, readonly, expect)
-    except FolderError as e:
-        return checked, e

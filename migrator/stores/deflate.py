@@ -1,9 +1,9 @@
 """COMPRESS=DEFLATE (RFC 4978) under an imaplib connection.
 
 After the server accepts COMPRESS DEFLATE, every byte in both directions is a raw
-deflate stream (no zlib header). imaplib reads through `imap.file` and writes
-through `imap.send`; both are swapped here for compressing versions, so
-imapclient, our raw APPEND and FETCH readers keep working unchanged.
+deflate stream (no zlib header). streams() gives a compressing send and an inflating
+reader over the socket; imap_wire puts them in place of imaplib's `send` and `file`, so
+imapclient, the raw APPEND and the FETCH readers keep working unchanged.
 
 Worth it on slow links only: on a LAN the CPU it costs is more than the bytes it
 saves (benchmarks/README.md has the measurement).
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import zlib
+from typing import Callable
 
 COMPRESS_LEVEL = 1  # mail text compresses well already at the fastest level; attachments hardly at all
 READ_SIZE = 64 * 1024
@@ -46,14 +47,13 @@ class _InflatingReader(io.RawIOBase):
         return n
 
 
-def start(imap) -> None:
-    """Switch an imaplib connection whose COMPRESS DEFLATE was just accepted to deflate."""
-    sock = imap.sock
+def streams(sock) -> tuple[Callable[[bytes], None], io.BufferedReader]:
+    """(send, file) for a connection whose COMPRESS DEFLATE was just accepted: a send that
+    compresses onto `sock`, and a buffered reader of the plain bytes the server's stream holds."""
     deflate = zlib.compressobj(COMPRESS_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
 
     def send(data) -> None:
         # A sync flush per write: the server must see each command whole, not when a buffer fills.
         sock.sendall(deflate.compress(data) + deflate.flush(zlib.Z_SYNC_FLUSH))
 
-    imap.send = send
-    imap.file = io.BufferedReader(_InflatingReader(sock), buffer_size=READ_SIZE)
+    return send, io.BufferedReader(_InflatingReader(sock), buffer_size=READ_SIZE)

@@ -17,28 +17,34 @@ needs out of what POP3 has:
   engine never matches a listing size against bytes.
 Message bodies are read by this module, not poplib: poplib refuses any line
 over 2,048 octets (_MAXLINE), and a message may hold longer lines.
-The TLS rule is the IMAP one: pop3s:// is TLS from the first byte; pop3:// to
-a non-loopback host must upgrade with STLS or migrator refuses to log in.
+The TLS rule, its warning and the error messages are IMAP's (stores/connection.py): pop3s:// is
+TLS from the first byte; pop3:// to a non-loopback host must upgrade with STLS, or log in over
+plaintext only with --allow-plaintext.
 """
 
 from __future__ import annotations
 
 import email.utils
+import dataclasses
 import hashlib
-import logging
 import poplib
 import re
-import ssl
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, NoReturn, Sequence
 
 from migrator.accounts import Endpoint
-from migrator.errors import ConnectionFailed, FolderError, TransientError, UsageError
+from migrator.errors import ConnectionFailed, FolderError
 from migrator.naming import INBOX, Folder, display
-from migrator.stores.base import AppendItem, Capabilities, FolderBatches, FolderInfo, FolderStatus, Message, MessageMeta
-from migrator.stores.imap import ConnectOptions, Credentials, make_ssl_context
-from migrator.stores.netutil import describe_os_error, tls_hint, warn_once
-
-log = logging.getLogger("migrator.pop3")
+from migrator.stores.base import AppendItem, Capabilities, FolderInfo, FolderStatus, Message, MessageMeta
+from migrator.stores.connection import (
+    ConnectOptions,
+    Credentials,
+    connect_failed,
+    connection_lost,
+    server_text,
+    stay_plain,
+    tls_context,
+    upgrade_failed,
+)
 
 UIDVALIDITY = 1
 _RECEIVED_DATE = re.compile(rb";\s*([^;]*?)\s*$")
@@ -125,15 +131,17 @@ def _headers(body: bytes) -> bytes:
     return body if end is None else body[: end.start()]
 
 
-class Pop3Store(FolderBatches):
+class Pop3Store:
     separator = None
     prefix = ""
+    # exact_sizes=False: LIST sizes are not the sizes of the bytes RETR serves (module doc);
+    # sessions=1: many POP3 servers lock the maildrop.
+    ADVERTISED = Capabilities(writable=False, keywords=False, exact_sizes=False, sessions=1)
 
     def __init__(self, ep: Endpoint, creds: Credentials, opts: ConnectOptions | None = None):
         self.endpoint = ep
         self._opts = opts or ConnectOptions()
-        # exact_sizes=False: LIST sizes are not the sizes of the bytes RETR serves (module doc).
-        self.capabilities = Capabilities(writable=False, keywords=False, exact_sizes=False)
+        self.capabilities = dataclasses.replace(self.ADVERTISED)
         self._conn = self._connect(creds)
         self._numbers: dict[int, int] = {}  # uid -> message number in this session
         self._sizes: dict[int, int] = {}
@@ -142,48 +150,37 @@ class Pop3Store(FolderBatches):
 
     def _connect(self, creds: Credentials) -> _Pop3:
         ep, opts = self.endpoint, self._opts
-        ctx = make_ssl_context(opts)
+        ctx = tls_context(ep, opts)
         try:
             if ep.implicit_tls:
                 conn = _Pop3Tls(ep.host, ep.port, timeout=opts.timeout, context=ctx)
             else:
                 conn = _Pop3(ep.host, ep.port, timeout=opts.timeout)
         except (OSError, poplib.error_proto) as e:
-            raise ConnectionFailed(describe_os_error(e, ep), hint=tls_hint(e)) from None
+            raise connect_failed(e, ep) from None
         try:
-            if not ep.implicit_tls and not ep.is_loopback:
-                self._stls(conn, ctx)
+            if not ep.implicit_tls and not stay_plain(ep, opts, lambda: "STLS" in _capa(conn), "STLS"):
+                _stls(conn, ep, ctx)
             conn.user(ep.user)
             conn.pass_(creds.secret())
+        except ConnectionFailed:
+            conn.close()
+            raise
         except poplib.error_proto as e:
             conn.close()
-            raise ConnectionFailed(f"login failed for {ep.user}@{ep.host}: {_text(e)}") from None
+            raise ConnectionFailed(f"login failed for {ep.user}@{ep.host}: {server_text(e)}") from None
         except OSError as e:
             conn.close()
-            raise ConnectionFailed(describe_os_error(e, ep), hint=tls_hint(e)) from None
+            raise connect_failed(e, ep) from None
         return conn
-
-    def _stls(self, conn: poplib.POP3, ctx: ssl.SSLContext) -> None:
-        where = f"{self.endpoint.host}:{self.endpoint.port}"
-        try:
-            caps = conn.capa()
-        except poplib.error_proto:
-            caps = {}
-        if "STLS" not in caps:
-            if self._opts.allow_plaintext:
-                warn_once(log, f"logging in to {where} without TLS (--allow-plaintext)")  # as IMAP says it
-                return
-            raise ConnectionFailed(f"{where} does not offer STLS; refusing to log in without TLS",
-                                   hint="use pop3s://, or --allow-plaintext if you accept the risk")
-        conn.stls(ctx)
 
     def _call(self, what: str, fn, *args):
         try:
             return fn(*args)
         except (OSError, EOFError) as e:
-            raise TransientError(f"POP3 connection to {self.endpoint.host} lost during {what}: {e}") from None
+            raise connection_lost(self.endpoint.host, f"POP3 {what}", e) from None
         except poplib.error_proto as e:
-            raise FolderError(f"POP3 {what} failed on {self.endpoint.host}: {_text(e)}") from None
+            raise FolderError(f"POP3 {what} failed on {self.endpoint.host}: {server_text(e)}") from None
 
     # -- Store interface ----------------------------------------------------------------------
 
@@ -228,16 +225,19 @@ class Pop3Store(FolderBatches):
             yield Message(MessageMeta(uid, len(body), (), date_from_headers(_headers(body))), body)
 
     def create_folder(self, name: Folder, special_use: str | None = None) -> None:
-        raise UsageError("POP3 is read-only: it can only be a source")
+        _read_only()
 
     def subscribe(self, name: Folder) -> None:
-        raise UsageError("POP3 is read-only: it can only be a source")
+        _read_only()
 
     def append(self, name: Folder, items: Sequence[AppendItem]) -> list[int | None]:
-        raise UsageError("POP3 is read-only: it can only be a source")
+        _read_only()
 
     def set_flags(self, uid: int, add: Iterable[str], remove: Iterable[str]) -> None:
-        raise UsageError("POP3 is read-only: it can only be a source")
+        _read_only()
+
+    def expunge_uids(self, uids: Sequence[int]) -> None:
+        _read_only()
 
     def close(self) -> None:
         try:
@@ -249,6 +249,22 @@ class Pop3Store(FolderBatches):
                 pass
 
 
-def _text(e: BaseException) -> str:
-    arg = e.args[0] if e.args else e
-    return (arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg))[:200]
+
+def _read_only() -> NoReturn:
+    """What every call that writes raises (base.Store: FolderError from a read-only store)."""
+    raise FolderError("POP3 is read-only: it can only be a source")
+
+
+def _capa(conn: poplib.POP3) -> dict:
+    """CAPA (RFC 2449); none if the server does not know it."""
+    try:
+        return conn.capa()
+    except poplib.error_proto:
+        return {}
+
+
+def _stls(conn: poplib.POP3, ep: Endpoint, ctx) -> None:
+    try:
+        conn.stls(ctx)
+    except (OSError, poplib.error_proto) as e:
+        raise upgrade_failed(e, ep, "STLS") from None

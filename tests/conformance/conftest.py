@@ -1,13 +1,12 @@
-"""The conformance suite's ends: every server kind the rig can start, a local archive and a POP3
-mailbox, each seeded once as a source (ends.py: what each gives migrator and the check).
+"""The conformance suite's ends: every server kind the rig can start (tests/conftest.py: servers),
+a local archive and a POP3 mailbox, each seeded once as a source (ends.py: what each gives
+migrator and the check).
 
-Servers are started lazily, one instance of each kind per pytest-xdist worker (a missing server
-is an error, never a skip). A source is seeded once per worker and kind and only read afterwards;
-every test writes into destination users (or an archive) of its own.
+A source is seeded once per worker and kind and only read afterwards; every test writes into
+destination users (or an archive) of its own.
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import pytest
@@ -16,37 +15,6 @@ from tests import rig
 from tests.conformance.content import pop3_inbox, seed_source
 from tests.conformance.ends import End
 from tests.helpers import migrate
-
-# kind -> (module, class) of the servers the rig starts besides Dovecot (tests/servers/)
-OTHER_SERVERS = {
-    "cyrus": ("tests.servers.cyrus", "Cyrus"),
-    "courier": ("tests.servers.courier", "Courier"),
-    "imap4d": ("tests.servers.imap4d", "Imap4d"),
-}
-
-
-@pytest.fixture(scope="session")
-def servers(rig_root, dovecot_slash):
-    """servers(kind) -> a started server of that kind (Dovecot: the rig's '/' instance)."""
-    started: dict = {}
-
-    def get(kind: str):
-        if kind == "dovecot":
-            return dovecot_slash
-        if kind not in started:
-            module, name = OTHER_SERVERS[kind]
-            server = getattr(importlib.import_module(module), name)(rig_root, f"conf-{kind}")
-            try:
-                server.start()  # raises with the server's log tail: the test errors
-            except BaseException:
-                server.cleanup()
-                raise
-            started[kind] = server
-        return started[kind]
-
-    yield get
-    for server in started.values():
-        server.cleanup()
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,8 @@ def folders(large: bool = True) -> dict[tuple, list[tuple]]:
         ("INBOX",): corpus_items(large=False),
         **({LARGE_FOLDER: corpus_items(large=True)} if large else {}),
         ("Twins",): [(TWIN, (), dt(0)), (TWIN, ("\\Seen",), dt(1, tz_hours=-5)), (TWIN, ("\\Flagged",), dt(2))],
-        ("Work", "Projects"): [(simple_message(700 + i, body="w" * 3000), FLAGS[i % len(FLAGS)], dt(i)) for i in range(12)],
+        ("Work", "Projects"): [(simple_message(700 + i, body="w" * 3000), FLAGS[i % len(FLAGS)], dt(i))
+                               for i in range(12)],
     }
 
 
@@ -38,7 +39,7 @@ def seed_source(account, large: bool = True) -> dict:
     for folder, items in folders(large).items():
         refused = rig.append_each(account, folder, items)
         again = [(raw, tuple(f for f in flags if f.startswith("\\")), date)
-                 for (raw, flags, date), why in zip(items, refused)
+                 for (raw, flags, date), why in zip(items, refused, strict=True)
                  if why is not None and any(not f.startswith("\\") for f in flags)]
         recovered = sum(1 for why in rig.append_each(account, folder, again) if why is None) if again else 0
         notes["keywords_dropped"] += recovered

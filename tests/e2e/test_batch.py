@@ -26,7 +26,7 @@ def test_batch_with_master_user_continues_past_a_failing_mailbox(dovecot_slash, 
         dst_pw[t.user].write_text(t.password)
         dst_pw[t.user].chmod(0o600)
     lines = ["# a comment", "source,destination,dst_password_file"]
-    lines += [f"{u.url},{t.url},{dst_pw[t.user]}" for u, t in zip(users, targets)]
+    lines += [f"{u.url},{t.url},{dst_pw[t.user]}" for u, t in zip(users, targets, strict=True)]
     lines.insert(3, f"imap://nosuchuser@127.0.0.1:{dovecot_slash.port},{targets[0].url},{dst_pw[targets[0].user]}")
     csv_file = tmp_path / "batch.csv"
     csv_file.write_text("\n".join(lines) + "\n")
@@ -40,7 +40,7 @@ def test_batch_with_master_user_continues_past_a_failing_mailbox(dovecot_slash, 
     codes = [m["exit_code"] for m in report["mailboxes"]]
     assert sorted(codes) == [0, 0, 0, 3]
     assert sum(m["copied"] for m in report["mailboxes"]) == 9
-    for u, t in zip(users, targets):
+    for u, t in zip(users, targets, strict=True):
         assert rig.snapshot(t)[("INBOX",)] == rig.snapshot(u)[("INBOX",)]
     assert "line 4: imap://nosuchuser@" in res.out and "exit 3" in res.out
 

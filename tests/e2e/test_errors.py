@@ -132,10 +132,10 @@ def test_source_folder_vanished_before_run(src_account, dst_account, tmp_path):
 def test_an_unexpected_error_at_a_folder_end_is_reported_on_that_folder(src_account, dst_account, tmp_path,
                                                                          folders):
     """A small folder's end (size check, STATUS, watermark) waits on the worker's connection for the
-    next folder's SELECT (engine._end_folder). An error there that is not the server's (a bug, the
+    next folder's SELECT (engine/ending.py). An error there that is not the server's (a bug, the
     state file failing) is reported on that folder as an internal error, the next folder is
     copied, and the run ends: not a lost job and a run waiting forever."""
-    from migrator.engine.copy import Engine
+    from migrator.engine.ending import FolderEnd
 
     names = ["Box/a", "Box/b"][:folders]
     for i, name in enumerate(names):
@@ -152,7 +152,7 @@ def test_an_unexpected_error_at_a_folder_end_is_reported_on_that_folder(src_acco
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MIGRATOR_SRC_PASSWORD", src_account.password)
         mp.setenv("MIGRATOR_DST_PASSWORD", dst_account.password)
-        mp.setattr(Engine, "_store_watermark", store_watermark)
+        mp.setattr(FolderEnd, "_store_watermark", store_watermark)
         plan = build_plan(Plan(src.endpoint, dst.endpoint), src, dst)
         for fp in plan.folders:
             if fp.source not in [tuple(n.split("/")) for n in names]:

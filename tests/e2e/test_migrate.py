@@ -17,7 +17,8 @@ def test_corpus_arrives_identical_with_flags_keywords_and_dates(src_account, dst
     """Every message of the shared corpus, spread over folders with flags, keywords and dates."""
     corpus = rig.corpus_messages()
     assert len(corpus) > 1000
-    flag_sets = [(), ("\\Seen",), ("\\Seen", "\\Flagged"), ("\\Answered", "$Forwarded"), ("\\Draft", "NonJunk", "$Label1")]
+    flag_sets = [(), ("\\Seen",), ("\\Seen", "\\Flagged"), ("\\Answered", "$Forwarded"),
+                 ("\\Draft", "NonJunk", "$Label1")]
     by_folder: dict[tuple, list] = {}
     for i, (path, raw) in enumerate(corpus):
         folder = ("INBOX",) if i % 3 == 0 else ("Corpus", path.split("/")[0])
@@ -88,7 +89,8 @@ def _raw_names(account) -> list[str]:
 def test_exact_duplicates_and_no_message_id_are_kept(src_account, dst_account, tmp_path):
     dup = simple_message(1)
     no_id = simple_message(2, msgid=False)
-    rig.seed(src_account, ["INBOX"], [(dup, (), dt(1)), (dup, (), dt(1)), (dup, ("\\Seen",), dt(1)), (no_id, (), dt(2)), (no_id, (), dt(2))])
+    rig.seed(src_account, ["INBOX"], [(dup, (), dt(1)), (dup, (), dt(1)), (dup, ("\\Seen",), dt(1)),
+                                      (no_id, (), dt(2)), (no_id, (), dt(2))])
     res, report = migrate(src_account, dst_account, tmp_path)
     assert res.code == 0, res.text
     assert report["totals"]["copied"] == 5

@@ -141,7 +141,8 @@ def test_plan_is_read_only_and_records_folders_counts_and_secret_sources(new_acc
     assert text.startswith("# migrator plan") and "How to edit" in text
     got = entries(path)
     snap = rig.snapshot(src)
-    for name, folder in (("INBOX", ("INBOX",)), ("Sent", ("Sent",)), ("Work/2020", ("Work", "2020")), ("Empty", ("Empty",))):
+    for name, folder in (("INBOX", ("INBOX",)), ("Sent", ("Sent",)), ("Work/2020", ("Work", "2020")),
+                         ("Empty", ("Empty",))):
         assert got[name]["messages"] == len(snap[folder])
         assert got[name]["bytes"] == sum(len(b) for b in rig.fetch_bodies(src, list(folder)))
         assert got[name]["action"] == "copy" and got[name]["uidvalidity"] > 0
@@ -288,7 +289,8 @@ def test_dry_run_changes_nothing_on_either_server(new_account, tmp_path):
     assert "Projects/A: 3 messages" in res.out and "Sent Items: 2 messages" in res.out
     assert "Would copy 7 messages" in res.out
 
-    res = migrator("migrate", dot.url, slash.url, "--dry-run", "--state", str(tmp_path / "m.sqlite"), src=dot, dst=slash)
+    res = migrator("migrate", dot.url, slash.url, "--dry-run", "--state", str(tmp_path / "m.sqlite"),
+                   src=dot, dst=slash)
     assert res.code == 0, res.text
     assert (server_state(dot), server_state(slash)) == before
 

@@ -11,8 +11,7 @@ import pytest
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
 
-from tests.rig import (connect, corpus_messages, create_folder, fetch_bodies,
-                       list_folders, seed, snapshot)
+from tests.rig import connect, corpus_messages, create_folder, fetch_bodies, list_folders, seed, snapshot
 
 pytestmark = pytest.mark.e2e
 

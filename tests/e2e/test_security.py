@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -108,7 +108,7 @@ class SecDovecot(rig.Dovecot):
         if self._cert == "wrong-host":
             leaf = ca.issue_cert("mail.wrong.example")
         elif self._cert == "expired":
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             leaf = ca.issue_cert("localhost", "127.0.0.1", not_before=now - timedelta(days=30),
                                  not_after=now - timedelta(days=1))
         else:
@@ -129,7 +129,8 @@ class SecDovecot(rig.Dovecot):
             )
             rig._auth_readable(ext)
             oauth = f"passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {ext}\n}}\n"
-            conf = conf.replace("passdb {\n  driver = passwd-file\n  args", oauth + "passdb {\n  driver = passwd-file\n  args", 1)
+            passwd_file = "passdb {\n  driver = passwd-file\n  args"
+            conf = conf.replace(passwd_file, oauth + passwd_file, 1)
         return conf
 
 
@@ -530,8 +531,8 @@ def test_no_secret_in_any_output_file_plan_or_process_title(src_account, dst_acc
         proc.wait(timeout=60)
     out, err = out_path.read_text(), err_path.read_text()
     assert proc.returncode == 0, out + err
-    verify = migrator("verify", src_account.url, dst_account.url, "--debug", "--report", str(tmp_path / "run" / "verify.json"),
-                      src=src_account, dst=dst_account)
+    verify = migrator("verify", src_account.url, dst_account.url, "--debug",
+                      "--report", str(tmp_path / "run" / "verify.json"), src=src_account, dst=dst_account)
     assert verify.code == 0, verify.text
     plan = migrator("plan", src_account.url, dst_account.url, "-o", str(tmp_path / "run" / "plan.toml"), "--debug",
                     src=src_account, dst=dst_account)

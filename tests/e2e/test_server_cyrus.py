@@ -7,8 +7,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
-import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from imapclient.datetime_util import datetime_to_INTERNALDATE
@@ -95,7 +94,7 @@ def test_append_flags_keywords_and_internaldate(cy_account):
     # Keywords are kept; INTERNALDATE keeps the instant, not the zone: served in TZ=UTC.
     assert "14-Mar-2019 09:39:26 +0000" in {date for _sha, _flags, date in got}  # was 15:09:26 +0530
     assert got == sorted((hashlib.sha256(m).hexdigest(), sorted(f),
-                          datetime_to_INTERNALDATE(d.astimezone(timezone.utc))) for m, f, d in msgs)
+                          datetime_to_INTERNALDATE(d.astimezone(UTC))) for m, f, d in msgs)
     assert rig.fetch_bodies(cy_account, ["Mail"]) == [m for m, _f, _d in msgs]
 
 
@@ -198,8 +197,8 @@ def test_migrate_dovecot_to_cyrus_and_back(dovecot_slash, cyrus, tmp_path):
         if count == 0:
             rig.create_folder(src, list(folder))
         else:
-            rig.seed(src, list(folder), [(simple_message(n + k), FLAG_SETS[(n + k) % 5], dt(n + k, tz_hours=(n + k) % 5 - 2))
-                                         for k in range(count)])
+            rig.seed(src, list(folder), [(simple_message(n + k), FLAG_SETS[(n + k) % 5],
+                                          dt(n + k, tz_hours=(n + k) % 5 - 2)) for k in range(count)])
         n += count
     before = rig.snapshot(src)
 

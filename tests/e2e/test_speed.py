@@ -16,7 +16,8 @@ import pytest
 from benchmarks.proxy import DelayProxy
 from migrator.accounts import parse_endpoint
 from migrator.errors import FolderError
-from migrator.stores.imap import ConnectOptions, Credentials, ImapStore
+from migrator.stores.connection import ConnectOptions, Credentials
+from migrator.stores.imap import ImapStore
 from migrator.throttle import Throttle
 from tests import rig
 from tests.faultproxy import wait_until
@@ -34,7 +35,8 @@ def _store(acc, port: int, opts: ConnectOptions | None = None) -> ImapStore:
 def _seed(acc, folders: int, per_folder: int) -> None:
     for f in range(folders):
         folder = ["INBOX"] if f == 0 else ["Box", f"f{f}"]
-        rig.seed(acc, folder, [(simple_message(f * 1000 + i), ("\\Seen",) if i % 2 else (), dt(i)) for i in range(per_folder)])
+        rig.seed(acc, folder, [(simple_message(f * 1000 + i), ("\\Seen",) if i % 2 else (), dt(i))
+                               for i in range(per_folder)])
 
 
 def test_max_messages_per_second_bounds_the_whole_run(src_account, dst_account, tmp_path):
@@ -84,13 +86,14 @@ def test_multiappend_when_offered_one_append_per_message_when_not(dovecot_slash)
     """Many messages go in one APPEND command (MULTIAPPEND, RFC 3502) when the server offers it:
     one round trip with LITERAL+. A server without it (a proxy takes it out of the capability
     lists) gets one APPEND per message; every message is stored either way, with its UID."""
-    from tests.faultproxy import FaultProxy
     from migrator.stores.base import AppendItem
+    from tests.faultproxy import FaultProxy
 
     items = [AppendItem(simple_message(i), ("\\Seen",), "14-Mar-2019 15:09:26 +0200") for i in range(5)]
     for strip, turns_expected in ((b"", 1), (b" MULTIAPPEND", 5)):
         acc = dovecot_slash.new_user("mapp")
-        with FaultProxy(dovecot_slash.port, rewrite_down=lambda data, s=strip: data.replace(s, b"") if s else data) as fp, \
+        with FaultProxy(dovecot_slash.port,
+                        rewrite_down=lambda data, s=strip: data.replace(s, b"") if s else data) as fp, \
                 DelayProxy(fp.port, rtt_ms=20) as proxy:
             store = _store(acc, proxy.port)
             try:
@@ -262,7 +265,7 @@ def test_listings_of_a_real_server_are_read_in_one_pass(dovecot_slash, monkeypat
     """A listing line is parsed by the pattern for the items in the order asked (one pass over the
     line) unless the server put them in another order; Dovecot does not, also after STATUS
     HIGHESTMODSEQ enabled CONDSTORE (RFC 7162 3.1), which adds MODSEQ to FETCH answers."""
-    from migrator.stores import imap as imap_module
+    from migrator.stores import imap_parse as imap_module
 
     acc = dovecot_slash.new_user("order")
     rig.seed(acc, ["INBOX"], [(simple_message(i), ("\\Seen", "$Label1") if i % 2 else (), dt(i)) for i in range(6)])

@@ -53,6 +53,8 @@ Everything that touches messages (keywords, sanity checks, ULIMITD 128 MB, ...) 
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import itertools
 import os
 import secrets
@@ -63,10 +65,7 @@ import subprocess
 import tempfile
 import threading
 import time
-import base64
-import hashlib
 from pathlib import Path
-from typing import Optional, Union
 
 from tests import rig
 
@@ -90,7 +89,7 @@ class Courier:
     separator = "."
     prefix = "INBOX."
 
-    def __init__(self, root: Union[str, Path, None] = None, name: str = "courier", tls: bool = True):
+    def __init__(self, root: str | Path | None = None, name: str = "courier", tls: bool = True):
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="mgr-", dir="/tmp"))
         self._own_root = root is None
         self.name = name
@@ -104,13 +103,13 @@ class Courier:
         self.launch_script = self.dir / "launch.sh"
         self.port = self.imaps_port = 0
         self.pop3_port = 0
-        self.ca_file: Optional[str] = None
+        self.ca_file: str | None = None
         self._users: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._proc: Optional[subprocess.Popen] = None
-        self._ns: Optional[str] = None
+        self._proc: subprocess.Popen | None = None
+        self._ns: str | None = None
         self._logf = None
-        self.start_seconds: Optional[float] = None
+        self.start_seconds: float | None = None
         for d in (self.etc_dir, self.run_dir, self.mail_dir):
             d.mkdir(parents=True, exist_ok=True)
         rig._ensure_traversable(self.dir)
@@ -218,7 +217,7 @@ exec {tcpd} /usr/lib/courier/courier/imaplogin /usr/bin/imapd $MAILDIRPATH'
             os.replace(out, final)
 
     # ------------------------------------------------------------ lifecycle
-    def start(self, timeout: float = 20.0) -> "Courier":
+    def start(self, timeout: float = 20.0) -> Courier:
         t0 = time.monotonic()
         self._check_tree()
         if self.tls and self.ca_file is None:
@@ -299,7 +298,7 @@ exec {tcpd} /usr/lib/courier/courier/imaplogin /usr/bin/imapd $MAILDIRPATH'
                 continue
         return [p for p in out if p != os.getpid()]
 
-    def master_pid(self) -> Optional[int]:
+    def master_pid(self) -> int | None:
         if self._proc is None or self._proc.poll() is not None:
             return None
         return self._proc.pid
@@ -339,7 +338,7 @@ exec {tcpd} /usr/lib/courier/courier/imaplogin /usr/bin/imapd $MAILDIRPATH'
             self._logf = None
         rig._live.discard(self)
 
-    def restart(self, timeout: float = 20.0) -> "Courier":
+    def restart(self, timeout: float = 20.0) -> Courier:
         """Stop everything, start again on the same ports (accounts keep working)."""
         self.stop()
         deadline = time.monotonic() + timeout
@@ -374,7 +373,7 @@ exec {tcpd} /usr/lib/courier/courier/imaplogin /usr/bin/imapd $MAILDIRPATH'
             return "(no log)"
 
     # -------------------------------------------------------------- sessions
-    def session_pids(self, user: Optional[str] = None) -> list[int]:
+    def session_pids(self, user: str | None = None) -> list[int]:
         """Logged-in imapd processes (not imaplogin, couriertls or the daemons); by user if given."""
         out = []
         for pid in self.pids():
@@ -392,7 +391,7 @@ exec {tcpd} /usr/lib/courier/courier/imaplogin /usr/bin/imapd $MAILDIRPATH'
             out.append(pid)
         return out
 
-    def kill_sessions(self, user: Optional[str] = None, sig: int = signal.SIGKILL) -> int:
+    def kill_sessions(self, user: str | None = None, sig: int = signal.SIGKILL) -> int:
         """Drop IMAP sessions server-side (default: SIGKILL, like a crash). Returns how many."""
         pids = self.session_pids(user)
         for pid in pids:

@@ -72,7 +72,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Optional, Union
 
 from tests import rig
 
@@ -134,7 +133,7 @@ class _SyslogSink:
         while not self._stop:
             try:
                 data = self.sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 break
@@ -195,7 +194,7 @@ def _debian_imapd_conf() -> list[str]:
     return out
 
 
-def _mount_ns(pid: int) -> Optional[str]:
+def _mount_ns(pid: int) -> str | None:
     try:
         return os.readlink(f"/proc/{pid}/ns/mnt")
     except OSError:
@@ -207,7 +206,7 @@ class Cyrus:
     separator = "."
     prefix = "INBOX."
 
-    def __init__(self, root: Union[str, Path, None] = None, name: str = "cyrus"):
+    def __init__(self, root: str | Path | None = None, name: str = "cyrus"):
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="mgr-", dir="/tmp"))
         self._own_root = root is None
         self.name = name
@@ -233,12 +232,12 @@ class Cyrus:
         self.pop3_port = 0  # cyrus-pop3d is another package: no POP3
         self._users: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._proc: Optional[subprocess.Popen] = None
-        self._ns: Optional[str] = None
-        self._sink: Optional[_SyslogSink] = None
+        self._proc: subprocess.Popen | None = None
+        self._ns: str | None = None
+        self._sink: _SyslogSink | None = None
         self._started = False
         self._prepared = False
-        self.start_seconds: Optional[float] = None
+        self.start_seconds: float | None = None
 
     # ---------------------------------------------------------------- setup
     def _prepare(self) -> None:
@@ -346,7 +345,7 @@ EVENTS {{
 """
 
     # ------------------------------------------------------------ lifecycle
-    def start(self, timeout: float = 30.0) -> "Cyrus":
+    def start(self, timeout: float = 30.0) -> Cyrus:
         t0 = time.monotonic()
         last_err = None
         self._prepare()
@@ -411,7 +410,7 @@ EVENTS {{
             time.sleep(0.05)
         raise RuntimeError(f"imap port {self.port} not ready after {timeout}s: {err}")
 
-    def master_pid(self) -> Optional[int]:
+    def master_pid(self) -> int | None:
         proc = self._proc
         if proc is None or proc.poll() is not None:
             return None
@@ -459,7 +458,7 @@ EVENTS {{
         self._started = False
         rig._live.discard(self)
 
-    def restart(self, timeout: float = 30.0) -> "Cyrus":
+    def restart(self, timeout: float = 30.0) -> Cyrus:
         """Stop everything, start again on the same ports (accounts and mail are kept)."""
         self.stop()
         deadline = time.monotonic() + timeout
@@ -522,10 +521,10 @@ EVENTS {{
             out[pid] = fields[2].strip() if len(fields) > 2 else ""
         return out
 
-    def session_pids(self, user: Optional[str] = None) -> list[int]:
+    def session_pids(self, user: str | None = None) -> list[int]:
         return [pid for pid, u in self.sessions().items() if user is None or u == user]
 
-    def kill_sessions(self, user: Optional[str] = None, sig: int = signal.SIGKILL) -> int:
+    def kill_sessions(self, user: str | None = None, sig: int = signal.SIGKILL) -> int:
         """SIGKILL (like a crash) the imapd processes serving clients: all, or USER's.
 
         Returns the number of processes signalled."""

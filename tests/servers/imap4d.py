@@ -78,7 +78,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Optional, Union
 
 from tests import rig
 
@@ -111,7 +110,7 @@ def _crypt_sha512(password: str) -> str:
 class Imap4d:
     kind = "imap4d"
 
-    def __init__(self, root: Union[str, Path, None] = None, name: str = "imap4d",
+    def __init__(self, root: str | Path | None = None, name: str = "imap4d",
                  sasl: bool = True, mailbox_type: str = "mbox", transcript: bool = False):
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="mgr-", dir="/tmp"))
         self._own_root = root is None
@@ -137,7 +136,7 @@ class Imap4d:
         self.uid = self.gid = 65534
         self._users: dict[str, dict] = {}
         self._lock = threading.Lock()
-        self._proc: Optional[subprocess.Popen] = None
+        self._proc: subprocess.Popen | None = None
         for d in (self.mail_dir, self.virt_dir):
             d.mkdir(parents=True, exist_ok=True)
         rig._ensure_traversable(self.dir)
@@ -188,7 +187,7 @@ server 127.0.0.1:{self.port} {{
         os.replace(tmp, path)
 
     # ------------------------------------------------------------ lifecycle
-    def start(self, timeout: float = 20.0) -> "Imap4d":
+    def start(self, timeout: float = 20.0) -> Imap4d:
         last_err = None
         for attempt in range(3):  # a free port can be raced away: retry with a new one
             if attempt or not self.port:
@@ -232,7 +231,7 @@ server 127.0.0.1:{self.port} {{
             time.sleep(0.05)
         raise RuntimeError(f"imap port {self.port} not ready after {timeout}s: {err}")
 
-    def master_pid(self) -> Optional[int]:
+    def master_pid(self) -> int | None:
         proc = self._proc
         if proc is None or proc.poll() is not None:
             return None
@@ -257,7 +256,7 @@ server 127.0.0.1:{self.port} {{
                 out.append(int(entry))
         return out
 
-    def session_pids(self, user: Optional[str] = None) -> list[int]:
+    def session_pids(self, user: str | None = None) -> list[int]:
         """Forked per-connection processes (not the master); by user if given: a logged-in
         session's working directory is the user's home."""
         master = self.master_pid()
@@ -277,7 +276,7 @@ server 127.0.0.1:{self.port} {{
             out.append(pid)
         return out
 
-    def kill_sessions(self, user: Optional[str] = None, sig: int = signal.SIGKILL) -> int:
+    def kill_sessions(self, user: str | None = None, sig: int = signal.SIGKILL) -> int:
         """SIGKILL the server-side session processes (all, or USER's), as a crash would.
 
         Returns the number of processes signalled."""
@@ -311,7 +310,7 @@ server 127.0.0.1:{self.port} {{
             time.sleep(0.05)
         rig._live.discard(self)
 
-    def restart(self, timeout: float = 20.0) -> "Imap4d":
+    def restart(self, timeout: float = 20.0) -> Imap4d:
         """Stop everything, start again on the same port (accounts keep working)."""
         self.stop()
         deadline = time.monotonic() + timeout
@@ -346,8 +345,8 @@ server 127.0.0.1:{self.port} {{
             return "(no log)"
 
     # ----------------------------------------------------------------- users
-    def new_user(self, prefix: str = "u", quota: Optional[str] = None,
-                 max_mail_size: Optional[str] = None, **kw) -> rig.Account:
+    def new_user(self, prefix: str = "u", quota: str | None = None,
+                 max_mail_size: str | None = None, **kw) -> rig.Account:
         """A virtual-domain user `PREFIX<worker>n<N><hex>@imap4d.test`; logs in at once."""
         if quota or max_mail_size or kw:
             raise NotImplementedError("imap4d test instances have no quota/size limits "

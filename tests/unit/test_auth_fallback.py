@@ -12,7 +12,8 @@ import pytest
 
 from migrator.accounts import Endpoint
 from migrator.errors import ConnectionFailed
-from migrator.stores import imap
+from migrator.stores import imap_connect
+from migrator.stores.connection import ConnectOptions, Credentials
 
 
 class ScriptedLogin:
@@ -70,22 +71,22 @@ class ScriptedLogin:
 
 @pytest.fixture(autouse=True)
 def _fresh_memory():
-    imap._login_only.clear()
+    imap_connect._login_only.clear()
     yield
-    imap._login_only.clear()
+    imap_connect._login_only.clear()
 
 
 def _connect(server: ScriptedLogin):
     ep = Endpoint("imap", "alice", "127.0.0.1", server.port)
-    return imap.connect(ep, imap.Credentials(password=lambda: "s3cret"), imap.ConnectOptions(timeout=5))
+    return imap_connect.connect(ep, Credentials(password=lambda: "s3cret"), ConnectOptions(timeout=5))
 
 
 @pytest.mark.parametrize("sasl_ir", [True, False])
 def test_bare_lf_success_line_falls_back_to_login(sasl_ir):
     server = ScriptedLogin("{tag} OK AUTHENTICATE PLAIN authentication successful\n", sasl_ir=sasl_ir)
     try:
-        client = _connect(server)
-        assert client._imap.state == "AUTH"
+        wire = _connect(server)
+        assert wire.client._imap.state == "AUTH"
         assert server.commands.count("AUTHENTICATE") == 1 and server.commands[-1] == "LOGIN"
         # The run's next connection goes straight to LOGIN.
         _connect(server)

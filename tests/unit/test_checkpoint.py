@@ -14,7 +14,7 @@ from migrator.engine.jobs import EngineOptions
 from migrator.engine.march import Pool, Wanted, decide, pool_candidates
 from migrator.errors import StateError
 from migrator.stores.base import Capabilities, Message, MessageMeta
-from migrator.stores.imap import FOLDER, MESSAGE, TRANSIENT, classify
+from migrator.stores.imap_parse import FOLDER, MESSAGE, TRANSIENT, classify
 
 INBOX = ("INBOX",)
 DATE = "14-Mar-2019 15:09:26 +0000"
@@ -187,16 +187,17 @@ class _Listed:
 
 
 def _pair(src_listing, src, dst_listing, dst):
+    from migrator.accounts import parse_endpoint
     from migrator.engine.copy import Engine
     from migrator.engine.jobs import FolderRun
     from migrator.plan import FolderPlan, Plan
-    from migrator.accounts import parse_endpoint
 
-    plan = Plan(parse_endpoint("imap://a@example.org"), parse_endpoint("imap://b@example.org"), [FolderPlan(INBOX, INBOX)])
+    plan = Plan(parse_endpoint("imap://a@example.org"), parse_endpoint("imap://b@example.org"),
+                [FolderPlan(INBOX, INBOX)])
     engine = Engine(plan, open_src=None, open_dst=None, checkpoint=None, opts=EngineOptions())
     run = FolderRun(plan.folders[0], 1)
     dec = _decide(src_listing, dst_listing, {})
-    pairs = engine._pair_with_pool(run, src, dst, dec, src_listing)
+    pairs = engine.sync.matcher.pair_with_pool(run, src, dst, dec, src_listing)
     return {uid: found.uid for uid, (found, _digest) in pairs.items()}, run, dec
 
 

@@ -2,8 +2,15 @@
 rewritten. The byte patterns are the ones measured on the real servers (README, server behaviour)."""
 from __future__ import annotations
 
+from migrator.digest import fingerprint
 from migrator.engine.content import (
-    LARGE, Shape, at_risk, describe_change, fingerprint, loose_form, loose_window, same_size_change,
+    LARGE,
+    Shape,
+    at_risk,
+    describe_change,
+    loose_form,
+    loose_window,
+    same_size_change,
 )
 
 PLAIN = b"From: a@example.com\r\nSubject: hello\r\n\r\nbody line\r\n"

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from migrator.stores import lean
+from migrator.stores.imap_wire import install_lean_reader
 
 STREAM = (
     b"* 1 FETCH (UID 7 BODY[] {5}\r\nhello)\r\n"
@@ -33,7 +33,7 @@ def _connection(stream: bytes, use_lean: bool):
     imap.tagre = imaplib.re.compile(rb"(?P<tag>A\d+) (?P<type>[A-Z]+) (?P<data>.*)", imaplib.re.ASCII)
     imap.sock, imap.file, imap.state = a, a.makefile("rb"), "SELECTED"
     if use_lean:
-        lean.install(imap)
+        install_lean_reader(imap)
     def serve() -> None:
         try:
             b.sendall(stream)

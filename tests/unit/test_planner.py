@@ -8,7 +8,7 @@ from migrator.errors import UsageError
 from migrator.naming import parse_display
 from migrator.plan import Plan
 from migrator.plan_io import read_plan, render_plan
-from migrator.planner import decide, invalid_destination, parse_map, planning_options, special_folders
+from migrator.planner import invalid_destination, map_folders, parse_map, planning_options, special_folders
 from migrator.presets import available, localized_names
 from migrator.stores.base import FolderInfo
 
@@ -20,8 +20,8 @@ def info(name: str, use: str | None = None, noselect: bool = False, subscribed: 
 
 
 def plan_of(src, dst, sep="/", **opts):
-    decisions, warnings = decide(src, dst, sep, planning_options(**opts))
-    return {"/".join(d.info.name): ("/".join(d.destination), d.action, d.rule) for d in decisions}, warnings
+    choices, warnings = map_folders(src, dst, sep, planning_options(**opts))
+    return {"/".join(c.info.name): ("/".join(c.destination), c.action, c.rule) for c in choices}, warnings
 
 
 SLASH_SPECIAL_DST = [info("INBOX"), info("Sent", "\\Sent"), info("Trash", "\\Trash"), info("Junk", "\\Junk")]
@@ -42,7 +42,8 @@ CASES = [
      [info("Gesendete Elemente"), info("Éléments supprimés"), info("Спам"), info("INBOX/已发送")],
      [info("INBOX"), info("Sent", "\\Sent"), info("Trash", "\\Trash"), info("Junk", "\\Junk"),
       info("Drafts", "\\Drafts")], "/", {},
-     {"Gesendete Elemente": ("Sent", "copy", "localized-name"), "Éléments supprimés": ("Trash", "copy", "localized-name"),
+     {"Gesendete Elemente": ("Sent", "copy", "localized-name"),
+      "Éléments supprimés": ("Trash", "copy", "localized-name"),
       "Спам": ("Junk", "copy", "localized-name"), "INBOX/已发送": ("Sent", "copy", "localized-name")}),
     ("destination without special-use: its localized folder is the target",
      [info("Sent", "\\Sent")], [info("INBOX"), info("INBOX/Sent Messages")], ".", {},
@@ -76,7 +77,8 @@ CASES = [
       info("[Gmail]/Sent Mail", "\\Sent"), info("[Gmail]/Spam", "\\Junk"), info("Label")],
      [info("INBOX"), info("Sent", "\\Sent")], "/", {"presets": ["gmail"]},
      {"INBOX": ("INBOX", "copy", "inbox"), "[Gmail]/All Mail": ("All Mail", "skip", "preset:gmail"),
-      "[Gmail]/Starred": ("Starred", "skip", "preset:gmail"), "[Gmail]/Important": ("Important", "skip", "preset:gmail"),
+      "[Gmail]/Starred": ("Starred", "skip", "preset:gmail"),
+      "[Gmail]/Important": ("Important", "skip", "preset:gmail"),
       "[Gmail]/Sent Mail": ("Sent", "copy", "special-use"), "[Gmail]/Spam": ("Spam", "copy", "preset:gmail"),
       "Label": ("Label", "copy", "same-name")}),
     ("gmail preset skip is overridden when asked for",
@@ -114,9 +116,9 @@ def test_noselect_folders_are_not_planned():
 
 @pytest.mark.parametrize("mode, expected", [("source", [True, False]), ("all", [True, True]), ("none", [False, False])])
 def test_subscribe_modes(mode, expected):
-    decisions, _ = decide([info("A", subscribed=True), info("B")], [info("INBOX")], "/",
-                          planning_options(subscribe=mode))
-    assert [d.subscribed for d in decisions] == expected
+    choices, _ = map_folders([info("A", subscribed=True), info("B")], [info("INBOX")], "/",
+                               planning_options(subscribe=mode))
+    assert [c.subscribed for c in choices] == expected
 
 
 @pytest.mark.parametrize("text, old, new", [
@@ -154,7 +156,8 @@ def test_localized_table_covers_ten_languages():
 def test_special_folders_prefers_marked():
     marked = special_folders([info("Sent", "\\Sent"), info("Sent Items")])
     assert marked == {"\\Sent": ("Sent",)}
-    assert special_folders([info("Sent Items"), info("Papierkorb")]) == {"\\Sent": ("Sent Items",), "\\Trash": ("Papierkorb",)}
+    assert special_folders([info("Sent Items"), info("Papierkorb")]) == {"\\Sent": ("Sent Items",),
+                                                                         "\\Trash": ("Papierkorb",)}
 
 
 def test_unknown_preset_is_a_usage_error():
@@ -193,8 +196,8 @@ def test_plan_round_trip(tmp_path):
     p.write_text(GOOD)
     plan = read_plan(str(p))
     fp = plan.folders[0]
-    assert (fp.source, fp.destination, fp.special_use, fp.messages, fp.size, fp.uidvalidity, fp.subscribed, fp.line) == (
-        ("Sent Items",), ("Sent",), "\\Sent", 3, 300, 7, True, 11)
+    got = (fp.source, fp.destination, fp.special_use, fp.messages, fp.size, fp.uidvalidity, fp.subscribed, fp.line)
+    assert got == (("Sent Items",), ("Sent",), "\\Sent", 3, 300, 7, True, 11)
     fp.note = 'a "quoted"\\ note'
     plan.warnings.append("something to know")
     text = render_plan(plan, str(p))
@@ -212,7 +215,8 @@ def test_plan_round_trip(tmp_path):
     (lambda t: t.replace('[options]', '[options]\nworkers = 3'), 9, "unknown key 'workers'"),
     (lambda t: t.replace('action = "copy"', 'action = "move"'), 14, "action must be"),
     (lambda t: t.replace('messages = 3', 'messages = "3"'), 17, "'messages'"),
-    (lambda t: t.replace('password_env = "MIGRATOR_SRC_PASSWORD"', 'password = "hunter2"'), 4, "unknown key 'password'"),
+    (lambda t: t.replace('password_env = "MIGRATOR_SRC_PASSWORD"', 'password = "hunter2"'), 4,
+     "unknown key 'password'"),
     (lambda t: t + '\n[[folder]]\nsource = "Sent Items"\ndestination = "X"\n', 22, "listed twice"),
     (lambda t: t.replace('url = "imap://a@127.0.0.1:1143"', 'url = "imap://a:pw@127.0.0.1"'), 3, "password"),
 ])

@@ -16,7 +16,7 @@ from migrator.errors import UsageError
 from migrator.logsafe import SecretMaskFilter
 from migrator.naming import from_server, to_server
 from migrator.stores.base import MessageMeta
-from migrator.stores.imap import parse_appenduid
+from migrator.stores.imap_parse import parse_appenduid
 
 
 @pytest.mark.parametrize(
@@ -139,7 +139,7 @@ def test_secret_mask_filter(line):
     ],
 )
 def test_metadata_fetch_line(line, expected):
-    from migrator.stores.imap import _META_IN_ORDER, _META_LINE
+    from migrator.stores.imap_parse import _META_IN_ORDER, _META_LINE
 
     m = _META_LINE.search(line)
     assert (m.group("uid", "size", "flags", "date") if m else None) == expected
@@ -159,33 +159,48 @@ def test_checkpoint_flags_round_trip_through_json():
 
 
 def test_uid_set_compacts_ranges():
-    from migrator.stores.imap import uid_set
+    from migrator.stores.imap_parse import uid_set
 
     assert uid_set([10, 9, 1, 2, 3, 7]) == "1:3,7,9:10"
     assert uid_set([5]) == "5"
 
 
+_DATE = b'"14-Mar-2019 15:09:26 +0200"'
+
+
+def _meta(uid, body, flags=(), date="14-Mar-2019 15:09:26 +0200"):
+    from migrator.stores.base import MessageMeta
+
+    return MessageMeta(uid, len(body), flags, date)
+
+
 @pytest.mark.parametrize(
     "data, fast, general",
     [
-        ([(b"1 (UID 1 BODY[] {5}", b"hello"), b")", (b"2 (UID 9 BODY[] {0}", b""), b")"], {1: b"hello", 9: b""},
-         {1: b"hello", 9: b""}),
-        ([(b"1 (UID 1 BODY[] {5}", b"hello"), b")", b"3 (FLAGS (\\Seen))"], {1: b"hello"}, {1: b"hello"}),
+        ([(b"1 (UID 1 FLAGS (\\Seen \\Recent) INTERNALDATE " + _DATE + b" BODY[] {5}", b"hello"), b")",
+          (b"2 (UID 9 FLAGS () INTERNALDATE " + _DATE + b" BODY[] {0}", b""), b")"],
+         {1: (_meta(1, b"hello", ("\\Seen",)), b"hello"), 9: (_meta(9, b""), b"")}, "same"),
+        # Cyrus puts FLAGS first; a MODSEQ may come along (CONDSTORE)
+        ([(b"1 (FLAGS ($X) UID 1 MODSEQ (7) INTERNALDATE \" 4-Mar-2019 15:09:26 +0200\" BODY[] {5}", b"hello"), b")",
+          b"3 (FLAGS (\\Seen))"],
+         {1: (_meta(1, b"hello", ("$X",), "04-Mar-2019 15:09:26 +0200"), b"hello")}, "same"),
         ([None], {}, {}),  # nothing answered (all expunged)
-        ([(b"1 (BODY[] {5}", b"hello"), b" UID 1)"], None, {1: b"hello"}),  # UID after the literal
-        ([b"1 (UID 1 BODY[] NIL)"], None, {1: b""}),  # no literal
+        ([(b"1 (BODY[] {5}", b"hello"), b" UID 1 FLAGS () INTERNALDATE " + _DATE + b")"], None,  # items after the literal
+         {1: (_meta(1, b"hello"), b"hello")}),
+        ([b"1 (UID 1 FLAGS () INTERNALDATE " + _DATE + b" BODY[] NIL)"], None, {1: (_meta(1, b""), b"")}),  # no literal
     ],
 )
-def test_bodies_from_fetch(data, fast, general):
-    """The fast reader takes the usual form and declines the rest, which the general parser reads."""
-    from migrator.stores.imap import bodies_from_any_fetch, bodies_from_fetch
+def test_messages_from_fetch(data, fast, general):
+    """The fast reader takes the usual forms and declines the rest, which the general parser reads;
+    both give each message's flags, date and the size of its bytes."""
+    from migrator.stores.imap_parse import messages_from_any_fetch, messages_from_fetch
 
-    assert bodies_from_fetch(data) == fast
-    assert bodies_from_any_fetch(data) == general
+    assert messages_from_fetch(data) == fast
+    assert messages_from_any_fetch(data) == (fast if general == "same" else general)
 
 
 def test_parse_status_answer():
-    from migrator.stores.imap import _parse_status
+    from migrator.stores.imap_parse import parse_status as _parse_status
 
     st = _parse_status([b'"Sent Items" (MESSAGES 3 UIDNEXT 4 UIDVALIDITY 5 HIGHESTMODSEQ 9)'])
     assert (st.messages, st.uidnext, st.uidvalidity, st.highestmodseq) == (3, 4, 5, 9)
@@ -197,7 +212,7 @@ def test_parse_status_answer():
 def test_status_answers_are_matched_by_mailbox_name():
     """Pipelined STATUS answers may arrive before an earlier command's completion: each is told
     apart by the name it carries (quoted, atom, literal, modified UTF-7; INBOX in any case)."""
-    from migrator.stores.imap import _mailbox_key, _status_of, _statuses_by_name
+    from migrator.stores.imap_parse import mailbox_key as _mailbox_key, status_of as _status_of, statuses_by_name as _statuses_by_name
 
     lines = [
         b'"Box/f2" (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 20)',
@@ -215,7 +230,8 @@ def test_status_answers_are_matched_by_mailbox_name():
     assert _status_of(by_name, "Missing") is None
     one = _statuses_by_name([b'"Sent Items" (MESSAGES 3 UIDNEXT 4 UIDVALIDITY 5)'])
     assert _status_of(one, "Sent", alone=True).uidvalidity == 5 and _status_of(one, "Sent") is None
-    two = _statuses_by_name([b'"Foo" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY 1)', b'"foo" (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 2)'])
+    two = _statuses_by_name([b'"Foo" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY 1)',
+                             b'"foo" (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 2)'])
     assert _status_of(two, "foo").uidvalidity == 2 and _status_of(two, "FOO") is None  # ambiguous: none
 
 
@@ -223,7 +239,7 @@ def test_both_sides_overlaps_the_calls_and_raises_after_both_are_done():
     import threading
     import time as _time
 
-    from migrator.stores import both_sides
+    from migrator.engine.pairs import both_sides
 
     started = threading.Event()
 
@@ -267,24 +283,25 @@ def test_workers_take_the_biggest_work_first():
     plan = Plan(parse_endpoint("imap://a@example.org"), parse_endpoint("imap://b@example.org"), list(folders.values()))
     engine = Engine(plan, open_src=None, open_dst=None, checkpoint=None, opts=EngineOptions())
     try:
-        engine._src_status = {
+        engine.ctx.src_status = {
             ("Big",): FolderStatus(1, messages=900, size=60_000_000),
             ("Small",): FolderStatus(1, messages=3, size=30_000),
             ("Counted",): FolderStatus(1, messages=100),  # no STATUS=SIZE: 100 typical messages
         }
         for name in ("Small", "Counted", "Unknown", "Big"):
-            engine._put(MarchJob(folders[name]))
+            engine.scheduler.put(MarchJob(folders[name]))
         chunk = ChunkJob(FolderRun(folders["Inbox"], 1), [MessageMeta(i, 1_000_000, (), "") for i in range(13)])
-        engine._put(chunk)
-        order = [engine._q.get_nowait()[1] for _ in range(5)]
+        engine.scheduler.put(chunk)
+        order = [engine.scheduler._q.get_nowait()[1] for _ in range(5)]
     finally:
-        engine._dst_side.shutdown()
+        engine.ctx.dst_side.shutdown()
     assert [job.fp.source[0] if isinstance(job, MarchJob) else "chunk" for job in order] == [
         "Unknown", "Big", "chunk", "Counted", "Small"]
 
 
 @pytest.mark.parametrize("body, suspect", [
-    ("Subject: \u2014 \u201cquoted\u201d \u2019 \u00e9\u20ac\r\n\r\n\u4e2d\u6587 \U0001f600\r\n".encode(), False),  # UTF-8
+    # UTF-8
+    ("Subject: \u2014 \u201cquoted\u201d \u2019 \u00e9\u20ac\r\n\r\n\u4e2d\u6587 \U0001f600\r\n".encode(), False),
     (b"ab\x80cd", True),  # what Dovecot serves for a stored NUL
     (b"\x80 first", True),
     (b"plain ASCII", False),
@@ -293,9 +310,37 @@ def test_workers_take_the_biggest_work_first():
 def test_which_bodies_are_read_again_as_binary(body, suspect):
     """A 0x80 octet after an ASCII one never occurs in UTF-8 text: only such bodies cost the
     extra BINARY[] read that finds NUL octets a server served as 0x80."""
-    from migrator.stores.imap import _LONE_0X80
+    from migrator.stores.imap_parse import nul_suspects
 
-    assert bool(_LONE_0X80.search(body)) == suspect
+    assert nul_suspects({7: body}) == ([7] if suspect else [])
+
+
+def test_nul_served_as_0x80_is_put_back_only_where_binary_differs_by_nul_alone():
+    from migrator.stores.imap_parse import restore_nul
+
+    bodies = {1: b"ab\x80cd", 2: b"ab\x80cd=3D", 3: b"ab\x80cd"}
+    binary = {1: b"ab\x00cd", 2: b"ab\x00cd=", 3: b"ab\x80cd"}  # 2: BINARY[] decoded a part; 3: no NUL
+    restored, notes = restore_nul(bodies, binary)
+    assert restored == {1} and bodies == {1: b"ab\x00cd", 2: b"ab\x80cd=3D", 3: b"ab\x80cd"}
+    assert list(notes) == [2] and "copied as served" in notes[2]
+
+
+def test_read_ahead_serves_one_fetch_of_its_own_folder_then_is_gone():
+    from migrator.stores.base import MessageMeta
+    from migrator.stores.imap_wire import ReadAhead
+
+    kept = {1: (MessageMeta(1, 1, (), ""), b"a"), 2: (MessageMeta(2, 1, (), ""), b"b")}
+    ahead = ReadAhead()
+    ahead.keep(("F",), dict(kept))
+    assert ahead.take(("F",), [1, 2]) == kept
+    assert ahead.take(("F",), [1]) is None  # served once
+    ahead.keep(("F",), dict(kept))
+    assert ahead.take(("F",), [1, 3]) is None and ahead.take(("F",), [1]) is None  # not all held: dropped
+    ahead.keep(("F",), dict(kept))
+    assert ahead.take(("G",), [1]) is None  # another folder
+    ahead.keep(("F",), dict(kept))
+    ahead.drop()  # a folder opening, close()
+    assert ahead.take(("F",), [1]) is None
 
 
 # -- identical messages: which source twin adopts which destination copy ----------------------------

@@ -17,7 +17,8 @@ from migrator.errors import ConnectionFailed, UsageError
 from migrator.fsutil import ensure_private_dir, write_private
 from migrator.logsafe import SecretMaskFilter
 from migrator.secrets import SecretSource, get_password, read_password_file, run_token_command
-from migrator.stores.imap import ConnectOptions, Credentials, _oauth2_responder, make_ssl_context
+from migrator.stores.connection import ConnectOptions, Credentials, make_ssl_context
+from migrator.stores.imap_connect import _oauth2_responder
 
 PW = "s3cr3t-Pa55"
 

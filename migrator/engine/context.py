@@ -1,0 +1,109 @@
+"""What the parts of one engine run share (Context), and where a message's outcome is written (Ledger).
+
+Context is read-mostly: the run's settings and what preparing the folders learnt. Ledger is the one
+place that writes a message's outcome, to the three places that keep it: the checkpoint (the
+journal: what the next run relies on), the report (stats) and the folder run's own tally (what its
+watermark depends on).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+from migrator.checkpoint import ALTERED, DONE, Checkpoint, Intent
+from migrator.engine.keywords import KeywordRefusal
+from migrator.engine.jobs import OVERQUOTA_HINT, EngineOptions, FolderRun
+from migrator.engine.pairs import both_sides
+from migrator.naming import Folder
+from migrator.plan import FolderPlan, Plan
+from migrator.stats import Stats
+from migrator.stores.base import FolderStatus
+
+log = logging.getLogger("migrator.engine")
+
+
+@dataclass
+class Context:
+    plan: Plan
+    ckpt: Checkpoint | None
+    opts: EngineOptions
+    stats: Stats
+    stop: threading.Event
+    # Helper threads, kept for the run: a worker's destination calls run on one of them while the
+    # worker makes its source calls (both_sides), so the two sides' round trips overlap.
+    dst_side: ThreadPoolExecutor
+    # Learnt while preparing (engine/prepare.py), before any folder is listed:
+    src_status: dict[Folder, FolderStatus] = field(default_factory=dict)  # source STATUS: watermark base, ranking
+    dst_status: dict[Folder, FolderStatus] = field(default_factory=dict)  # destination STATUS of folders ours
+    would_create: list[Folder] = field(default_factory=list)  # dry run: folders a real run would create
+    # Learnt from the destination's answers: whether it refuses keywords (engine/keywords.py).
+    keywords: KeywordRefusal = field(default_factory=KeywordRefusal)
+
+    @property
+    def writing(self) -> bool:
+        """A real run with a journal: what it does is recorded (not a dry run, not without state)."""
+        return self.ckpt is not None and not self.opts.dry_run
+
+    def both_sides(self, on_src: Callable, on_dst: Callable | None) -> tuple:
+        return both_sides(on_src, on_dst, self.dst_side)
+
+    def internal_error(self, fp: FolderPlan, e: Exception) -> None:
+        """A bug (or the state file failing): reported on its folder, and the run goes on."""
+        log.exception("unexpected error")
+        self.stats.folder_failed(fp.source, f"internal error: {type(e).__name__}: {e}")
+
+
+class Ledger:
+    """Records what became of messages: journal, report and the run's tally together."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    def intents(self, run: FolderRun, intents: list[Intent]) -> None:
+        """Before an APPEND: what is about to be sent (a crash after it is settled by the next march)."""
+        ckpt, fp = self.ctx.ckpt, run.fp
+        if ckpt:
+            ckpt.record_intents(fp.source, run.src_uidvalidity, fp.destination, run.dst_uidvalidity, intents)
+
+    def confirm(self, run: FolderRun, results: list[tuple[Intent, int | None]], status: str = DONE,
+                reason: str | None = None) -> None:
+        ckpt, fp = self.ctx.ckpt, run.fp
+        if ckpt:
+            ckpt.record_done(fp.source, run.src_uidvalidity, fp.destination, run.dst_uidvalidity,
+                             results, status, reason)
+
+    def altered(self, run: FolderRun, intent: Intent, uid: int, reason: str, copied: bool = True) -> None:
+        """A copy the destination stores with other bytes: reported, and recorded so that no rerun
+        copies it again. copied: it was counted as copied by this run (it no longer is)."""
+        self.confirm(run, [(intent, uid)], ALTERED, reason)
+        self.fail(run, intent, reason, copied)
+
+    def failed(self, run: FolderRun, intent: Intent, reason: str, copied: bool = False) -> None:
+        """Recorded as failed (the next run reports it, and copies it only with --retry-failed)."""
+        ckpt, fp = self.ctx.ckpt, run.fp
+        if ckpt:
+            ckpt.record_failed(fp.source, run.src_uidvalidity, fp.destination, run.dst_uidvalidity, intent, reason)
+        self.fail(run, intent, reason, copied)
+
+    def rejected(self, run: FolderRun, intent: Intent, reason: str) -> None:
+        self.failed(run, intent, f"rejected by the destination: {reason}")
+        if "OVERQUOTA" in reason.upper():
+            self.ctx.stats.warn(OVERQUOTA_HINT)
+
+    def fail(self, run: FolderRun, intent: Intent, reason: str, copied: bool = False) -> None:
+        """A message of the folder failed: reported, and counted by the run (then no watermark).
+        copied: it was counted as copied by this run (it no longer is)."""
+        stats = self.ctx.stats
+        stats.fail(run.fp.source, intent.src_uid, reason)
+        run.count(failed=1, copied=-int(copied))
+        if copied:
+            stats.add(run.fp.source, copied=-1, copied_bytes=-intent.size)
+
+    def count(self, run: FolderRun, **counts: int) -> None:
+        """Copied, adopted: in the report (with bytes) and in the run's tally (without)."""
+        self.ctx.stats.add(run.fp.source, **counts)
+        run.count(**{k: v for k, v in counts.items() if not k.endswith("_bytes")})

@@ -1,0 +1,242 @@
+"""Copying a chunk: source bodies fetched a batch ahead, appended to the destination, journalled.
+
+Safety: the intent (source UID, size, flags) is committed to the checkpoint before each APPEND
+and confirmed after it (with the SHA-256 when the destination gave no UID: then only the
+fingerprint can find the copy again). A crash between the two is settled by the next march,
+which looks at the destination.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from typing import Iterable, Iterator
+
+from migrator.checkpoint import UNVERIFIED, Intent, Resent
+from migrator.engine.batching import batches
+from migrator.engine.content import Shape, at_risk, loose_digest
+from migrator.engine.content import fingerprint as sha256
+from migrator.engine.context import Context, Ledger
+from migrator.engine.crashpoints import crash
+from migrator.engine.keywords import keywords_of, lost_keywords_reason, system_flags
+from migrator.engine.jobs import Connections, FolderRun, appends_unseen
+from migrator.engine.march import copy_flags
+from migrator.engine.readback import Check
+from migrator.errors import MessageRejected, TransientError
+from migrator.naming import display
+from migrator.stores.base import AppendItem, FolderStatus, Message, MessageMeta, Store
+
+
+class Copier:
+    def __init__(self, ctx: Context, ledger: Ledger):
+        self.ctx = ctx
+        self.ledger = ledger
+        self._sampled = False  # the run's first copy was taken to be read back (_to_read_back)
+        self._sample_lock = threading.Lock()
+
+    def copy_chunk(self, run: FolderRun, metas: list[MessageMeta], conn: Connections,
+                   opened: tuple[FolderStatus, FolderStatus] | None = None) -> None:
+        """opened: the folders' SELECT answers, when this worker's march has just opened them
+        (read-write on the destination) on these connections."""
+        ctx, fp, opts, stats = self.ctx, run.fp, self.ctx.opts, self.ctx.stats
+        src, dst = conn.both()
+        # Read-write on the destination: the folder's size check (ending.py) then needs no SELECT.
+        # Read-only where copies get no UID (appends_unseen): imap4d rewrites a folder that was
+        # empty when SELECTed from that session's view when it is left, losing what was appended.
+        s_st, d_st = opened or ctx.both_sides(lambda: conn.select_src(fp.source),
+                                              lambda: conn.select_dst(fp.destination, readonly=appends_unseen(dst)))
+        if s_st.uidvalidity != run.src_uidvalidity:
+            raise TransientError(f"UIDVALIDITY of source folder '{display(fp.source)}' changed during the run")
+        if d_st.uidvalidity != run.dst_uidvalidity:
+            raise TransientError(f"UIDVALIDITY of destination folder '{display(fp.destination)}' changed during the run")
+        for batch, fetched in prefetch(ctx, src, batches(metas, opts.batch_bytes, opts.batch_count)):
+            crash("fetched")
+            vanished = sum(1 for m in batch if m.uid not in fetched)
+            stats.skip(fp.source, "expunged from the source during the run", vanished)
+            intents: list[Intent] = []
+            items: list[AppendItem] = []
+            for m in batch:
+                msg = fetched.get(m.uid)
+                if msg is None:
+                    continue
+                if msg.note:
+                    stats.warn(f"'{display(fp.source)}' UID {m.uid}: {msg.note}")
+                flags = copy_flags(m, opts.include_deleted)
+                # What the pool holds was adopted by the march (matching.adopt): everything here is
+                # copied. No fingerprint (SHA-256 was a sixth of migrator's CPU), unless the
+                # destination gives no UID for the copy: then _append takes one before confirming it.
+                m = served(m, msg)  # the date a POP3 listing leaves out
+                intents.append(Intent(m.uid, m.size, "", flags))
+                # A destination known to refuse keywords gets the system flags (engine/keywords.py).
+                items.append(AppendItem(msg.body, ctx.keywords.keep(flags), m.internaldate, nul_free=msg.nul_free))
+            del fetched
+            if items:
+                self._append(run, dst, intents, items)
+
+    def _append(self, run: FolderRun, dst: Store, intents: list[Intent], items: list[AppendItem]) -> None:
+        fp = run.fp
+        intents, shapes = self._to_read_back(run, intents, items)
+        self.ledger.intents(run, intents)
+        crash("intent-written")
+        try:
+            uids = dst.append(fp.destination, items)
+        except MessageRejected as e:
+            self._refused(run, dst, intents, items, shapes, e)
+            return
+        self._appended(run, intents, items, uids, shapes)
+
+    def _refused(self, run: FolderRun, dst: Store, intents: list[Intent], items: list[AppendItem],
+                 shapes: dict[int, Shape], e: MessageRejected) -> None:
+        if e.stored is None and len(items) > 1:
+            # A MULTIAPPEND is all or nothing (RFC 3502): find the bad one(s) one by one.
+            for intent, item in zip(intents, items):
+                self._append(run, dst, [intent], [item])
+            return
+        # One APPEND a message (one message, or a server without MULTIAPPEND): those before
+        # the refused one are stored, and are confirmed as such, never sent again.
+        done = len(e.stored or ())
+        if done:
+            self._appended(run, intents[:done], items[:done], list(e.stored or ()),
+                           {n: s for n, s in shapes.items() if n < done})
+        if not self._without_keywords(run, dst, intents[done], items[done], shapes.get(done), str(e)):
+            self.ledger.rejected(run, intents[done], str(e))
+        if done + 1 < len(items):
+            self._append(run, dst, intents[done + 1:], items[done + 1:])
+
+    def _without_keywords(self, run: FolderRun, dst: Store, intent: Intent, item: AppendItem,
+                          shape: Shape | None, refusal: str) -> bool:
+        """A message refused with keywords, sent again without them: True if that was stored (the
+        destination refuses keywords, learnt once for the run: engine/keywords.py)."""
+        refusals = self.ctx.keywords
+        if not keywords_of(item.flags):
+            return False
+        bare = dataclasses.replace(item, flags=system_flags(item.flags))
+        try:
+            uids = dst.append(run.fp.destination, [bare])
+        except MessageRejected:
+            return False  # refused for another reason: the first answer is the one reported
+        refusals.learn(refusal)
+        self._appended(run, [intent], [bare], uids, {0: shape} if shape else {})
+        return True
+
+    def _appended(self, run: FolderRun, intents: list[Intent], items: list[AppendItem], uids: list[int | None],
+                  shapes: dict[int, Shape]) -> None:
+        """What follows an APPEND the server answered OK: these messages are stored, with these UIDs."""
+        crash("append-sent")  # stored on the server, not yet confirmed: settled by the next march
+        with run.lock:
+            run.appended.extend(u for u in uids if u is not None)
+            run.unknown_uids = run.unknown_uids or None in uids
+        # Without a destination UID (no UIDPLUS) a copy is found again by its fingerprint only.
+        intents = [i if uid is not None or i.sha256 else dataclasses.replace(i, sha256=sha256(item.body))
+                   for i, item, uid in zip(intents, items, uids)]
+        self._confirm(run, intents, items, uids, shapes)
+        self.ledger.count(run, copied=len(intents), copied_bytes=sum(i.size for i in intents))
+        for intent, item in zip(intents, items):
+            lost = set(keywords_of(intent.flags)) - set(item.flags)
+            if lost:  # stored, but not as the source has it: reported (and no watermark)
+                self.ledger.fail(run, intent, lost_keywords_reason(lost, self.ctx.keywords.reason or "?"), copied=True)
+
+    def _confirm(self, run: FolderRun, intents: list[Intent], items: list[AppendItem], uids: list[int | None],
+                 shapes: dict[int, Shape]) -> None:
+        """After an APPEND: each copy confirmed, and kept for the folder's end (ending.py)."""
+        fp, ckpt = run.fp, self.ctx.ckpt
+        results = list(zip(intents, uids))
+        if None in uids:  # no UID: found by content at the folder's end (readback.find_claims)
+            with run.lock:
+                run.claimed.extend((i, Shape.of(item.body), loose_digest(item.body))
+                                   for i, item, uid in zip(intents, items, uids) if uid is None)
+        if run.in_doubt and ckpt:
+            ckpt.record_resent(fp.destination, run.dst_uidvalidity, [
+                Resent(uid, i.src_uid, i.size, i.sha256, run.dst_uidnext, run.in_doubt[i.src_uid].updated)
+                for i, uid in results if uid is not None and i.src_uid in run.in_doubt])
+        # A copy to read back stays 'unverified' until its bytes are compared (readback.py); a
+        # crash before that leaves it for the next march to compare (march.decide: to_verify).
+        later = [n for n in sorted(shapes) if uids[n] is not None]
+        checks = [Check(intents[n], uids[n], shapes[n]) for n in later]
+        self.ledger.confirm(run, [result for n, result in enumerate(results) if n not in later])
+        self.ledger.confirm(run, [(c.intent, c.uid) for c in checks], UNVERIFIED)
+        crash("confirmed")
+        if self.ctx.opts.check_size:
+            with run.lock:  # sizes are checked once per folder, at its end (ending.py)
+                run.unchecked.extend((intent, uid) for intent, uid in results if uid is not None)
+                run.read_back.extend(checks)
+
+    def _to_read_back(self, run: FolderRun, intents: list[Intent],
+                      items: list[AppendItem]) -> tuple[list[Intent], dict[int, Shape]]:
+        """Which of these copies are read back at the folder's end (engine/content.py): those whose
+        bytes are at risk, and the run's first copy (a sample: once per run, as a read-back costs
+        the folder's end its ride with the next SELECT, a round trip). Their SHA-256 is taken now
+        (it goes into the intent) and their Shape kept, to say what changed without the bytes."""
+        shapes: dict[int, Shape] = {}
+        out = list(intents)
+        if self.ctx.opts.check_size:
+            with self._sample_lock:
+                sample, self._sampled = not self._sampled, True
+            for n, (intent, item) in enumerate(zip(intents, items)):
+                if (n == 0 and sample) or at_risk(item.body, item.nul_free):
+                    shapes[n] = Shape.of(item.body)
+        for n, (intent, item) in enumerate(zip(intents, items)):
+            # A message sent again for a pending intent is watched for a late twin (matching.py).
+            if not intent.sha256 and (n in shapes or intent.src_uid in run.in_doubt):
+                out[n] = dataclasses.replace(intent, sha256=sha256(item.body))
+        return out, shapes
+
+
+def served(m: MessageMeta, msg: Message) -> MessageMeta:
+    """A listed message with what only its fetched bytes tell: their size (a listed size may be an
+    estimate: Capabilities.exact_sizes), and the date a listing may leave out (POP3: read from the
+    headers by fetch())."""
+    return dataclasses.replace(m, size=len(msg.body), internaldate=m.internaldate or msg.meta.internaldate)
+
+
+def prefetch(ctx: Context, src: Store, pieces: Iterable[list[MessageMeta]]) -> Iterator[tuple[list[MessageMeta], dict]]:
+    """Yield (batch, {uid: Message}) while a helper thread already FETCHes the next batch.
+
+    The source and destination then work at the same time instead of taking turns
+    (the round trip of each FETCH is hidden behind an APPEND). At most two batches
+    are in memory per worker: the one being appended and the one prefetched.
+    """
+    out: queue.Queue = queue.Queue(maxsize=1)
+    done = threading.Event()
+    stop, throttle = ctx.stop, ctx.opts.throttle
+
+    def produce() -> None:
+        try:
+            for batch in pieces:
+                if stop.is_set() or done.is_set():
+                    break
+                if throttle and not throttle.acquire(len(batch), sum(m.size for m in batch), stop):
+                    break
+                fetched = {msg.meta.uid: msg for msg in src.fetch([m.uid for m in batch])}
+                while not done.is_set():
+                    try:
+                        out.put((batch, fetched, None), timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as e:  # handed to the consumer, which owns error handling
+            out.put((None, None, e))
+        finally:
+            out.put(None)
+
+    producer = threading.Thread(target=produce, name=threading.current_thread().name + "-fetch", daemon=True)
+    producer.start()
+    try:
+        while True:
+            item = out.get()
+            if item is None:
+                return
+            batch, fetched, error = item
+            if error is not None:
+                raise error
+            if stop.is_set():
+                return
+            yield batch, fetched
+    finally:
+        done.set()
+        while producer.is_alive():  # unblock a producer waiting to put, then let it finish
+            try:
+                out.get(timeout=0.2)
+            except queue.Empty:
+                pass

@@ -1,0 +1,237 @@
+"""The scheduler: the job queue, the workers, the stop, retries and their backoff.
+
+It knows the two kinds of job (jobs.MarchJob, jobs.ChunkJob) and how to rank them, and that a
+worker's connection may hold a folder's end waiting for the next SELECT (Phase.END_DEFERRED): before
+taking anything that cannot carry that end, the worker has it sent alone. What a job does is the
+folder sync's (engine/sync.py); see docs/engine.md for the threads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import queue
+import random
+import threading
+import time
+from collections import Counter
+from typing import Callable, TypeVar
+
+from migrator.engine.context import Context
+from migrator.engine.jobs import ChunkJob, Connections, MarchJob, close_quietly
+from migrator.engine.pairs import open_pair
+from migrator.errors import ConnectionFailed, TransientError
+from migrator.naming import Folder, display
+from migrator.plan import FolderPlan
+from migrator.stores.base import Store
+
+TYPICAL_MESSAGE_BYTES = 50_000  # only to rank a folder whose STATUS has no SIZE among the others
+
+T = TypeVar("T")
+Job = MarchJob | ChunkJob
+
+
+class Scheduler:
+    def __init__(self, ctx: Context, open_src: Callable[[], Store], open_dst: Callable[[], Store],
+                 spare: tuple[Store, Store] | None = None):
+        self.ctx = ctx
+        self.open_src, self.open_dst = open_src, open_dst
+        # Open connections handed over by the planner: used to prepare folders, then by a worker,
+        # so a run logs in once less per side (several round trips each on a WAN).
+        self._spare = spare
+        self._spare_lock = threading.Lock()
+        # Biggest work first (a big chunk taken last leaves the other workers idle at the end):
+        # chunks by their bytes, marches by their folder's (a big folder's march finds big chunks;
+        # a big chunk goes before the marches of small folders); a stop sentinel before anything.
+        self._q: queue.PriorityQueue = queue.PriorityQueue()
+        self._seq = itertools.count()
+        self._outstanding = 0
+        self._outstanding_lock = threading.Lock()
+        self._all_done = threading.Condition(self._outstanding_lock)  # notified when nothing is outstanding
+        self._live: Counter = Counter()  # source folder -> its queued or running jobs, deferred ends
+        self.sync = None  # engine/sync.py's FolderSync, which runs the jobs: set by the engine
+
+    # -- a run ---------------------------------------------------------------------------------
+
+    def run(self, prepare: Callable[[], list[MarchJob]], early: bool) -> None:
+        """prepare() the folders and queue the marches it returns; run workers until no work is
+        outstanding, or the stop. early: workers 1..n-1 log in while the folders are prepared,
+        instead of after (on a WAN several round trips off the critical path); worker 0 takes the
+        spare connections afterwards."""
+        n = max(1, self.ctx.opts.workers)
+        early = early and n > 1
+        threads = [threading.Thread(target=self._worker, args=(early and i > 0,), name=f"worker-{i}", daemon=True)
+                   for i in range(n)]
+        started: list[threading.Thread] = []
+        try:
+            if early:
+                for t in threads[1:]:
+                    t.start()
+                    started.append(t)
+            for job in prepare():
+                self.put(job)
+            for t in threads:
+                if t not in started:
+                    t.start()
+                    started.append(t)
+            try:
+                with self._all_done:  # woken by the last job's end; the timeout is for stop
+                    while self._outstanding and not self.ctx.stop.is_set():
+                        self._all_done.wait(0.2)
+            except KeyboardInterrupt:
+                self.ctx.stop.set()
+        finally:
+            self._stop_workers(started)
+
+    def _stop_workers(self, threads: list[threading.Thread]) -> None:
+        stop = self.ctx.stop
+        if stop.is_set():
+            self.ctx.stats.interrupted = True
+        for _ in threads:
+            self._q.put(((-math.inf, next(self._seq)), None))
+        # Interrupted: give workers a few seconds to finish the batch in hand, then leave them
+        # (daemon threads). Safe: an APPEND is only sent after its intent is committed.
+        deadline = time.monotonic() + self.ctx.opts.stop_grace
+        for t in threads:
+            while t.is_alive() and not (stop.is_set() and time.monotonic() > deadline):
+                t.join(0.2)
+        for store in self._take_spare() or ():
+            close_quietly(store)
+
+    def on_spare_pair(self, work: Callable[[Store, Store], T]) -> T | None:
+        """work(src, dst) on the connections the planner handed over (or a new pair), retried with
+        backoff on a transient error; the pair is then left for the first worker. None if stopped
+        during a backoff; the last attempt's error is raised."""
+        opts = self.ctx.opts
+        for attempt in range(1, opts.max_attempts + 1):
+            src = dst = None
+            try:
+                src, dst = self._take_spare() or open_pair(self.open_src, self.open_dst)
+                out = work(src, dst)
+                with self._spare_lock:
+                    self._spare = (src, dst)  # for the first worker
+                src = dst = None
+                return out
+            except TransientError as e:
+                if attempt == opts.max_attempts:
+                    raise
+                self.ctx.stats.warn(f"preparing folders: {e}; retrying")
+                if self.ctx.stop.wait(self.backoff(attempt)):
+                    return None
+            finally:
+                for store in (src, dst):
+                    if store is not None:
+                        close_quietly(store)
+        return None
+
+    def _take_spare(self) -> tuple[Store, Store] | None:
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+            return spare
+
+    # -- the queue and what is outstanding -------------------------------------------------------
+
+    def put(self, job: Job) -> None:
+        self.hold(_source(job))  # a retry is put before its failed job is done: stays > 0
+        work = self._expected_bytes(job.fp) if isinstance(job, MarchJob) else sum(m.size for m in job.metas)
+        self._q.put(((-work, next(self._seq)), job))
+
+    def _expected_bytes(self, fp: FolderPlan) -> float:
+        """How much a folder's march may lead to copying, to rank it among the chunks: its size as
+        its STATUS gave it (or its message count times a typical size); unknown comes first."""
+        st = self.ctx.src_status.get(fp.source)
+        if st is None:
+            return math.inf
+        return st.size if st.size is not None else st.messages * TYPICAL_MESSAGE_BYTES
+
+    def hold(self, folder: Folder) -> None:
+        """Count work of `folder` as outstanding: a queued or running job, or a deferred folder end."""
+        with self._outstanding_lock:
+            self._outstanding += 1
+            self._live[folder] += 1
+
+    def release(self, folder: Folder) -> None:
+        with self._outstanding_lock:
+            self._outstanding -= 1
+            self._live[folder] -= 1
+            if not self._outstanding:
+                self._all_done.notify_all()
+
+    def in_progress(self, folder: Folder) -> bool:
+        with self._outstanding_lock:
+            return self._live[folder] > 0
+
+    # -- retries -------------------------------------------------------------------------------
+
+    def backoff(self, attempt: int) -> float:
+        opts = self.ctx.opts
+        delay = min(opts.backoff_max, opts.backoff_base * (2 ** (attempt - 1)))
+        return delay * (0.5 + random.random() / 2)
+
+    def retry(self, fp: FolderPlan, attempt: int, reason: str) -> None:
+        """A transient error: the folder is marched again after a backoff, at most max_attempts times."""
+        ctx = self.ctx
+        if ctx.stop.is_set():
+            return
+        if attempt >= ctx.opts.max_attempts:
+            ctx.stats.folder_failed(
+                fp.source, f"gave up after {attempt} attempts: {reason} (rerun the same command to resume)"
+            )
+            return
+        ctx.stats.warn(f"'{display(fp.source)}': {reason}; retrying")
+        self.put(MarchJob(fp, attempt + 1, time.monotonic() + self.backoff(attempt)))
+
+    def later(self, job: MarchJob, seconds: float) -> None:
+        """March again in a while, without using up an attempt."""
+        self.put(MarchJob(job.fp, job.attempt, time.monotonic() + seconds))
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def _worker(self, log_in_now: bool = False) -> None:
+        ctx = self.ctx
+        conn = Connections(self.open_src, self.open_dst, None if log_in_now else self._take_spare())
+        if log_in_now:
+            try:
+                conn.both()
+            except (TransientError, ConnectionFailed):
+                conn.drop()  # the first job connects again, and reports what fails
+        try:
+            while (job := self._next_job(conn)) is not None:
+                try:
+                    if ctx.stop.is_set():
+                        continue
+                    if isinstance(job, MarchJob):
+                        wait = job.not_before - time.monotonic()
+                        if wait > 0 and ctx.stop.wait(wait):
+                            continue
+                        self.sync.run_march(job, conn)
+                    else:
+                        self.sync.run_chunk(job, conn)
+                except Exception as e:  # a bug must not hang the run: report it on the folder
+                    ctx.internal_error(job.fp if isinstance(job, MarchJob) else job.run.fp, e)
+                finally:
+                    self.release(_source(job))
+        finally:
+            if conn.deferred is not None:  # only if a bug ended the loop: keep the count right
+                self.release(conn.take_deferred().fp.source)
+            conn.close()
+
+    def _next_job(self, conn: Connections) -> Job | None:
+        """The next job from the queue. A folder end deferred on this worker's connection goes with
+        the job's first destination round trip if it is a march that can start now; before
+        anything else (another kind of job, a wait, an empty queue, the stop) it is sent alone."""
+        if conn.deferred is not None:
+            try:
+                _rank, job = self._q.get_nowait()
+            except queue.Empty:
+                self.sync.end_alone(conn)
+            else:
+                if not (isinstance(job, MarchJob) and job.not_before <= time.monotonic()
+                        and not self.ctx.stop.is_set()):
+                    self.sync.end_alone(conn)
+                return job
+        return self._q.get()[1]
+
+
+def _source(job: Job) -> Folder:
+    return job.fp.source if isinstance(job, MarchJob) else job.run.fp.source
