@@ -5,14 +5,15 @@ holds, in one form, outcome.Listing: {folder components: {uid: (body_sha, flags,
 a UTC instant)}}, as rig.messages_by_uid reads an IMAP account."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from datetime import timezone
+from datetime import UTC
 from pathlib import Path
 
 from imapclient.datetime_util import parse_to_datetime
 
 from migrator.stores.archive import ArchiveStore
-from migrator.stores.pop3 import _Pop3, _headers, date_from_headers, uid_from_uidl
+from migrator.stores.pop3 import _headers, _Pop3, date_from_headers, uid_from_uidl
 from tests import rig
 from tests.conformance.outcome import Listing
 
@@ -27,15 +28,15 @@ class End:
     path: Path | None = None  # an archive's directory
 
     @classmethod
-    def imap(cls, account: rig.Account) -> "End":
+    def imap(cls, account: rig.Account) -> End:
         return cls(account.kind, account.url, account)
 
     @classmethod
-    def archive(cls, path: Path) -> "End":
+    def archive(cls, path: Path) -> End:
         return cls("archive", f"archive://{path}", path=path)
 
     @classmethod
-    def pop3(cls, account: rig.Account) -> "End":
+    def pop3(cls, account: rig.Account) -> End:
         return cls("pop3", account.pop3_url, account)
 
     def env(self, role: str) -> dict:
@@ -46,14 +47,25 @@ class End:
             return archive_messages(self.path)
         if self.kind == "pop3":
             return pop3_messages(self.account)
+        sessions_ended(self.account)
         return rig.messages_by_uid(self.account)
+
+
+def sessions_ended(account: rig.Account, timeout: float = 30.0) -> None:
+    """Wait until the server has ended the account's sessions. migrator closes a connection
+    without waiting for the server's BYE (stores/imap.py, close), so a session may still be ending
+    when the process exits; GNU imap4d rewrites the mbox as a read-write session leaves it, and an
+    EXAMINE meanwhile is answered NO "Could not open ...: No such file or directory"."""
+    deadline = time.monotonic() + timeout
+    while account.server.session_pids(account.user) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def utc_instant(imap_date: str) -> str | None:
     """An IMAP date-time string as messages_by_uid gives INTERNALDATE; None for no date."""
     if not imap_date:
         return None
-    return parse_to_datetime(imap_date.encode("ascii"), normalise=False).astimezone(timezone.utc).isoformat()
+    return parse_to_datetime(imap_date.encode("ascii"), normalise=False).astimezone(UTC).isoformat()
 
 
 def archive_messages(path: Path) -> Listing:
@@ -68,7 +80,8 @@ def archive_messages(path: Path) -> Listing:
             arc.select(folder.name)
             uids = [m.uid for m in arc.list_messages()]
             out[folder.name] = {
-                msg.meta.uid: (rig.body_sha(msg.body), tuple(sorted(f for f in msg.meta.flags if f.lower() != "\\recent")),
+                msg.meta.uid: (rig.body_sha(msg.body),
+                               tuple(sorted(f for f in msg.meta.flags if f.lower() != "\\recent")),
                                utc_instant(msg.meta.internaldate))
                 for msg in arc.fetch(uids)}
         return out
@@ -96,7 +109,8 @@ def pop3_messages(account: rig.Account) -> Listing:
         for line in lines:
             num, uidl = line.split(None, 1)
             body = conn.retr_bytes(int(num))
-            inbox[uid_from_uidl(uidl.strip())] = (rig.body_sha(body), (), utc_instant(date_from_headers(_headers(body))))
+            date = utc_instant(date_from_headers(_headers(body)))
+            inbox[uid_from_uidl(uidl.strip())] = (rig.body_sha(body), (), date)
         return {("INBOX",): inbox}
     finally:
         conn.quit()

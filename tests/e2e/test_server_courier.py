@@ -298,7 +298,7 @@ def test_a_message_refused_in_a_batch_leaves_the_others_once(courier, tmp_path):
     arc = ArchiveStore(str(archive))
     try:
         arc.create_folder(("INBOX",))
-        arc.append(("INBOX",), [AppendItem(body, (), date) for body, date in zip(bodies, dates)])
+        arc.append(("INBOX",), [AppendItem(body, (), date) for body, date in zip(bodies, dates, strict=True)])
     finally:
         arc.close()
     dst = courier.new_user("rej")

@@ -432,12 +432,14 @@ def test_a_message_imap4d_answers_trycreate_for_is_refused_alone(imap4d, new_acc
     the rest of each folder is copied, instead of the folder being given up."""
     src = new_account("slash")
     bad = b"From: a@example.com\r\nnot a field\r\nSubject: bad\r\n\r\nbody\r\n"
-    rig.seed(src, ["INBOX"], [(simple_message(1), (), dt(1)), (bad, (), dt(2)), (simple_message(3), ("\\Seen",), dt(3))])
+    rig.seed(src, ["INBOX"], [(simple_message(1), (), dt(1)), (bad, (), dt(2)),
+                              (simple_message(3), ("\\Seen",), dt(3))])
     rig.seed(src, ["Box"], [(simple_message(4), (), dt(4)), (bad, (), dt(5))])
     dst = imap4d.new_user()
     res, report = migrate(src, dst, tmp_path)
     assert res.code == 1 and not report["folder_errors"], res.text
     refused = sorted((f["folder"], f["uid"]) for f in report["failures"] if f["reason"].startswith("rejected"))
     assert refused == [("Box", 2), ("INBOX", 2)], report["failures"]
-    held = {folder: [body.split(b"\r\n\r\n")[1] for body in rig.fetch_bodies(dst, [folder])] for folder in ("INBOX", "Box")}
+    held = {folder: [body.split(b"\r\n\r\n")[1] for body in rig.fetch_bodies(dst, [folder])]
+            for folder in ("INBOX", "Box")}
     assert held == {"INBOX": [b"hello 1\r\n", b"hello 3\r\n"], "Box": [b"hello 4\r\n"]}
