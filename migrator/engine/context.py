@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from migrator.checkpoint import ALTERED, DONE, Checkpoint, Intent
-from migrator.engine.keywords import KeywordRefusal
 from migrator.engine.jobs import OVERQUOTA_HINT, EngineOptions, FolderRun
 from migrator.engine.pairs import both_sides
 from migrator.naming import Folder
@@ -40,8 +39,6 @@ class Context:
     src_status: dict[Folder, FolderStatus] = field(default_factory=dict)  # source STATUS: watermark base, ranking
     dst_status: dict[Folder, FolderStatus] = field(default_factory=dict)  # destination STATUS of folders ours
     would_create: list[Folder] = field(default_factory=list)  # dry run: folders a real run would create
-    # Learnt from the destination's answers: whether it refuses keywords (engine/keywords.py).
-    keywords: KeywordRefusal = field(default_factory=KeywordRefusal)
 
     @property
     def writing(self) -> bool:

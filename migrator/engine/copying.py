@@ -19,7 +19,6 @@ from migrator.engine.content import Shape, at_risk, loose_digest
 from migrator.engine.content import fingerprint as sha256
 from migrator.engine.context import Context, Ledger
 from migrator.engine.crashpoints import crash
-from migrator.engine.keywords import keywords_of, lost_keywords_reason, system_flags
 from migrator.engine.jobs import Connections, FolderRun, appends_unseen
 from migrator.engine.march import copy_flags
 from migrator.engine.readback import Check
@@ -68,8 +67,7 @@ class Copier:
                 # destination gives no UID for the copy: then _append takes one before confirming it.
                 m = served(m, msg)  # the date a POP3 listing leaves out
                 intents.append(Intent(m.uid, m.size, "", flags))
-                # A destination known to refuse keywords gets the system flags (engine/keywords.py).
-                items.append(AppendItem(msg.body, ctx.keywords.keep(flags), m.internaldate, nul_free=msg.nul_free))
+                items.append(AppendItem(msg.body, flags, m.internaldate, nul_free=msg.nul_free))
             del fetched
             if items:
                 self._append(run, dst, intents, items)
@@ -99,26 +97,9 @@ class Copier:
         if done:
             self._appended(run, intents[:done], items[:done], list(e.stored or ()),
                            {n: s for n, s in shapes.items() if n < done})
-        if not self._without_keywords(run, dst, intents[done], items[done], shapes.get(done), str(e)):
-            self.ledger.rejected(run, intents[done], str(e))
+        self.ledger.rejected(run, intents[done], str(e))
         if done + 1 < len(items):
             self._append(run, dst, intents[done + 1:], items[done + 1:])
-
-    def _without_keywords(self, run: FolderRun, dst: Store, intent: Intent, item: AppendItem,
-                          shape: Shape | None, refusal: str) -> bool:
-        """A message refused with keywords, sent again without them: True if that was stored (the
-        destination refuses keywords, learnt once for the run: engine/keywords.py)."""
-        refusals = self.ctx.keywords
-        if not keywords_of(item.flags):
-            return False
-        bare = dataclasses.replace(item, flags=system_flags(item.flags))
-        try:
-            uids = dst.append(run.fp.destination, [bare])
-        except MessageRejected:
-            return False  # refused for another reason: the first answer is the one reported
-        refusals.learn(refusal)
-        self._appended(run, [intent], [bare], uids, {0: shape} if shape else {})
-        return True
 
     def _appended(self, run: FolderRun, intents: list[Intent], items: list[AppendItem], uids: list[int | None],
                   shapes: dict[int, Shape]) -> None:
@@ -132,10 +113,6 @@ class Copier:
                    for i, item, uid in zip(intents, items, uids)]
         self._confirm(run, intents, items, uids, shapes)
         self.ledger.count(run, copied=len(intents), copied_bytes=sum(i.size for i in intents))
-        for intent, item in zip(intents, items):
-            lost = set(keywords_of(intent.flags)) - set(item.flags)
-            if lost:  # stored, but not as the source has it: reported (and no watermark)
-                self.ledger.fail(run, intent, lost_keywords_reason(lost, self.ctx.keywords.reason or "?"), copied=True)
 
     def _confirm(self, run: FolderRun, intents: list[Intent], items: list[AppendItem], uids: list[int | None],
                  shapes: dict[int, Shape]) -> None:

@@ -24,7 +24,6 @@ from migrator.engine.context import Context, Ledger
 from migrator.engine.copying import prefetch, served
 from migrator.engine.crashpoints import crash
 from migrator.engine.jobs import FolderRun
-from migrator.engine.keywords import lost_keywords_reason, set_flags_kept
 from migrator.engine.march import Decision, Wanted, copy_flags, late_twin_candidates, pool_candidates
 from migrator.engine.readback import Held
 from migrator.naming import display
@@ -219,15 +218,12 @@ class Matcher:
             for m in adopting[start:start + opts.batch_count]:
                 found, digest = pairs[m.uid]
                 flags = copy_flags(m, opts.include_deleted)
-                lost: tuple[str, ...] = ()
                 if opts.sync_flags and set(found.flags) != set(flags):
-                    lost = set_flags_kept(dst, found.uid, flags, found.flags, self.ctx.keywords)
+                    dst.set_flags(found.uid, sorted(set(flags) - set(found.flags)),
+                                  sorted(set(found.flags) - set(flags)))
                     self.ctx.stats.add(fp.source, flags_updated=1)
                 # Its size as the destination lists it: the next march compares the two.
                 adopted.append((Intent(m.uid, found.size, digest, flags), found.uid))
-                if lost:
-                    reason = lost_keywords_reason(lost, self.ctx.keywords.reason or "?")
-                    self.ledger.fail(run, adopted[-1][0], reason)
             self.ledger.confirm(run, adopted)
             crash("adopted")
             self.ledger.count(run, found=len(adopted))

@@ -26,7 +26,6 @@ from migrator.engine.context import Context, Ledger
 from migrator.engine.copying import Copier
 from migrator.engine.crashpoints import crash
 from migrator.engine.ending import FolderEnd
-from migrator.engine.keywords import lost_keywords_reason, set_flags_kept
 from migrator.engine.jobs import ChunkJob, Connections, FolderRun, MarchJob, Phase, appends_unseen
 from migrator.engine.march import Decision, copy_flags, decide
 from migrator.engine.matching import Matcher
@@ -314,16 +313,13 @@ class FolderSync:
         if ctx.opts.dry_run:
             ctx.stats.add(fp.source, flags_updated=len(updates))
             return
-        done, changed = [], 0
+        done = []
         for src_meta, dst_meta in updates:
-            want = copy_flags(src_meta, ctx.opts.include_deleted)
-            lost = set_flags_kept(dst, dst_meta.uid, want, dst_meta.flags, ctx.keywords)
+            want = set(copy_flags(src_meta, ctx.opts.include_deleted))
+            have = set(dst_meta.flags)
+            dst.set_flags(dst_meta.uid, sorted(want - have), sorted(have - want))
             crash("flags-set")
             done.append((src_meta.uid, tuple(sorted(want))))
-            changed += set(ctx.keywords.keep(want)) != set(dst_meta.flags)
-            if lost:  # the destination refuses keywords: reported on every run, never silent
-                reason = lost_keywords_reason(lost, ctx.keywords.reason or "?")
-                self.ledger.fail(run, Intent(src_meta.uid, src_meta.size, "", want), reason)
         if ctx.ckpt:
             ctx.ckpt.update_flags(fp.source, run.src_uidvalidity, fp.destination, done)
-        ctx.stats.add(fp.source, flags_updated=changed)
+        ctx.stats.add(fp.source, flags_updated=len(done))
