@@ -64,10 +64,9 @@ class Stats:
             with self._lock:
                 self._f(folder).skipped[reason] += n
 
-    def fail(self, folder: Folder, uid: int | None, reason: str, counted: bool = True) -> None:
-        """A failure, listed; counted as a failed message unless it was already (another reason)."""
+    def fail(self, folder: Folder, uid: int | None, reason: str) -> None:
         with self._lock:
-            self._f(folder).failed += int(counted)
+            self._f(folder).failed += 1
             self.failures.append(Failure(display(folder), uid, reason))
 
     def folder_failed(self, folder: Folder, reason: str) -> None:

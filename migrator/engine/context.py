@@ -93,13 +93,9 @@ class Ledger:
 
     def fail(self, run: FolderRun, intent: Intent, reason: str, copied: bool = False) -> None:
         """A message of the folder failed: reported, and counted by the run (then no watermark).
-        copied: it was counted as copied by this run (it no longer is). A message reported for a
-        second reason (stored without its keywords, then found altered) is counted once."""
+        copied: it was counted as copied by this run (it no longer is)."""
         stats = self.ctx.stats
-        first = run.first_failure(intent.src_uid)
-        stats.fail(run.fp.source, intent.src_uid, reason, counted=first)
-        if not first:
-            return
+        stats.fail(run.fp.source, intent.src_uid, reason)
         run.count(failed=1, copied=-int(copied))
         if copied:
             stats.add(run.fp.source, copied=-1, copied_bytes=-intent.size)

@@ -122,16 +122,7 @@ class FolderRun:
     phase: Phase = Phase.MARCHING
     transient: str | None = None  # why the run is to be retried (the first chunk's transient error)
     tally: Tally = field(default_factory=Tally)
-    failed_uids: set[int] = field(default_factory=set)  # source UIDs counted as failed by this run
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def first_failure(self, src_uid: int) -> bool:
-        """Whether this run counts this source message as failed for the first time (a message
-        reported for two reasons is one failed message)."""
-        with self.lock:
-            first = src_uid not in self.failed_uids
-            self.failed_uids.add(src_uid)
-            return first
 
     def advance(self, to: Phase) -> None:
         with self.lock:

@@ -286,17 +286,3 @@ def test_a_crash_with_an_append_in_flight_then_a_late_commit(tmp_path, monkeypat
     assert again.ok and again.total("copied") == 0
     assert any("committed late" in w for w in again.warnings), again.warnings
     assert_identical(after)
-
-
-@pytest.mark.parametrize("uidplus", [True, False], ids=["uidplus", "no-uidplus"])
-def test_a_copy_reported_for_two_reasons_is_counted_once(tmp_path, uidplus):
-    """A copy stored without its keywords and with other bytes (GNU imap4d does both to a message
-    with a keyword) is reported with both reasons, and counted once: failed, not copied."""
-    world = World(seeded(), MemoryServer(uidplus=uidplus, keywords=False), str(tmp_path / "s.sqlite"))
-    world.dst.rewrite(lambda body: body.replace(b"\r\n\r\n", b"\r\nX-UID: 1\r\n\r\n", 1))
-    stats = world.run()
-    reasons = Counter((f.folder, f.uid) for f in stats.failures)
-    assert [m for m, n in reasons.items() if n == 2] == [("INBOX", 5)], reasons  # KEYWORDS[0]
-    altered = len(reasons)  # all but the one with bare LF line ends (no CRLF CRLF to rewrite)
-    assert altered == sum(len(v) for v in FOLDERS.values()) - 1, reasons
-    assert (stats.total("copied"), stats.total("failed")) == (1, altered)
