@@ -708,17 +708,21 @@ def append_each(account: Account, folder: Sequence[str], messages: Iterable[Mess
     return out
 
 
-def messages_by_uid(account: Account) -> dict[tuple, dict[int, tuple]]:
-    """{components: {uid: (sha256(BODY[]), sorted flags w/o \\Recent, INTERNALDATE as a UTC instant)}}.
+def body_sha(body: bytes) -> str:
+    """SHA-256 of a message's bytes with NUL hashed as 0x80: Dovecot serves a stored NUL as 0x80 (an
+    IMAP literal cannot carry it), Cyrus and Courier serve it as NUL (in a literal8), an archive
+    keeps it, so the same stored bytes read differently."""
+    return hashlib.sha256(body.replace(b"\x00", b"\x80")).hexdigest()
 
-    NUL is hashed as 0x80: Dovecot serves a stored NUL as 0x80 (an IMAP literal cannot carry it),
-    Cyrus and Courier serve it as NUL (in a literal8), so the same stored bytes read differently."""
+
+def messages_by_uid(account: Account) -> dict[tuple, dict[int, tuple]]:
+    """{components: {uid: (body_sha(BODY[]), sorted flags w/o \\Recent, INTERNALDATE as a UTC instant)}}."""
     c = connect(account)
     try:
         out = {}
         for name in _list(c, True):
             out[folder_components(account, name)] = {
-                uid: (hashlib.sha256(d[b"BODY[]"].replace(b"\x00", b"\x80")).hexdigest(), tuple(_flags(d[b"FLAGS"])),
+                uid: (body_sha(d[b"BODY[]"]), tuple(_flags(d[b"FLAGS"])),
                       d[b"INTERNALDATE"].astimezone(UTC).isoformat())
                 for uid, d in _fetch_all(c, name).items()}
         return out

@@ -45,3 +45,9 @@ def seed_source(account, large: bool = True) -> dict:
         notes["keywords_dropped"] += recovered
         notes["refused"] += sum(1 for why in refused if why is not None) - recovered
     return notes
+
+
+def pop3_inbox() -> list[tuple]:
+    """The POP3 source's content: every folder's messages in its one folder, INBOX, without the
+    large ones (in one folder, they could not be left out where GNU imap4d is the destination)."""
+    return [item for items in folders(large=False).values() for item in items]

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-Listing = dict[tuple, dict[int, tuple]]  # rig.messages_by_uid: {folder components: {uid: (sha, flags, date)}}
+# rig.messages_by_uid, ends.End.listing: {folder components: {uid: (sha, flags, UTC date or None)}}
+Listing = dict[tuple, dict[int, tuple]]
 
 
 def display(components: tuple) -> str:
@@ -45,8 +46,7 @@ def settle(src: Listing, dst: Listing, report: dict, flags_kept=lambda flags: fl
                 reported_here += 1
                 continue
             want = (sha, tuple(flags_kept(flags)), date)
-            if held[want] > 0:
-                held[want] -= 1
+            if _take(held, want):
                 out.identical += 1
                 continue
             near = [m for m in held.elements() if m[0] == sha]
@@ -60,6 +60,19 @@ def settle(src: Listing, dst: Listing, report: dict, flags_kept=lambda flags: fl
         if folder not in src and msgs:
             out.problems.append(f"{display(folder)}: {len(msgs)} message(s) in a folder the source does not have")
     return out
+
+
+def _take(held: Counter, want: tuple) -> bool:
+    """Take one copy of `want` from `held`, if there is one. A source date of None (a POP3 message
+    whose headers give no date: ends.pop3_messages) matches a copy of any date: the destination
+    dated it. An IMAP or archive source always has a date."""
+    sha, flags, date = want
+    if date is None:
+        want = next((held_as for held_as, n in held.items() if n > 0 and held_as[:2] == (sha, flags)), want)
+    if held[want] > 0:
+        held[want] -= 1
+        return True
+    return False
 
 
 def assert_kept(outcome: Outcome, report: dict, code: int) -> None:
