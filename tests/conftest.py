@@ -28,14 +28,19 @@ def rig_root():
     shutil.rmtree(root, ignore_errors=True)
 
 
-def _instance(root, name, **kw):
-    d = Dovecot(root, name, **kw)
+def started(server):
+    """server, started; one that fails to start is cleaned up and raises (the test errors, never
+    skips) with its log tail. For any rig server: Dovecot, tests/servers/*."""
     try:
-        d.start()  # raises (test errors, never skips) with the Dovecot log tail
+        server.start()
     except BaseException:
-        d.cleanup()
+        server.cleanup()
         raise
-    return d
+    return server
+
+
+def _instance(root, name, **kw):
+    return started(Dovecot(root, name, **kw))
 
 
 @pytest.fixture(scope="session")
@@ -93,22 +98,16 @@ def servers(rig_root, dovecot_slash):
     """servers(kind) -> a started server of that kind (Dovecot: the rig's '/' instance). Started
     lazily, one instance of each kind per pytest-xdist worker, shared by the conformance suite and
     the store contract (a missing server is an error, never a skip)."""
-    started: dict = {}
+    running: dict = {}
 
     def get(kind: str):
         if kind == "dovecot":
             return dovecot_slash
-        if kind not in started:
+        if kind not in running:
             module, name = OTHER_SERVERS[kind]
-            server = getattr(importlib.import_module(module), name)(rig_root, f"conf-{kind}")
-            try:
-                server.start()  # raises with the server's log tail: the test errors
-            except BaseException:
-                server.cleanup()
-                raise
-            started[kind] = server
-        return started[kind]
+            running[kind] = started(getattr(importlib.import_module(module), name)(rig_root, f"conf-{kind}"))
+        return running[kind]
 
     yield get
-    for server in started.values():
+    for server in running.values():
         server.cleanup()

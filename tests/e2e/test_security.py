@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests import rig
+from tests.conftest import started
 from tests.helpers import migrator, simple_message
 
 pytestmark = pytest.mark.e2e
@@ -141,13 +142,7 @@ def instances(rig_root):
 
     def get(name: str, **kw) -> SecDovecot:
         if name not in made:
-            d = SecDovecot(rig_root, f"sec-{name}", **kw)
-            try:
-                d.start()
-            except BaseException:
-                d.cleanup()
-                raise
-            made[name] = d
+            made[name] = started(SecDovecot(rig_root, f"sec-{name}", **kw))
         return made[name]
 
     yield get
