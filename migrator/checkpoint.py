@@ -36,11 +36,17 @@ from migrator.fsutil import ensure_private_dir, lock_exclusive
 from migrator.naming import Folder, folder_from_key, folder_key
 
 STATE_FORMAT = "migrator-state"
-STATE_VERSION = 1
+STATE_VERSION = 2
+# Version 1 had no messages.date; it is added on open (_upgrade), and a version 1 file is then 2.
+_UPGRADES = {1: "ALTER TABLE messages ADD COLUMN date TEXT"}
 
 PENDING, DONE, FAILED, ALTERED = "pending", "done", "failed", "altered"
 # Stored, with a destination UID, but its bytes not yet compared with what was sent (engine/content.py)
 UNVERIFIED = "unverified"
+
+# Named on every INSERT: a version 1 file upgraded by ALTER TABLE has date last, as a new one does.
+_COLUMNS = ("src_folder, src_uidvalidity, src_uid, dst_folder, dst_uidvalidity, dst_uid, size, sha256, flags, "
+            "status, reason, updated, date")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -57,6 +63,7 @@ CREATE TABLE IF NOT EXISTS messages (
     status TEXT NOT NULL,
     reason TEXT,
     updated REAL NOT NULL,
+    date TEXT,  -- the INTERNALDATE sent (NULL: not known, a row of version 1)
     PRIMARY KEY (src_folder, src_uidvalidity, src_uid, dst_folder)
 );
 CREATE INDEX IF NOT EXISTS messages_dst ON messages (dst_folder, dst_uidvalidity, dst_uid);
@@ -119,6 +126,10 @@ class Row:
     status: str
     reason: str | None
     updated: float = 0.0  # when the row was last written (for a pending row: when its APPEND went out)
+    date: str = ""  # Intent.date ('' if not known: a row of version 1)
+
+    def intent(self) -> Intent:
+        return Intent(self.src_uid, self.size, self.sha256, self.flags, self.date)
 
 
 @dataclass(frozen=True)
@@ -154,6 +165,7 @@ class Intent:
     size: int
     sha256: str
     flags: tuple[str, ...]
+    date: str = ""  # the INTERNALDATE the copy is to have: the source's, as sent ('' if not known)
 
 
 class Checkpoint:
@@ -205,12 +217,21 @@ class Checkpoint:
             meta = {}
         if meta.get("format") != STATE_FORMAT:
             raise sqlite3.DatabaseError("no migrator header")
-        if meta.get("version") != str(STATE_VERSION):
+        version = meta.get("version")
+        if version is not None and version.isdigit() and int(version) in _UPGRADES:
+            self._upgrade(int(version))
+        elif version != str(STATE_VERSION):
             raise StateError(
                 f"state file {self.path} has version {meta.get('version')}, "
                 f"this migrator reads version {STATE_VERSION}",
                 hint="use the migrator version that wrote it, or --reset-state",
             )
+
+    def _upgrade(self, version: int) -> None:
+        """An older state file brought to this version, in one transaction (a crash leaves it as it was)."""
+        steps = [_UPGRADES[v] for v in range(version, STATE_VERSION)]
+        self._db.executescript(f"BEGIN; {'; '.join(steps)}; "
+                               f"UPDATE meta SET value='{STATE_VERSION}' WHERE key='version'; COMMIT;")
 
     @staticmethod
     def reset(path: str) -> None:
@@ -256,12 +277,14 @@ class Checkpoint:
     def rows(self, src: Folder, src_uidvalidity: int, dst: Folder) -> dict[int, Row]:
         with self._mutex:
             cur = self._db.execute(
-                "SELECT src_uid, dst_uidvalidity, dst_uid, size, sha256, flags, status, reason, updated FROM messages "
+                "SELECT src_uid, dst_uidvalidity, dst_uid, size, sha256, flags, status, reason, updated, date "
+                "FROM messages "
                 "WHERE src_folder=? AND src_uidvalidity=? AND dst_folder=?",
                 (folder_key(src), src_uidvalidity, folder_key(dst)),
             )
             return {
-                r[0]: Row(r[0], r[1], r[2], r[3], r[4], flags_from_json(r[5]), r[6], r[7], r[8]) for r in cur.fetchall()
+                r[0]: Row(r[0], r[1], r[2], r[3], r[4], flags_from_json(r[5]), r[6], r[7], r[8], r[9] or "")
+                for r in cur.fetchall()
             }
 
     def resent(self, dst: Folder, dst_uidvalidity: int) -> list[Resent]:
@@ -330,10 +353,10 @@ class Checkpoint:
     ) -> None:
         now = time.time()
         self._write(
-            "INSERT OR REPLACE INTO messages VALUES (?,?,?,?,?,NULL,?,?,?,?,NULL,?)",
+            f"INSERT OR REPLACE INTO messages ({_COLUMNS}) VALUES (?,?,?,?,?,NULL,?,?,?,?,NULL,?,?)",
             [
                 (folder_key(src), src_uidvalidity, i.src_uid, folder_key(dst), dst_uidvalidity, i.size, i.sha256,
-                 flags_json(tuple(i.flags)), PENDING, now)
+                 flags_json(tuple(i.flags)), PENDING, now, i.date or None)
                 for i in intents
             ],
         )
@@ -351,10 +374,10 @@ class Checkpoint:
         """Confirm intents (or adopt messages found on the destination) with their destination UIDs."""
         now = time.time()
         self._write(
-            "INSERT OR REPLACE INTO messages VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT OR REPLACE INTO messages ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             [
                 (folder_key(src), src_uidvalidity, i.src_uid, folder_key(dst), dst_uidvalidity, uid, i.size, i.sha256,
-                 flags_json(tuple(i.flags)), status, reason, now)
+                 flags_json(tuple(i.flags)), status, reason, now, i.date or None)
                 for i, uid in results
             ],
         )

@@ -46,6 +46,24 @@ def date_key(text: str) -> float | str:
     return text if instant is None else instant
 
 
+def same_date(a: str, b: str) -> bool:
+    """Whether two INTERNALDATEs are the same instant; True where either is not a date (not known)."""
+    x, y = date_instant(a), date_instant(b)
+    return x is None or y is None or x == y
+
+
+# What a 32-bit signed time_t holds. A server that keeps dates as another type stores a date outside
+# it as another date, and may show the session that stored it the date it was given (Dovecot's
+# Maildir keeps 13-Feb-1969 as 23-Mar-2105; the storing session still lists 1969).
+_TIME_T = (0, 2**31)
+
+
+def date_at_risk(text: str) -> bool:
+    """An INTERNALDATE outside a 32-bit time_t's range (before 1970, from 2038 on)."""
+    instant = date_instant(text)
+    return instant is not None and not _TIME_T[0] <= instant < _TIME_T[1]
+
+
 def from_rfc5322(value: str) -> str:
     """An RFC 5322 date (a Date: header, the end of a Received: one) as INTERNALDATE text, or ''
     if it cannot be read or names no zone."""

@@ -23,6 +23,7 @@ from migrator.engine.jobs import Connections, FolderRun, appends_unseen
 from migrator.engine.march import copy_flags
 from migrator.engine.readback import Check
 from migrator.errors import MessageRejected, TransientError
+from migrator.imapdate import date_at_risk
 from migrator.naming import display
 from migrator.stores.base import AppendItem, FolderStatus, Message, MessageMeta, Store
 
@@ -67,7 +68,7 @@ class Copier:
                 # copied. No fingerprint (SHA-256 was a sixth of migrator's CPU), unless the
                 # destination gives no UID for the copy: then _append takes one before confirming it.
                 m = served(m, msg)  # the date a POP3 listing leaves out
-                intents.append(Intent(m.uid, m.size, "", flags))
+                intents.append(Intent(m.uid, m.size, "", flags, m.internaldate))
                 items.append(AppendItem(msg.body, flags, m.internaldate, nul_free=msg.nul_free))
             del fetched
             if items:
@@ -139,6 +140,7 @@ class Copier:
             with run.lock:  # sizes are checked once per folder, at its end (ending.py)
                 run.unchecked.extend((intent, uid) for intent, uid in results if uid is not None)
                 run.read_back.extend(checks)
+                run.dated.extend((i, uid, True) for i, uid in results if uid is not None and date_at_risk(i.date))
 
     def _to_read_back(self, run: FolderRun, intents: list[Intent],
                       items: list[AppendItem]) -> tuple[list[Intent], dict[int, Shape]]:

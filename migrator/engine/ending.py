@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING
 from migrator.checkpoint import Checkpoint, Watermark
 from migrator.engine.context import Context, Ledger
 from migrator.engine.crashpoints import crash
-from migrator.engine.jobs import Connections, FolderRun, Phase
-from migrator.engine.march import altered_reason
+from migrator.engine.jobs import Connections, FolderRun, Phase, close_quietly
+from migrator.engine.march import altered_reason, date_reason
 from migrator.engine.readback import Check, ReadBack
 from migrator.errors import ConnectionFailed, FolderError, TransientError
+from migrator.imapdate import same_date
 from migrator.naming import Folder
 from migrator.stores import calls
 from migrator.stores.base import Checked, FolderStatus, MessageMeta
@@ -60,7 +61,8 @@ class FolderEnd:
             unchecked = bool(run.unchecked)
             big_read_back = not self.readback.inline(run.read_back)  # read in batches, in this folder
             claimed = bool(run.claimed)  # found by content in this folder (find_claims)
-        return not (self.ctx.opts.delete_extra or self.ctx.stop.is_set() or big_read_back or claimed
+            dated = bool(run.dated)  # listed again in a session of their own (_check_dates)
+        return not (self.ctx.opts.delete_extra or self.ctx.stop.is_set() or big_read_back or claimed or dated
                     or not (unchecked or self._may_keep_watermark(run))
                     or (unchecked and not (own_appends and conn.dst_selected_writable(run.fp.destination))))
 
@@ -128,7 +130,9 @@ class FolderEnd:
             self.readback.find_claims(run, conn)
             leftovers = sorted(run.extras + run.pool.leftovers()) if self.ctx.opts.delete_extra else []
             # The watermark's STATUS rides along with the size check, unless an EXPUNGE comes between.
-            status = self._check_sizes(run, conn, with_status=not leftovers and self._may_keep_watermark(run))
+            misdated = self._check_dates(run, conn)
+            status = self._check_sizes(run, conn, with_status=not leftovers and self._may_keep_watermark(run),
+                                       reported=misdated)
             if leftovers:
                 conn.select_dst(run.fp.destination, readonly=False)
                 conn.dst().expunge_uids(leftovers)
@@ -145,7 +149,32 @@ class FolderEnd:
             run.advance(Phase.FAILED)
             self.ctx.stats.folder_failed(run.fp.source, str(e))
 
-    def _check_sizes(self, run: FolderRun, conn: Connections, with_status: bool) -> FolderStatus | None:
+    def _check_dates(self, run: FolderRun, conn: Connections) -> set[int]:
+        """The copies sent with a date outside a 32-bit time_t's range, listed again in a new
+        session: a server may keep another date and still show the session that stored them the
+        one it was given (imapdate.date_at_risk). Those stored with another date are reported as
+        altered, and never copied again. Returns their destination UIDs. Rare dates, so rarely a
+        login more."""
+        by_uid = run.take_dated()
+        if not by_uid:
+            return set()
+        fresh = conn.fresh_dst()
+        try:
+            fresh.select(run.fp.destination, readonly=True)
+            # Listed twice: Dovecot 2.3 answers a session's first FETCH of such a copy with the
+            # date its APPEND cached, and with the date it stored from then on (measured).
+            fresh.list_messages(sorted(by_uid))
+            held = {m.uid: m.internaldate for m in fresh.list_messages(sorted(by_uid))}
+        finally:
+            close_quietly(fresh)
+        misdated = {uid for uid, date in held.items() if not same_date(by_uid[uid][0].date, date)}
+        for uid in sorted(misdated):
+            intent, copied = by_uid[uid]
+            self.ledger.altered(run, intent, uid, date_reason(intent.date, held[uid]), copied)
+        return misdated
+
+    def _check_sizes(self, run: FolderRun, conn: Connections, with_status: bool,
+                     reported: set[int]) -> FolderStatus | None:
         """Ask the destination how big each new message is: a server that rewrites bytes is caught here.
         with_status: the folder's STATUS (for the watermark) is asked in the same round trip.
 
@@ -153,8 +182,8 @@ class FolderEnd:
         before this check is covered too: the next march compares every recorded size with
         the destination's RFC822.SIZE (march.decide).
         """
-        by_uid = run.take_unchecked()
-        checks = run.take_read_back()
+        by_uid = {uid: i for uid, i in run.take_unchecked().items() if uid not in reported}
+        checks = [c for c in run.take_read_back() if c.uid not in reported]
         if not by_uid and not with_status:
             return None
         folder, uids = run.fp.destination, sorted(by_uid)

@@ -114,6 +114,8 @@ class FolderRun:
     appended: list[int] = field(default_factory=list)  # ... and what this run changed there
     unchecked: list = field(default_factory=list)  # (Intent, destination UID) whose stored size is not checked yet
     read_back: list = field(default_factory=list)  # readback.Check: copies whose bytes are compared
+    # (Intent, destination UID, copied by this run): copies of a date at risk (ending._check_dates)
+    dated: list = field(default_factory=list)
     unknown_uids: bool = False
     claimed: list = field(default_factory=list)  # (Intent, Shape, loose digest) of copies given no UID
     expunged: int = 0
@@ -168,6 +170,11 @@ class FolderRun:
         with self.lock:
             entries, self.claimed = self.claimed, []
         return entries
+
+    def take_dated(self) -> dict:
+        with self.lock:
+            by_uid, self.dated = {uid: (intent, copied) for intent, uid, copied in self.dated}, []
+        return by_uid
 
     def take_read_back(self) -> list:
         with self.lock:
@@ -256,6 +263,11 @@ class Connections:
         if not isinstance(opened, Exception):
             self._dst_selected = (folder, readonly)
         return checked, opened
+
+    def fresh_dst(self) -> Store:
+        """A new destination session, apart from this worker's, for the caller to close: what a
+        server shows a session other than the one that stored a message."""
+        return self._connect_dst()
 
     def take_deferred(self) -> FolderRun | None:
         run, self.deferred = self.deferred, None

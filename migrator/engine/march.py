@@ -21,12 +21,21 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from migrator.checkpoint import ALTERED, DONE, FAILED, PENDING, UNVERIFIED, Resent, Row
-from migrator.imapdate import date_key
+from migrator.imapdate import date_at_risk, date_key, same_date
 from migrator.stores.base import MessageMeta
 
 
 def altered_reason(sent: int, stored: int) -> str:
     return f"the destination server changed the message while storing it ({sent} bytes sent, {stored} stored)"
+
+
+def date_reason(sent: str, stored: str) -> str:
+    return f"the destination server stored the message with another INTERNALDATE ({stored}; {sent} was sent)"
+
+
+def found_date_reason(source: str, held: str) -> str:
+    return (f"the destination already holds the message with another INTERNALDATE ({held}; the source's is "
+            f"{source}): kept, not copied again")
 
 
 def copy_flags(meta: MessageMeta, include_deleted: bool) -> tuple[str, ...]:
@@ -49,6 +58,9 @@ class Decision:
     # Source UID -> its pending row: an APPEND that was in flight when a run died or its connection
     # was cut, and that the destination does not show (yet): it may still be committed later.
     in_doubt: dict[int, Row] = field(default_factory=dict)
+    # (row, its destination UID): copies of a date a server may store as another (imapdate.date_at_risk),
+    # listed again in a session of their own at the folder's end (ending._check_dates)
+    dated: list[tuple[Row, int]] = field(default_factory=list)
 
 
 def decide(src_msgs: list[MessageMeta], dst_msgs: list[MessageMeta], rows: dict[int, Row], dst_uidvalidity: int,
@@ -78,8 +90,15 @@ def decide(src_msgs: list[MessageMeta], dst_msgs: list[MessageMeta], rows: dict[
                     reason = altered_reason(row.size, dst_by_uid[row.dst_uid].size)
                     d.altered.append((m.uid, reason))
                     d.newly_altered.append((row, reason))
+                elif row.dst_uid is not None and not same_date(row.date, dst_by_uid[row.dst_uid].internaldate):
+                    # Stored with another date (a run that stopped before its date check: ending.py).
+                    reason = date_reason(row.date, dst_by_uid[row.dst_uid].internaldate)
+                    d.altered.append((m.uid, reason))
+                    d.newly_altered.append((row, reason))
                 elif row.status == UNVERIFIED and row.dst_uid is not None:
                     d.to_verify.append((row, row.dst_uid))  # same size: the bytes are compared by the engine
+                if row.status != ALTERED and row.dst_uid is not None and date_at_risk(row.date):
+                    d.dated.append((row, row.dst_uid))
                 continue
             if row.status == FAILED and not retry_failed:
                 d.failed_earlier.append((m.uid, row.reason or "failed"))

@@ -24,8 +24,9 @@ from migrator.engine.context import Context, Ledger
 from migrator.engine.copying import prefetch, served
 from migrator.engine.crashpoints import crash
 from migrator.engine.jobs import FolderRun
-from migrator.engine.march import Decision, Wanted, copy_flags, late_twin_candidates, pool_candidates
+from migrator.engine.march import Decision, Wanted, copy_flags, found_date_reason, late_twin_candidates, pool_candidates
 from migrator.engine.readback import Held
+from migrator.imapdate import same_date
 from migrator.naming import display
 from migrator.stores.base import MessageMeta, Store
 
@@ -76,7 +77,7 @@ class Matcher:
             taken.add(late.uid)
             if row is not None and row.dst_uid == e.dst_uid:
                 rows[e.src_uid] = dataclasses.replace(row, dst_uid=late.uid, status=DONE)
-                self.ledger.confirm(run, [(Intent(row.src_uid, row.size, e.sha256, row.flags), late.uid)])
+                self.ledger.confirm(run, [(dataclasses.replace(row.intent(), sha256=e.sha256), late.uid)])
             remove.append(e.dst_uid)
         self._remove_resent(run, dst, journal, remove, done)
         gone = set(remove)
@@ -156,10 +157,10 @@ class Matcher:
 
     def settle_claims(self, run: FolderRun, claims, pairs: dict) -> None:
         """Copies confirmed without a UID (no UIDPLUS): record the UID their fingerprint found."""
-        found = [(Intent(row.src_uid, row.size, row.sha256, row.flags), pairs[row.src_uid][0].uid)
-                 for row in claims if row.src_uid in pairs]
+        found = [(row.intent(), pairs[row.src_uid][0]) for row in claims if row.src_uid in pairs]
         if found and self.ctx.writing:
-            self.ledger.confirm(run, found)
+            self.ledger.confirm(run, [(intent, meta.uid) for intent, meta in found
+                                      if not self._date_changed(run, intent, meta)])
 
     def match_altered(self, run: FolderRun, src: Store, dst: Store, journal: Checkpoint, dec: Decision,
                       pairs: dict, src_msgs: list[MessageMeta]) -> None:
@@ -195,7 +196,8 @@ class Matcher:
                     continue
                 uid, stored = hit
                 found.add(m.uid)
-                intent = Intent(m.uid, len(msg.body), fingerprint(msg.body), copy_flags(m, self.opts.include_deleted))
+                intent = Intent(m.uid, len(msg.body), fingerprint(msg.body), copy_flags(m, self.opts.include_deleted),
+                                served(m, msg).internaldate)
                 self.ledger.altered(run, intent, uid, describe_change(Shape.of(msg.body), stored), copied=False)
                 run.pool.discard(uid)
                 run.extras = [u for u in run.extras if u != uid]
@@ -227,11 +229,23 @@ class Matcher:
                                   sorted(set(found.flags) - set(flags)))
                     self.ctx.stats.add(fp.source, flags_updated=1)
                 # Its size as the destination lists it: the next march compares the two.
-                adopted.append((Intent(m.uid, found.size, digest, flags), found.uid))
+                intent = Intent(m.uid, found.size, digest, flags, m.internaldate)
+                if not self._date_changed(run, intent, found):
+                    adopted.append((intent, found.uid))
             self.ledger.confirm(run, adopted)
             crash("adopted")
             self.ledger.count(run, found=len(adopted))
         return [m for m in to_copy if m.uid not in pairs]
+
+
+    def _date_changed(self, run: FolderRun, intent: Intent, found: MessageMeta) -> bool:
+        """A copy found with the source's bytes but another INTERNALDATE (pair_twins pairs by date
+        first; none was left): reported as altered, since IMAP cannot change a stored date, and
+        kept, never copied again. True if so."""
+        if same_date(intent.date, found.internaldate):
+            return False
+        self.ledger.altered(run, intent, found.uid, found_date_reason(intent.date, found.internaldate), copied=False)
+        return True
 
 
 def _any_between(sorted_sizes: list[int], low: int, high: int) -> bool:

@@ -20,6 +20,7 @@ from migrator.engine.batching import batches
 from migrator.engine.content import Shape, describe_change, loose_digest, same_size_change
 from migrator.engine.context import Context, Ledger
 from migrator.engine.jobs import Connections, EngineOptions, FolderRun
+from migrator.imapdate import date_at_risk
 from migrator.stores.base import MessageMeta, Store
 
 
@@ -98,6 +99,8 @@ class ReadBack:
             else:
                 found.append((intent, uid))
         self.ledger.confirm(run, found)
+        with run.lock:  # their dates are checked next, in a session of their own (ending._check_dates)
+            run.dated.extend((i, uid, True) for i, uid in found if date_at_risk(i.date))
         for intent, shape, loosely in rest:
             hit = held.take_loose(loosely)
             if hit is not None:

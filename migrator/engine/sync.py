@@ -21,7 +21,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from migrator.checkpoint import ALTERED, Intent
+from migrator.checkpoint import ALTERED
 from migrator.engine.batching import chunks, one_batch
 from migrator.engine.context import Context, Ledger
 from migrator.engine.copying import Copier
@@ -218,13 +218,15 @@ class FolderSync:
         if journal is not None:
             self.matcher.match_altered(run, src, dst, journal, dec, pairs, src_msgs)
             for row, reason in dec.newly_altered:
-                intent = Intent(row.src_uid, row.size, row.sha256, row.flags)
-                self.ledger.confirm(run, [(intent, row.dst_uid)], ALTERED, reason)
+                self.ledger.confirm(run, [(row.intent(), row.dst_uid)], ALTERED, reason)
         if dec.to_verify and not self.ctx.opts.dry_run:
             # Copies a run stored but stopped before reading back (a crash, a cut connection):
             # their bytes are compared now, in the folder the march just opened.
-            self.readback.read(run, dst, [Check(Intent(r.src_uid, r.size, r.sha256, r.flags), uid)
+            self.readback.read(run, dst, [Check(r.intent(), uid)
                                           for r, uid in dec.to_verify])
+        altered = {row.src_uid for row, _reason in dec.newly_altered}
+        with run.lock:  # copied by an earlier run: a failed date check does not uncount this run's copies
+            run.dated.extend((r.intent(), uid, False) for r, uid in dec.dated if r.src_uid not in altered)
         run.count(already=dec.already, skipped_deleted=dec.deleted_skipped,
                   failed=len(dec.altered) + len(dec.failed_earlier))
         return pairs

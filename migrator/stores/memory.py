@@ -21,6 +21,9 @@ message's bytes, None: any; `times`: how many times it applies, None: always):
   connection: TransientError, then every call on that store raises it too. commit=True: the call
   took effect first (the answer was lost);
 - rewrite(fn): every APPENDed body is stored as fn(body); `munge8bit` is Cyrus's same-size change;
+- redate(fn): every APPENDed INTERNALDATE is stored as fn(date), while the session that stored it
+  goes on listing the date it gave, and so does the first listing of it by any other session
+  (`time_t_wrap`: what Dovecot 2.3's Maildir does to a date before 1970, as measured);
 - lose_appends(match, times): APPEND answers OK (with UIDs under uidplus) and stores nothing;
 - hold_appends(match, times): the connection is lost during the APPEND (TransientError) and the
   messages land only when the test calls land(): an APPEND in flight at a crash.
@@ -34,7 +37,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from migrator.errors import FolderError, MessageRejected, TransientError
 from migrator.naming import INBOX, Folder, display, from_server, parents, to_server
@@ -45,6 +48,12 @@ HOST = "memory"
 SYSTEM_FLAGS = {f.lower(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\Recent")}
 DATE_FORMAT = "%d-%b-%Y %H:%M:%S %z"
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def time_t_wrap(date: str) -> str:
+    """A date before 1970 as a 32-bit unsigned time_t keeps it: 2**32 seconds later."""
+    dt = datetime.strptime(date, DATE_FORMAT)
+    return (dt + timedelta(seconds=2**32) if dt.timestamp() < 0 else dt).strftime(DATE_FORMAT)
 
 
 def munge8bit(body: bytes) -> bytes:
@@ -114,6 +123,8 @@ class MemoryServer:
         self._calls: dict[str, int] = {}
         self._held: list[tuple[_Box, list[tuple[bytes, frozenset[str], str]]]] = []
         self.rewriter: Callable[[bytes], bytes] | None = None
+        self.redater: Callable[[str], str] | None = None
+        self._cached: dict[tuple[int, int], str] = {}  # (UIDVALIDITY, UID) -> date given, not listed yet
 
     def connect(self) -> MemoryStore:
         return MemoryStore(self)
@@ -131,6 +142,7 @@ class MemoryServer:
             other.lock = threading.RLock()
             other._boxes, other._held = copy.deepcopy((self._boxes, self._held))
             other._faults, other._calls = [], {}
+            other._cached = dict(self._cached)
             return other
 
     # -- faults ----------------------------------------------------------------------------
@@ -154,6 +166,9 @@ class MemoryServer:
 
     def rewrite(self, fn: Callable[[bytes], bytes] | None) -> None:
         self.rewriter = fn
+
+    def redate(self, fn: Callable[[str], str] | None) -> None:
+        self.redater = fn
 
     def clear_faults(self) -> None:
         """Remove the injected faults (the rewriter stays: it is a setting of the server)."""
@@ -264,6 +279,7 @@ class MemoryStore:
                                          condstore=server.condstore, special_use=True, keywords=server.keywords,
                                          late_commits=server.late_commits)
         self._selected: tuple[Folder, _Box, bool] | None = None  # name, the folder then, read-only
+        self._given: dict[tuple[int, int], str] = {}  # (UIDVALIDITY, UID) -> date given (redate)
         self._lost = False
 
     # -- folders ---------------------------------------------------------------------------
@@ -325,16 +341,19 @@ class MemoryStore:
         box = self._box()
         with self.server.lock:
             wanted = sorted(set(uids)) if uids is not None else list(box.messages)
-            return [MessageMeta(uid, len(m.body), tuple(sorted(m.flags)), m.internaldate)
+            return [MessageMeta(uid, len(m.body), tuple(sorted(m.flags)), self._date(box, uid, m))
                     for uid in wanted if (m := box.messages.get(uid)) is not None]
+
+    def _date(self, box: _Box, uid: int, m: _Stored) -> str:
+        key = (box.uidvalidity, uid)
+        return self._given.get(key) or self.server._cached.pop(key, m.internaldate)
 
     @_call
     def fetch(self, uids: Sequence[int]) -> Iterator[Message]:
         box = self._box()
         with self.server.lock:
-            found = [(uid, m) for uid in uids if (m := box.messages.get(uid)) is not None]
-        return iter([Message(MessageMeta(uid, len(m.body), tuple(sorted(m.flags)), m.internaldate), m.body)
-                     for uid, m in found])
+            return iter([Message(MessageMeta(uid, len(m.body), tuple(sorted(m.flags)), self._date(box, uid, m)),
+                                 m.body) for uid in uids if (m := box.messages.get(uid)) is not None])
 
     @_call
     def append(self, name: Folder, items: Sequence[AppendItem]) -> list[int | None]:
@@ -368,6 +387,9 @@ class MemoryStore:
             for item, message in zip(items, messages, strict=True):
                 if s._append_fault(("lose",), [item.body]) is None:
                     uids.append(box.add(*message))
+                    if s.redater:  # the date given is shown, as told above
+                        key = (box.uidvalidity, box.uidnext - 1)
+                        self._given[key] = s._cached[key] = item.internaldate or s.now
                 else:  # answered OK (its UID taken), not stored
                     uids.append(box.uidnext)
                     box.uidnext += 1
@@ -384,7 +406,7 @@ class MemoryStore:
         except ValueError:
             raise MessageRejected(f"APPEND Invalid date-time {date!r}") from None
         body = self.server.rewriter(item.body) if self.server.rewriter else item.body
-        return body, _canonical(item.flags), date
+        return body, _canonical(item.flags), self.server.redater(date) if self.server.redater else date
 
     def _refused_flag(self, flags: Iterable[str]) -> str | None:
         """Why a server refuses these flags (BAD), or None: \\Recent (no client sets it), an

@@ -32,19 +32,14 @@ def pair(src: str, dst: str, *marks):
 
 
 # Dovecot's Maildir keeps INTERNALDATE as the file's mtime: a date before 1970 is stored as one in
-# 2105, and migrator does not notice (README, Limits). Only the POP3 source has such dates (two
+# 2105, and migrator reports it (README, Limits). Only the POP3 source has such dates (two
 # corpus messages dated 13-Feb-1969 by their Date: header); an IMAP source's are set by content.py.
-BEFORE_1970 = pytest.mark.xfail(strict=True, reason=(
-    "Dovecot stores the two corpus messages dated 13-Feb-1969 with INTERNALDATE 23-Mar-2105, unreported: "
-    "migrator checks what a copy holds (size, bytes), not its date; a rerun adopts its own copies by content "
-    "whatever their date"))
-
 # All pairs of one source run on one pytest-xdist worker (--dist loadgroup): each source is seeded
 # once (seeding one message at a time is most of the suite's time on Courier and imap4d). The
 # archive source is a backup of the Dovecot source (conftest.backup_of).
 PAIRS = ([pair(s, d) for s in IMAP_KINDS for d in [*IMAP_KINDS, "archive"]]
          + [pair("archive", d) for d in IMAP_KINDS]
-         + [pair("pop3", d, *([BEFORE_1970] if d == "dovecot" else [])) for d in [*IMAP_KINDS, "archive"]])
+         + [pair("pop3", d) for d in [*IMAP_KINDS, "archive"]])
 # A restore is not killed midway: what a kill tests (APPENDs the checkpoint was not told of, settled
 # by the next run) is the destination's side, which the other sources cover for every server kind.
 KILLED = [p for p in PAIRS if p.values[0] != "archive"]

@@ -46,6 +46,31 @@ def test_intent_then_confirm_round_trip(tmp_path):
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
 
 
+VERSION_1_MESSAGES = """CREATE TABLE messages (src_folder TEXT NOT NULL, src_uidvalidity INTEGER NOT NULL,
+    src_uid INTEGER NOT NULL, dst_folder TEXT NOT NULL, dst_uidvalidity INTEGER NOT NULL, dst_uid INTEGER,
+    size INTEGER NOT NULL, sha256 TEXT NOT NULL, flags TEXT NOT NULL, status TEXT NOT NULL, reason TEXT,
+    updated REAL NOT NULL, PRIMARY KEY (src_folder, src_uidvalidity, src_uid, dst_folder))"""
+
+
+def test_a_version_1_state_file_is_upgraded_in_place_and_keeps_its_rows(tmp_path):
+    """Version 2 keeps the date each copy was sent with; a version 1 file's rows have none ('')."""
+    path = str(tmp_path / "s.sqlite")
+    db = sqlite3.connect(path)
+    db.executescript(f"""{VERSION_1_MESSAGES};
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('format', 'migrator-state'), ('version', '1');
+        INSERT INTO messages VALUES ('["INBOX"]', 7, 1, '["INBOX"]', 9, 41, 10, 'aa', '["\\\\Seen"]', 'done',
+                                     NULL, 0);""")
+    db.commit()
+    db.close()
+    ck = Checkpoint(path)
+    assert ck.rows(INBOX, 7, INBOX)[1].date == "" and ck.rows(INBOX, 7, INBOX)[1].dst_uid == 41
+    ck.record_done(INBOX, 7, INBOX, 9, [(Intent(2, 20, "bb", (), DATE), 42)])
+    assert ck.rows(INBOX, 7, INBOX)[2].date == DATE
+    ck.close()
+    assert dict(sqlite3.connect(path).execute("SELECT key, value FROM meta"))["version"] == "2"
+
+
 def test_has_rows_and_copied_into_answer_without_reading_rows(tmp_path):
     ck = Checkpoint(str(tmp_path / "s.sqlite"))
     ck.record_intents(INBOX, 7, ("Box",), 9, [Intent(1, 10, "aa", ())])

@@ -12,6 +12,7 @@ the crash point counts.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 import types
@@ -26,7 +27,7 @@ from migrator.engine.copy import Engine, EngineOptions
 from migrator.naming import INBOX
 from migrator.plan import FolderPlan, Plan
 from migrator.stats import Stats
-from migrator.stores.memory import MemoryServer, munge8bit
+from migrator.stores.memory import MemoryServer, munge8bit, time_t_wrap
 from tests.stores.corpus import (
     BARE_LF,
     EIGHT_BIT,
@@ -35,6 +36,7 @@ from tests.stores.corpus import (
     NUL,
     PLAIN,
     TWINS,
+    Sample,
 )
 
 FOLDERS = {
@@ -288,3 +290,45 @@ def test_a_crash_with_an_append_in_flight_then_a_late_commit(tmp_path, monkeypat
     assert again.ok and again.total("copied") == 0
     assert any("committed late" in w for w in again.warnings), again.warnings
     assert_identical(after)
+
+
+BEFORE_1970 = Sample("before 1970",
+                     b"From: a@example.org\r\nSubject: old\r\nDate: Thu, 13 Feb 1969 23:31:30 +0000\r\n\r\nold\r\n",
+                     ("\\Seen",), "13-Feb-1969 23:31:30 +0000")
+
+
+def _misdated(tmp_path, uidplus: bool) -> World:
+    """A destination that keeps a date before 1970 as one in 2105, and shows the session that
+    stored it the date it was given (Dovecot's Maildir)."""
+    src = seeded()
+    src.deliver(INBOX, BEFORE_1970.body, BEFORE_1970.flags, BEFORE_1970.date)
+    dst = MemoryServer(uidplus=uidplus)
+    dst.redate(time_t_wrap)
+    return World(src, dst, str(tmp_path / "s.sqlite"))
+
+
+def _reported_misdated(stats: Stats) -> None:
+    assert [(f.folder, f.uid) for f in stats.failures] == [("INBOX", len(FOLDERS[INBOX]) + 1)], failures(stats)
+    # "stored ... with another INTERNALDATE (2105...; 1969... was sent)" when it was just copied,
+    # "already holds ... with another INTERNALDATE (2105...; the source's is 1969...)" when found
+    assert re.search(r"with another INTERNALDATE \(23-Mar-2105 [^;]*; (the source's is )?13-Feb-1969 23:31:30 \+0000",
+                     stats.failures[0].reason), stats.failures[0].reason
+
+
+@pytest.mark.parametrize("uidplus", [True, False], ids=["uidplus", "no-uidplus"])
+def test_a_date_stored_as_another_is_reported_though_the_storing_session_shows_it_right(tmp_path, uidplus):
+    world = _misdated(tmp_path, uidplus)
+    _reported_misdated(world.run())
+    assert_identical(world, but={BEFORE_1970.body})
+    count = sum(len(world.dst.contents(n)) for n in world.dst.names())
+    for again in (world.run(), World(world.src, world.dst, str(tmp_path / "fresh.sqlite")).run()):
+        assert again.total("copied") == 0
+        _reported_misdated(again)  # reported again, from the journal or by its bytes: never copied again
+    assert sum(len(world.dst.contents(n)) for n in world.dst.names()) == count
+
+
+def test_a_date_stored_as_another_by_a_run_that_died_before_its_check_is_reported_by_the_next(tmp_path, monkeypatch):
+    world = crash_at("confirmed", _misdated(tmp_path, True), monkeypatch, nth=3, workers=1)
+    _reported_misdated(world.run())
+    assert_identical(world, but={BEFORE_1970.body})
+    assert Counter(body for body, _f, _d in world.dst.contents(INBOX).values())[BEFORE_1970.body] == 1
