@@ -16,15 +16,17 @@ from typing import NoReturn
 
 from migrator.accounts import parse_endpoint
 from migrator.errors import UsageError
+from migrator.filters import Filters
 from migrator.fsutil import write_private
 from migrator.naming import Folder, display, parse_display
 from migrator.plan import ACTIONS, COPY, PLAN_VERSION, FolderPlan, Plan
 from migrator.secrets import env_var
 
-TOP_KEYS = {"version", "source", "destination", "options", "folder"}
+TOP_KEYS = {"version", "source", "destination", "options", "filters", "folder"}
 SIDE_KEYS = {"url", "password_env", "password_file", "oauth2_token_cmd"}
 SECRET_KEYS = ("password_env", "password_file", "oauth2_token_cmd")
 OPTION_KEYS = {"map": list, "include": list, "exclude": list, "folders": list, "presets": list, "subscribe": str}
+FILTER_KEYS = {"since": str, "before": str, "min_size": str, "max_size": str}
 FOLDER_KEYS = {
     "source": str, "destination": str, "action": str, "rule": str, "special_use": str, "messages": int,
     "bytes": int, "uidvalidity": int, "subscribed": bool, "merge": bool,
@@ -112,6 +114,7 @@ def render_plan(plan: Plan, path: str) -> str:
         if k in plan.options:
             lines.append(f"{k} = {_value(plan.options[k])}")
     lines.append("")
+    lines.append(_filters_table(plan))
     for fp in plan.folders:
         if fp.note:
             lines.append(_comment(f"{fp.rule}: {fp.note}"))
@@ -130,6 +133,17 @@ def render_plan(plan: Plan, path: str) -> str:
             lines.append("merge = true")
         lines.append("")
     return "\n".join(lines)
+
+
+def _filters_table(plan: Plan) -> str:
+    """[filters]: which messages `run` copies; edited here, honoured by every run of the plan."""
+    lines = ["# Which messages are copied (all when empty). since/before: days (YYYY-MM-DD) compared with",
+             "# the day written in each INTERNALDATE, as IMAP SEARCH SINCE/BEFORE do (before is exclusive);",
+             "# min_size/max_size: RFC822.SIZE, K/M/G 1024-based. Messages left out are reported as skipped",
+             "# and copied by a later run without them.",
+             "[filters]"]
+    lines += [f"{k} = {_str(v)}" for k, v in plan.filters.as_dict().items()]
+    return "\n".join(lines) + "\n"
 
 
 def write_plan(plan: Plan, path: str) -> None:
@@ -265,6 +279,7 @@ def _build(path: str, data: dict, lines: _Lines) -> Plan:
         _typed(path, lines, "options", options, k, kind, "[options]")
     plan = Plan(sides["source"][0], sides["destination"][0], source_secret=sides["source"][1],
                 destination_secret=sides["destination"][1], options=dict(options), path=path)
+    plan.filters = _filters(path, lines, data.get("filters", {}))
     entries = data.get("folder", [])
     if not isinstance(entries, list):
         _fail(path, lines.line(None, "folder"), "'folder' must be [[folder]] tables")
@@ -272,6 +287,18 @@ def _build(path: str, data: dict, lines: _Lines) -> Plan:
     for i, entry in enumerate(entries):
         plan.folders.append(_folder(path, lines, i, entry, seen))
     return plan
+
+
+def _filters(path: str, lines: _Lines, table) -> Filters:
+    if not isinstance(table, dict):
+        _fail(path, lines.line(None, "filters"), "'filters' must be a table")
+    _check_keys(path, lines, "filters", table, FILTER_KEYS, "[filters]")
+    for k, kind in FILTER_KEYS.items():
+        _typed(path, lines, "filters", table, k, kind, "[filters]")
+    try:
+        return Filters.from_dict(table)
+    except UsageError as e:
+        _fail(path, lines.line("filters"), str(e).replace("--", "").replace("-size", "_size"))
 
 
 def _folder(path: str, lines: _Lines, i: int, entry: dict, seen: dict) -> FolderPlan:

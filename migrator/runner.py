@@ -18,6 +18,7 @@ from migrator.engine.copy import Engine, EngineOptions
 from migrator.engine.pairs import open_pair
 from migrator.engine.verify import verify
 from migrator.errors import UsageError
+from migrator.filters import Filters
 from migrator.fsutil import write_json
 from migrator.naming import Folder, display
 from migrator.plan import Plan
@@ -212,13 +213,29 @@ def execute_verify(plan: Plan, src: Connector, dst: Connector, include_deleted: 
     return report
 
 
-def new_plan(src: Connector, dst: Connector) -> Plan:
-    """An empty plan for two accounts named on the command line, refused at once if no store
-    can serve the pair (before any connection is opened)."""
+def new_plan(src: Connector, dst: Connector, filters: Filters | None = None, delete_extra: bool = False) -> Plan:
+    """An empty plan for two accounts named on the command line, with the filters given there;
+    refused at once if no store can serve the pair or the run cannot honour the filters (before
+    any connection is opened)."""
     plan = Plan(src.endpoint, dst.endpoint, source_secret=src.secret.describe(),
-                destination_secret=dst.secret.describe())
+                destination_secret=dst.secret.describe(), filters=filters or Filters())
     check_endpoints(plan)
+    check_filters(plan, delete_extra)
     return plan
+
+
+def check_filters(plan: Plan, delete_extra: bool) -> None:
+    """Refuse filters a run cannot honour, before any connection is opened."""
+    if not plan.filters:
+        return
+    if delete_extra:
+        raise UsageError(f"{plan.path + ': ' if plan.path else ''}--delete-extra cannot be used with filters "
+                         f"({plan.filters.describe()}): it would delete the destination's copies of the messages "
+                         "the filters leave out")
+    if plan.filters.by_date and not advertised(plan.source).dated_listings:
+        raise UsageError(f"--since/--before: {plan.source.url()} tells a message's date only from its bytes "
+                         "(POP3), so a date filter would have to download every message; use --min-size/--max-size, "
+                         "or no filter")
 
 
 def check_endpoints(plan: Plan) -> None:

@@ -172,6 +172,41 @@ with_mapping_options = _folded("mapping", MappingOptions,
 with_folder_choice = _folded("mapping", MappingOptions, _FOLDER_CHOICE_PARAMS)
 
 
+SinceOpt = Annotated[str | None, typer.Option(
+    "--since", metavar="DAY",
+    help="Copy only messages whose INTERNALDATE is on or after DAY (YYYY-MM-DD), as IMAP SEARCH SINCE: the day "
+         "written in the date, in the zone the source server gives it, time of day disregarded.")]
+BeforeOpt = Annotated[str | None, typer.Option(
+    "--before", metavar="DAY",
+    help="Copy only messages whose INTERNALDATE is before DAY (YYYY-MM-DD; DAY itself excluded), as IMAP SEARCH "
+         "BEFORE.")]
+MinSizeOpt = Annotated[str | None, typer.Option(
+    "--min-size", metavar="SIZE", help="Copy only messages of at least SIZE (RFC822.SIZE; e.g. 100K; K/M/G = 1024).")]
+MaxSizeOpt = Annotated[str | None, typer.Option(
+    "--max-size", metavar="SIZE", help="Copy only messages of at most SIZE (RFC822.SIZE; e.g. 25M; K/M/G = 1024).")]
+
+
+@dataclass(frozen=True)
+class FilterOptions:
+    """Which messages are copied; written into the plan, skipped messages reported with the reason."""
+
+    since: str | None = None
+    before: str | None = None
+    min_size: str | None = None
+    max_size: str | None = None
+
+    def parsed(self):
+        from migrator.filters import Filters
+
+        return Filters.parse(self.since, self.before, self.min_size, self.max_size)
+
+
+with_filter_options = _folded("filters", FilterOptions, [
+    ("since", SinceOpt, None), ("before", BeforeOpt, None), ("min_size", MinSizeOpt, None),
+    ("max_size", MaxSizeOpt, None),
+])
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """What a run does and how hard it pushes: the options migrate and run share."""

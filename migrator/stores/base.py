@@ -107,6 +107,9 @@ class Capabilities:
     # The listing's sizes are the sizes of the bytes fetch() returns. A store whose listing only
     # estimates them (POP3's LIST) says False: the engine then never matches a listed size.
     exact_sizes: bool = True
+    # The listing gives each message's INTERNALDATE. A store that tells the date from the bytes
+    # only (POP3) says False: date filters cannot be applied to its listing.
+    dated_listings: bool = True
     # An APPEND sent before a crash or a cut connection may be committed after it (a server at the
     # other end of a network reads what was sent whenever it gets it): the march waits for it
     # (engine/sync.py), and removes a copy sent again if the first one lands (engine/matching.py).
