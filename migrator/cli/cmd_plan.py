@@ -27,6 +27,7 @@ from migrator.cli.options import (
 from migrator.errors import UsageError
 from migrator.naming import display
 from migrator.plan import Plan
+from migrator.preflight import Finding, render
 
 PLANS_DIR = "plans"
 
@@ -72,7 +73,7 @@ def plan_cmd(
     path = output or default_plan_path(plan)
     if os.path.exists(path) and not force:
         raise UsageError(f"plan file {path} exists", hint="use --force to overwrite it, or -o another file")
-    plan = runner.build_plan(plan, src, dst, mapping.planning())
+    plan = runner.build_plan(plan, src, dst, mapping.planning(), check=True)
     write_plan(plan, path)
     for fp in plan.folders:
         arrow = f"-> {display(fp.destination)}" if fp.action == "copy" else "(skip)"
@@ -80,6 +81,7 @@ def plan_cmd(
         typer.echo(f"  {display(fp.source)} {arrow}  [{fp.rule}; {size}]")
     if plan.filters:
         typer.echo(f"  filters: {plan.filters.describe()} (messages left out are reported as skipped)")
+    typer.echo("\n".join(render(Finding(**f) for f in plan.preflight)))
     for w in plan.warnings:
         typer.echo(f"warning: {w}", err=True)
     typer.echo(f"Plan written to {path}. Review it, then: migrator run {path} --dry-run")

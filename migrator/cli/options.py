@@ -82,6 +82,9 @@ ExcludeOpt = Annotated[list[str] | None, typer.Option(
 FolderOpt = Annotated[list[str] | None, typer.Option(
     "--folder", help="Copy only this folder; 'NAME/*' for NAME and its subtree (repeatable).")]
 PresetOpt = Annotated[list[str] | None, typer.Option("--preset", help="Apply a preset: gmail, office365 (repeatable).")]
+DstPresetOpt = Annotated[list[str] | None, typer.Option(
+    "--dst-preset", help="What the destination refuses or changes, for the preflight and the run: office365 "
+                         "(repeatable).")]
 SubscribeOpt = Annotated[str, typer.Option(
     "--subscribe", help="Subscribe destination folders: 'source' (as on the source), 'all' or 'none'.")]
 
@@ -149,6 +152,7 @@ class MappingOptions:
     folder: list[str] | None = None
     preset: list[str] | None = None
     subscribe: str = "source"
+    dst_preset: list[str] | None = None
 
     @property
     def given(self) -> bool:
@@ -159,7 +163,7 @@ class MappingOptions:
         from migrator.planner import planning_options
 
         return planning_options(self.map_ or (), self.include or (), self.exclude or (), self.folder or (),
-                                self.preset or (), self.subscribe)
+                                self.preset or (), self.subscribe, self.dst_preset or ())
 
 
 _FOLDER_CHOICE_PARAMS = [
@@ -167,8 +171,8 @@ _FOLDER_CHOICE_PARAMS = [
     ("folder", FolderOpt, None), ("preset", PresetOpt, None),
 ]
 # migrate and plan: the folder choice and --subscribe; verify and batch: the folder choice only.
-with_mapping_options = _folded("mapping", MappingOptions,
-                               _FOLDER_CHOICE_PARAMS + [("subscribe", SubscribeOpt, "source")])
+with_mapping_options = _folded("mapping", MappingOptions, _FOLDER_CHOICE_PARAMS + [
+    ("subscribe", SubscribeOpt, "source"), ("dst_preset", DstPresetOpt, None)])
 with_folder_choice = _folded("mapping", MappingOptions, _FOLDER_CHOICE_PARAMS)
 
 

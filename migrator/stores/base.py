@@ -123,6 +123,18 @@ class Capabilities:
     extra: set[str] = field(default_factory=set)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What a destination says, read-only, about what it will refuse or change (the plan's
+    preflight, migrator/preflight.py). None: it does not say."""
+
+    append_limit: int | None = None  # the largest message it takes (APPENDLIMIT=n, RFC 7889)
+    folder_append_limits: dict[Folder, int] = field(default_factory=dict)  # STATUS APPENDLIMIT per folder
+    # PERMANENTFLAGS of its INBOX: '\\*' in it keeps any keyword; without it, keywords not listed are dropped
+    permanent_flags: tuple[str, ...] | None = None
+    quota: tuple[int, int] | None = None  # (bytes used, bytes allowed): STORAGE of INBOX's quota root (RFC 9208)
+
+
 def normalize_flags(flags: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(f for f in flags if f not in NON_COPYABLE_FLAGS))
 
@@ -183,6 +195,11 @@ class Store(Protocol):
     def expunge_uids(self, uids: Sequence[int]) -> None:
         """Remove these messages of the selected folder, and no other (UID EXPUNGE where the
         server has it; a store that cannot be that precise refuses with FolderError)."""
+        ...
+
+    def limits(self, folders: Sequence[Folder]) -> Limits:
+        """What the store will refuse or change, as far as it says without writing anything:
+        APPENDLIMIT (of the store, and of those of `folders` that exist), PERMANENTFLAGS, QUOTA."""
         ...
 
     def close(self) -> None: ...

@@ -35,7 +35,7 @@ from migrator.digest import short_digest
 from migrator.errors import ConnectionFailed, FolderError
 from migrator.imapdate import from_rfc5322
 from migrator.naming import INBOX, Folder, display
-from migrator.stores.base import AppendItem, Capabilities, FolderInfo, FolderStatus, Message, MessageMeta
+from migrator.stores.base import AppendItem, Capabilities, FolderInfo, FolderStatus, Limits, Message, MessageMeta
 from migrator.stores.connection import (
     ConnectOptions,
     Credentials,
@@ -228,6 +228,9 @@ class Pop3Store:
 
     def expunge_uids(self, uids: Sequence[int]) -> None:
         _read_only()
+
+    def limits(self, folders: Sequence[Folder]) -> Limits:
+        return Limits()  # it says nothing of limits (and takes any message it can store)
 
     def close(self) -> None:
         try:

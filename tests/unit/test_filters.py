@@ -94,16 +94,26 @@ def test_filters_leave_settled_messages_alone_and_do_not_send_what_is_too_big():
     assert [m.uid for m in dec.to_copy] == [1]
 
 
+def written(plan: Plan, tmp_path) -> tuple[str, str]:
+    """The plan written to a file: (its path, its text)."""
+    path = str(tmp_path / "p.toml")
+    write_plan(plan, path)
+    with open(path) as fh:
+        return path, fh.read()
+
+
+def edited(path: str, text: str, old: str, new: str) -> None:
+    with open(path, "w") as fh:
+        fh.write(text.replace(old, new))
+
+
 def test_filters_travel_in_the_plan_file(tmp_path):
     plan = Plan(parse_endpoint("imap://a@src.example"), parse_endpoint("imap://b@dst.example"),
                 [FolderPlan(INBOX, INBOX)], filters=Filters.parse(since="2024-01-01", max_size="10M"))
-    path = str(tmp_path / "p.toml")
-    write_plan(plan, path)
-    text = open(path).read()
+    path, text = written(plan, tmp_path)
     assert '[filters]\nsince = "2024-01-01"\nmax_size = "10M"' in text
     assert read_plan(path).filters == plan.filters
-    with open(path, "w") as fh:
-        fh.write(text.replace('"10M"', '"ten"'))
+    edited(path, text, '"10M"', '"ten"')
     with pytest.raises(UsageError, match=r"p.toml:\d+: max_size 'ten'"):
         read_plan(path)
 
