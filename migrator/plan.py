@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from migrator.accounts import Endpoint
 from migrator.errors import UsageError
+from migrator.filters import Filters
 from migrator.naming import Folder, display
 
 PLAN_VERSION = 1
@@ -43,6 +44,9 @@ class Plan:
     source_secret: dict[str, str] = field(default_factory=dict)
     destination_secret: dict[str, str] = field(default_factory=dict)
     options: dict[str, object] = field(default_factory=dict)
+    filters: Filters = field(default_factory=Filters)  # which messages are copied (migrator/filters.py)
+    # What the preflight found (preflight.Finding.as_dict), for a person to review; a run checks again.
+    preflight: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     version: int = PLAN_VERSION
     path: str | None = None  # where it was read from or written to

@@ -16,15 +16,19 @@ from typing import NoReturn
 
 from migrator.accounts import parse_endpoint
 from migrator.errors import UsageError
+from migrator.filters import Filters
 from migrator.fsutil import write_private
 from migrator.naming import Folder, display, parse_display
 from migrator.plan import ACTIONS, COPY, PLAN_VERSION, FolderPlan, Plan
 from migrator.secrets import env_var
 
-TOP_KEYS = {"version", "source", "destination", "options", "folder"}
+TOP_KEYS = {"version", "source", "destination", "options", "filters", "folder", "preflight"}
+PREFLIGHT_KEYS = {"rule": str, "folder": str, "detail": str, "uids": list}
 SIDE_KEYS = {"url", "password_env", "password_file", "oauth2_token_cmd"}
 SECRET_KEYS = ("password_env", "password_file", "oauth2_token_cmd")
-OPTION_KEYS = {"map": list, "include": list, "exclude": list, "folders": list, "presets": list, "subscribe": str}
+OPTION_KEYS = {"map": list, "include": list, "exclude": list, "folders": list, "presets": list, "subscribe": str,
+               "dst_presets": list}
+FILTER_KEYS = {"since": str, "before": str, "min_size": str, "max_size": str}
 FOLDER_KEYS = {
     "source": str, "destination": str, "action": str, "rule": str, "special_use": str, "messages": int,
     "bytes": int, "uidvalidity": int, "subscribed": bool, "merge": bool,
@@ -112,6 +116,7 @@ def render_plan(plan: Plan, path: str) -> str:
         if k in plan.options:
             lines.append(f"{k} = {_value(plan.options[k])}")
     lines.append("")
+    lines.append(_filters_table(plan))
     for fp in plan.folders:
         if fp.note:
             lines.append(_comment(f"{fp.rule}: {fp.note}"))
@@ -129,7 +134,30 @@ def render_plan(plan: Plan, path: str) -> str:
         if fp.merge:
             lines.append("merge = true")
         lines.append("")
+    lines += _preflight_tables(plan)
     return "\n".join(lines)
+
+
+def _preflight_tables(plan: Plan) -> list[str]:
+    """[[preflight]]: what the destination is going to refuse or change (a record; `run` checks again)."""
+    if not plan.preflight:
+        return []
+    lines = ["# Preflight: what the destination is going to refuse or change, found by `migrator plan`",
+             "# (source folder, source UIDs). A record for review: `run` checks again and reports them."]
+    for f in plan.preflight:
+        lines += ["[[preflight]]"] + [f"{k} = {_value(f[k])}" for k in PREFLIGHT_KEYS if k in f] + [""]
+    return lines
+
+
+def _filters_table(plan: Plan) -> str:
+    """[filters]: which messages `run` copies; edited here, honoured by every run of the plan."""
+    lines = ["# Which messages are copied (all when empty). since/before: days (YYYY-MM-DD) compared with",
+             "# the day written in each INTERNALDATE, as IMAP SEARCH SINCE/BEFORE do (before is exclusive);",
+             "# min_size/max_size: RFC822.SIZE, K/M/G 1024-based. Messages left out are reported as skipped",
+             "# and copied by a later run without them.",
+             "[filters]"]
+    lines += [f"{k} = {_str(v)}" for k, v in plan.filters.as_dict().items()]
+    return "\n".join(lines) + "\n"
 
 
 def write_plan(plan: Plan, path: str) -> None:
@@ -265,6 +293,8 @@ def _build(path: str, data: dict, lines: _Lines) -> Plan:
         _typed(path, lines, "options", options, k, kind, "[options]")
     plan = Plan(sides["source"][0], sides["destination"][0], source_secret=sides["source"][1],
                 destination_secret=sides["destination"][1], options=dict(options), path=path)
+    plan.filters = _filters(path, lines, data.get("filters", {}))
+    plan.preflight = _preflight(path, lines, data.get("preflight", []))
     entries = data.get("folder", [])
     if not isinstance(entries, list):
         _fail(path, lines.line(None, "folder"), "'folder' must be [[folder]] tables")
@@ -272,6 +302,29 @@ def _build(path: str, data: dict, lines: _Lines) -> Plan:
     for i, entry in enumerate(entries):
         plan.folders.append(_folder(path, lines, i, entry, seen))
     return plan
+
+
+def _filters(path: str, lines: _Lines, table) -> Filters:
+    if not isinstance(table, dict):
+        _fail(path, lines.line(None, "filters"), "'filters' must be a table")
+    _check_keys(path, lines, "filters", table, FILTER_KEYS, "[filters]")
+    for k, kind in FILTER_KEYS.items():
+        _typed(path, lines, "filters", table, k, kind, "[filters]")
+    try:
+        return Filters.from_dict(table)
+    except UsageError as e:
+        _fail(path, lines.line("filters"), str(e).replace("--", "").replace("-size", "_size"))
+
+
+def _preflight(path: str, lines: _Lines, entries) -> list[dict]:
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        _fail(path, lines.line(None, "preflight"), "'preflight' must be [[preflight]] tables")
+    for i, entry in enumerate(entries):
+        ctx = ("preflight", "array")
+        _check_keys(path, lines, ctx, entry, PREFLIGHT_KEYS, f"[[preflight]] number {i + 1}")
+        for k, kind in PREFLIGHT_KEYS.items():
+            _typed(path, lines, ctx, entry, k, kind, f"[[preflight]] number {i + 1}")
+    return list(entries)
 
 
 def _folder(path: str, lines: _Lines, i: int, entry: dict, seen: dict) -> FolderPlan:

@@ -36,7 +36,7 @@ from migrator.engine.pairs import both_sides
 from migrator.errors import FolderError, UsageError
 from migrator.naming import INBOX, Folder, display, is_inbox, needs_substitute, parse_display, safe_component
 from migrator.plan import COPY, SKIP, FolderPlan, Plan
-from migrator.presets import Preset, load_preset, localized_names
+from migrator.presets import Preset, available, load_preset, localized_names
 from migrator.stores import calls
 from migrator.stores.base import FolderInfo, Store
 
@@ -51,6 +51,7 @@ class PlanningOptions:
     folders: list[str] = field(default_factory=list)
     presets: list[str] = field(default_factory=list)
     subscribe: str = "source"  # source: as on the source; all; none
+    dst_presets: list[str] = field(default_factory=list)  # what the destination refuses (preflight.py)
 
     def as_dict(self) -> dict[str, object]:
         """What the plan file records under [options]."""
@@ -61,6 +62,7 @@ class PlanningOptions:
             "folders": list(self.folders),
             "presets": list(self.presets),
             "subscribe": self.subscribe,
+            "dst_presets": list(self.dst_presets),
         }
 
 
@@ -75,13 +77,19 @@ def parse_map(text: str) -> tuple[Folder, Folder]:
     return src, dst
 
 
-def planning_options(maps=(), include=(), exclude=(), folders=(), presets=(), subscribe="source") -> PlanningOptions:
+def planning_options(maps=(), include=(), exclude=(), folders=(), presets=(), subscribe="source",
+                     dst_presets=()) -> PlanningOptions:
     if subscribe not in SUBSCRIBE_MODES:
         raise UsageError(f"--subscribe {subscribe}: expected one of {', '.join(SUBSCRIBE_MODES)}")
-    for p in presets:
+    for p in [*presets, *dst_presets]:
         load_preset(p)  # unknown preset: a usage error now, not later
+    for p in dst_presets:
+        if load_preset(p).destination is None:
+            raise UsageError(f"--dst-preset {p}: that preset says nothing of a destination",
+                             hint="presets with a [destination] table: " + ", ".join(
+                                 n for n in available() if load_preset(n).destination is not None))
     return PlanningOptions([parse_map(m) for m in maps], list(include), list(exclude), list(folders),
-                           list(presets), subscribe)
+                           list(presets), subscribe, list(dst_presets))
 
 
 # -- pure rules (unit-tested) ------------------------------------------------------------

@@ -89,6 +89,9 @@ def render_run(report: dict[str, Any]) -> str:
         if t["deleted_extra"]:
             lines.append(f"Deleted from the destination (--delete-extra): {t['deleted_extra']}.")
         lines.append(f"Elapsed {report['elapsed_seconds']:.1f} s, {t['messages_per_second']} msgs/s.")
+    if "preflight" in report:
+        lines += [f"preflight: {f['rule']}: {f['folder']}: {f['detail']}"
+                  + (f" (UID {', '.join(map(str, f['uids']))})" if f["uids"] else "") for f in report["preflight"]]
     lines += [f"Skipped {n}: {reason}." for reason, n in t["skipped"].items()]
     lines += [f"FAILED {f['folder']} UID {f['uid']}: {f['reason']}" for f in report["failures"]]
     lines += [f"FOLDER FAILED {f['folder']}: {f['reason']}" for f in report["folder_errors"]]

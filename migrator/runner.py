@@ -11,6 +11,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from migrator import preflight
 from migrator.checkpoint import Checkpoint
 from migrator.digest import short_digest
 from migrator.engine import tuning
@@ -18,10 +19,12 @@ from migrator.engine.copy import Engine, EngineOptions
 from migrator.engine.pairs import open_pair
 from migrator.engine.verify import verify
 from migrator.errors import UsageError
+from migrator.filters import Filters
 from migrator.fsutil import write_json
 from migrator.naming import Folder, display
 from migrator.plan import Plan
 from migrator.planner import PlanningOptions, invalid_destination, plan_folders
+from migrator.presets import DestinationRules, destination_rules
 from migrator.progress import Progress
 from migrator.report import render_run, render_verify, run_report, verify_report
 from migrator.stats import Stats
@@ -61,10 +64,14 @@ def _identity(ep) -> str:
 
 
 def build_plan(plan: Plan, src: Connector, dst: Connector, opts: PlanningOptions | None = None,
-               with_status: bool = True) -> Plan:
+               with_status: bool = True, check: bool = False) -> Plan:
+    """The plan of both servers' folders; check: with the preflight's findings (plan.preflight)."""
     s, d = open_both(src, dst)
     try:
-        return plan_folders(s, d, plan, opts, with_status)
+        plan = plan_folders(s, d, plan, opts, with_status)
+        if check:
+            plan.preflight = [f.as_dict() for f in preflight.preflight(s, d, plan, destination_rules_of(plan))]
+        return plan
     finally:
         s.close()
         d.close()
@@ -147,8 +154,39 @@ def execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, c
         raise
 
 
+def destination_rules_of(plan: Plan) -> DestinationRules | None:
+    """What the plan's destination presets (--dst-preset) say the destination refuses."""
+    names = plan.options.get("dst_presets") or []
+    return destination_rules(names) if isinstance(names, list) else None
+
+
+def _checked_before_run(plan: Plan, src: Connector, dst: Connector, settings: RunSettings,
+                        spare: tuple[Store, Store] | None) -> tuple[list[preflight.Finding], list[tuple[Folder, str]]]:
+    """A dry run's preflight (on the spare connections, else on a pair of its own); and, for any
+    run, the folders the destination cannot hold (preflight.folder_refusals), taken out of the run
+    as folder errors; messages over a preset's ceiling are then reported by the march, not sent."""
+    rules = destination_rules_of(plan)
+    settings.engine.max_message_size = rules.max_message_ceiling if rules else None
+    findings: list[preflight.Finding] = []
+    if settings.engine.dry_run:
+        s, d = spare or open_both(src, dst)
+        try:
+            findings = preflight.preflight(s, d, plan, rules)
+        finally:
+            if spare is None:
+                s.close()
+                d.close()
+    refused = []
+    for fp, _rule, why in preflight.folder_refusals(plan, rules):
+        fp.action = "refused"
+        refused.append((fp.source, f"{why}: not copied (change its destination in the plan, or --map it)"))
+    return findings, refused
+
+
 def _execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, command: str, print_fn,
              folder_errors, spare) -> dict:
+    findings, refused = _checked_before_run(plan, src, dst, settings, spare)
+    folder_errors = [*folder_errors, *refused]
     state_path = settings.state_path or default_state_path(plan)
     settings.engine.workers = _workers_for(plan, settings.engine.workers)
     ckpt = None
@@ -181,6 +219,8 @@ def _execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, 
     report = run_report(stats, command=command, source=plan.source.url(), destination=plan.destination.url(),
                         dry_run=settings.engine.dry_run, would_create=engine.would_create)
     report["state_file"] = state_path
+    if settings.engine.dry_run:
+        report["preflight"] = [f.as_dict() for f in findings]
     if settings.report_path:
         write_json(settings.report_path, report)
     if not settings.quiet or not report["ok"]:
@@ -212,13 +252,29 @@ def execute_verify(plan: Plan, src: Connector, dst: Connector, include_deleted: 
     return report
 
 
-def new_plan(src: Connector, dst: Connector) -> Plan:
-    """An empty plan for two accounts named on the command line, refused at once if no store
-    can serve the pair (before any connection is opened)."""
+def new_plan(src: Connector, dst: Connector, filters: Filters | None = None, delete_extra: bool = False) -> Plan:
+    """An empty plan for two accounts named on the command line, with the filters given there;
+    refused at once if no store can serve the pair or the run cannot honour the filters (before
+    any connection is opened)."""
     plan = Plan(src.endpoint, dst.endpoint, source_secret=src.secret.describe(),
-                destination_secret=dst.secret.describe())
+                destination_secret=dst.secret.describe(), filters=filters or Filters())
     check_endpoints(plan)
+    check_filters(plan, delete_extra)
     return plan
+
+
+def check_filters(plan: Plan, delete_extra: bool) -> None:
+    """Refuse filters a run cannot honour, before any connection is opened."""
+    if not plan.filters:
+        return
+    if delete_extra:
+        raise UsageError(f"{plan.path + ': ' if plan.path else ''}--delete-extra cannot be used with filters "
+                         f"({plan.filters.describe()}): it would delete the destination's copies of the messages "
+                         "the filters leave out")
+    if plan.filters.by_date and not advertised(plan.source).dated_listings:
+        raise UsageError(f"--since/--before: {plan.source.url()} tells a message's date only from its bytes "
+                         "(POP3), so a date filter would have to download every message; use --min-size/--max-size, "
+                         "or no filter")
 
 
 def check_endpoints(plan: Plan) -> None:

@@ -16,6 +16,7 @@ from migrator.cli.options import (
     Debug,
     DryRun,
     DstAuthUser,
+    FilterOptions,
     IncludeDeleted,
     Insecure,
     MappingOptions,
@@ -29,6 +30,7 @@ from migrator.cli.options import (
     connectors,
     run_settings,
     setup_logging,
+    with_filter_options,
     with_folder_choice,
 )
 
@@ -41,6 +43,7 @@ StateDir = Annotated[str | None, typer.Option(
 
 @app.command()
 @with_folder_choice
+@with_filter_options
 def batch(
     csv_file: Annotated[str, typer.Argument(help="CSV with columns source,destination"
                                                  "[,src_password_file,dst_password_file,src_auth_user,dst_auth_user]")],
@@ -64,6 +67,7 @@ def batch(
     debug: Debug = False,
     *,
     mapping: MappingOptions,
+    filters: FilterOptions,
 ) -> None:
     """Migrate every mailbox listed in CSV_FILE; a failing mailbox does not stop the others. Rerun to resume."""
     from migrator import runner
@@ -72,6 +76,7 @@ def batch(
     setup_logging(debug)
     rows = read_batch(csv_file)
     planning_opts = mapping.planning()
+    chosen = filters.parsed()  # the same filters for every mailbox
 
     def migrate_one(row) -> dict:
         conn = ConnOptions(
@@ -81,7 +86,7 @@ def batch(
             dst_auth_user=row.dst_auth_user or dst_auth_user,
         )
         src, dst = connectors(row.source, row.destination, conn)
-        plan = runner.build_plan(runner.new_plan(src, dst), src, dst, planning_opts, with_status=False)
+        plan = runner.build_plan(runner.new_plan(src, dst, chosen), src, dst, planning_opts, with_status=False)
         plan.check_collisions()
         # Rates (--max-*-per-second) are per run; a batch runs several: not offered here.
         state = state_path_for(state_dir, runner.default_state_path(plan)) if state_dir else None

@@ -10,6 +10,7 @@ from migrator.cli.app import app, finish_run
 from migrator.cli.options import (
     ConnOptions,
     Debug,
+    FilterOptions,
     IncludeDeleted,
     MappingOptions,
     MaxConns,
@@ -22,6 +23,7 @@ from migrator.cli.options import (
     run_settings,
     setup_logging,
     with_connection_options,
+    with_filter_options,
     with_folder_choice,
     with_mapping_options,
     with_run_options,
@@ -33,6 +35,7 @@ from migrator.errors import EXIT_MESSAGES_FAILED, UsageError
 @with_run_options
 @with_connection_options
 @with_mapping_options
+@with_filter_options
 def migrate(
     source: Annotated[str, typer.Argument(help="Source account, e.g. imaps://alice@old.example.com")],
     destination: Annotated[str, typer.Argument(help="Destination account, e.g. imaps://alice@new.example.com")],
@@ -42,15 +45,19 @@ def migrate(
     mapping: MappingOptions,
     conn: ConnOptions,
     run: RunOptions,
+    filters: FilterOptions,
 ) -> None:
-    """Copy every folder and message from SOURCE to DESTINATION (plan + run in one step)."""
+    """Copy every folder and message from SOURCE to DESTINATION (plan + run in one step).
+
+    Filters (--since, --before, --min-size, --max-size) leave messages out, reported as skipped; a later run
+    without them copies the rest, with no duplicates."""
     from migrator import runner
 
     setup_logging(debug)
     src, dst = connectors(source, destination, conn)
     settings = run_settings(src, dst, run, quiet)
-    plan, spare = runner.plan_keeping_connections(runner.new_plan(src, dst), src, dst, mapping.planning(),
-                                                  with_status=False)
+    plan, spare = runner.plan_keeping_connections(runner.new_plan(src, dst, filters.parsed(), run.delete_extra),
+                                                  src, dst, mapping.planning(), with_status=False)
     result = runner.execute(plan, src, dst, settings, command="migrate", spare=spare)
     finish_run(result)
 

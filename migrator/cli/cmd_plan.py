@@ -11,6 +11,7 @@ from migrator.cli.app import app, finish_run
 from migrator.cli.options import (
     ConnOptions,
     Debug,
+    FilterOptions,
     MappingOptions,
     Quiet,
     RunOptions,
@@ -19,12 +20,14 @@ from migrator.cli.options import (
     run_settings,
     setup_logging,
     with_connection_options,
+    with_filter_options,
     with_mapping_options,
     with_run_options,
 )
 from migrator.errors import UsageError
 from migrator.naming import display
 from migrator.plan import Plan
+from migrator.preflight import Finding, render
 
 PLANS_DIR = "plans"
 
@@ -39,6 +42,7 @@ def default_plan_path(plan: Plan) -> str:
 @app.command(name="plan")
 @with_connection_options
 @with_mapping_options
+@with_filter_options
 def plan_cmd(
     source: Annotated[str, typer.Argument(help="Source account, e.g. imaps://alice@old.example.com")],
     destination: Annotated[str, typer.Argument(help="Destination account, e.g. imaps://alice@new.example.com")],
@@ -49,6 +53,7 @@ def plan_cmd(
     *,
     mapping: MappingOptions,
     conn: ConnOptions,
+    filters: FilterOptions,
 ) -> None:
     """Write a plan: where each source folder goes, for a person to review and edit. Read-only on both servers.
 
@@ -57,23 +62,26 @@ def plan_cmd(
     subfolders); the destination's own special folder for a source special-use folder (\\Sent ...), or, when
     the source marks none, for a localized name (Sent Items, Gesendete Elemente, ...); a preset's rename;
     the same name. Separators and INBOX. prefixes are translated; a name holding the destination's
-    separator gets '_' in its place, with a warning.
+    separator gets '_' in its place, with a warning. Filters (--since ...) are written into the plan's filters table.
     """
     from migrator import runner
     from migrator.plan_io import write_plan
 
     setup_logging(debug)
     src, dst = connectors(source, destination, conn)
-    plan = runner.new_plan(src, dst)
+    plan = runner.new_plan(src, dst, filters.parsed())
     path = output or default_plan_path(plan)
     if os.path.exists(path) and not force:
         raise UsageError(f"plan file {path} exists", hint="use --force to overwrite it, or -o another file")
-    plan = runner.build_plan(plan, src, dst, mapping.planning())
+    plan = runner.build_plan(plan, src, dst, mapping.planning(), check=True)
     write_plan(plan, path)
     for fp in plan.folders:
         arrow = f"-> {display(fp.destination)}" if fp.action == "copy" else "(skip)"
         size = f"{fp.messages or 0} msgs" + (f", {fp.size / 1e6:.1f} MB" if fp.size is not None else "")
         typer.echo(f"  {display(fp.source)} {arrow}  [{fp.rule}; {size}]")
+    if plan.filters:
+        typer.echo(f"  filters: {plan.filters.describe()} (messages left out are reported as skipped)")
+    typer.echo("\n".join(render(Finding(**f) for f in plan.preflight)))
     for w in plan.warnings:
         typer.echo(f"warning: {w}", err=True)
     typer.echo(f"Plan written to {path}. Review it, then: migrator run {path} --dry-run")
@@ -100,6 +108,7 @@ def run_cmd(
     setup_logging(debug)
     plan = read_plan(plan_file)
     runner.check_endpoints(plan)
+    runner.check_filters(plan, run.delete_extra)
     src, dst = plan_connectors(plan, conn)
     vanished = runner.check_plan(plan, src, dst, delete_extra=run.delete_extra)
     settings = run_settings(src, dst, run, quiet)

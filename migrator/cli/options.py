@@ -82,6 +82,9 @@ ExcludeOpt = Annotated[list[str] | None, typer.Option(
 FolderOpt = Annotated[list[str] | None, typer.Option(
     "--folder", help="Copy only this folder; 'NAME/*' for NAME and its subtree (repeatable).")]
 PresetOpt = Annotated[list[str] | None, typer.Option("--preset", help="Apply a preset: gmail, office365 (repeatable).")]
+DstPresetOpt = Annotated[list[str] | None, typer.Option(
+    "--dst-preset", help="What the destination refuses or changes, for the preflight and the run: office365 "
+                         "(repeatable).")]
 SubscribeOpt = Annotated[str, typer.Option(
     "--subscribe", help="Subscribe destination folders: 'source' (as on the source), 'all' or 'none'.")]
 
@@ -149,6 +152,7 @@ class MappingOptions:
     folder: list[str] | None = None
     preset: list[str] | None = None
     subscribe: str = "source"
+    dst_preset: list[str] | None = None
 
     @property
     def given(self) -> bool:
@@ -159,7 +163,7 @@ class MappingOptions:
         from migrator.planner import planning_options
 
         return planning_options(self.map_ or (), self.include or (), self.exclude or (), self.folder or (),
-                                self.preset or (), self.subscribe)
+                                self.preset or (), self.subscribe, self.dst_preset or ())
 
 
 _FOLDER_CHOICE_PARAMS = [
@@ -167,9 +171,44 @@ _FOLDER_CHOICE_PARAMS = [
     ("folder", FolderOpt, None), ("preset", PresetOpt, None),
 ]
 # migrate and plan: the folder choice and --subscribe; verify and batch: the folder choice only.
-with_mapping_options = _folded("mapping", MappingOptions,
-                               _FOLDER_CHOICE_PARAMS + [("subscribe", SubscribeOpt, "source")])
+with_mapping_options = _folded("mapping", MappingOptions, _FOLDER_CHOICE_PARAMS + [
+    ("subscribe", SubscribeOpt, "source"), ("dst_preset", DstPresetOpt, None)])
 with_folder_choice = _folded("mapping", MappingOptions, _FOLDER_CHOICE_PARAMS)
+
+
+SinceOpt = Annotated[str | None, typer.Option(
+    "--since", metavar="DAY",
+    help="Copy only messages whose INTERNALDATE is on or after DAY (YYYY-MM-DD), as IMAP SEARCH SINCE: the day "
+         "written in the date, in the zone the source server gives it, time of day disregarded.")]
+BeforeOpt = Annotated[str | None, typer.Option(
+    "--before", metavar="DAY",
+    help="Copy only messages whose INTERNALDATE is before DAY (YYYY-MM-DD; DAY itself excluded), as IMAP SEARCH "
+         "BEFORE.")]
+MinSizeOpt = Annotated[str | None, typer.Option(
+    "--min-size", metavar="SIZE", help="Copy only messages of at least SIZE (RFC822.SIZE; e.g. 100K; K/M/G = 1024).")]
+MaxSizeOpt = Annotated[str | None, typer.Option(
+    "--max-size", metavar="SIZE", help="Copy only messages of at most SIZE (RFC822.SIZE; e.g. 25M; K/M/G = 1024).")]
+
+
+@dataclass(frozen=True)
+class FilterOptions:
+    """Which messages are copied; written into the plan, skipped messages reported with the reason."""
+
+    since: str | None = None
+    before: str | None = None
+    min_size: str | None = None
+    max_size: str | None = None
+
+    def parsed(self):
+        from migrator.filters import Filters
+
+        return Filters.parse(self.since, self.before, self.min_size, self.max_size)
+
+
+with_filter_options = _folded("filters", FilterOptions, [
+    ("since", SinceOpt, None), ("before", BeforeOpt, None), ("min_size", MinSizeOpt, None),
+    ("max_size", MaxSizeOpt, None),
+])
 
 
 @dataclass(frozen=True)

@@ -228,8 +228,9 @@ class FolderEnd:
         ctx, s, journal = self.ctx, run.src_status, self.ctx.journal
         if journal is None or ctx.stop.is_set() or s is None or s.highestmodseq is None:
             return None
-        # failed messages must be reported again by the next run's march
-        if run.tally.failed or run.unknown_uids or not run.dst_consistent:
+        # failed messages must be reported again by the next run's march; messages the plan's
+        # filters left out must be marched again by a run without them (or with others)
+        if run.tally.failed or run.tally.filtered or run.unknown_uids or not run.dst_consistent:
             return None
         return journal, (s.uidvalidity, s.uidnext, s.messages, s.highestmodseq)
 

@@ -45,6 +45,9 @@ class EngineOptions:
     in_flight_grace: float = 5.0
     stop_grace: float = 5.0  # after Ctrl-C, seconds to let workers finish their batch
     throttle: Throttle | None = None  # run-wide rate limits, shared by all workers
+    # The largest message the destination takes, besides its APPENDLIMIT (a preset's hard ceiling):
+    # a larger one is reported as failed without being sent.
+    max_message_size: int | None = None
 
     def key(self) -> str:
         """The options a watermark depends on: a folder left complete under others is marched again."""
@@ -64,6 +67,7 @@ class Tally:
     found: int = 0  # adopted: an identical message was on the destination
     failed: int = 0  # messages reported failed or altered: the next run's march reports them again
     skipped_deleted: int = 0  # flagged \Deleted on the source, not copied
+    filtered: int = 0  # left out by the plan's filters: a later run without them copies them
 
     @property
     def settled(self) -> int:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from migrator.checkpoint import ALTERED, DONE, FAILED, PENDING, UNVERIFIED, Resent, Row
+from migrator.filters import NO_FILTERS, Filters
 from migrator.imapdate import date_at_risk, date_key, same_date
 from migrator.stores.base import MessageMeta
 
@@ -48,6 +49,8 @@ class Decision:
     flag_updates: list[tuple[MessageMeta, MessageMeta]] = field(default_factory=list)  # (source, destination)
     already: int = 0
     deleted_skipped: int = 0
+    filtered: Counter = field(default_factory=Counter)  # the plan's filters: reason -> messages left out
+    too_big: list[tuple[int, str]] = field(default_factory=list)  # (source UID, reason): over the destination's limit
     failed_earlier: list[tuple[int, str]] = field(default_factory=list)  # (source UID, reason): not retried
     altered: list[tuple[int, str]] = field(default_factory=list)
     newly_altered: list[tuple[Row, str]] = field(default_factory=list)  # done rows whose stored size differs
@@ -63,8 +66,17 @@ class Decision:
     dated: list[tuple[Row, int]] = field(default_factory=list)
 
 
+def too_big_reason(size: int, limit: int) -> str:
+    return (f"larger than the destination accepts ({size} bytes, its limit is {limit}): not sent; "
+            "see the plan's preflight")
+
+
 def decide(src_msgs: list[MessageMeta], dst_msgs: list[MessageMeta], rows: dict[int, Row], dst_uidvalidity: int,
-           *, include_deleted: bool, sync_flags: bool, retry_failed: bool) -> Decision:
+           *, include_deleted: bool, sync_flags: bool, retry_failed: bool, filters: Filters = NO_FILTERS,
+           size_limit: int | None = None) -> Decision:
+    """What to do with each source message. filters: the plan's, applied only to messages that
+    would be copied (one copied earlier stays settled). size_limit: the largest message the
+    destination takes (APPENDLIMIT, a preset's ceiling): a larger one is reported, not sent."""
     d = Decision()
     dst_by_uid = {m.uid: m for m in dst_msgs}
     accounted: set[int] = set()
@@ -73,33 +85,17 @@ def decide(src_msgs: list[MessageMeta], dst_msgs: list[MessageMeta], rows: dict[
             d.deleted_skipped += 1
             continue
         row = rows.get(m.uid)
+        if row is not None and row.dst_uidvalidity == dst_uidvalidity and row.status in (DONE, ALTERED, UNVERIFIED) \
+                and (row.dst_uid is None or row.dst_uid in dst_by_uid):
+            _settled(d, m, row, dst_by_uid, accounted, include_deleted, sync_flags)
+            continue
+        if filters and (why := filters.reason(m)) is not None:
+            d.filtered[why] += 1
+            continue
+        if size_limit is not None and m.size > size_limit:
+            d.too_big.append((m.uid, too_big_reason(m.size, size_limit)))
+            continue
         if row is not None and row.dst_uidvalidity == dst_uidvalidity:
-            if row.status in (DONE, ALTERED, UNVERIFIED) and (row.dst_uid is None or row.dst_uid in dst_by_uid):
-                if row.dst_uid is None:
-                    d.claims.append(row)
-                elif row.dst_uid not in accounted:
-                    accounted.add(row.dst_uid)
-                    have = dst_by_uid[row.dst_uid]
-                    if sync_flags and set(copy_flags(m, include_deleted)) != set(have.flags):
-                        d.flag_updates.append((m, have))
-                d.already += 1
-                if row.status == ALTERED:
-                    d.altered.append((m.uid, row.reason or "altered by the destination"))
-                elif row.dst_uid is not None and dst_by_uid[row.dst_uid].size != row.size:
-                    # Copied, but stored with another size (a run that stopped before its size check).
-                    reason = altered_reason(row.size, dst_by_uid[row.dst_uid].size)
-                    d.altered.append((m.uid, reason))
-                    d.newly_altered.append((row, reason))
-                elif row.dst_uid is not None and not same_date(row.date, dst_by_uid[row.dst_uid].internaldate):
-                    # Stored with another date (a run that stopped before its date check: ending.py).
-                    reason = date_reason(row.date, dst_by_uid[row.dst_uid].internaldate)
-                    d.altered.append((m.uid, reason))
-                    d.newly_altered.append((row, reason))
-                elif row.status == UNVERIFIED and row.dst_uid is not None:
-                    d.to_verify.append((row, row.dst_uid))  # same size: the bytes are compared by the engine
-                if row.status != ALTERED and row.dst_uid is not None and date_at_risk(row.date):
-                    d.dated.append((row, row.dst_uid))
-                continue
             if row.status == FAILED and not retry_failed:
                 d.failed_earlier.append((m.uid, row.reason or "failed"))
                 continue
@@ -108,6 +104,37 @@ def decide(src_msgs: list[MessageMeta], dst_msgs: list[MessageMeta], rows: dict[
         d.to_copy.append(m)
     d.unaccounted = [m for m in dst_msgs if m.uid not in accounted]
     return d
+
+
+def _settled(d: Decision, m: MessageMeta, row: Row, dst_by_uid: dict[int, MessageMeta], accounted: set[int],
+             include_deleted: bool, sync_flags: bool) -> None:
+    """A source message the checkpoint says was copied, its copy still there: flags brought in
+    step, a copy stored altered (other size, other date) reported, one not yet compared read back,
+    one of a date at risk listed again at the folder's end."""
+    if row.dst_uid is None:
+        d.claims.append(row)
+    elif row.dst_uid not in accounted:
+        accounted.add(row.dst_uid)
+        have = dst_by_uid[row.dst_uid]
+        if sync_flags and set(copy_flags(m, include_deleted)) != set(have.flags):
+            d.flag_updates.append((m, have))
+    d.already += 1
+    if row.status == ALTERED:
+        d.altered.append((m.uid, row.reason or "altered by the destination"))
+    elif row.dst_uid is not None and dst_by_uid[row.dst_uid].size != row.size:
+        # Copied, but stored with another size (a run that stopped before its size check).
+        reason = altered_reason(row.size, dst_by_uid[row.dst_uid].size)
+        d.altered.append((m.uid, reason))
+        d.newly_altered.append((row, reason))
+    elif row.dst_uid is not None and not same_date(row.date, dst_by_uid[row.dst_uid].internaldate):
+        # Stored with another date (a run that stopped before its date check: ending.py).
+        reason = date_reason(row.date, dst_by_uid[row.dst_uid].internaldate)
+        d.altered.append((m.uid, reason))
+        d.newly_altered.append((row, reason))
+    elif row.status == UNVERIFIED and row.dst_uid is not None:
+        d.to_verify.append((row, row.dst_uid))  # same size: the bytes are compared by the engine
+    if row.status != ALTERED and row.dst_uid is not None and date_at_risk(row.date):
+        d.dated.append((row, row.dst_uid))
 
 
 class Wanted(NamedTuple):

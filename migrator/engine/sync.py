@@ -202,8 +202,10 @@ class FolderSync:
         rows = ctx.ckpt.rows(fp.source, run.src_uidvalidity, fp.destination) if ctx.ckpt else {}
         if listed and (journal := ctx.journal) is not None:
             rows, dst_msgs = self.matcher.take_late_twins(run, dst, journal, rows, dst_msgs)
+        limits = [n for n in (dst.capabilities.max_append_size, opts.max_message_size) if n]
         return decide(src_msgs, dst_msgs, rows, run.dst_uidvalidity, include_deleted=opts.include_deleted,
-                      sync_flags=opts.sync_flags, retry_failed=opts.retry_failed)
+                      sync_flags=opts.sync_flags, retry_failed=opts.retry_failed, filters=ctx.plan.filters,
+                      size_limit=min(limits) if limits else None)
 
     def _reconcile(self, run: FolderRun, src: Store, dst: Store, dec: Decision,
                    src_msgs: list[MessageMeta]) -> dict | None:
@@ -227,15 +229,19 @@ class FolderSync:
         altered = {row.src_uid for row, _reason in dec.newly_altered}
         with run.lock:  # copied by an earlier run: a failed date check does not uncount this run's copies
             run.dated.extend((r.intent(), uid, False) for r, uid in dec.dated if r.src_uid not in altered)
-        run.count(already=dec.already, skipped_deleted=dec.deleted_skipped,
-                  failed=len(dec.altered) + len(dec.failed_earlier))
+        run.count(already=dec.already, skipped_deleted=dec.deleted_skipped, filtered=sum(dec.filtered.values()),
+                  failed=len(dec.altered) + len(dec.failed_earlier) + len(dec.too_big))
         return pairs
 
     def _report(self, fp: FolderPlan, dec: Decision) -> None:
         """The march's findings, into the report (once per folder, not per attempt)."""
         stats = self.ctx.stats
         stats.skip(fp.source, "flagged \\Deleted on the source (--include-deleted copies them)", dec.deleted_skipped)
+        for reason, n in dec.filtered.items():
+            stats.skip(fp.source, f"filtered out: {reason}", n)
         stats.add(fp.source, already=dec.already)
+        for uid, reason in dec.too_big:
+            stats.fail(fp.source, uid, reason)
         for uid, reason in dec.altered:
             stats.fail(fp.source, uid, reason)
         for uid, reason in dec.failed_earlier:

@@ -3,6 +3,12 @@
 A preset file has `name`, `description`, `warnings`, `[[skip]]` rules (by
 `special_use` or by `name`, a glob on the '/'-joined folder name) and
 `[[rename]]` rules (`from` prefix -> `to` prefix); every rule has a `reason`.
+Its `[destination]` table says what that server refuses or changes when it is
+the destination (`--dst-preset`; the plan's preflight, migrator/preflight.py):
+`max_message_size` (its default limit), `max_message_ceiling` (the most it can
+be raised to: larger messages are reported, not sent), `max_line_length`,
+`case_insensitive` (folder names), `reserved_names`, `forbidden_characters`;
+sizes as the --max-size option writes them (K/M/G, 1024-based).
 Adding a preset means adding a file, not code.
 """
 
@@ -42,12 +48,42 @@ class RenameRule:
 
 
 @dataclass(frozen=True)
+class DestinationRules:
+    """What a destination refuses or changes (a preset's [destination] table, or several combined)."""
+
+    presets: tuple[str, ...] = ()
+    max_message_size: int | None = None
+    max_message_ceiling: int | None = None
+    max_line_length: int | None = None
+    case_insensitive: bool = False
+    reserved_names: tuple[str, ...] = ()
+    forbidden_characters: str = ""
+
+    @property
+    def name(self) -> str:
+        return "+".join(self.presets)
+
+    def __add__(self, other: DestinationRules) -> DestinationRules:
+        """Both presets' rules at once: the smaller limits, every name and character."""
+        def least(a, b):
+            return b if a is None else a if b is None else min(a, b)
+
+        return DestinationRules(
+            self.presets + other.presets, least(self.max_message_size, other.max_message_size),
+            least(self.max_message_ceiling, other.max_message_ceiling),
+            least(self.max_line_length, other.max_line_length), self.case_insensitive or other.case_insensitive,
+            self.reserved_names + other.reserved_names,
+            "".join(dict.fromkeys(self.forbidden_characters + other.forbidden_characters)))
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     description: str = ""
     warnings: tuple[str, ...] = ()
     skips: tuple[SkipRule, ...] = ()
     renames: tuple[RenameRule, ...] = field(default_factory=tuple)
+    destination: DestinationRules | None = None
 
 
 def _read(name: str) -> dict:
@@ -73,7 +109,31 @@ def load_preset(name: str) -> Preset:
     renames = tuple(
         RenameRule(parse_display(r["from"]), parse_display(r["to"]), r["reason"]) for r in data.get("rename", [])
     )
-    return Preset(data["name"], data.get("description", ""), tuple(data.get("warnings", [])), skips, renames)
+    return Preset(data["name"], data.get("description", ""), tuple(data.get("warnings", [])), skips, renames,
+                  _destination(data["name"], data.get("destination")))
+
+
+def _destination(name: str, table: dict | None) -> DestinationRules | None:
+    from migrator.filters import parse_size
+
+    if table is None:
+        return None
+    sizes = {k: parse_size(table[k], f"preset {name}: {k}") if k in table else None
+             for k in ("max_message_size", "max_message_ceiling")}
+    return DestinationRules((name,), sizes["max_message_size"], sizes["max_message_ceiling"],
+                            table.get("max_line_length"), bool(table.get("case_insensitive")),
+                            tuple(table.get("reserved_names", ())), table.get("forbidden_characters", ""))
+
+
+def destination_rules(names) -> DestinationRules | None:
+    """The [destination] rules of these presets together; None when none has any."""
+    found = [r for r in (load_preset(n).destination for n in names) if r is not None]
+    if not found:
+        return None
+    out = found[0]
+    for r in found[1:]:
+        out = out + r
+    return out
 
 
 @cache

@@ -40,6 +40,7 @@ from migrator.stores.base import (
     Capabilities,
     FolderInfo,
     FolderStatus,
+    Limits,
     Message,
     MessageMeta,
     normalize_flags,
@@ -303,6 +304,9 @@ class ArchiveStore:
     def _writable(self) -> None:
         if self.readonly:
             raise UsageError(f"archive {self.path} is opened read-only")
+
+    def limits(self, folders: Sequence[Folder]) -> Limits:
+        return Limits()  # it says nothing of limits (and takes any message it can store)
 
     def close(self) -> None:
         for _file, fh in self._writers.values():

@@ -107,6 +107,9 @@ class Capabilities:
     # The listing's sizes are the sizes of the bytes fetch() returns. A store whose listing only
     # estimates them (POP3's LIST) says False: the engine then never matches a listed size.
     exact_sizes: bool = True
+    # The listing gives each message's INTERNALDATE. A store that tells the date from the bytes
+    # only (POP3) says False: date filters cannot be applied to its listing.
+    dated_listings: bool = True
     # An APPEND sent before a crash or a cut connection may be committed after it (a server at the
     # other end of a network reads what was sent whenever it gets it): the march waits for it
     # (engine/sync.py), and removes a copy sent again if the first one lands (engine/matching.py).
@@ -118,6 +121,18 @@ class Capabilities:
     sessions: int | None = None
     max_append_size: int | None = None
     extra: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a destination says, read-only, about what it will refuse or change (the plan's
+    preflight, migrator/preflight.py). None: it does not say."""
+
+    append_limit: int | None = None  # the largest message it takes (APPENDLIMIT=n, RFC 7889)
+    folder_append_limits: dict[Folder, int] = field(default_factory=dict)  # STATUS APPENDLIMIT per folder
+    # PERMANENTFLAGS of its INBOX: '\\*' in it keeps any keyword; without it, keywords not listed are dropped
+    permanent_flags: tuple[str, ...] | None = None
+    quota: tuple[int, int] | None = None  # (bytes used, bytes allowed): STORAGE of INBOX's quota root (RFC 9208)
 
 
 def normalize_flags(flags: Iterable[str]) -> tuple[str, ...]:
@@ -180,6 +195,11 @@ class Store(Protocol):
     def expunge_uids(self, uids: Sequence[int]) -> None:
         """Remove these messages of the selected folder, and no other (UID EXPUNGE where the
         server has it; a store that cannot be that precise refuses with FolderError)."""
+        ...
+
+    def limits(self, folders: Sequence[Folder]) -> Limits:
+        """What the store will refuse or change, as far as it says without writing anything:
+        APPENDLIMIT (of the store, and of those of `folders` that exist), PERMANENTFLAGS, QUOTA."""
         ...
 
     def close(self) -> None: ...

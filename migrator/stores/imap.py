@@ -5,8 +5,7 @@ It stands on three modules and touches no private part of imaplib or imapclient 
 - imap_wire: every private imaplib/imapclient use (pipelining, raw APPEND, the FETCH readers),
   and ReadAhead, the bodies one round trip read before fetch() asked for them;
 - imap_parse: reading answers (capabilities, folders, listings, message heads, STATUS,
-  APPENDUID), no I/O.
-docs/stores.md describes the split.
+  APPENDUID), no I/O; imap_limits: Store.limits. docs/stores.md describes the split.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from migrator.stores.base import AppendItem, Checked, FolderInfo, FolderStatus, 
 from migrator.stores.calls import check_then_open_in_turn
 from migrator.stores.connection import ConnectOptions, Credentials, connection_lost, make_ssl_context, server_text
 from migrator.stores.imap_connect import connect, namespace, start_compression
+from migrator.stores.imap_limits import destination_limits
 from migrator.stores.imap_parse import (
     BINARY_ITEMS,
     FOLDER,
@@ -52,8 +52,7 @@ from migrator.stores.imap_parse import (
 )
 from migrator.stores.imap_wire import ReadAhead, Refused
 
-# ConnectOptions, Credentials and make_ssl_context live in stores.connection; named here too for
-# the callers that import them from this module (cli/options.py).
+# ConnectOptions, Credentials, make_ssl_context: stores.connection's, named here for cli/options.py.
 __all__ = ["ConnectOptions", "Credentials", "ImapStore", "make_ssl_context"]
 
 log = logging.getLogger("migrator.imap")
@@ -74,6 +73,7 @@ class ImapStore:
         self.wire.trace(logging.getLogger("imapclient.imaplib").isEnabledFor(logging.DEBUG))
         self._selected: Folder | None = None
         self._exists = 0  # EXISTS of the selected folder, as SELECT answered
+        self.permanent_flags: tuple[str, ...] = ()  # PERMANENTFLAGS, as SELECT/EXAMINE answered
         self._read_ahead = ReadAhead()
         caps = {dec(c).upper() for c in self.client.capabilities()}
         self.raw_capabilities = caps
@@ -295,6 +295,7 @@ class ImapStore:
     def _selected_now(self, name: Folder, info: dict) -> FolderStatus:
         self._selected = name
         self._exists = int(info.get(b"EXISTS", 0))
+        self.permanent_flags = tuple(dec(f) for f in info.get(b"PERMANENTFLAGS", ()))
         return selected_status(info)
 
     # -- listing and checking ---------------------------------------------------------------
@@ -490,6 +491,8 @@ class ImapStore:
         except FolderError:
             return False
         return True
+
+    limits = destination_limits  # Store.limits: CAPABILITY, STATUS, EXAMINE, GETQUOTAROOT (imap_limits.py)
 
     def close(self) -> None:
         """LOGOUT, and close without waiting for the server's BYE (Wire.logout_now)."""

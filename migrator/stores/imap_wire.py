@@ -251,6 +251,14 @@ class Wire:
         fetched = imap._untagged_response("OK", [], "FETCH")[1] if ok else None  # imaplib's pop of FETCH data
         return Opening(answers, typ, data, info, "READ-ONLY" in imap.untagged_responses, fetched)
 
+    def quota_lines(self, mailbox: bytes) -> list[bytes]:
+        """The untagged QUOTA lines GETQUOTAROOT answers (imaplib's command: imapclient's
+        get_quota_root fails on a root without a QUOTA line); a NO/BAD raises imaplib's error."""
+        typ, data = self._imap.getquotaroot(mailbox)
+        if typ != "OK":
+            raise imaplib.IMAP4.error(dec(data[-1]) if data else typ)
+        return [line for line in (data[1] if len(data) > 1 else []) if isinstance(line, bytes)]
+
     def uid_fetch(self, uids: str, items: str) -> list:
         """imaplib's data of one UID FETCH; a NO/BAD raises imaplib's error."""
         typ, data = self._imap.uid("FETCH", uids, items)  # imapclient's fetch() parses every answer: too slow

@@ -10,7 +10,9 @@ keywords (\\Recent is never stored; system flags in their canonical case), INTER
 given, HIGHESTMODSEQ when `condstore`. Options: `uidplus` (APPENDUID: append() returns UIDs, else
 [None, ...]), `multiappend` (one all-or-nothing APPEND per batch, else one APPEND per message, as
 ImapStore sends them), `keywords` (False: refused as GNU imap4d refuses them, with the exception
-ImapStore raises for that answer), `separator`, `late_commits`.
+ImapStore raises for that answer), `separator`, `late_commits`; what limits() tells (the preflight):
+`append_limit` (APPENDLIMIT: a larger APPEND is refused with [TOOBIG]), `permanent_flags`, `quota`
+((bytes used, bytes allowed), told only: not enforced).
 
 Faults a test injects on the server (each applies to every connection; `match` is a predicate on a
 message's bytes, None: any; `times`: how many times it applies, None: always):
@@ -112,8 +114,11 @@ class MemoryServer:
 
     def __init__(self, uidplus: bool = True, multiappend: bool = True, condstore: bool = True,
                  keywords: bool = True, separator: str | None = "/", late_commits: bool = False,
-                 first_uidvalidity: int = 1000, now: str = "01-Jan-2020 00:00:00 +0000"):
+                 first_uidvalidity: int = 1000, now: str = "01-Jan-2020 00:00:00 +0000",
+                 append_limit: int | None = None, permanent_flags: tuple[str, ...] | None = None,
+                 quota: tuple[int, int] | None = None):
         self.uidplus, self.multiappend, self.condstore = uidplus, multiappend, condstore
+        self.append_limit, self.permanent_flags, self.quota = append_limit, permanent_flags, quota
         self.keywords, self.separator, self.late_commits = keywords, separator, late_commits
         self.now = now  # the INTERNALDATE of an APPEND that gives none
         self.lock = threading.RLock()
@@ -277,7 +282,7 @@ class MemoryStore:
         self.separator = server.separator
         self.capabilities = Capabilities(multiappend=server.multiappend, uidplus=server.uidplus,
                                          condstore=server.condstore, special_use=True, keywords=server.keywords,
-                                         late_commits=server.late_commits)
+                                         late_commits=server.late_commits, max_append_size=server.append_limit)
         self._selected: tuple[Folder, _Box, bool] | None = None  # name, the folder then, read-only
         self._given: dict[tuple[int, int], str] = {}  # (UIDVALIDITY, UID) -> date given (redate)
         self._lost = False
@@ -376,6 +381,8 @@ class MemoryStore:
             box = s._boxes.get(s.key(name))
             if box is None:
                 raise FolderError(f"destination folder '{display(name)}' does not exist: APPEND [TRYCREATE]")
+            if s.append_limit is not None and any(len(item.body) > s.append_limit for item in items):
+                raise MessageRejected(f"APPEND [TOOBIG] over the APPENDLIMIT of {s.append_limit} bytes")
             fault = s._append_fault(("refuse", "hold"), [item.body for item in items])  # the whole command
             if fault is not None and fault.kind == "refuse":
                 raise MessageRejected(fault.text)
@@ -439,6 +446,10 @@ class MemoryStore:
             for uid in uids:
                 if box.messages.pop(uid, None) is not None:
                     box.modseq += 1
+
+    def limits(self, folders: Sequence[Folder]) -> base.Limits:
+        s = self.server
+        return base.Limits(append_limit=s.append_limit, permanent_flags=s.permanent_flags, quota=s.quota)
 
     def close(self) -> None:
         self._selected = None

@@ -35,7 +35,7 @@ from migrator.digest import short_digest
 from migrator.errors import ConnectionFailed, FolderError
 from migrator.imapdate import from_rfc5322
 from migrator.naming import INBOX, Folder, display
-from migrator.stores.base import AppendItem, Capabilities, FolderInfo, FolderStatus, Message, MessageMeta
+from migrator.stores.base import AppendItem, Capabilities, FolderInfo, FolderStatus, Limits, Message, MessageMeta
 from migrator.stores.connection import (
     ConnectOptions,
     Credentials,
@@ -125,7 +125,7 @@ class Pop3Store:
     prefix = ""
     # exact_sizes=False: LIST sizes are not the sizes of the bytes RETR serves (module doc);
     # sessions=1: many POP3 servers lock the maildrop.
-    ADVERTISED = Capabilities(writable=False, keywords=False, exact_sizes=False, sessions=1)
+    ADVERTISED = Capabilities(writable=False, keywords=False, exact_sizes=False, dated_listings=False, sessions=1)
 
     def __init__(self, ep: Endpoint, creds: Credentials, opts: ConnectOptions | None = None):
         self.endpoint = ep
@@ -228,6 +228,9 @@ class Pop3Store:
 
     def expunge_uids(self, uids: Sequence[int]) -> None:
         _read_only()
+
+    def limits(self, folders: Sequence[Folder]) -> Limits:
+        return Limits()  # it says nothing of limits (and takes any message it can store)
 
     def close(self) -> None:
         try:
