@@ -151,7 +151,8 @@ def test_two_backups_started_at_the_same_instant_on_a_new_directory_one_runs_one
     # Started, migrator imported, then both told to go at once (a line on their stdin).
     go = ("import sys; from migrator.cli import main; print('ready', flush=True); sys.stdin.readline(); "
           "main(sys.argv[1:])")
-    for round_ in range(2):
+    overlapped = 0
+    for round_ in range(5):  # on a loaded machine one may finish before the other gets the CPU
         new = tmp_path / f"new{round_}"
         procs = [subprocess.Popen(
             [sys.executable, "-c", go, "migrate", f"archive://{src}", f"archive://{new}", "--quiet",
@@ -165,8 +166,14 @@ def test_two_backups_started_at_the_same_instant_on_a_new_directory_one_runs_one
             p.stdin.write("go\n")
             p.stdin.flush()
         results = [(p.wait(60), p.communicate()[1]) for p in procs]
-        assert sorted(code for code, _err in results) == [0, 2], results
-        refusal = next(err for code, err in results if code == 2)
-        assert f"archive {new} is in use by another migrator process" in refusal, refusal
+        assert "not empty" not in str(results) and "Traceback" not in str(results), results
+        codes = sorted(code for code, _err in results)
+        assert codes in ([0, 2], [0, 0]), results  # [0, 0]: one ran after the other, an incremental rerun
+        if codes == [0, 2]:
+            refusal = next(err for code, err in results if code == 2)
+            assert f"archive {new} is in use by another migrator process" in refusal, refusal
+            overlapped += 1
         assert archive_contents(new) == archive_contents(sources[0])
-        shutil.rmtree(new)
+        if overlapped == 2:
+            break
+    assert overlapped, "the two backups never ran at the same time"
