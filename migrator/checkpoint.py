@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from migrator.errors import StateError
+from migrator.errors import StateError, StorageError
 from migrator.fsutil import ensure_private_dir, lock_exclusive
 from migrator.naming import Folder, folder_from_key, folder_key
 
@@ -424,8 +424,10 @@ class Checkpoint:
                 self._db.executemany(sql, params)
                 self._db.execute("COMMIT")
             except sqlite3.DatabaseError as e:
-                try:
-                    self._db.execute("ROLLBACK")
-                except sqlite3.DatabaseError:
-                    pass
-                raise StateError(f"cannot write state file {self.path}: {e}") from None
+                if self._db.in_transaction:  # SQLite may have ended it itself (SQLITE_FULL)
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except sqlite3.DatabaseError:
+                        pass
+                # Disk full, read-only, gone: the run stops at once (engine/context.py, abort).
+                raise StorageError(f"cannot write state file {self.path}: {e}") from None

@@ -69,6 +69,12 @@ class StateError(MigratorError):
     exit_code = EXIT_USAGE
 
 
+class StorageError(MigratorError):
+    """A local file migrator keeps (an archive, a state file) cannot be written or is damaged: disk
+    full, a read-only file system, a vanished mount, a corrupt index. Nothing after it could be
+    kept, so the run stops at once (no folder is tried after it)."""
+
+
 class Interrupted(MigratorError):
     """Ctrl-C or SIGTERM: the run stopped cleanly and can be resumed."""
 

@@ -117,6 +117,7 @@ def verify_report(diffs: list[FolderDiff], source: str, destination: str) -> dic
                 "extra": d.extra,
                 "flags_differ": d.flags_differ,
                 "date_differs": d.date_differs,
+                "damaged": d.damaged,
                 "error": d.error,
             }
             for d in diffs
@@ -137,6 +138,7 @@ def render_verify(report: dict[str, Any]) -> str:
         lines += [f"  extra on destination: UID {m['destination_uid']} sha256 {m['sha256'][:16]}" for m in f["extra"]]
         lines += [f"  flags differ: source UID {m['source_uid']} {m['source_flags']} "
                   f"vs destination UID {m['destination_uid']} {m['destination_flags']}" for m in f["flags_differ"]]
+        lines += [f"  damaged on the {m['side']}: UID {m['uid']}: {m['reason']}" for m in f["damaged"]]
         lines += [f"  date differs: source UID {m['source_uid']} {m['source_date']} "
                   f"vs destination UID {m['destination_uid']} {m['destination_date']}" for m in f["date_differs"]]
     lines.append("Identical." if report["identical"] else "Differences found.")

@@ -20,6 +20,7 @@ from migrator.errors import EXIT_INTERRUPTED, EXIT_MESSAGES_FAILED, EXIT_OK, EXI
 from migrator.cli import cmd_migrate  # noqa: F401
 from migrator.cli import cmd_plan  # noqa: F401
 from migrator.cli import cmd_batch  # noqa: F401
+from migrator.cli import cmd_archive  # noqa: F401
 # isort: on
 
 

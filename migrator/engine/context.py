@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from migrator.checkpoint import ALTERED, DONE, Checkpoint, Intent
 from migrator.engine.jobs import OVERQUOTA_HINT, EngineOptions, FolderRun
 from migrator.engine.pairs import both_sides
+from migrator.errors import StorageError
 from migrator.naming import Folder
 from migrator.plan import FolderPlan, Plan
 from migrator.stats import Stats
@@ -39,6 +40,9 @@ class Context:
     src_status: dict[Folder, FolderStatus] = field(default_factory=dict)  # source STATUS: watermark base, ranking
     dst_status: dict[Folder, FolderStatus] = field(default_factory=dict)  # destination STATUS of folders ours
     would_create: list[Folder] = field(default_factory=list)  # dry run: folders a real run would create
+    # What stopped the run at once (a local file that cannot be written: disk full, read-only, gone);
+    # Engine.run raises it when the workers have stopped.
+    fatal: StorageError | None = None
 
     @property
     def journal(self) -> Checkpoint | None:
@@ -55,9 +59,20 @@ class Context:
         return both_sides(on_src, on_dst, self.dst_side)
 
     def internal_error(self, fp: FolderPlan, e: Exception) -> None:
-        """A bug (or the state file failing): reported on its folder, and the run goes on."""
+        """A bug: reported on its folder, and the run goes on. A StorageError stops the run instead:
+        every folder after it would fail the same way."""
+        if isinstance(e, StorageError):
+            self.abort(e)
+            return
         log.exception("unexpected error")
         self.stats.folder_failed(fp.source, f"internal error: {type(e).__name__}: {e}")
+
+
+    def abort(self, e: StorageError) -> None:
+        """Stop the run at once, for this reason (the first one given is kept)."""
+        if self.fatal is None:
+            self.fatal = e
+        self.stop.set()
 
 
 class Ledger:

@@ -72,5 +72,7 @@ class Engine:
             self.scheduler.run(prepare, early=len(marks) < len(folders))
         finally:
             self.ctx.dst_side.shutdown(wait=False)
+        if self.ctx.fatal is not None:
+            raise self.ctx.fatal
         self.stats.finish()
         return self.stats

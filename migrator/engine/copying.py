@@ -61,6 +61,9 @@ class Copier:
                 msg = fetched.get(m.uid)
                 if msg is None:
                     continue
+                if msg.damage:  # never written anywhere; a rerun tries it again
+                    self.ledger.fail(run, Intent(m.uid, m.size, "", ()), f"damaged in the source: {msg.damage}")
+                    continue
                 if msg.note:
                     stats.warn(f"'{display(fp.source)}' UID {m.uid}: {msg.note}")
                 flags = copy_flags(m, opts.include_deleted)

@@ -28,7 +28,7 @@ from migrator.engine.march import Decision, Wanted, copy_flags, found_date_reaso
 from migrator.engine.readback import Held
 from migrator.imapdate import same_date
 from migrator.naming import display
-from migrator.stores.base import MessageMeta, Store
+from migrator.stores.base import MessageMeta, Store, intact
 
 # A copy sent again is watched for a late twin this long: no server commits an APPEND a day
 # after its connection died (docs/resume.md).
@@ -58,7 +58,8 @@ class Matcher:
         digests: dict[int, str] = {}
         wanted = list({m.uid: m for ms in cands.values() for m in ms}.values())
         for batch in batches(wanted, self.opts.batch_bytes, self.opts.batch_count):
-            digests.update((msg.meta.uid, fingerprint(msg.body)) for msg in dst.fetch([m.uid for m in batch]))
+            digests.update((msg.meta.uid, fingerprint(msg.body))
+                           for msg in intact(dst.fetch([m.uid for m in batch])))
         rows, taken, remove, done = dict(rows), set(), [], []
         for e in markers:
             row = rows.get(e.src_uid)
@@ -143,7 +144,7 @@ class Matcher:
         """Fingerprint the destination messages that could match something still to copy."""
         by_uid = {m.uid: m for m in candidates}
         for batch in batches(candidates, self.opts.batch_bytes, self.opts.batch_count):
-            for msg in dst.fetch([d.uid for d in batch]):
+            for msg in intact(dst.fetch([d.uid for d in batch])):  # a damaged copy matches nothing
                 run.pool.add(fingerprint(msg.body), by_uid[msg.meta.uid])
 
     def _fingerprint_sources(self, src: Store, metas: list[MessageMeta]) -> list[Wanted]:
@@ -152,7 +153,9 @@ class Matcher:
         wanted = []
         for batch, fetched in prefetch(self.ctx, src, batches(metas, self.opts.batch_bytes, self.opts.batch_count)):
             crash("fetched")  # nothing adopted yet: the next march fingerprints them again
-            wanted += [Wanted(served(m, msg), fingerprint(msg.body)) for m in batch if (msg := fetched.get(m.uid))]
+            # A damaged message is left to its chunk, which reports it.
+            wanted += [Wanted(served(m, msg), fingerprint(msg.body)) for m in batch
+                       if (msg := fetched.get(m.uid)) and not msg.damage]
         return wanted
 
     def settle_claims(self, run: FolderRun, claims, pairs: dict) -> None:
@@ -191,8 +194,8 @@ class Matcher:
                                if held else ()):
             for m in sorted(batch, key=lambda m: m.uid not in claimed):  # claims first: their copy is there
                 msg = fetched.get(m.uid)
-                hit = held.take_loose(loose_digest(msg.body)) if msg is not None else None
-                if msg is None or not hit:
+                hit = held.take_loose(loose_digest(msg.body)) if msg is not None and not msg.damage else None
+                if msg is None or msg.damage or not hit:
                     continue
                 uid, stored = hit
                 found.add(m.uid)

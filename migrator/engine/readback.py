@@ -21,7 +21,7 @@ from migrator.engine.content import Shape, describe_change, loose_digest, same_s
 from migrator.engine.context import Context, Ledger
 from migrator.engine.jobs import Connections, EngineOptions, FolderRun
 from migrator.imapdate import date_at_risk
-from migrator.stores.base import MessageMeta, Store
+from migrator.stores.base import MessageMeta, Store, intact
 
 
 class Check(NamedTuple):
@@ -68,7 +68,7 @@ class ReadBack:
         """compare() for copies in the folder selected on dst, read in batches (memory stays bounded)."""
         opts = self.opts
         for batch in batches(checks, opts.batch_bytes, opts.batch_count, size=lambda c: c.intent.size):
-            bodies = {msg.meta.uid: msg.body for msg in dst.fetch([c.uid for c in batch])}
+            bodies = {msg.meta.uid: msg.body for msg in intact(dst.fetch([c.uid for c in batch]))}
             self.compare(run, batch, bodies, skip)
 
     def find_claims(self, run: FolderRun, conn: Connections) -> None:
@@ -125,7 +125,7 @@ class Held:
         """These messages of the folder selected on dst; exact: indexed by SHA-256 as well."""
         held = cls()
         for batch in batches(metas, opts.batch_bytes, opts.batch_count):
-            for msg in dst.fetch([m.uid for m in batch]):
+            for msg in intact(dst.fetch([m.uid for m in batch])):
                 if exact:
                     held._exact.setdefault(fingerprint(msg.body), []).append(msg.meta.uid)
                 held._loose.setdefault(loose_digest(msg.body), []).append((msg.meta.uid, msg.body))

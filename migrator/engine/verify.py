@@ -42,28 +42,39 @@ class FolderDiff:
     extra: list[dict] = field(default_factory=list)
     flags_differ: list[dict] = field(default_factory=list)
     date_differs: list[dict] = field(default_factory=list)
+    damaged: list[dict] = field(default_factory=list)  # {side, uid, reason}: bytes a store found damaged
     error: str | None = None
 
     @property
     def identical(self) -> bool:
-        return not (self.missing or self.extra or self.flags_differ or self.date_differs or self.error)
+        return not (self.missing or self.extra or self.flags_differ or self.date_differs or self.damaged
+                    or self.error)
+
+
+@dataclass
+class Side:
+    """One side of a folder pair: its messages by fingerprint, and those found damaged (uid, reason)."""
+
+    by_hash: dict[str, list[Entry]] = field(default_factory=lambda: defaultdict(list))
+    damaged: list[tuple[int, str]] = field(default_factory=list)
 
 
 def _side(store: Store, folder: Folder, include_deleted: bool, batch_bytes: int, batch_count: int,
-          skip_deleted: bool) -> dict[str, list[Entry]]:
+          skip_deleted: bool, side: Side) -> None:
     store.select(folder, readonly=True)
     metas = store.list_messages()
     if skip_deleted and not include_deleted:
         metas = [m for m in metas if not m.deleted]
-    by_hash: dict[str, list[Entry]] = defaultdict(list)
     flags = {m.uid: m for m in metas}
     for batch in batches(metas, batch_bytes, batch_count):
         for msg in store.fetch([m.uid for m in batch]):
+            if msg.damage:  # named as such, and compared with nothing
+                side.damaged.append((msg.meta.uid, msg.damage))
+                continue
             meta = flags[msg.meta.uid]
             # A POP3 listing has no date: its fetch() gives the one its copy was stored with.
             date = meta.internaldate or msg.meta.internaldate
-            by_hash[fingerprint(msg.body)].append(Entry(meta.uid, meta.flags, date))
-    return by_hash
+            side.by_hash[fingerprint(msg.body)].append(Entry(meta.uid, meta.flags, date))
 
 
 def verify(plan: Plan, connect_src: Callable[[], Store], connect_dst: Callable[[], Store],
@@ -128,18 +139,17 @@ def verify(plan: Plan, connect_src: Callable[[], Store], connect_dst: Callable[[
 def _verify_folder(diff: FolderDiff, sources: list[Folder], destination: Folder | None, src: Store, dst: Store,
                    dst_side: ThreadPoolExecutor, include_deleted: bool, batch_bytes: int, batch_count: int) -> None:
     """Both sides read at the same time; destination None: it does not exist (everything is missing)."""
-    def read_source() -> dict[str, list[Entry]]:
-        s: dict[str, list[Entry]] = defaultdict(list)
+    def read_source() -> Side:
+        s = Side()
         for source in sources:
-            for digest, entries in _side(src, source, include_deleted, batch_bytes, batch_count,
-                                         skip_deleted=True).items():
-                s[digest].extend(entries)
+            _side(src, source, include_deleted, batch_bytes, batch_count, skip_deleted=True, side=s)
         return s
 
-    def read_destination() -> dict[str, list[Entry]]:
-        if destination is None:
-            return {}
-        return _side(dst, destination, include_deleted, batch_bytes, batch_count, skip_deleted=False)
+    def read_destination() -> Side:
+        d = Side()
+        if destination is not None:
+            _side(dst, destination, include_deleted, batch_bytes, batch_count, skip_deleted=False, side=d)
+        return d
 
     s, d = both_sides(lambda: _or_folder_error(read_source), lambda: _or_folder_error(read_destination), dst_side)
     if isinstance(s, FolderError):
@@ -147,10 +157,14 @@ def _verify_folder(diff: FolderDiff, sources: list[Folder], destination: Folder 
     elif isinstance(d, FolderError):
         diff.error = f"destination folder cannot be read: {d}"
     else:
-        _compare(diff, s, d)
+        diff.damaged = ([{"side": "source", "uid": uid, "reason": why} for uid, why in s.damaged]
+                        + [{"side": "destination", "uid": uid, "reason": why} for uid, why in d.damaged])
+        _compare(diff, s.by_hash, d.by_hash)
+        diff.source_count += len(s.damaged)
+        diff.destination_count += len(d.damaged)
 
 
-def _or_folder_error(read: Callable[[], dict]) -> dict | FolderError:
+def _or_folder_error(read: Callable[[], Side]) -> Side | FolderError:
     """read(), or the FolderError it raised: each side's is reported, the other side's result kept."""
     try:
         return read()

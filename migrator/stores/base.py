@@ -70,6 +70,10 @@ class Message:
     # need not scan it to choose between a literal and a literal8.
     nul_free: bool = False
     note: str | None = None  # what the store could not vouch for in these bytes, for the report
+    # Why these bytes cannot be trusted: the store's own check of them failed (an archive's frame
+    # that does not decode, a SHA-256 that does not match). The body is then empty and is never
+    # used: the engine reports the message as failed with this reason and copies nothing of it.
+    damage: str | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,12 @@ class Limits:
     quota: tuple[int, int] | None = None  # (bytes used, bytes allowed): STORAGE of INBOX's quota root (RFC 9208)
 
 
+def intact(messages: Iterable[Message]) -> Iterator[Message]:
+    """The fetched messages whose bytes can be used (not Message.damage): for a reader that only
+    compares content (a damaged message then matches nothing)."""
+    return (m for m in messages if m.damage is None)
+
+
 def normalize_flags(flags: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(f for f in flags if f not in NON_COPYABLE_FLAGS))
 
@@ -180,7 +190,8 @@ class Store(Protocol):
         the size of the bytes served, the flags and the date (IMAP asks FLAGS and INTERNALDATE in
         the same UID FETCH as the body; the archive reads its index; POP3 has no flags and tells
         the date from the bytes, which its listing leaves empty). A caller need not join it to a
-        listing."""
+        listing. A message the store finds damaged (its own check of the bytes failed: the
+        archive's) comes with Message.damage set and an empty body, never with wrong bytes."""
         ...
 
     def append(self, name: Folder, items: Sequence[AppendItem]) -> list[int | None]:

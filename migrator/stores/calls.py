@@ -12,7 +12,7 @@ from typing import cast
 
 from migrator.errors import FolderError
 from migrator.naming import Folder
-from migrator.stores.base import Checked, FolderStatus, MessageMeta, Opened, Pipelined, Store
+from migrator.stores.base import Checked, FolderStatus, MessageMeta, Opened, Pipelined, Store, intact
 
 
 def _pipelined(store: Store) -> Pipelined | None:
@@ -72,7 +72,7 @@ def list_with_status(store: Store, name: Folder, uids: Sequence[int], read_back:
     if (p := _pipelined(store)) is not None:
         return p.list_with_status(name, uids, read_back)
     metas = store.list_messages(uids) if uids else []
-    bodies = {m.meta.uid: m.body for m in store.fetch(read_back)} if read_back else {}
+    bodies = {m.meta.uid: m.body for m in intact(store.fetch(read_back))} if read_back else {}
     try:
         return Checked(metas, store.status(name), bodies=bodies)
     except FolderError:
