@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from imapclient import exceptions as imapexc
 
 from migrator.accounts import Endpoint
-from migrator.errors import FolderError, MessageRejected, TransientError
+from migrator.errors import FolderError, MessageRejected, Throttled, TransientError
 from migrator.naming import Folder, to_server
 from migrator.stores.base import AppendItem, Checked, FolderInfo, FolderStatus, Message, MessageMeta, Opened
 from migrator.stores.calls import check_then_open_in_turn
@@ -51,6 +51,7 @@ from migrator.stores.imap_parse import (
     uid_set,
 )
 from migrator.stores.imap_wire import ReadAhead, Refused
+from migrator.throttle import is_throttle
 
 # ConnectOptions, Credentials and make_ssl_context live in stores.connection; named here too for
 # the callers that import them from this module (cli/options.py).
@@ -95,7 +96,7 @@ class ImapStore:
     def _refused(self, what: str, text: str) -> Exception:
         """A NO/BAD to a command other than APPEND: try again later, or this folder fails."""
         if classify(text) == TRANSIENT:
-            return TransientError(f"{what} on {self.endpoint.host}: {text}")
+            return (Throttled if is_throttle(text) else TransientError)(f"{what} on {self.endpoint.host}: {text}")
         return FolderError(f"{what} failed on {self.endpoint.host}: {text}")
 
     def _ask_namespace(self) -> tuple[str | None, str]:
@@ -444,7 +445,7 @@ class ImapStore:
             for item in items:
                 try:
                     out.extend(self.append(name, [item]))
-                except MessageRejected as e:
+                except (MessageRejected, Throttled) as e:
                     e.stored = out  # the messages before this one are on the server
                     raise
             return out
@@ -471,8 +472,8 @@ class ImapStore:
 
     def _append_error(self, server_name: str, said: str) -> Exception:
         kind = classify(said)
-        if kind == TRANSIENT:
-            return TransientError(f"APPEND to '{server_name}' on {self.endpoint.host}: {said}")
+        if kind == TRANSIENT:  # a throttle answer among them (Throttled)
+            return self._refused(f"APPEND to '{server_name}'", said)
         if kind == FOLDER and not self._folder_exists(server_name):
             return FolderError(f"destination folder '{server_name}' does not exist: {said}")
         return MessageRejected(f"{said}")
