@@ -101,6 +101,8 @@ class M365StandIn:
         accept_pairs(self._listener, self.target, self._closing, self._add_session)
 
     def _add_session(self, client: socket.socket, server: socket.socket) -> None:
+        for sock in (client, server):  # it writes a command in pieces: no Nagle wait between them
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self.lock:
             self.sessions += 1
             s = _Session(client, server, self.sessions)
