@@ -46,6 +46,17 @@ class TransientError(MigratorError):
     exit_code = EXIT_MESSAGES_FAILED
 
 
+class Throttled(TransientError):
+    """The server asked us to slow down (a throttle answer: `[THROTTLED]`, `[UNAVAILABLE]`,
+    Microsoft 365's `Request is throttled. Suggested Backoff Time: N ms`). Nothing of the refused
+    command is stored; `stored` as in MessageRejected (the messages of a batch sent one APPEND at
+    a time that went in before the throttled one)."""
+
+    def __init__(self, message: str, hint: str | None = None, stored: list | None = None):
+        super().__init__(message, hint)
+        self.stored = stored
+
+
 class FolderError(MigratorError):
     """One folder cannot be processed (vanished, cannot be created); others go on."""
 

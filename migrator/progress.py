@@ -26,6 +26,7 @@ class Progress:
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._said = 0  # throttle waits already said
 
     def __enter__(self) -> Progress:
         if not self.quiet:
@@ -37,6 +38,13 @@ class Progress:
         self._stop.set()
         if self._thread:
             self._thread.join(2)
+
+    def _say_waits(self, write) -> None:
+        """One line for each pause a server asked for (governor.Wait), as it starts."""
+        waits = self.stats.waits[self._said:]
+        self._said += len(waits)
+        for w in waits:
+            write(w.line())
 
     def _snapshot(self) -> tuple[int, int, int, int, int]:
         s = self.stats
@@ -59,6 +67,7 @@ class Progress:
         try:
             while True:
                 stopped = self._stop.wait(self.interval)
+                self._say_waits(lambda line: tqdm.write(line, file=self.stream))
                 done, total, done_b, total_b, folders = self._snapshot()
                 msgs.total, data.total = total, total_b
                 msgs.n, data.n = done, done_b
@@ -90,8 +99,12 @@ class Progress:
                     for name, fc in self.stats.folders.items() if fc.planned}
 
     def _print_lines(self) -> None:
-        last = None
-        while not self._stop.wait(self.interval):
+        last, due = None, time.monotonic() + self.interval
+        while not self._stop.wait(min(self.interval, 0.5)):  # a wait is said within half a second
+            self._say_waits(lambda line: print(line, file=self.stream, flush=True))
+            if time.monotonic() < due:
+                continue
+            due = time.monotonic() + self.interval
             done, total, done_b, total_b, folders = self._snapshot()
             if (done, total) == last:
                 continue

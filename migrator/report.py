@@ -62,6 +62,8 @@ def run_report(stats: Stats, *, command: str, source: str, destination: str, dry
         "failures": [{"folder": f.folder, "uid": f.uid, "reason": f.reason} for f in stats.failures],
         "folder_errors": [{"folder": f.folder, "reason": f.reason} for f in stats.folder_errors],
         "warnings": list(stats.warnings),
+        "throttle_waits": [{"side": w.side, "host": w.host, "at_seconds": w.at, "seconds": round(w.seconds, 3),
+                            "reason": w.reason} for w in stats.waits],
     }
 
 
@@ -96,6 +98,11 @@ def render_run(report: dict[str, Any]) -> str:
     lines += [f"FAILED {f['folder']} UID {f['uid']}: {f['reason']}" for f in report["failures"]]
     lines += [f"FOLDER FAILED {f['folder']}: {f['reason']}" for f in report["folder_errors"]]
     lines += [f"warning: {w}" for w in report["warnings"]]
+    waits = report.get("throttle_waits") or []
+    if waits:
+        lines.append(f"Throttled {len(waits)} time(s); waited {sum(w['seconds'] for w in waits):.1f} s in all, "
+                     "as the server asked: " + "; ".join(f"{w['side']} {w['seconds']:.1f} s at {w['at_seconds']:.0f} s"
+                                                         for w in waits[:5]) + ("; ..." if len(waits) > 5 else ""))
     return "\n".join(lines)
 
 

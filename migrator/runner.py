@@ -207,6 +207,7 @@ def _execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, 
         stats.warn(w)
     for folder, reason in folder_errors:
         stats.folder_failed(folder, reason)
+    settings.engine.governors.on_wait = stats.waited  # each pause a server asked for: said and reported
     stop = threading.Event()
     engine = Engine(plan, src.open, dst.open, ckpt, settings.engine, stats, stop, spare=spare)
     tuning.for_bulk_copy(settings.engine.batch_bytes)

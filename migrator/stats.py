@@ -44,6 +44,7 @@ class Stats:
         self.failures: list[Failure] = []
         self.warnings: list[str] = []
         self.folder_errors: list[Failure] = []
+        self.waits: list = []  # governor.Wait: each pause a server asked for
         self.interrupted = False
 
     def _f(self, folder: Folder) -> FolderCounts:
@@ -78,6 +79,10 @@ class Stats:
         with self._lock:
             if text not in self.warnings:
                 self.warnings.append(text)
+
+    def waited(self, wait) -> None:
+        with self._lock:
+            self.waits.append(wait)
 
     # -- read side -------------------------------------------------------------------------
 

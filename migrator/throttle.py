@@ -4,19 +4,40 @@ A Throttle is called once per FETCH/APPEND batch (Engine._copy_chunk) with the
 batch's message count and bytes. Each limit is a virtual clock ("pay before"):
 a batch of n units reserves n/rate seconds after the previous reservation and
 the caller waits until its reservation is over, so a run never moves more than
-rate x elapsed units (no burst credit). When a server answers [THROTTLED] or
-[LIMIT], backoff() pauses every worker and halves the rates; each later batch
-wins 5% back, so the run settles just below what the server tolerates.
+rate x elapsed units (no burst credit). What a server says when it wants us to slow
+down is read here too (is_throttle, suggested_wait); the pause that follows is the
+Governor's (governor.py), per host.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
-RECOVERY = 1.05  # rate factor regained per batch after a backoff
-MIN_FACTOR = 1 / 64
-BACKOFF_CODES = ("[THROTTLED", "[LIMIT", "[UNAVAILABLE")
+# A server asking us to slow down: RFC 5530's codes, and Microsoft 365's wording, which comes
+# with or without a code ("NO Request is throttled. Suggested Backoff Time: 1500 ms").
+THROTTLE_CODES = ("[THROTTLED", "[UNAVAILABLE", "[LIMIT")
+THROTTLE_WORDS = ("REQUEST IS THROTTLED", "SUGGESTED BACKOFF TIME", "SERVER UNAVAILABLE")
+_SUGGESTED = re.compile(r"suggested\s+backoff\s+time\W*(\d+(?:\.\d+)?)\s*(ms|milli\w*|s|sec\w*)?", re.I)
+
+
+def is_throttle(text: str) -> bool:
+    """Whether a server's answer (NO, BAD or BYE) asks the client to slow down and come back; a
+    per-message size limit ("[LIMIT] Mail size is larger...") does not."""
+    upper = text.upper()
+    if "[LIMIT]" in upper and "SIZE" in upper:
+        return False
+    return any(c in upper for c in THROTTLE_CODES) or any(w in upper for w in THROTTLE_WORDS)
+
+
+def suggested_wait(text: str) -> float | None:
+    """Seconds the server asked us to wait ("Suggested Backoff Time: 299609 ms"), if it said."""
+    m = _SUGGESTED.search(text)
+    if m is None:
+        return None
+    unit = (m.group(2) or "ms").lower()
+    return float(m.group(1)) / (1 if unit.startswith("s") else 1000)
 
 
 class Throttle:
@@ -31,9 +52,6 @@ class Throttle:
         self._clock = clock
         self._lock = threading.Lock()
         self._next_bytes = self._next_msgs = clock()
-        self._pause_until = 0.0
-        self._factor = 1.0
-        self.backoffs = 0
 
     @property
     def limited(self) -> bool:
@@ -42,15 +60,13 @@ class Throttle:
     def acquire(self, messages: int, nbytes: int, stop: threading.Event | None = None) -> bool:
         """Wait until this batch fits the limits; False if stop was set meanwhile."""
         with self._lock:
-            now = self._clock()
-            ready = max(now, self._pause_until)
+            now = ready = self._clock()
             if self.msgs_rate:
-                self._next_msgs = max(self._next_msgs, ready) + messages / (self.msgs_rate * self._factor)
+                self._next_msgs = max(self._next_msgs, ready) + messages / self.msgs_rate
                 ready = max(ready, self._next_msgs)
             if self.bytes_rate:
-                self._next_bytes = max(self._next_bytes, ready) + nbytes / (self.bytes_rate * self._factor)
+                self._next_bytes = max(self._next_bytes, ready) + nbytes / self.bytes_rate
                 ready = max(ready, self._next_bytes)
-            self._factor = min(1.0, self._factor * RECOVERY)
             wait = ready - now
         if wait <= 0:
             return True
@@ -58,16 +74,6 @@ class Throttle:
             time.sleep(wait)
             return True
         return not stop.wait(wait)
-
-    def backoff(self, reason: str, seconds: float = 2.0) -> bool:
-        """React to an error text; True if it was a server asking us to slow down."""
-        if not any(code in reason.upper() for code in BACKOFF_CODES):
-            return False
-        with self._lock:
-            self.backoffs += 1
-            self._factor = max(MIN_FACTOR, self._factor / 2)
-            self._pause_until = max(self._pause_until, self._clock() + seconds * min(self.backoffs, 8))
-        return True
 
 
 def batch_limits(throttle: Throttle | None, batch_bytes: int, batch_count: int) -> tuple[int, int]:

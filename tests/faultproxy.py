@@ -63,11 +63,7 @@ class FaultProxy:
         self._flowing.set()
         self.cuts = 0  # how many connections were cut (thresholds and random)
         self.connections = 0
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((HOST, 0))
-        self._listener.listen(64)
-        self._listener.settimeout(0.2)
+        self._listener = listener()
         self.port = self._listener.getsockname()[1]
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -119,29 +115,16 @@ class FaultProxy:
         t.start()
 
     def _accept_loop(self) -> None:
-        while not self._closing.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if self.connections >= MAX_CONNECTIONS:
-                client.close()
-                continue
-            try:
-                server = socket.create_connection(self.target, timeout=10)
-            except OSError:
-                client.close()
-                continue
-            server.settimeout(None)
-            client.settimeout(None)
-            pair = (client, server)
-            with self._lock:
-                self._conns.append(pair)
-                self.connections += 1
-            self._spawn(self._pump, pair, client, server, "up")
-            self._spawn(self._pump, pair, server, client, "down")
+        accept_pairs(self._listener, self.target, self._closing, self._add_pair,
+                     lambda: self.connections < MAX_CONNECTIONS)
+
+    def _add_pair(self, client: socket.socket, server: socket.socket) -> None:
+        pair = (client, server)
+        with self._lock:
+            self._conns.append(pair)
+            self.connections += 1
+        self._spawn(self._pump, pair, client, server, "up")
+        self._spawn(self._pump, pair, server, client, "down")
 
     def _pump(self, pair, src: socket.socket, dst: socket.socket, direction: str) -> None:
         rewrite = self._rewrite_down if direction == "down" else None
@@ -243,6 +226,40 @@ class FaultProxy:
                 s.close()
             except OSError:
                 pass
+
+
+def listener() -> socket.socket:
+    """A listening socket on 127.0.0.1, on a free port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((HOST, 0))
+    sock.listen(64)
+    sock.settimeout(0.2)
+    return sock
+
+
+def accept_pairs(sock: socket.socket, target: tuple[str, int], closing: threading.Event,
+                 on_pair: Callable[[socket.socket, socket.socket], None],
+                 allow: Callable[[], bool] = lambda: True) -> None:
+    """Accept clients until closing; each gets its own connection to target, handed to on_pair."""
+    while not closing.is_set():
+        try:
+            client, _ = sock.accept()
+        except TimeoutError:
+            continue
+        except OSError:
+            return
+        if not allow():
+            client.close()
+            continue
+        try:
+            server = socket.create_connection(target, timeout=10)
+        except OSError:
+            client.close()
+            continue
+        server.settimeout(None)
+        client.settimeout(None)
+        on_pair(client, server)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:

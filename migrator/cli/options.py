@@ -62,6 +62,10 @@ MaxBps = Annotated[float | None, typer.Option(
     "--max-bytes-per-second", min=1, help="Limit the whole run to this many message bytes per second.")]
 MaxMps = Annotated[float | None, typer.Option(
     "--max-messages-per-second", min=0.01, help="Limit the whole run to this many messages per second.")]
+MaxBackoff = Annotated[float, typer.Option(
+    "--max-backoff", min=0,
+    help="When a server says it is throttling ('Suggested Backoff Time', [THROTTLED], [UNAVAILABLE]), every "
+         "connection to it waits what it asked, at most this many seconds, then sends again.")]
 InFlightGrace = Annotated[float, typer.Option(
     "--in-flight-grace", min=0,
     help="After a crash or a cut connection, wait until this many seconds have passed since the APPENDs then in "
@@ -229,12 +233,13 @@ class RunOptions:
     max_messages_per_second: float | None = None
     max_connections_per_host: int | None = 10
     in_flight_grace: float = 5.0
+    max_backoff: float = 300.0
 
 
 _RUN_PARAMS = [(f.name, kind, f.default) for f, kind in zip(
     dataclasses.fields(RunOptions),
     [DryRun, Workers, State, ResetState, Report, IncludeDeleted, NoSyncFlags, DeleteExtra, RetryFailed, BatchMB,
-     MaxBps, MaxMps, MaxConns, InFlightGrace],
+     MaxBps, MaxMps, MaxConns, InFlightGrace, MaxBackoff],
     strict=True,
 )]
 with_run_options = _folded("run", RunOptions, _RUN_PARAMS)
@@ -291,6 +296,7 @@ def engine_options(src: Connector, dst: Connector, run: RunOptions):
     """Engine options from the run options, in one place (dry-run included)."""
     from migrator import throttle
     from migrator.engine.copy import EngineOptions
+    from migrator.governor import Governors
 
     limiter = throttle.Throttle(run.max_bytes_per_second, run.max_messages_per_second)
     active = limiter if limiter.limited else None
@@ -298,7 +304,7 @@ def engine_options(src: Connector, dst: Connector, run: RunOptions):
         workers=throttle.connection_limits(src, dst, run.workers, run.max_connections_per_host),
         dry_run=run.dry_run, include_deleted=run.include_deleted, sync_flags=not run.no_sync_flags,
         delete_extra=run.delete_extra, retry_failed=run.retry_failed, batch_bytes=int(run.batch_mb * 1e6),
-        throttle=active, in_flight_grace=run.in_flight_grace,
+        throttle=active, in_flight_grace=run.in_flight_grace, governors=Governors(max_backoff=run.max_backoff),
     )
     opts.batch_bytes, opts.batch_count = throttle.batch_limits(active, opts.batch_bytes, opts.batch_count)
     return opts

@@ -18,6 +18,7 @@ from migrator.checkpoint import ALTERED, DONE, Checkpoint, Intent
 from migrator.engine.jobs import OVERQUOTA_HINT, EngineOptions, FolderRun
 from migrator.engine.pairs import both_sides
 from migrator.errors import StorageError
+from migrator.governor import Governor
 from migrator.naming import Folder
 from migrator.plan import FolderPlan, Plan
 from migrator.stats import Stats
@@ -54,6 +55,11 @@ class Context:
     def writing(self) -> bool:
         """A real run with a journal: what it does is recorded (not a dry run, not without state)."""
         return self.journal is not None
+
+    def governor(self, side: str) -> Governor:
+        """The throttle governor of the source's or the destination's host (governor.py)."""
+        endpoint = self.plan.source if side == "source" else self.plan.destination
+        return self.opts.governors.get(side, endpoint.host or side, self.opts.workers)
 
     def both_sides(self, on_src: Callable, on_dst: Callable | None) -> tuple:
         return both_sides(on_src, on_dst, self.dst_side)

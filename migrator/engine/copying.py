@@ -22,10 +22,11 @@ from migrator.engine.crashpoints import crash
 from migrator.engine.jobs import Connections, FolderRun, appends_unseen
 from migrator.engine.march import copy_flags
 from migrator.engine.readback import Check
-from migrator.errors import MessageRejected, TransientError
+from migrator.errors import MessageRejected, Throttled, TransientError
 from migrator.imapdate import date_at_risk
 from migrator.naming import display
 from migrator.stores.base import AppendItem, FolderStatus, Message, MessageMeta, Store
+from migrator.throttle import is_throttle
 
 
 class Copier:
@@ -77,17 +78,43 @@ class Copier:
             if items:
                 self._append(run, dst, intents, items)
 
-    def _append(self, run: FolderRun, dst: Store, intents: list[Intent], items: list[AppendItem]) -> None:
+    def _append(self, run: FolderRun, dst: Store, intents: list[Intent], items: list[AppendItem],
+                waits: int = 0) -> None:
+        """waits: how often these messages were throttled already (the first APPEND: 0)."""
         fp = run.fp
         intents, shapes = self._to_read_back(run, intents, items)
         self.ledger.intents(run, intents)
         crash("intent-written")
+        governor = self.ctx.governor("destination")
         try:
-            uids = dst.append(fp.destination, items)
+            with governor.turn(self.ctx.stop):  # every session to the host waits out a throttle
+                uids = dst.append(fp.destination, items)
+        except Throttled as e:
+            self._throttled(run, dst, intents, items, shapes, e, waits)
+            return
         except MessageRejected as e:
             self._refused(run, dst, intents, items, shapes, e)
             return
+        except TransientError as e:
+            if is_throttle(str(e)):  # a BYE saying so: the folder is retried once the wait is over
+                governor.throttled(str(e))
+            raise
+        governor.succeeded()
         self._appended(run, intents, items, uids, shapes)
+
+    def _throttled(self, run: FolderRun, dst: Store, intents: list[Intent], items: list[AppendItem],
+                   shapes: dict[int, Shape], e: Throttled, waits: int) -> None:
+        """The server asked us to back off: nothing of this APPEND is stored (but the messages of
+        a batch sent one APPEND at a time before it: e.stored). Every session to the host waits,
+        then the same messages are sent again: a throttle is not a refusal."""
+        done = len(e.stored or ())
+        if done:
+            self._appended(run, intents[:done], items[:done], list(e.stored or ()),
+                           {n: s for n, s in shapes.items() if n < done})
+        if waits >= self.ctx.opts.max_throttle_waits or self.ctx.stop.is_set():
+            raise TransientError(f"still throttled after {waits} waits: {e}")
+        self.ctx.governor("destination").throttled(str(e))
+        self._append(run, dst, intents[done:], items[done:], waits + 1)
 
     def _refused(self, run: FolderRun, dst: Store, intents: list[Intent], items: list[AppendItem],
                  shapes: dict[int, Shape], e: MessageRejected) -> None:
@@ -173,6 +200,21 @@ def served(m: MessageMeta, msg: Message) -> MessageMeta:
     return dataclasses.replace(m, size=len(msg.body), internaldate=m.internaldate or msg.meta.internaldate)
 
 
+def governed_fetch(ctx: Context, src: Store, uids: list[int]) -> dict[int, Message]:
+    """FETCH through the source host's governor: it waits out a throttle the source asked for, and
+    a throttle answer here pauses every session to the source (the folder is retried after it)."""
+    governor = ctx.governor("source")
+    try:
+        with governor.turn(ctx.stop):
+            fetched = {msg.meta.uid: msg for msg in src.fetch(uids)}
+    except TransientError as e:
+        if is_throttle(str(e)):
+            governor.throttled(str(e))
+        raise
+    governor.succeeded()
+    return fetched
+
+
 def prefetch(ctx: Context, src: Store, pieces: Iterable[list[MessageMeta]]) -> Iterator[tuple[list[MessageMeta], dict]]:
     """Yield (batch, {uid: Message}) while a helper thread already FETCHes the next batch.
 
@@ -191,7 +233,7 @@ def prefetch(ctx: Context, src: Store, pieces: Iterable[list[MessageMeta]]) -> I
                     break
                 if throttle and not throttle.acquire(len(batch), sum(m.size for m in batch), stop):
                     break
-                fetched = {msg.meta.uid: msg for msg in src.fetch([m.uid for m in batch])}
+                fetched = governed_fetch(ctx, src, [m.uid for m in batch])
                 while not done.is_set():
                     try:
                         out.put((batch, fetched, None), timeout=0.2)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from migrator.engine.march import Pool
 from migrator.engine.pairs import open_pair
+from migrator.governor import Governors
 from migrator.naming import Folder, display
 from migrator.plan import FolderPlan
 from migrator.stores import calls
@@ -48,6 +49,11 @@ class EngineOptions:
     # The largest message the destination takes, besides its APPENDLIMIT (a preset's hard ceiling):
     # a larger one is reported as failed without being sent.
     max_message_size: int | None = None
+    # A server asking us to back off (governor.py): every session to its host waits. A throttled
+    # APPEND is sent again after the wait, at most max_throttle_waits times; a folder retried for
+    # a throttle uses up no attempt, as often as that too.
+    governors: Governors = field(default_factory=Governors)
+    max_throttle_waits: int = 30
 
     def key(self) -> str:
         """The options a watermark depends on: a folder left complete under others is marched again."""

@@ -25,6 +25,7 @@ from migrator.errors import ConnectionFailed, TransientError
 from migrator.naming import Folder, display
 from migrator.plan import FolderPlan
 from migrator.stores.base import Store
+from migrator.throttle import is_throttle
 
 if TYPE_CHECKING:  # FolderSync runs the jobs; it queues its own work here
     from migrator.engine.sync import FolderSync
@@ -53,6 +54,7 @@ class Scheduler:
         self._outstanding_lock = threading.Lock()
         self._all_done = threading.Condition(self._outstanding_lock)  # notified when nothing is outstanding
         self._live: Counter = Counter()  # source folder -> its queued or running jobs, deferred ends
+        self._throttle_retries: Counter = Counter()  # source folder -> marches again after a throttle
         # What runs the jobs (engine/sync.py): set by the engine, which makes it with this scheduler.
         self.sync: FolderSync
 
@@ -177,6 +179,12 @@ class Scheduler:
         """A transient error: the folder is marched again after a backoff, at most max_attempts times."""
         ctx = self.ctx
         if ctx.stop.is_set():
+            return
+        if is_throttle(reason) and self._throttle_retries[fp.source] < ctx.opts.max_throttle_waits:
+            # The server asked to back off: not a failure. The governor holds every session to its
+            # host for the wait, so the folder is marched again at once, using up no attempt.
+            self._throttle_retries[fp.source] += 1
+            self.put(MarchJob(fp, attempt, time.monotonic()))
             return
         if attempt >= ctx.opts.max_attempts:
             ctx.stats.folder_failed(

@@ -87,8 +87,6 @@ class FolderSync:
                 self.copier.copy_chunk(run, job.metas, conn, job.opened)
         except (TransientError, ConnectionFailed) as e:
             conn.drop()
-            if self.ctx.opts.throttle:
-                self.ctx.opts.throttle.backoff(str(e))  # [THROTTLED]/[LIMIT]: slow every worker down
             outcome, reason = Phase.RETRY, str(e)
         except FolderError as e:
             self.ctx.stats.folder_failed(run.fp.source, str(e))

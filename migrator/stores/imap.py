@@ -4,8 +4,7 @@ It stands on three modules and touches no private part of imaplib or imapclient 
 - imap_connect: opening a connection, TLS, login, COMPRESS, the namespace (asked once per account);
 - imap_wire: every private imaplib/imapclient use (pipelining, raw APPEND, the FETCH readers),
   and ReadAhead, the bodies one round trip read before fetch() asked for them;
-- imap_parse: reading answers (capabilities, folders, listings, message heads, STATUS,
-  APPENDUID), no I/O; imap_limits: Store.limits. docs/stores.md describes the split.
+- imap_parse: reading answers, no I/O; imap_limits: Store.limits. docs/stores.md has the split.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from imapclient import exceptions as imapexc
 
 from migrator.accounts import Endpoint
-from migrator.errors import FolderError, MessageRejected, TransientError
+from migrator.errors import FolderError, MessageRejected, Throttled, TransientError
 from migrator.naming import Folder, to_server
 from migrator.stores.base import AppendItem, Checked, FolderInfo, FolderStatus, Message, MessageMeta, Opened
 from migrator.stores.calls import check_then_open_in_turn
@@ -51,6 +50,7 @@ from migrator.stores.imap_parse import (
     uid_set,
 )
 from migrator.stores.imap_wire import ReadAhead, Refused
+from migrator.throttle import is_throttle
 
 # ConnectOptions, Credentials, make_ssl_context: stores.connection's, named here for cli/options.py.
 __all__ = ["ConnectOptions", "Credentials", "ImapStore", "make_ssl_context"]
@@ -95,7 +95,7 @@ class ImapStore:
     def _refused(self, what: str, text: str) -> Exception:
         """A NO/BAD to a command other than APPEND: try again later, or this folder fails."""
         if classify(text) == TRANSIENT:
-            return TransientError(f"{what} on {self.endpoint.host}: {text}")
+            return (Throttled if is_throttle(text) else TransientError)(f"{what} on {self.endpoint.host}: {text}")
         return FolderError(f"{what} failed on {self.endpoint.host}: {text}")
 
     def _ask_namespace(self) -> tuple[str | None, str]:
@@ -445,7 +445,7 @@ class ImapStore:
             for item in items:
                 try:
                     out.extend(self.append(name, [item]))
-                except MessageRejected as e:
+                except (MessageRejected, Throttled) as e:
                     e.stored = out  # the messages before this one are on the server
                     raise
             return out
@@ -472,8 +472,8 @@ class ImapStore:
 
     def _append_error(self, server_name: str, said: str) -> Exception:
         kind = classify(said)
-        if kind == TRANSIENT:
-            return TransientError(f"APPEND to '{server_name}' on {self.endpoint.host}: {said}")
+        if kind == TRANSIENT:  # a throttle answer among them (Throttled)
+            return self._refused(f"APPEND to '{server_name}'", said)
         if kind == FOLDER and not self._folder_exists(server_name):
             return FolderError(f"destination folder '{server_name}' does not exist: {said}")
         return MessageRejected(f"{said}")

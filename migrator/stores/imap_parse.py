@@ -16,6 +16,7 @@ from imapclient.response_parser import parse_fetch_response, parse_response
 from migrator.imapdate import format_date
 from migrator.naming import Folder, from_server
 from migrator.stores.base import Capabilities, FolderInfo, FolderStatus, MessageMeta, normalize_flags
+from migrator.throttle import is_throttle
 
 SPECIAL_USE_ATTRS = ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash", "\\Important")
 # Response codes (RFC 5530) that mean "try again later" rather than "this message is bad":
@@ -38,6 +39,8 @@ def classify(text: str) -> str:
     MESSAGE (this one message is refused for good: [OVERQUOTA], [PARSE], [TOOBIG], too big...;
     recorded as failed, retried only with --retry-failed)."""
     upper = text.upper()
+    if is_throttle(text):
+        return TRANSIENT
     if "[LIMIT]" in upper and "SIZE" in upper:
         # A per-message size limit (Dovecot: "[LIMIT] Mail size is larger than the maximum
         # size allowed"): retrying cannot help, unlike a rate or connection limit.

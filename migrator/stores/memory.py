@@ -17,8 +17,9 @@ ImapStore raises for that answer), `separator`, `late_commits`; what limits() te
 Faults a test injects on the server (each applies to every connection; `match` is a predicate on a
 message's bytes, None: any; `times`: how many times it applies, None: always):
 
-- refuse_appends(match, times): an APPEND answered NO: MessageRejected, nothing stored (a
-  MULTIAPPEND batch as a whole, RFC 3502);
+- refuse_appends(match, times, text): an APPEND answered NO: MessageRejected, nothing stored (a
+  MULTIAPPEND batch as a whole, RFC 3502); Throttled when `text` is a throttle answer (Microsoft
+  365's "Request is throttled. Suggested Backoff Time: N ms", [THROTTLED], [UNAVAILABLE]);
 - drop_connection(method, nth, commit): the nth call (server-wide) of a store method loses its
   connection: TransientError, then every call on that store raises it too. commit=True: the call
   took effect first (the answer was lost);
@@ -41,10 +42,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from migrator.errors import FolderError, MessageRejected, TransientError
+from migrator.errors import FolderError, MessageRejected, Throttled, TransientError
 from migrator.naming import INBOX, Folder, display, from_server, parents, to_server
 from migrator.stores import base
 from migrator.stores.base import AppendItem, Capabilities, FolderInfo, FolderStatus, Message, MessageMeta
+from migrator.throttle import is_throttle
 
 HOST = "memory"
 SYSTEM_FLAGS = {f.lower(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\Recent")}
@@ -367,7 +369,7 @@ class MemoryStore:
             for item in items:
                 try:
                     out.extend(self._append_one(name, [item]))
-                except MessageRejected as e:
+                except (MessageRejected, Throttled) as e:
                     e.stored = out  # those before it are stored (base.Store.append)
                     raise
             return out
@@ -385,7 +387,7 @@ class MemoryStore:
                 raise MessageRejected(f"APPEND [TOOBIG] over the APPENDLIMIT of {s.append_limit} bytes")
             fault = s._append_fault(("refuse", "hold"), [item.body for item in items])  # the whole command
             if fault is not None and fault.kind == "refuse":
-                raise MessageRejected(fault.text)
+                raise (Throttled if is_throttle(fault.text) else MessageRejected)(fault.text)
             if fault is not None:  # held: in flight until land()
                 s._held.append((box, messages))
                 self._lost = True

@@ -18,7 +18,6 @@ from migrator.accounts import parse_endpoint
 from migrator.errors import FolderError
 from migrator.stores.connection import ConnectOptions, Credentials
 from migrator.stores.imap import ImapStore
-from migrator.throttle import Throttle
 from tests import rig
 from tests.faultproxy import wait_until
 from tests.helpers import dt, migrate, simple_message
@@ -112,18 +111,6 @@ def test_connection_cap_below_one_worker_is_a_usage_error(src_account, dst_accou
     res, _ = migrate(src_account, dst_account, tmp_path, "--max-connections-per-host", "1")
     assert res.code == 2, res.text
     assert "at least 2" in res.err and "Traceback" not in res.text
-
-
-def test_throttle_backoff_halves_the_rate_and_recovers():
-    now = [100.0]
-    t = Throttle(messages_per_second=10, clock=lambda: now[0])
-    assert t.backoff("APPEND: NO [THROTTLED] slow down") is True
-    assert t.backoff("NO [OVERQUOTA] full") is False
-    assert t._factor == 0.5 and t._pause_until == 102.0
-    before = t._factor
-    now[0] = 200.0
-    t.acquire(1, 0)
-    assert t._factor > before
 
 
 def test_folder_commands_are_pipelined(dovecot_slash):

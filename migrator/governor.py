@@ -1,0 +1,141 @@
+"""One throttle governor per host: when a server tells one session to back off, every session to it waits.
+
+A server that throttles (Microsoft 365: `NO Request is throttled. Suggested Backoff Time: 1500 ms`,
+RFC 5530's `[THROTTLED]` / `[UNAVAILABLE]`, a BYE saying so) counts what the whole account or host
+sends, not what one connection sends: a client whose other sessions go on sending during the wait
+is throttled again, longer, and may be locked out. So the governor of a host:
+
+- pauses every call made through `turn()` until the wait the server asked for is over (capped by
+  `max_backoff`; without a suggested time, 2 s doubling per back-to-back throttle);
+- then lets fewer sessions send at once: the allowance is halved at each throttle, and grows back
+  by one after each run of `allowed` calls that went through (AIMD, as TCP does);
+- says so, once per pause (`on_wait`: the progress line and the report).
+
+Throttle answers that arrive during a pause (commands that were already in flight) extend it
+when they ask for longer, but are not a new event.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from migrator.throttle import suggested_wait
+
+DEFAULT_WAIT = 2.0  # seconds, when the server suggests none
+POLL = 0.2  # a waiting session looks at the stop this often
+
+
+@dataclass(frozen=True)
+class Wait:
+    """One pause of a host: when (seconds into the run), for how long, and the server's words."""
+
+    side: str
+    host: str
+    at: float
+    seconds: float
+    reason: str
+
+    def line(self) -> str:
+        return f"{self.side} throttled: waiting {self.seconds:.1f} s as the server asked ({self.host})"
+
+
+@dataclass
+class Governor:
+    side: str  # "source" or "destination": only for what is said
+    host: str
+    ceiling: int  # sessions that may send at once when all is well (the run's workers)
+    max_backoff: float = 300.0
+    on_wait: Callable[[Wait], None] | None = None
+    clock: Callable[[], float] = time.monotonic
+    allowed: int = 0  # 0: the ceiling
+    waits: list[Wait] = field(default_factory=list)
+    _paused_until: float = 0.0
+    _active: int = 0
+    _streak: int = 0  # throttles with no success between them: the default wait doubles
+    _since_cut: int = 0  # calls that went through since the allowance last changed
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _started: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.allowed = self.allowed or max(1, self.ceiling)
+
+    @contextmanager
+    def turn(self, stop: threading.Event | None = None) -> Iterator[None]:
+        """Wait for the end of a pause and for a free place among the `allowed` sessions, then
+        make the call. Raises nothing of its own; a stop ends the wait early (the call is made and
+        its owner sees the stop)."""
+        with self._cond:
+            while not (stop is not None and stop.is_set()):
+                left = self._paused_until - self.clock()
+                if left <= 0 and self._active < self.allowed:
+                    break
+                self._cond.wait(min(POLL, left) if left > 0 else POLL)
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    def succeeded(self) -> None:
+        """A call went through: the allowance grows back by one per `allowed` of them."""
+        with self._cond:
+            self._streak = 0
+            self._since_cut += 1
+            if self.allowed < self.ceiling and self._since_cut >= self.allowed:
+                self.allowed += 1
+                self._since_cut = 0
+                self._cond.notify_all()
+
+    def throttled(self, said: str) -> float:
+        """The server said to back off: every session to this host pauses. Returns the seconds
+        this pause lasts from now."""
+        asked = suggested_wait(said)
+        with self._cond:
+            now = self.clock()
+            new = now >= self._paused_until
+            if asked is None:
+                asked = DEFAULT_WAIT * 2 ** min(self._streak, 8) if new else self._paused_until - now
+            wait = max(0.0, min(asked, self.max_backoff))
+            self._paused_until = max(self._paused_until, now + wait)
+            event = None
+            if new:
+                self._streak += 1
+                self.allowed = max(1, self.allowed // 2)
+                self._since_cut = 0
+                event = Wait(self.side, self.host, round(time.monotonic() - self._started, 3), wait,
+                             said.strip()[:200])
+                self.waits.append(event)
+            self._cond.notify_all()
+            left = self._paused_until - now
+        if event is not None and self.on_wait is not None:
+            self.on_wait(event)
+        return left
+
+
+@dataclass
+class Governors:
+    """The run's governors, one per (side, host); a batch shares one Governors between its mailboxes."""
+
+    max_backoff: float = 300.0
+    on_wait: Callable[[Wait], None] | None = None
+    _by_host: dict[tuple[str, str], Governor] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, side: str, host: str, sessions: int) -> Governor:
+        with self._lock:
+            key = (side, host.lower())
+            gov = self._by_host.get(key)
+            if gov is None:
+                gov = self._by_host[key] = Governor(side, host, sessions, self.max_backoff,
+                                                    lambda w: self.on_wait(w) if self.on_wait else None)
+            return gov
+
+    def waits(self) -> list[Wait]:
+        with self._lock:
+            return sorted((w for g in self._by_host.values() for w in g.waits), key=lambda w: w.at)

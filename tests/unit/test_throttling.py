@@ -1,0 +1,93 @@
+"""Throttling (issue 16): a server asking to back off is waited for, per host, and never turns a
+message into a failure; the retry after it sends exactly the messages that were not stored.
+
+The engine runs on memory stores (migrator/stores/memory.py) whose APPENDs are answered with the
+throttle wordings of Microsoft 365 and RFC 5530; tests/e2e/test_provider_m365.py does the same
+against Dovecot behind a stand-in for Microsoft 365."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from migrator.governor import Governor, Governors
+from migrator.naming import INBOX
+from migrator.stores.memory import MemoryServer
+from migrator.throttle import is_throttle, suggested_wait
+from tests.unit.test_engine_memory import World
+
+BARE = "APPEND Request is throttled. Suggested Backoff Time: 100 ms"
+WORDINGS = [BARE, "APPEND [THROTTLED] Request is throttled. Suggested Backoff Time: 100 milliseconds",
+            "APPEND [UNAVAILABLE] try again later"]
+
+
+def body(i: int) -> bytes:
+    return f"Message-ID: <{i}@throttle.example>\r\nSubject: m{i}\r\n\r\nbody {i}\r\n".encode()
+
+
+def test_throttle_answers_are_read_with_their_wait():
+    assert suggested_wait("NO Request is throttled. Suggested Backoff Time: 299609 ms") == pytest.approx(299.609)
+    assert suggested_wait("NO [THROTTLED] Suggested Backoff Time: 1500 milliseconds") == 1.5
+    assert suggested_wait("NO [UNAVAILABLE] later") is None
+    for text in (*WORDINGS, "* BYE Request is throttled", "NO [LIMIT] too many sessions"):
+        assert is_throttle(text), text
+    for text in ("NO [OVERQUOTA] full", "NO [LIMIT] Mail size is larger than the maximum size allowed",
+                 "NO [PARSE] bad header"):
+        assert not is_throttle(text), text
+
+
+@pytest.mark.parametrize("multiappend", [True, False])
+@pytest.mark.parametrize("said", WORDINGS)
+def test_a_throttled_append_is_sent_again_after_the_wait_never_failed(tmp_path, multiappend, said):
+    """Without MULTIAPPEND a batch goes one APPEND at a time: those before the throttled one are
+    stored, and must be neither sent again (a duplicate) nor taken for the throttled ones."""
+    src, dst = MemoryServer(), MemoryServer(multiappend=multiappend)
+    for i in range(120):
+        src.deliver(INBOX, body(i))
+    refused: list[bytes] = []
+    dst.refuse_appends(lambda b: refused.append(b) or len(refused) % 7 == 0, times=6, text=said)
+    governors = Governors(max_backoff=0.3)  # [UNAVAILABLE] suggests no time: 2 s, capped here
+    stats = World(src, dst, str(tmp_path / "state.sqlite")).run(workers=4, batch_count=10, chunk_messages=30,
+                                                                 governors=governors)
+    assert not stats.failures and not stats.folder_errors, (stats.failures, stats.folder_errors)
+    held = Counter(m[0] for m in dst.contents(INBOX).values())
+    assert held == Counter(body(i) for i in range(120))  # each once: none lost, none twice
+    assert governors.waits() and all(w.side == "destination" for w in governors.waits())
+
+
+def test_every_session_to_the_host_waits_then_fewer_send_at_once():
+    gov = Governor("destination", "mail.example", ceiling=4)
+    stop = threading.Event()
+    started: list[float] = []
+
+    def worker() -> None:
+        with gov.turn(stop):
+            started.append(time.monotonic())
+
+    t0 = time.monotonic()
+    assert gov.throttled("NO Request is throttled. Suggested Backoff Time: 300 ms") == pytest.approx(0.3, abs=0.05)
+    gov.throttled("NO Request is throttled. Suggested Backoff Time: 250 ms")  # in flight: the same pause
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert len(started) == 4 and min(started) - t0 >= 0.29  # nobody went during the wait
+    assert len(gov.waits) == 1 and gov.allowed == 2  # one pause, said once; half the sessions
+    for _ in range(2):
+        gov.succeeded()
+    assert gov.allowed == 3  # grows back by one per round of calls that went through
+
+
+def test_the_wait_is_capped_and_a_stop_ends_it():
+    gov = Governor("source", "mail.example", ceiling=2, max_backoff=60)
+    assert gov.throttled("NO Request is throttled. Suggested Backoff Time: 299609 ms") == pytest.approx(60, abs=1)
+    stop = threading.Event()
+    stop.set()
+    t0 = time.monotonic()
+    with gov.turn(stop):
+        pass
+    assert time.monotonic() - t0 < 0.5
