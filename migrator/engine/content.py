@@ -36,6 +36,30 @@ def at_risk(body: bytes, nul_free: bool = False) -> bool:
     return len(body) >= LARGE or not body.isascii() or (not nul_free and b"\x00" in body)
 
 
+_BOUNDARY = re.compile(rb'^content-type:[^\n]*(?:\n[ \t][^\n]*)*?boundary="?([^";\r\n]+)"?',
+                       re.IGNORECASE | re.MULTILINE)
+CUT_SHORT = ("the source served it cut short: it ends by opening a MIME part and never closes its "
+             "multipart (Courier serves a message of more than 299 parts so)")
+SERVED_CUT_SHORT = CUT_SHORT + "; copied as served"
+
+
+# Courier's rfc2045 parser serves at most 300 parts (the preamble counts): 299 delimiters and the
+# one opening part 300. Real mail also ends by opening a part (6 of the 1,202 corpus messages,
+# malformed), but with a handful of parts: hundreds of them tell a server's cut from a sender's.
+CUT_AFTER_PARTS = 299
+
+
+def served_cut_short(body: bytes) -> bool:
+    """A multipart message of hundreds of parts that ends with the delimiter opening one, its
+    close delimiter nowhere: what a server that stops serving a message at a part serves
+    (Courier). The listing's size agrees with the cut bytes: nothing else shows it."""
+    last = body.rstrip(b"\r\n").rsplit(b"\n", 1)[-1].rstrip(b"\r")
+    if not last.startswith(b"--") or last.endswith(b"--") or body.count(last) < CUT_AFTER_PARTS:
+        return False
+    m = _BOUNDARY.search(_header(body))
+    return m is not None and last == b"--" + m.group(1).strip() and last + b"--" not in body
+
+
 def _header(body: bytes) -> bytes:
     m = _HEADER_END.search(body)
     return body[: m.start()] if m else body

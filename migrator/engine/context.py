@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from migrator.checkpoint import ALTERED, DONE, Checkpoint, Intent
+from migrator.engine.content import SERVED_CUT_SHORT
 from migrator.engine.jobs import OVERQUOTA_HINT, EngineOptions, FolderRun
 from migrator.engine.pairs import both_sides
 from migrator.errors import StorageError
@@ -105,6 +106,16 @@ class Ledger:
         copies it again. copied: it was counted as copied by this run (it no longer is)."""
         self.confirm(run, [(intent, uid)], ALTERED, reason)
         self.fail(run, intent, reason, copied)
+
+    def served_cut(self, run: FolderRun, results: Sequence[tuple[Intent, int | None]]) -> None:
+        """Copies of messages the source served cut short (run.cut): recorded as altered, so every
+        run reports them, and reported; still copied. One given no UID is recorded so once found
+        (readback.find_claims)."""
+        for intent, uid in results:
+            if intent.src_uid in run.cut and uid is not None:
+                self.confirm(run, [(intent, uid)], ALTERED, SERVED_CUT_SHORT)
+                self.ctx.stats.fail(run.fp.source, intent.src_uid, SERVED_CUT_SHORT)
+                run.count(failed=1)
 
     def failed(self, run: FolderRun, intent: Intent, reason: str, copied: bool = False) -> None:
         """Recorded as failed (the next run reports it, and copies it only with --retry-failed)."""

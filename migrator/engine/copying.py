@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from migrator.checkpoint import UNVERIFIED, Intent, Resent
 from migrator.digest import fingerprint
 from migrator.engine.batching import batches
-from migrator.engine.content import Shape, at_risk, loose_digest
+from migrator.engine.content import Shape, at_risk, loose_digest, served_cut_short
 from migrator.engine.context import Context, Ledger
 from migrator.engine.crashpoints import crash
 from migrator.engine.jobs import Connections, FolderRun, appends_unseen
@@ -67,6 +67,9 @@ class Copier:
                     continue
                 if msg.note:
                     stats.warn(f"'{display(fp.source)}' UID {m.uid}: {msg.note}")
+                if served_cut_short(msg.body):  # copied as served, reported: IMAP gives no more of it
+                    with run.lock:
+                        run.cut.add(m.uid)
                 flags = copy_flags(m, opts.include_deleted)
                 # What the pool holds was adopted by the march (matching.adopt): everything here is
                 # copied. No fingerprint (SHA-256 was a sixth of migrator's CPU), unless the
@@ -165,6 +168,7 @@ class Copier:
         checks = [Check(intents[n], uid, shapes[n]) for n, uid in later.items()]
         self.ledger.confirm(run, [result for n, result in enumerate(results) if n not in later])
         self.ledger.confirm(run, [(c.intent, c.uid) for c in checks], UNVERIFIED)
+        self.ledger.served_cut(run, results)
         crash("confirmed")
         if self.ctx.opts.check_size:
             with run.lock:  # sizes are checked once per folder, at its end (ending.py)
@@ -184,7 +188,7 @@ class Copier:
             with self._sample_lock:
                 sample, self._sampled = not self._sampled, True
             for n, item in enumerate(items):
-                if (n == 0 and sample) or at_risk(item.body, item.nul_free):
+                if ((n == 0 and sample) or at_risk(item.body, item.nul_free)) and intents[n].src_uid not in run.cut:
                     shapes[n] = Shape.of(item.body)
         for n, (intent, item) in enumerate(zip(intents, items, strict=True)):
             # A message sent again for a pending intent is watched for a late twin (matching.py).

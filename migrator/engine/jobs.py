@@ -126,6 +126,7 @@ class FolderRun:
     read_back: list = field(default_factory=list)  # readback.Check: copies whose bytes are compared
     # (Intent, destination UID, copied by this run): copies of a date at risk (ending._check_dates)
     dated: list = field(default_factory=list)
+    cut: set[int] = field(default_factory=set)  # source UIDs served cut short (content.served_cut_short)
     unknown_uids: bool = False
     claimed: list = field(default_factory=list)  # (Intent, Shape, loose digest) of copies given no UID
     expunged: int = 0

@@ -19,7 +19,7 @@ import time
 from migrator.checkpoint import DONE, Checkpoint, Intent
 from migrator.digest import fingerprint
 from migrator.engine.batching import batches
-from migrator.engine.content import Shape, describe_change, loose_digest, loose_window
+from migrator.engine.content import Shape, describe_change, loose_digest, loose_window, served_cut_short
 from migrator.engine.context import Context, Ledger
 from migrator.engine.copying import prefetch, served
 from migrator.engine.crashpoints import crash
@@ -125,7 +125,7 @@ class Matcher:
         if exact:
             copies, sizes = [], {m.size for m in dec.to_copy}
         else:  # a listed size says nothing: the sizes are those of the bytes, read first
-            copies = self._fingerprint_sources(src, dec.to_copy) if dec.unaccounted else []
+            copies = self._fingerprint_sources(run, src, dec.to_copy) if dec.unaccounted else []
             served_metas = {w.meta.uid: w.meta for w in copies}
             dec.to_copy = [served_metas.get(m.uid, m) for m in dec.to_copy]  # what follows sees the bytes' sizes
             sizes = {m.size for m in served_metas.values()}
@@ -134,7 +134,7 @@ class Matcher:
         self._fill_pool(run, dst, candidates)
         crash("pool-fetched")
         if exact and len(run.pool):
-            copies = self._fingerprint_sources(src, [m for m in dec.to_copy if run.pool.might_hold(m.size)])
+            copies = self._fingerprint_sources(run, src, [m for m in dec.to_copy if run.pool.might_hold(m.size)])
         if self.ctx.stop.is_set():
             return None
         digests = {w.meta.uid: w.digest for w in claims + copies}
@@ -147,7 +147,7 @@ class Matcher:
             for msg in intact(dst.fetch([d.uid for d in batch])):  # a damaged copy matches nothing
                 run.pool.add(fingerprint(msg.body), by_uid[msg.meta.uid])
 
-    def _fingerprint_sources(self, src: Store, metas: list[MessageMeta]) -> list[Wanted]:
+    def _fingerprint_sources(self, run: FolderRun, src: Store, metas: list[MessageMeta]) -> list[Wanted]:
         """These source messages with their fingerprint, each body hashed as it comes and dropped;
         their metadata as served (copying.served)."""
         wanted = []
@@ -156,6 +156,8 @@ class Matcher:
             # A damaged message is left to its chunk, which reports it.
             wanted += [Wanted(served(m, msg), fingerprint(msg.body)) for m in batch
                        if (msg := fetched.get(m.uid)) and not msg.damage]
+            with run.lock:  # a copy found of one of them is reported as the copy made would be
+                run.cut.update(m.uid for m in batch if (msg := fetched.get(m.uid)) and served_cut_short(msg.body))
         return wanted
 
     def settle_claims(self, run: FolderRun, claims, pairs: dict) -> None:
@@ -236,6 +238,7 @@ class Matcher:
                 if not self._date_changed(run, intent, found):
                     adopted.append((intent, found.uid))
             self.ledger.confirm(run, adopted)
+            self.ledger.served_cut(run, adopted)
             crash("adopted")
             self.ledger.count(run, found=len(adopted))
         return [m for m in to_copy if m.uid not in pairs]

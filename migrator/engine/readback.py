@@ -99,6 +99,7 @@ class ReadBack:
             else:
                 found.append((intent, uid))
         self.ledger.confirm(run, found)
+        self.ledger.served_cut(run, found)
         with run.lock:  # their dates are checked next, in a session of their own (ending._check_dates)
             run.dated.extend((i, uid, True) for i, uid in found if date_at_risk(i.date))
         for intent, shape, loosely in rest:

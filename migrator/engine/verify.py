@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from migrator.digest import fingerprint
 from migrator.engine.batching import batches
+from migrator.engine.content import CUT_SHORT, served_cut_short
 from migrator.engine.pairs import both_sides, open_pair
 from migrator.errors import FolderError
 from migrator.imapdate import date_instant
@@ -57,6 +58,7 @@ class Side:
 
     by_hash: dict[str, list[Entry]] = field(default_factory=lambda: defaultdict(list))
     damaged: list[tuple[int, str]] = field(default_factory=list)
+    cut: list[int] = field(default_factory=list)  # served cut short (content.served_cut_short); compared too
 
 
 def _side(store: Store, folder: Folder, include_deleted: bool, batch_bytes: int, batch_count: int,
@@ -75,6 +77,8 @@ def _side(store: Store, folder: Folder, include_deleted: bool, batch_bytes: int,
             # A POP3 listing has no date: its fetch() gives the one its copy was stored with.
             date = meta.internaldate or msg.meta.internaldate
             side.by_hash[fingerprint(msg.body)].append(Entry(meta.uid, meta.flags, date))
+            if served_cut_short(msg.body):
+                side.cut.append(meta.uid)
 
 
 def verify(plan: Plan, connect_src: Callable[[], Store], connect_dst: Callable[[], Store],
@@ -158,7 +162,8 @@ def _verify_folder(diff: FolderDiff, sources: list[Folder], destination: Folder 
         diff.error = f"destination folder cannot be read: {d}"
     else:
         diff.damaged = ([{"side": "source", "uid": uid, "reason": why} for uid, why in s.damaged]
-                        + [{"side": "destination", "uid": uid, "reason": why} for uid, why in d.damaged])
+                        + [{"side": "destination", "uid": uid, "reason": why} for uid, why in d.damaged]
+                        + [{"side": "source", "uid": uid, "reason": CUT_SHORT} for uid in s.cut])
         _compare(diff, s.by_hash, d.by_hash)
         diff.source_count += len(s.damaged)
         diff.destination_count += len(d.damaged)

@@ -332,3 +332,18 @@ def test_a_date_stored_as_another_by_a_run_that_died_before_its_check_is_reporte
     _reported_misdated(world.run())
     assert_identical(world, but={BEFORE_1970.body})
     assert Counter(body for body, _f, _d in world.dst.contents(INBOX).values())[BEFORE_1970.body] == 1
+
+
+def test_a_message_the_source_serves_cut_short_is_copied_as_served_and_reported_every_run(tmp_path):
+    """Courier serves a message of more than 299 MIME parts cut at part 300, its listed size
+    agreeing: copied as served (IMAP gives no more), reported, by every run, with or without state."""
+    parts = "".join(f"--b\r\nContent-Type: text/plain\r\n\r\npart {i}\r\n" for i in range(300))
+    cut = (f"From: a@example.org\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+           f"{parts}--b\r\n").encode()
+    src = seeded()
+    uid = src.deliver(INBOX, cut, ("\\Seen",), "01-Feb-2020 10:00:00 +0000")
+    world = World(src, MemoryServer(), str(tmp_path / "s.sqlite"))
+    for stats in (world.run(), world.run(), World(src, world.dst, str(tmp_path / "fresh.sqlite")).run()):
+        assert [(f.folder, f.uid) for f in stats.failures] == [("INBOX", uid)], failures(stats)
+        assert "served it cut short" in stats.failures[0].reason
+        assert_identical(world)  # held as served, once
