@@ -118,11 +118,21 @@ def verify_report(diffs: list[FolderDiff], source: str, destination: str) -> dic
                 "flags_differ": d.flags_differ,
                 "date_differs": d.date_differs,
                 "damaged": d.damaged,
+                "kept": d.kept,
                 "error": d.error,
             }
             for d in diffs
         ],
     }
+
+
+def _kept_lines(kept: list[dict]) -> list[str]:
+    """Mail an archive keeps though the source deleted it, by the snapshot that found it gone."""
+    since: dict[int, list[int]] = {}
+    for k in kept:
+        since.setdefault(k["since"], []).append(k["uid"])
+    return [f"  kept, deleted on the source since snapshot {run}: {len(uids)} message(s), UID "
+            f"{', '.join(map(str, uids))}" for run, uids in sorted(since.items())]
 
 
 def render_verify(report: dict[str, Any]) -> str:
@@ -141,5 +151,6 @@ def render_verify(report: dict[str, Any]) -> str:
         lines += [f"  damaged on the {m['side']}: UID {m['uid']}: {m['reason']}" for m in f["damaged"]]
         lines += [f"  date differs: source UID {m['source_uid']} {m['source_date']} "
                   f"vs destination UID {m['destination_uid']} {m['destination_date']}" for m in f["date_differs"]]
+        lines += _kept_lines(f["kept"])
     lines.append("Identical." if report["identical"] else "Differences found.")
     return "\n".join(lines)

@@ -305,7 +305,10 @@ def engine_options(src: Connector, dst: Connector, run: RunOptions):
 
 
 def run_settings(src: Connector, dst: Connector, run: RunOptions, quiet: bool):
+    """The settings of a run; from here on, a destination that keeps snapshots records this run as
+    one (not a dry run)."""
     from migrator.runner import RunSettings
 
+    dst.snapshot = not run.dry_run
     return RunSettings(engine_options(src, dst, run), state_path=run.state, reset_state=run.reset_state,
                        report_path=run.report, quiet=quiet)
