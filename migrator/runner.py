@@ -220,6 +220,7 @@ def _execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, 
     report = run_report(stats, command=command, source=plan.source.url(), destination=plan.destination.url(),
                         dry_run=settings.engine.dry_run, would_create=engine.would_create)
     report["state_file"] = state_path
+    report["destination_keeps_history"] = advertised(plan.destination).keeps_history
     if settings.engine.dry_run:
         report["preflight"] = [f.as_dict() for f in findings]
     if settings.report_path:
