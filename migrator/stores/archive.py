@@ -21,6 +21,11 @@ message is served as Message.damage, never as bytes. The index handle, the
 lock and the format version are archive_index.py's; `archive check` is
 archive_check.py's.
 
+Each writer's run is a snapshot (archive_snapshots.py): rows record the run that added them and
+the run that found them gone from the source, and flag_history the flags a run changed, so an
+older snapshot can be read (as_of) and expunge_uids() deletes nothing. Readers share the archive
+with a writer (archive_index.py).
+
 The archive is one Store among others: backup is migrate to an archive,
 restore is migrate from one, and verify works on it unchanged.
 """
