@@ -1,6 +1,7 @@
 """Files migrator creates hold mail metadata: owner-only permissions (0600 files, 0700 dirs).
 
-Its state file and an archive are used by one process at a time: lock_exclusive()."""
+Its state file and an archive are written by one process at a time: lock_exclusive(); an archive's
+readers hold lock_shared() on another file."""
 
 from __future__ import annotations
 
@@ -56,6 +57,19 @@ def lock_exclusive(path: str, busy: str, hint: str | None = None) -> IO[bytes]:
     except BlockingIOError:
         fh.close()
         raise StateError(busy, hint=hint) from None
+    except BaseException:
+        fh.close()
+        raise
+    return fh
+
+
+def lock_shared(path: str) -> IO[bytes]:
+    """Hold a shared lock (flock) on the lock file PATH, created 0600, until the returned file is
+    closed: many holders at once; lock_exclusive() on the same file fails while any holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fh = os.fdopen(fd, "r+b", buffering=0)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits only for an exclusive holder, who never holds it long
     except BaseException:
         fh.close()
         raise

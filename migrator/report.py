@@ -15,6 +15,12 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def _would_go(report: dict[str, Any]) -> str:
+    if report.get("destination_keeps_history"):
+        return "would leave the latest snapshot (deleted on the source; kept in the earlier ones)"
+    return "would be deleted (--delete-extra)"
+
+
 def run_report(stats: Stats, *, command: str, source: str, destination: str, dry_run: bool,
                would_create: list | None = None) -> dict[str, Any]:
     elapsed = stats.elapsed()
@@ -76,7 +82,7 @@ def render_run(report: dict[str, Any]) -> str:
             lines.append("Folders that would be created: " + ", ".join(t["folders_to_create"]))
         for name, f in report["folders"].items():
             if f["to_copy"] or f["found_on_destination"] or f["deleted_extra"] or f["flags_updated"]:
-                extra = f", {f['deleted_extra']} would be deleted (--delete-extra)" if f["deleted_extra"] else ""
+                extra = f", {f['deleted_extra']} {_would_go(report)}" if f["deleted_extra"] else ""
                 flags = f", {f['flags_updated']} flag updates" if f["flags_updated"] else ""
                 lines.append(f"  {name}: {f['to_copy']} messages, {_mb(f['to_copy_bytes'])} to copy{flags}{extra}")
         lines.append(f"Would copy {t['to_copy']} messages ({_mb(t['to_copy_bytes'])}); "
@@ -88,7 +94,10 @@ def render_run(report: dict[str, Any]) -> str:
         )
         if t["flags_updated"]:
             lines.append(f"Flags updated: {t['flags_updated']}.")
-        if t["deleted_extra"]:
+        if t["deleted_extra"] and report.get("destination_keeps_history"):
+            lines.append(f"Deleted on the source since the last run, kept in the archive's earlier snapshots: "
+                         f"{t['deleted_extra']}.")
+        elif t["deleted_extra"]:
             lines.append(f"Deleted from the destination (--delete-extra): {t['deleted_extra']}.")
         lines.append(f"Elapsed {report['elapsed_seconds']:.1f} s, {t['messages_per_second']} msgs/s.")
     if "preflight" in report:
@@ -125,11 +134,21 @@ def verify_report(diffs: list[FolderDiff], source: str, destination: str) -> dic
                 "flags_differ": d.flags_differ,
                 "date_differs": d.date_differs,
                 "damaged": d.damaged,
+                "kept": d.kept,
                 "error": d.error,
             }
             for d in diffs
         ],
     }
+
+
+def _kept_lines(kept: list[dict]) -> list[str]:
+    """Mail an archive keeps though the source deleted it, by the snapshot that found it gone."""
+    since: dict[int, list[int]] = {}
+    for k in kept:
+        since.setdefault(k["since"], []).append(k["uid"])
+    return [f"  kept, deleted on the source since snapshot {run}: {len(uids)} message(s), UID "
+            f"{', '.join(map(str, uids))}" for run, uids in sorted(since.items())]
 
 
 def render_verify(report: dict[str, Any]) -> str:
@@ -148,5 +167,6 @@ def render_verify(report: dict[str, Any]) -> str:
         lines += [f"  damaged on the {m['side']}: UID {m['uid']}: {m['reason']}" for m in f["damaged"]]
         lines += [f"  date differs: source UID {m['source_uid']} {m['source_date']} "
                   f"vs destination UID {m['destination_uid']} {m['destination_date']}" for m in f["date_differs"]]
+        lines += _kept_lines(f["kept"])
     lines.append("Identical." if report["identical"] else "Differences found.")
     return "\n".join(lines)

@@ -186,6 +186,7 @@ def _checked_before_run(plan: Plan, src: Connector, dst: Connector, settings: Ru
 def _execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, command: str, print_fn,
              folder_errors, spare) -> dict:
     findings, refused = _checked_before_run(plan, src, dst, settings, spare)
+    settings.engine.delete_extra = settings.engine.delete_extra or mirrors_by_default(plan)
     folder_errors = [*folder_errors, *refused]
     state_path = settings.state_path or default_state_path(plan)
     settings.engine.workers = _workers_for(plan, settings.engine.workers)
@@ -220,6 +221,7 @@ def _execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, 
     report = run_report(stats, command=command, source=plan.source.url(), destination=plan.destination.url(),
                         dry_run=settings.engine.dry_run, would_create=engine.would_create)
     report["state_file"] = state_path
+    report["destination_keeps_history"] = advertised(plan.destination).keeps_history
     if settings.engine.dry_run:
         report["preflight"] = [f.as_dict() for f in findings]
     if settings.report_path:
@@ -227,6 +229,21 @@ def _execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, 
     if not settings.quiet or not report["ok"]:
         print_fn(render_run(report))
     return report
+
+
+def check_as_of(src: Connector) -> None:
+    """--as-of names a snapshot: only a source that keeps them (an archive) has any."""
+    if not advertised(src.endpoint).keeps_history:
+        raise UsageError(f"--as-of: {src.endpoint.url()} keeps no snapshots (only an archive:// source does)")
+
+
+def mirrors_by_default(plan: Plan) -> bool:
+    """A destination that keeps snapshots (an archive) records what the source deleted: a run into
+    it takes those messages out of its latest snapshot (keeping them in the earlier ones), as
+    --delete-extra does. Not when filters leave messages out, nor onto a merged folder (the other
+    folder's messages would be taken out): then the latest snapshot keeps them."""
+    return (advertised(plan.destination).keeps_history and not plan.filters
+            and not any(fp.merge for fp in plan.copying()))
 
 
 def _workers_for(plan: Plan, workers: int) -> int:
@@ -240,6 +257,7 @@ def execute_verify(plan: Plan, src: Connector, dst: Connector, include_deleted: 
     workers = _workers_for(plan, workers)
     src.ask_secret()
     dst.ask_secret()
+    src.readonly = dst.readonly = True  # an archive is read, never refused while a backup writes
     diffs = verify(plan, src.open, dst.open, include_deleted=include_deleted, workers=workers)
     report = verify_report(diffs, plan.source.url(), plan.destination.url())
     if json_path:

@@ -1,4 +1,4 @@
-"""archive check DIR [--repair]: an archive checked alone, without its source."""
+"""archive check, ls, prune, compact: an archive looked after without its source."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from typing import Annotated
 import typer
 
 from migrator.cli.app import app
-from migrator.errors import EXIT_MESSAGES_FAILED
+from migrator.errors import EXIT_MESSAGES_FAILED, UsageError
 from migrator.stores.archive_check import check_archive, render_check
 
 archive_app = typer.Typer(
     no_args_is_help=True,
-    help="Look after a zstd archive (archive:///DIR) without its source.",
+    help="Look after a zstd archive (archive:///DIR) without its source: check, ls, prune, compact.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(archive_app, name="archive")
@@ -27,7 +27,8 @@ def check_cmd(
 ) -> None:
     """Check an archive alone: every frame decodes, every message matches its SHA-256, index and data agree.
 
-    Names each damaged message (folder, UID, reason). Refused while a backup or restore runs on it.
+    Names each damaged message (folder, UID, reason). Reads while a backup runs (the index as it was when it
+    started); --repair waits for no one: it is refused while a backup runs.
 
     Exit codes: 0 clean; 1 damage found (also when --repair just moved it aside) or a damaged index;
     2 not an archive, or in use. Messages an earlier --repair set aside do not count as damage.
@@ -36,3 +37,65 @@ def check_cmd(
     typer.echo(render_check(result, repair))
     if not result.clean:
         raise typer.Exit(EXIT_MESSAGES_FAILED)
+
+
+@archive_app.command(name="ls")
+def ls_cmd(
+    directory: Annotated[str, typer.Argument(help="The archive's directory (or its archive:// URL).")],
+    folder: Annotated[str | None, typer.Argument(help="List this folder's messages (as `ls` shows its name).")] = None,
+    runs: Annotated[bool, typer.Option("--runs", help="List the snapshots: id, when, counts.")] = False,
+    as_of: Annotated[str | None, typer.Option(
+        "--as-of", metavar="RUN|DATE", help="A snapshot id, or an ISO 8601 date or time (2026-12-01: that day's "
+                                            "last snapshot; 2026-12-01T08:00:00Z); default: the latest.")] = None,
+) -> None:
+    """List an archive's snapshots (--runs), the folders of one (the latest, or --as-of's), or a folder's messages.
+
+    Read-only, and never refused while a backup writes: it reads the index as it was when it started.
+    Exit codes: 0; 2 not an archive, or no such snapshot or folder.
+    """
+    from migrator.stores.archive_list import list_folders_or_messages, list_runs
+
+    if runs and (folder or as_of):
+        raise UsageError("archive ls --runs lists the snapshots: no FOLDER or --as-of with it")
+    lines = list_runs(directory) if runs else list_folders_or_messages(directory, folder, as_of)
+    typer.echo("\n".join(lines))
+
+
+@archive_app.command(name="prune")
+def prune_cmd(
+    directory: Annotated[str, typer.Argument(help="The archive's directory (or its archive:// URL).")],
+    keep_last: Annotated[int, typer.Option("--keep-last", help="Keep the N newest snapshots.")] = 0,
+    keep_hourly: Annotated[int, typer.Option("--keep-hourly", help="Keep the last snapshot of N hours.")] = 0,
+    keep_daily: Annotated[int, typer.Option("--keep-daily", help="Keep the last snapshot of N days.")] = 0,
+    keep_weekly: Annotated[int, typer.Option("--keep-weekly", help="Keep the last snapshot of N ISO weeks.")] = 0,
+    keep_monthly: Annotated[int, typer.Option("--keep-monthly", help="Keep the last snapshot of N months.")] = 0,
+    keep_yearly: Annotated[int, typer.Option("--keep-yearly", help="Keep the last snapshot of N years.")] = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would go; change nothing.")] = False,
+) -> None:
+    """Drop old snapshots, as borg prune does: the rules apply in the order last, hourly, daily, weekly, monthly,
+    yearly; each keeps the newest snapshot of each period (local time) no earlier rule kept, up to N (-1: all).
+
+    Unfinished (killed) runs count for no rule; the latest snapshot is always kept. Mail only dropped snapshots
+    held leaves the index; `archive compact` then frees its bytes. Refused while a backup runs.
+    Exit codes: 0; 2 not an archive, no --keep-* option, or in use.
+    """
+    from migrator.stores.archive_prune import prune, render_prune
+
+    keep = {"last": keep_last, "hourly": keep_hourly, "daily": keep_daily, "weekly": keep_weekly,
+            "monthly": keep_monthly, "yearly": keep_yearly}
+    typer.echo(render_prune(prune(directory, keep, dry_run), dry_run))
+
+
+@archive_app.command(name="compact")
+def compact_cmd(
+    directory: Annotated[str, typer.Argument(help="The archive's directory (or its archive:// URL).")],
+) -> None:
+    """Free the bytes no snapshot references: rewrite the data files that hold such frames.
+
+    Crash-safe: new files are written and fsync'ed, the index switched to them in one transaction, then the old
+    files deleted; after a kill -9, run it again. Refused while a backup runs. Exit codes: 0; 1 the disk failed
+    (one line, the archive as it was); 2 not an archive, or in use.
+    """
+    from migrator.stores.archive_compact import compact, render_compact
+
+    typer.echo(render_compact(compact(directory), directory))

@@ -46,15 +46,24 @@ def migrate(
     conn: ConnOptions,
     run: RunOptions,
     filters: FilterOptions,
+    as_of: Annotated[str | None, typer.Option(
+        "--as-of", metavar="RUN|DATE",
+        help="Restore from an archive as it was then: a snapshot id (`migrator archive ls DIR --runs`) or an "
+             "ISO 8601 date or time (2026-12-01: that day's last snapshot; 2026-12-01T08:00:00Z), with the "
+             "mail deleted on the source since and the flags it had then.")] = None,
 ) -> None:
     """Copy every folder and message from SOURCE to DESTINATION (plan + run in one step).
 
     Filters (--since, --before, --min-size, --max-size) leave messages out, reported as skipped; a later run
-    without them copies the rest, with no duplicates."""
+    without them copies the rest, with no duplicates. Into an archive (archive:///DIR), each run is a snapshot:
+    mail deleted on the source leaves the latest snapshot and stays in the earlier ones."""
     from migrator import runner
 
     setup_logging(debug)
     src, dst = connectors(source, destination, conn)
+    if as_of is not None:
+        runner.check_as_of(src)
+        src.as_of = as_of
     settings = run_settings(src, dst, run, quiet)
     plan, spare = runner.plan_keeping_connections(runner.new_plan(src, dst, filters.parsed(), run.delete_extra),
                                                   src, dst, mapping.planning(), with_status=False)
@@ -98,6 +107,8 @@ def verify_cmd(
         plan.check_collisions()
     else:
         src, dst = connectors(source, destination, conn)
+    src.readonly = dst.readonly = True  # an archive is only read: never refused while a backup writes
+    if destination is not None:
         plan = runner.build_plan(runner.new_plan(src, dst), src, dst, mapping.planning(), with_status=False)
     workers = throttle.connection_limits(src, dst, workers, max_connections_per_host)
     result = runner.execute_verify(plan, src, dst, include_deleted, report, as_json, workers=workers)

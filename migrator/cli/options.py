@@ -53,7 +53,9 @@ IncludeDeleted = Annotated[bool, typer.Option("--include-deleted", help="Also co
 NoSyncFlags = Annotated[bool, typer.Option(
     "--no-sync-flags", help="On reruns, do not update flags of messages already copied.")]
 DeleteExtra = Annotated[bool, typer.Option(
-    "--delete-extra", help="Mirror: delete destination messages that are not on the source.")]
+    "--delete-extra", help="Mirror: delete destination messages that are not on the source. Into an archive, "
+                           "every run does this without the option: they leave the latest snapshot and stay in "
+                           "the earlier ones (nothing is deleted; `archive prune` and `compact` do that).")]
 RetryFailed = Annotated[bool, typer.Option(
     "--retry-failed", help="Try again messages that failed permanently in an earlier run.")]
 BatchMB = Annotated[float, typer.Option(
@@ -311,7 +313,10 @@ def engine_options(src: Connector, dst: Connector, run: RunOptions):
 
 
 def run_settings(src: Connector, dst: Connector, run: RunOptions, quiet: bool):
+    """The settings of a run; from here on, a destination that keeps snapshots records this run as
+    one (not a dry run)."""
     from migrator.runner import RunSettings
 
+    dst.snapshot = not run.dry_run
     return RunSettings(engine_options(src, dst, run), state_path=run.state, reset_state=run.reset_state,
                        report_path=run.report, quiet=quiet)

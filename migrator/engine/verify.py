@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import cast
 
 from migrator.digest import fingerprint
 from migrator.engine.batching import batches
@@ -23,7 +24,7 @@ from migrator.errors import FolderError
 from migrator.imapdate import date_instant
 from migrator.naming import Folder, display
 from migrator.plan import Plan
-from migrator.stores.base import Store
+from migrator.stores.base import History, Kept, Store
 
 
 @dataclass
@@ -44,6 +45,9 @@ class FolderDiff:
     flags_differ: list[dict] = field(default_factory=list)
     date_differs: list[dict] = field(default_factory=list)
     damaged: list[dict] = field(default_factory=list)  # {side, uid, reason}: bytes a store found damaged
+    # {uid, since}: kept by a destination with history (an archive's earlier snapshots), deleted on
+    # the source since snapshot `since`: what a backup is for, not a difference
+    kept: list[dict] = field(default_factory=list)
     error: str | None = None
 
     @property
@@ -59,6 +63,7 @@ class Side:
     by_hash: dict[str, list[Entry]] = field(default_factory=lambda: defaultdict(list))
     damaged: list[tuple[int, str]] = field(default_factory=list)
     cut: list[int] = field(default_factory=list)  # served cut short (content.served_cut_short); compared too
+    kept: list[Kept] = field(default_factory=list)
 
 
 def _side(store: Store, folder: Folder, include_deleted: bool, batch_bytes: int, batch_count: int,
@@ -153,6 +158,8 @@ def _verify_folder(diff: FolderDiff, sources: list[Folder], destination: Folder 
         d = Side()
         if destination is not None:
             _side(dst, destination, include_deleted, batch_bytes, batch_count, skip_deleted=False, side=d)
+            if dst.capabilities.keeps_history:
+                d.kept = cast(History, dst).kept(destination)
         return d
 
     s, d = both_sides(lambda: _or_folder_error(read_source), lambda: _or_folder_error(read_destination), dst_side)
@@ -165,6 +172,7 @@ def _verify_folder(diff: FolderDiff, sources: list[Folder], destination: Folder 
                         + [{"side": "destination", "uid": uid, "reason": why} for uid, why in d.damaged]
                         + [{"side": "source", "uid": uid, "reason": CUT_SHORT} for uid in s.cut])
         _compare(diff, s.by_hash, d.by_hash)
+        diff.kept = [{"uid": k.uid, "since": k.since} for k in d.kept]
         diff.source_count += len(s.damaged)
         diff.destination_count += len(d.damaged)
 

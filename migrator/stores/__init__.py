@@ -44,6 +44,12 @@ class Connector:
     auth_user: str | None = None
     timeout: float = 120.0
     slots: HostSlots | None = None  # --max-connections-per-host of the run; None: unlimited
+    # For stores that keep snapshots (the archive): only read (a verify, a restore's source:
+    # never refused while a backup writes); which snapshot to read (--as-of); whether a writing
+    # connection records the run as a snapshot (not a plan or a dry run). Other stores ignore them.
+    readonly: bool = False
+    as_of: str | None = None
+    snapshot: bool = False
     _creds: object = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -123,8 +129,10 @@ class Connector:
             return Pop3Store(self.endpoint, self._credentials(), opts)
         from migrator.stores.archive import ArchiveStore
 
-        # A source archive must exist; a destination archive is created on first use.
-        return ArchiveStore(self.endpoint.path, create=self.secret.role == "dst")
+        # A source archive must exist, and is only read; a destination archive is created on first use.
+        source = self.secret.role != "dst"
+        return ArchiveStore(self.endpoint.path, create=not source, readonly=source or self.readonly,
+                            as_of=self.as_of, snapshot=self.snapshot)
 
 
 def _kind(ep: Endpoint) -> str:
@@ -142,5 +150,5 @@ def advertised(ep: Endpoint) -> Capabilities:
         from migrator.stores.pop3 import Pop3Store
 
         return Pop3Store.ADVERTISED
-    return Capabilities()
+    return Capabilities(keeps_history=_kind(ep) == "archive")
 

@@ -21,6 +21,11 @@ message is served as Message.damage, never as bytes. The index handle, the
 lock and the format version are archive_index.py's; `archive check` is
 archive_check.py's.
 
+Each writer's run is a snapshot (archive_snapshots.py): rows record the run that added them and
+the run that found them gone from the source, and flag_history the flags a run changed, so an
+older snapshot can be read (as_of) and expunge_uids() deletes nothing. Readers share the archive
+with a writer (archive_index.py).
+
 The archive is one Store among others: backup is migrate to an archive,
 restore is migrate from one, and verify works on it unchanged.
 """
@@ -39,12 +44,14 @@ from migrator.digest import fingerprint
 from migrator.errors import FolderError, StorageError, UsageError
 from migrator.naming import Folder, display, folder_from_key, folder_key
 from migrator.stores.archive_frames import Place, read_checked
-from migrator.stores.archive_index import ArchiveIndex
+from migrator.stores.archive_index import MESSAGE_COLUMNS, ArchiveIndex
+from migrator.stores.archive_snapshots import View, resolve
 from migrator.stores.base import (
     AppendItem,
     Capabilities,
     FolderInfo,
     FolderStatus,
+    Kept,
     Limits,
     Message,
     MessageMeta,
@@ -60,11 +67,21 @@ class ArchiveStore:
     separator = None  # any component can be stored: no separator substitutes needed
     prefix = ""
 
-    def __init__(self, path: str, create: bool = True, readonly: bool = False):
+    def __init__(self, path: str, create: bool = True, readonly: bool = False, as_of: str | None = None,
+                 snapshot: bool = True):
+        """readonly: a reader (never refused while a backup writes); as_of: read the snapshot it
+        names (a run id or an ISO 8601 date/time; read-only). A writer records its run as a
+        snapshot unless `snapshot` is False (a plan, a dry run)."""
         self.path = os.path.abspath(path)
-        self.readonly = readonly
-        self._arc = ArchiveIndex.open(self.path, create=create and not readonly)
-        self.capabilities = Capabilities(writable=not readonly, multiappend=True, uidplus=True)
+        self.readonly = readonly = readonly or as_of is not None
+        self._arc = ArchiveIndex.open(self.path, create=create and not readonly, readonly=readonly,
+                                      snapshot=snapshot)
+        try:
+            self._view = View(resolve(self._arc.db, as_of, self.path) if as_of else None)
+        except BaseException:
+            self._arc.release()
+            raise
+        self.capabilities = Capabilities(writable=not readonly, multiappend=True, uidplus=True, keeps_history=True)
         self._selected: tuple[int, Folder] | None = None
         self._writers: dict[int, tuple[str, BinaryIO]] = {}  # folder id -> (file name, open file)
         # write_checksum: each frame carries zstd's content checksum (XXH64), checked on every read.
@@ -80,7 +97,8 @@ class ArchiveStore:
         return rows[0]
 
     def list_folders(self) -> list[FolderInfo]:
-        rows = self._arc.read("SELECT name, subscribed, special_use FROM folders")
+        where, params = self._view.folder()
+        rows = self._arc.read(f"SELECT name, subscribed, special_use FROM folders WHERE {where}", params)
         named = [(folder_from_key(key), bool(sub), special) for key, sub, special in rows]
         out = [FolderInfo(name, display(name), frozenset([special] if special else []), special, sub)
                for name, sub, special in named]
@@ -89,8 +107,8 @@ class ArchiveStore:
     def create_folder(self, name: Folder, special_use: str | None = None) -> None:
         self._writable()
         self._arc.write(lambda db: db.execute(
-            "INSERT OR IGNORE INTO folders(name, uidvalidity, uidnext, special_use) VALUES (?,?,1,?)",
-            (folder_key(name), random.randint(1, 2**31 - 1), special_use)))
+            "INSERT OR IGNORE INTO folders(name, uidvalidity, uidnext, special_use, created_run) VALUES (?,?,1,?,?)",
+            (folder_key(name), random.randint(1, 2**31 - 1), special_use, self._arc.run or 0)))
 
     def subscribe(self, name: Folder) -> None:
         self._writable()
@@ -98,8 +116,9 @@ class ArchiveStore:
 
     def status(self, name: Folder) -> FolderStatus:
         fid, uidvalidity, uidnext = self._folder(name)
+        member, params = self._view.member()
         ((count, size),) = self._arc.read(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE folder_id=?", (fid,))
+            f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE folder_id=? AND {member}", (fid, *params))
         return FolderStatus(uidvalidity=uidvalidity, uidnext=uidnext, messages=count, size=size)
 
     def select(self, name: Folder, readonly: bool = True) -> FolderStatus:
@@ -116,8 +135,10 @@ class ArchiveStore:
 
     def list_messages(self, uids: Sequence[int] | None = None) -> list[MessageMeta]:
         fid = self._selected_id()
-        rows = self._arc.read(
-            "SELECT uid, size, flags, internaldate FROM messages WHERE folder_id=? ORDER BY uid", (fid,))
+        member, in_it = self._view.member("m")
+        flags, of_then = self._view.flags("m")
+        rows = self._arc.read(f"SELECT m.uid, m.size, {flags}, m.internaldate FROM messages m "
+                              f"WHERE m.folder_id=? AND {member} ORDER BY m.uid", (*of_then, fid, *in_it))
         wanted = set(uids) if uids is not None else None
         return [
             MessageMeta(uid, size, tuple(json.loads(flags)), date)
@@ -130,10 +151,12 @@ class ArchiveStore:
         before they are served; a message that fails comes with Message.damage, and no bytes."""
         fid = self._selected_id()
         data = os.path.join(self.path, "data")
+        member, in_it = self._view.member("m")
+        flags_of, of_then = self._view.flags("m")
         for uid in uids:
             rows = self._arc.read(
-                "SELECT file, offset, length, size, sha256, flags, internaldate FROM messages "
-                "WHERE folder_id=? AND uid=?", (fid, uid))
+                f"SELECT m.file, m.offset, m.length, m.size, m.sha256, {flags_of}, m.internaldate FROM messages m "
+                f"WHERE m.folder_id=? AND m.uid=? AND {member}", (*of_then, fid, uid, *in_it))
             if not rows:
                 continue
             file, offset, length, size, sha256, flags, date = rows[0]
@@ -163,10 +186,10 @@ class ArchiveStore:
             (uidnext,) = db.execute("SELECT uidnext FROM folders WHERE id=?", (fid,)).fetchone()
             uids: list[int | None] = list(range(uidnext, uidnext + len(placed)))
             db.executemany(
-                "INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO messages ({MESSAGE_COLUMNS}, added_run) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 [
                     (fid, uid, file, offset, length, len(item.body), fingerprint(item.body),
-                     json.dumps(list(normalize_flags(item.flags))), item.internaldate)
+                     json.dumps(list(normalize_flags(item.flags))), item.internaldate, self._arc.run or 0)
                     for uid, (item, offset, length) in zip(uids, placed, strict=True)
                 ],
             )
@@ -194,21 +217,37 @@ class ArchiveStore:
         fid = self._selected_id()
 
         def change(db) -> None:
-            row = db.execute("SELECT flags FROM messages WHERE folder_id=? AND uid=?", (fid, uid)).fetchone()
+            row = db.execute("SELECT flags, added_run FROM messages WHERE folder_id=? AND uid=? AND "
+                             "removed_run IS NULL", (fid, uid)).fetchone()
             if row is None:
                 return
-            flags = (set(json.loads(row[0])) | set(add)) - set(remove)
-            db.execute("UPDATE messages SET flags=? WHERE folder_id=? AND uid=?",
-                       (json.dumps(list(normalize_flags(flags))), fid, uid))
+            flags = json.dumps(list(normalize_flags((set(json.loads(row[0])) | set(add)) - set(remove))))
+            if flags == row[0]:
+                return
+            run = self._arc.run or 0
+            if row[1] < run:  # earlier snapshots keep the flags they had (the first change of a run)
+                db.execute("INSERT OR IGNORE INTO flag_history VALUES (?,?,?,?)", (fid, uid, run, row[0]))
+            db.execute("UPDATE messages SET flags=? WHERE folder_id=? AND uid=?", (flags, fid, uid))
 
         self._arc.write(change)
 
     def expunge_uids(self, uids: Sequence[int]) -> None:
-        """Drop index rows; their bytes stay in the data files until a future compaction."""
+        """Out of the latest snapshot, kept in the earlier ones (archive_snapshots.py): the row is
+        marked removed by this run. Its bytes go only once no snapshot holds it (prune, compact)."""
         self._writable()
         fid = self._selected_id()
+        run = self._arc.run or 0
         self._arc.write(lambda db: db.executemany(
-            "DELETE FROM messages WHERE folder_id=? AND uid=?", [(fid, u) for u in uids]))
+            "UPDATE messages SET removed_run=? WHERE folder_id=? AND uid=? AND removed_run IS NULL",
+            [(run, fid, u) for u in uids]))
+
+    def kept(self, name: Folder) -> list[Kept]:
+        """The messages of the folder that an earlier snapshot holds and the latest does not
+        (deleted on the source since), oldest removal first."""
+        fid = self._folder(name)[0]
+        rows = self._arc.read("SELECT uid, removed_run FROM messages WHERE folder_id=? AND removed_run IS NOT NULL "
+                              "AND removed_run > added_run ORDER BY removed_run, uid", (fid,))
+        return [Kept(uid, since) for uid, since in rows]
 
     def _writable(self) -> None:
         if self.readonly:

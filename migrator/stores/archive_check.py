@@ -50,7 +50,8 @@ def archive_dir(arg: str) -> str:
 
 def check_archive(path: str, repair: bool = False) -> CheckResult:
     """Raises StorageError if the index itself is damaged (nothing below it can be trusted)."""
-    arc = ArchiveIndex.open(archive_dir(path), create=False)
+    # A reader (never refused while a backup writes), unless it repairs.
+    arc = ArchiveIndex.open(archive_dir(path), create=False, readonly=not repair)
     try:
         result = CheckResult(arc.path)
         problems = [row[0] for row in arc.read("PRAGMA quick_check")]

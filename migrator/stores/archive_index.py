@@ -9,7 +9,12 @@ writes the archive:
   older version opened for writing is marked with the current one;
 - a torn tail (frames written after the last index commit, by a process killed meanwhile) is
   cut off on open: those bytes are referenced by no index row, and `zstd -t` must pass;
-- every SQLite error becomes one line: StorageError (the run stops at once).
+- every SQLite error becomes one line: StorageError (the run stops at once);
+- writers and readers: one writer at a time holds `lock` (flock, exclusive); readers (verify,
+  restore, ls, check) take no part of it, but a shared flock on `readers`, and read in one SQLite
+  read transaction (WAL): a consistent snapshot while a backup writes. Whoever deletes data files
+  (compact, the trim of torn tails) does so only when no reader holds `readers`;
+- a writer opened for a backup run records it as a snapshot (archive_snapshots.py).
 """
 
 from __future__ import annotations
@@ -23,15 +28,18 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from migrator.errors import StateError, StorageError, UsageError
-from migrator.fsutil import ensure_private_dir, lock_exclusive, write_private
+from migrator.fsutil import ensure_private_dir, lock_exclusive, lock_shared, write_private
+from migrator.stores import archive_snapshots as snapshots
 
 ARCHIVE_FORMAT = "migrator-archive"
 # 1: one zstd frame per message, SHA-256 per message in the index.
 # 2: frames carry zstd's content checksum; the `damaged` table (archive check --repair).
-ARCHIVE_VERSION = 2
-VERSIONS = (1, 2)
+# 3: snapshots: `runs`, `flag_history`, messages.added_run/removed_run, folders.created_run.
+ARCHIVE_VERSION = 3
+VERSIONS = (1, 2, 3)
 MARKER = "archive.json"
 LOCK = "lock"
+READERS = "readers"  # shared flock of each reader; an exclusive one (non-blocking) before deleting data
 T = TypeVar("T")
 
 _COLUMNS = """
@@ -68,35 +76,87 @@ CREATE TABLE IF NOT EXISTS damaged ({_COLUMNS},
 class ArchiveIndex:
     """One per archive directory and process, shared by its ArchiveStores (one per worker)."""
 
-    _registry: dict[str, ArchiveIndex] = {}
+    _registry: dict[tuple[str, bool], ArchiveIndex] = {}
     _registry_lock = threading.Lock()
 
     @classmethod
-    def open(cls, path: str, create: bool) -> ArchiveIndex:
-        key = os.path.abspath(path)
+    def open(cls, path: str, create: bool, readonly: bool = False, snapshot: bool = False) -> ArchiveIndex:
+        """readonly: a reader (shared, never refused by a writer); else the one writer, which
+        records a run (a snapshot) if `snapshot`."""
+        key = (os.path.abspath(path), readonly)
         with cls._registry_lock:
             arc = cls._registry.get(key)
             if arc is None or arc.closed:
-                arc = cls._registry[key] = cls(key, create)
+                arc = cls._registry[key] = cls(key[0], create and not readonly, readonly, snapshot)
             arc.users += 1
             return arc
 
-    def __init__(self, path: str, create: bool):
+    def __init__(self, path: str, create: bool, readonly: bool = False, snapshot: bool = False):
         self.path = path
+        self.readonly = readonly
         self.users = 0
         self.closed = False
         self.lock = threading.RLock()
         self._file_counter = 0
+        self.run: int | None = None  # the snapshot this writer records
         try:
-            self._lock_fh = self._locked(create)
+            self._lock_fh = None if readonly else self._locked(create)
+            if readonly:
+                self._check_reader()
         except OSError as e:
             raise StorageError(f"cannot open archive {path}: {e.strerror or e}") from None
         try:
             self.db = self._connect()
-            self._trim_tails()
+            if readonly:
+                self._tidy_if_idle()
+                self._lock_fh = self._reader_lock()
+                self.db.execute("BEGIN")  # one read transaction, for as long as the reader is open
+                self.db.execute("SELECT COUNT(*) FROM runs").fetchone()
+            else:
+                self._trim_tails()
+                if snapshot:
+                    self.run = self.write(snapshots.begin_run)
         except BaseException:
-            self._lock_fh.close()
+            if getattr(self, "db", None) is not None:
+                self.db.close()
+            if self._lock_fh is not None:
+                self._lock_fh.close()
             raise
+
+    def _check_reader(self) -> None:
+        """The archive must exist, at a version this code reads."""
+        marker = os.path.join(self.path, MARKER)
+        if not os.path.exists(marker):
+            raise UsageError(f"{self.path} is not a migrator archive (no {MARKER})")
+        self._check_marker(marker, upgrade=False)
+
+    def _reader_lock(self):
+        """A reader's shared lock on `readers` (None where the directory is read-only: nothing can
+        delete anything there)."""
+        try:
+            return lock_shared(os.path.join(self.path, READERS))
+        except OSError:
+            return None
+
+    def _tidy_if_idle(self) -> None:
+        """A reader opening an archive no writer holds cuts torn tails as a writer's open does (so
+        `zstd -t` passes after a crash whoever opens next), holding the writer's lock for that
+        moment only; with a writer at work it leaves them to it."""
+        try:
+            idle = lock_exclusive(os.path.join(self.path, LOCK), "")
+        except (StateError, OSError):
+            return
+        try:
+            self._trim_tails()
+        finally:
+            idle.close()
+
+    def no_readers(self):
+        """The exclusive lock on `readers` if no reader holds it (to delete data files), else None."""
+        try:
+            return lock_exclusive(os.path.join(self.path, READERS), "")
+        except (StateError, OSError):
+            return None
 
     def _locked(self, create: bool):
         """The archive's lock, held; the archive created under it if it is new (create)."""
@@ -155,14 +215,33 @@ class ArchiveIndex:
         try:
             if not os.path.exists(index):
                 os.close(os.open(index, os.O_CREAT | os.O_WRONLY, 0o600))
+            last_written = os.path.getmtime(index)
             db = sqlite3.connect(index, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+            if not self.readonly or not snapshots.schema_current(db):
+                self._upgrade(db, last_written)
         except sqlite3.DatabaseError as e:
             raise self.damaged(e) from None
         except OSError as e:
             raise StorageError(f"cannot open archive {self.path}: {e.strerror or e}") from None
         return db
+
+    def _upgrade(self, db: sqlite3.Connection, last_written: float) -> None:
+        """The tables created, or those of an older version brought to this one, in one
+        transaction. A reader finding an older index does it only when no writer is at work
+        (a writer of this version upgrades on open)."""
+        held = None
+        if self.readonly:
+            held = lock_exclusive(os.path.join(self.path, LOCK), f"archive {self.path} is in use by an older "
+                                  "migrator, which wrote an earlier format version: try again when it is done")
+        try:
+            db.executescript(_SCHEMA)
+            db.execute("BEGIN IMMEDIATE")
+            snapshots.upgrade(db, last_written)
+            db.execute("COMMIT")
+        finally:
+            if held is not None:
+                held.close()
 
     def damaged(self, e: sqlite3.DatabaseError) -> StorageError:
         """What a SQLite error means: the index cannot be written (disk full, read-only), or is damaged."""
@@ -175,8 +254,18 @@ class ArchiveIndex:
     def _trim_tails(self) -> None:
         """Cut each data file after the last frame an index row points at (a torn tail, or frames
         whose rows were never committed): no reader ever used those bytes. A file no row points
-        at goes. Skipped where the directory cannot be written (a read-only copy is only read)."""
+        at goes. Skipped where the directory cannot be written (a read-only copy is only read),
+        and while a reader is open (its snapshot may still point at a file a prune left unused)."""
         data = os.path.join(self.path, "data")
+        alone = self.no_readers()
+        if alone is None:
+            return
+        try:
+            self._trim(data)
+        finally:
+            alone.close()
+
+    def _trim(self, data: str) -> None:
         ends = dict(self.read(
             "SELECT file, MAX(offset + length) FROM (SELECT file, offset, length FROM messages "
             "UNION ALL SELECT file, offset, length FROM damaged) GROUP BY file"))
@@ -237,8 +326,14 @@ class ArchiveIndex:
             if self.users > 0:
                 return
             self.closed = True
+            if (run := self.run) is not None:
+                try:
+                    self.write(lambda db: snapshots.finish_run(db, run))
+                except StorageError:
+                    pass  # disk full: the run stays "not finished", which is what it is
             self.db.close()
-            self._lock_fh.close()
+            if self._lock_fh is not None:
+                self._lock_fh.close()
 
     def new_data_file(self, folder_id: int) -> str:
         """A data file name no other writer uses (per process run, per writer)."""

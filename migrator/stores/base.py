@@ -121,6 +121,10 @@ class Capabilities:
     # The store implements Pipelined: it sends many calls in one round trip. Without it,
     # stores.calls makes the same calls one after the other from the core.
     pipelined: bool = False
+    # The store keeps what it held before (History: the archive's snapshots). expunge_uids() takes
+    # messages out of its latest state only, so a run into it mirrors the source (--delete-extra
+    # by default: runner.py), and verify lists what it keeps of mail deleted on the source apart.
+    keeps_history: bool = False
     # How many sessions may be open at once (POP3 servers lock the maildrop: 1); None: no limit.
     sessions: int | None = None
     max_append_size: int | None = None
@@ -137,6 +141,15 @@ class Limits:
     # PERMANENTFLAGS of its INBOX: '\\*' in it keeps any keyword; without it, keywords not listed are dropped
     permanent_flags: tuple[str, ...] | None = None
     quota: tuple[int, int] | None = None  # (bytes used, bytes allowed): STORAGE of INBOX's quota root (RFC 9208)
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A message a store with history keeps, though the source deleted it: in snapshots before
+    `since`, not in the latest one."""
+
+    uid: int
+    since: int  # the snapshot (run) that found it gone
 
 
 def intact(messages: Iterable[Message]) -> Iterator[Message]:
@@ -254,6 +267,14 @@ class Pipelined(Store, Protocol):
         failure is returned, not raised, so that the other part's result is not lost: a refused
         listing as Checked.refused, a folder that cannot be opened as its FolderError. A lost
         connection raises (both parts are then to be done again)."""
+        ...
+
+
+class History(Store, Protocol):
+    """Optional capability (Capabilities.keeps_history): a store that keeps earlier states."""
+
+    def kept(self, name: Folder) -> list[Kept]:
+        """The folder's messages held by an earlier state and not by the latest one."""
         ...
 
 

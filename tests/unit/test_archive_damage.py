@@ -15,6 +15,7 @@ import pytest
 import zstandard
 
 from migrator.stores.archive import ArchiveStore
+from migrator.stores.archive_index import ARCHIVE_VERSION
 from migrator.stores.base import AppendItem
 from tests.helpers import migrator, simple_message
 from tests.unit.archive_helpers import (
@@ -69,10 +70,10 @@ def test_every_new_frame_carries_zstds_content_checksum(tmp_path):
     file, offset, length = row(tmp_path / "a", INBOX, 1)
     frame = (tmp_path / "a" / "data" / file).read_bytes()[offset:offset + length]
     assert zstandard.get_frame_parameters(frame).has_checksum
-    assert marker_version(tmp_path / "a") == 2
+    assert marker_version(tmp_path / "a") == ARCHIVE_VERSION
 
 
-def test_an_archive_of_version_1_without_checksums_is_still_read_and_marked_2_when_written(tmp_path):
+def test_an_archive_of_version_1_without_checksums_is_still_read_and_marked_current_when_written(tmp_path):
     """Version 1 frames had no checksum: they are read (their SHA-256 still checked)."""
     src = seeded_source({INBOX: 3})
     archive = tmp_path / "old"
@@ -93,7 +94,7 @@ def test_an_archive_of_version_1_without_checksums_is_still_read_and_marked_2_wh
     assert archive_contents(archive) == contents(src.connect())
     assert marker_version(archive) == 1  # read only: left as it was
     assert backup(src, archive, tmp_path / "s.sqlite").ok
-    assert marker_version(archive) == 2
+    assert marker_version(archive) == ARCHIVE_VERSION
 
 
 def test_fetch_serves_a_damaged_message_as_its_reason_never_as_bytes(damaged):
