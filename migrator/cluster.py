@@ -118,7 +118,8 @@ class DaskExecutor(Executor):
                 self.client = d.Client(address, timeout="20s")
         except OSError as e:
             raise ConnectionFailed(f"cannot reach the Dask scheduler at {address}: {e}") from None
-        link = self.client.dashboard_link if address != "local" else None
+        services = self.client.scheduler_info().get("services", {}) if address != "local" else {}
+        link = self.client.dashboard_link if "dashboard" in services else None
         self.description = f"the Dask cluster {address}" + (f" (dashboard: {link})" if link else "")
         self._stop = d.Event(f"migrator-stop-{batch_id}", client=self.client)
 
