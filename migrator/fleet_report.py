@@ -29,8 +29,8 @@ SCHEMA = """report_version 2:
 
 
 def fleet_report(results: list[dict[str, Any]], *, csv_file: str, ran_on: str, started: float, exit_code: int,
-                 interrupted: bool) -> dict[str, Any]:
-    finished = time.time()
+                 interrupted: bool, finished: float | None = None) -> dict[str, Any]:
+    finished = finished or time.time()
     mailboxes = []
     for r in sorted(results, key=lambda r: r["line"]):
         first = r.get("first_error")
