@@ -115,3 +115,32 @@ def test_reservations_hold_the_caps_and_never_deadlock():
             limits.acquire({"shared": hostlimits.Need(1)}, lambda: True)  # stopped while waiting
     with pytest.raises(UsageError, match="more than --max-connections-per-host 3"):
         limits.acquire({"shared": hostlimits.Need(4)}, lambda: False)
+
+
+@pytest.mark.xdist_group("dask")
+def test_cluster_local_runs_the_mailboxes_in_worker_processes(tmp_path):
+    """--cluster local: a LocalCluster of --parallel processes started by the batch; every
+    mailbox copied by one of them, none by the client."""
+    pytest.importorskip("distributed")
+    import json
+    import subprocess
+    import sys
+
+    rows = []
+    for i in range(2):
+        backup(seeded_source({INBOX: 3 + i}), tmp_path / f"src{i}", tmp_path / f"seed{i}.sqlite")
+        rows.append(f"archive://{tmp_path / f'src{i}'},archive://{tmp_path / f'dst{i}'}\n")
+    (tmp_path / "u.csv").write_text("source,destination\n" + "".join(rows))
+    proc = subprocess.Popen([sys.executable, "-m", "migrator", "batch", str(tmp_path / "u.csv"), "--cluster", "local",
+                             "--parallel", "2", "--state-dir", str(tmp_path / "state"),
+                             "--report", str(tmp_path / "r.json")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [(m["status"], m["copied"]) for m in report["mailboxes"]] == [("done", 3), ("done", 4)]
+    assert report["ran_on"] == "the Dask cluster local"
+    pids = {int(m["ran_on"].rsplit(":", 1)[1]) for m in report["mailboxes"]}
+    assert proc.pid not in pids and all(pids)
+    for i in range(2):
+        assert sum(sum(c.values()) for c in contents(ArchiveStore(str(tmp_path / f"dst{i}"))).values()) == 3 + i
