@@ -41,8 +41,9 @@ class ConnWatch(FaultProxy):
 
 
 def _owner(peer_port: int, pids: list[int]) -> int | None:
-    """Which of `pids` holds the client end of a loopback connection from `peer_port` (by the
-    socket's inode in /proc/net/tcp and the processes' open files)."""
+    """Which process holds the client end of a loopback connection from `peer_port` (by the
+    socket's inode in /proc/net/tcp and the processes' open files), looking at `pids` first;
+    None if no process holds it any more."""
     inode = None
     with open("/proc/net/tcp") as fh:
         for line in fh.readlines()[1:]:
@@ -53,7 +54,8 @@ def _owner(peer_port: int, pids: list[int]) -> int | None:
     if inode is None:
         return None
     wanted = f"socket:[{inode}]"
-    for pid in pids:
+    others = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in pids]
+    for pid in [*pids, *others]:  # the expected owners first; any other owner is named too
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:
