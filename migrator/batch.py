@@ -9,21 +9,18 @@ which with an admin user (--src-auth-user) is the admin's password: the usual
 way to move a whole domain without knowing users' passwords.
 
 A failure in one mailbox is recorded and the batch goes on with the next; the
-batch's exit code is the worst of its mailboxes'. Rerunning the batch resumes
-every mailbox where it stopped.
+batch's exit code is the worst of its mailboxes'. Running them: batchrun.py (where), the batch
+journal (batch_journal.py: which, on a rerun), cli/batch_task.py (one mailbox).
 """
 
 from __future__ import annotations
 
 import csv
 import os
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from migrator.accounts import parse_endpoint
-from migrator.errors import EXIT_INTERRUPTED, MigratorError, UsageError
+from migrator.errors import EXIT_INTERRUPTED, UsageError
 
 REQUIRED = ("source", "destination")
 OPTIONAL = ("src_password_file", "dst_password_file", "src_auth_user", "dst_auth_user")
@@ -84,46 +81,8 @@ def read_batch(path: str) -> list[BatchRow]:
     return rows
 
 
-@dataclass
-class RowResult:
-    row: BatchRow
-    exit_code: int
-    copied: int = 0
-    failed: int = 0
-    error: str | None = None
-
-    def as_dict(self) -> dict:
-        return {"line": self.row.line, "source": self.row.source, "destination": self.row.destination,
-                "exit_code": self.exit_code, "copied": self.copied, "failed": self.failed, "error": self.error}
-
-
-def run_batch(rows: list[BatchRow], migrate_one: Callable[[BatchRow], dict], parallel: int = 1,
-              on_done: Callable[[RowResult], None] = lambda r: None,
-              stop: threading.Event | None = None) -> list[RowResult]:
-    """Run migrate_one for every row (at most `parallel` at once); a failing row never stops the others."""
-    stop = stop or threading.Event()
-
-    def one(row: BatchRow) -> RowResult:
-        if stop.is_set():
-            return RowResult(row, EXIT_INTERRUPTED, error="not started: the batch was interrupted")
-        try:
-            report = migrate_one(row)
-        except MigratorError as e:
-            result = RowResult(row, e.exit_code, error=str(e))
-        else:
-            code = EXIT_INTERRUPTED if report["interrupted"] else (0 if report["ok"] else 1)
-            result = RowResult(row, code, report["totals"]["copied"], report["totals"]["failed"])
-        if result.exit_code == EXIT_INTERRUPTED:
-            stop.set()
-        on_done(result)
-        return result
-
-    with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="mailbox") as pool:
-        return list(pool.map(one, rows))
-
-
-def batch_exit_code(results: list[RowResult]) -> int:
-    codes = [r.exit_code for r in results]
+def batch_exit_code(codes: list[int]) -> int:
+    """The worst of the mailboxes' exit codes; an interrupted one makes the batch interrupted."""
     if EXIT_INTERRUPTED in codes:
         return EXIT_INTERRUPTED
     return max(codes, default=0)

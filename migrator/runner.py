@@ -140,11 +140,12 @@ def check_plan(plan: Plan, src: Connector, dst: Connector, delete_extra: bool = 
 
 def execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, command: str,
             print_fn=print, folder_errors: Sequence[tuple[Folder, str]] = (),
-            spare: tuple[Store, Store] | None = None) -> dict:
+            spare: tuple[Store, Store] | None = None, stop: threading.Event | None = None) -> dict:
     """Run a plan; returns the report dict (also written to --report). spare: open connections
-    (from plan_keeping_connections) the run uses first; closed by the run."""
+    (from plan_keeping_connections) the run uses first; closed by the run. stop: set by someone
+    else to stop the run cleanly (a batch's Ctrl-C, seen from a pool thread or a cluster worker)."""
     try:
-        return _execute(plan, src, dst, settings, command, print_fn, folder_errors, spare)
+        return _execute(plan, src, dst, settings, command, print_fn, folder_errors, spare, stop)
     except BaseException:
         for store in spare or ():
             try:
@@ -184,7 +185,7 @@ def _checked_before_run(plan: Plan, src: Connector, dst: Connector, settings: Ru
 
 
 def _execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, command: str, print_fn,
-             folder_errors, spare) -> dict:
+             folder_errors, spare, stop: threading.Event | None) -> dict:
     findings, refused = _checked_before_run(plan, src, dst, settings, spare)
     settings.engine.delete_extra = settings.engine.delete_extra or mirrors_by_default(plan)
     folder_errors = [*folder_errors, *refused]
@@ -209,7 +210,7 @@ def _execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, 
     for folder, reason in folder_errors:
         stats.folder_failed(folder, reason)
     settings.engine.governors.on_wait = stats.waited  # each pause a server asked for: said and reported
-    stop = threading.Event()
+    stop = stop or threading.Event()
     engine = Engine(plan, src.open, dst.open, ckpt, settings.engine, stats, stop, spare=spare)
     tuning.for_bulk_copy(settings.engine.batch_bytes)
     try:

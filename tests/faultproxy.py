@@ -123,8 +123,12 @@ class FaultProxy:
         with self._lock:
             self._conns.append(pair)
             self.connections += 1
+        self._accepted(client.getpeername())
         self._spawn(self._pump, pair, client, server, "up")
         self._spawn(self._pump, pair, server, client, "down")
+
+    def _accepted(self, peer: tuple[str, int]) -> None:
+        """A new connection from `peer` is in (for subclasses: tests/connwatch.py counts them)."""
 
     def _pump(self, pair, src: socket.socket, dst: socket.socket, direction: str) -> None:
         rewrite = self._rewrite_down if direction == "down" else None

@@ -75,8 +75,8 @@ InFlightGrace = Annotated[float, typer.Option(
          "next run.")]
 MaxConns = Annotated[int, typer.Option(
     "--max-connections-per-host", min=1,
-    help="Open connections per host, all workers of a run together; in a batch, per mailbox (Gmail allows 15 per "
-         "account).")]
+    help="Open connections per host, all workers of a run together (Gmail allows 15 per account; batch: see its "
+         "--help).")]
 
 # Mapping options (planner rules; see `migrator plan --help` for their order).
 MapOpt = Annotated[list[str] | None, typer.Option(

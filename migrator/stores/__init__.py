@@ -13,9 +13,9 @@ from migrator.stores.base import Capabilities, Store
 
 class HostSlots:
     """--max-connections-per-host for one run: a semaphore per host name, shared by both sides'
-    Connectors and so by all workers of the run. Each run has its own, so the mailboxes of a
-    `batch --parallel` do not wait on each other's connections: providers limit connections
-    per account (Gmail: 15), and a batch runs one account pair per mailbox."""
+    Connectors and so by all workers of the run. Each run has its own: in a batch, it hands out
+    what the mailbox reserved for the whole batch (hostlimits.py), at most
+    --max-connections-per-account (providers limit connections per account, Gmail: 15)."""
 
     def __init__(self, per_host: int):
         self.per_host = per_host

@@ -44,16 +44,17 @@ def test_batch_with_master_user_continues_past_a_failing_mailbox(dovecot_slash, 
         assert rig.snapshot(t)[("INBOX",)] == rig.snapshot(u)[("INBOX",)]
     assert "line 4: imap://nosuchuser@" in res.out and "exit 3" in res.out
 
-    again = migrator(*args, env=env)
+    again = migrator(*args, env=env)  # the batch journal: mailboxes done (and failed) are not run again
     report = json.loads((tmp_path / "r.json").read_text())
-    assert sum(m["copied"] for m in report["mailboxes"]) == 0 and again.code == 3
+    assert not any(m["this_run"] for m in report["mailboxes"]) and again.code == 3
+    assert "3 done in an earlier run, skipped" in again.out
 
 
 def test_parallel_mailboxes_each_have_their_own_connection_cap(new_account, tmp_path):
-    """--max-connections-per-host is shared by the workers of one run (one mailbox), not by the
+    """--max-connections-per-account is shared by the workers of one run (one mailbox), not by the
     mailboxes of a batch: providers limit connections per account. Mailbox A stalls in the middle
     of an APPEND (its proxy holds the traffic) with the two connections its cap allows; mailbox B,
-    on the same host, is copied meanwhile (with one cap for the whole process it waited for A)."""
+    on the same host, is copied meanwhile (the host's own cap, 10 by default, leaves room for B)."""
     src = [new_account("slash", "psrc") for _ in range(2)]
     dst = [new_account("slash", "pdst") for _ in range(2)]
     for i, acc in enumerate(src):
@@ -76,7 +77,7 @@ def test_parallel_mailboxes_each_have_their_own_connection_cap(new_account, tmp_
         csv_file.write_text("source,destination,src_password_file,dst_password_file\n" + "\n".join(rows) + "\n")
         env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATOR_")}
         proc = subprocess.Popen([sys.executable, "-m", "migrator", "batch", str(csv_file), "--parallel", "2",
-                                 "--max-connections-per-host", "2", "--state-dir", str(tmp_path / "state"),
+                                 "--max-connections-per-account", "2", "--state-dir", str(tmp_path / "state"),
                                  "--report", str(tmp_path / "r.json")],
                                 env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
