@@ -167,7 +167,8 @@ def map_folders(src_folders: list[FolderInfo], dst_folders: list[FolderInfo], ds
                 opts: PlanningOptions) -> tuple[list[FolderChoice], list[str]]:
     """The rules of the module docstring, on names only: no server is touched."""
     presets: list[Preset] = [load_preset(p) for p in opts.presets]
-    warnings = [w for p in presets for w in p.warnings]
+    # A preset's warnings say what its [destination] table handles: not repeated when it is given as such.
+    warnings = [w for p in presets if p.name not in opts.dst_presets for w in p.warnings]
     selectable = [f for f in src_folders if f.selectable]
     src_marks = any(f.special_use for f in src_folders)
     dst_special = special_folders(dst_folders)

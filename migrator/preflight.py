@@ -34,9 +34,11 @@ from dataclasses import dataclass
 from migrator.filters import size_text
 from migrator.naming import Folder, display
 from migrator.plan import FolderPlan, Plan
-from migrator.presets import DestinationRules
+from migrator.presets import DestinationRules, longest_line
 from migrator.stores import calls
 from migrator.stores.base import Limits, MessageMeta, Store
+
+__all__ = ["Finding", "longest_line", "preflight", "render"]
 
 SYSTEM_FLAGS = frozenset({"\\answered", "\\flagged", "\\deleted", "\\seen", "\\draft"})
 LINE_BATCH = 200  # bodies read at a time for the line-length rule
@@ -147,11 +149,6 @@ def quota_findings(to_copy: dict[str, list[MessageMeta]], quota: tuple[int, int]
         out.append(Finding("over-quota", "*", f"{total} bytes to copy, {free} free in the destination's quota "
                                               f"({used} of {allowed} bytes used): the copy will stop at [OVERQUOTA]"))
     return out
-
-
-def longest_line(body: bytes) -> int:
-    """The longest line's length in characters, CRLF not counted (octets: what a server limits)."""
-    return max((len(line.rstrip(b"\r")) for line in body.split(b"\n")), default=0)
 
 
 # -- against the stores -----------------------------------------------------------------------

@@ -16,6 +16,7 @@ from migrator.checkpoint import Checkpoint
 from migrator.digest import short_digest
 from migrator.engine import tuning
 from migrator.engine.copy import Engine, EngineOptions
+from migrator.engine.flagrules import FlagRules
 from migrator.engine.pairs import open_pair
 from migrator.engine.verify import verify
 from migrator.errors import UsageError
@@ -167,6 +168,7 @@ def _checked_before_run(plan: Plan, src: Connector, dst: Connector, settings: Ru
     as folder errors; messages over a preset's ceiling are then reported by the march, not sent."""
     rules = destination_rules_of(plan)
     settings.engine.max_message_size = rules.max_message_ceiling if rules else None
+    settings.engine.destination = rules
     findings: list[preflight.Finding] = []
     if settings.engine.dry_run:
         s, d = spare or open_both(src, dst)
@@ -240,7 +242,9 @@ def execute_verify(plan: Plan, src: Connector, dst: Connector, include_deleted: 
     workers = _workers_for(plan, workers)
     src.ask_secret()
     dst.ask_secret()
-    diffs = verify(plan, src.open, dst.open, include_deleted=include_deleted, workers=workers)
+    rules = destination_rules_of(plan)  # flags the destination adds by itself are no difference
+    diffs = verify(plan, src.open, dst.open, include_deleted=include_deleted, workers=workers,
+                   flag_rules=FlagRules.of_destination(rules))
     report = verify_report(diffs, plan.source.url(), plan.destination.url())
     if json_path:
         write_json(json_path, report)

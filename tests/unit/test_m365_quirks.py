@@ -1,0 +1,130 @@
+"""Microsoft 365's quirks as a destination (issue 16), on memory stores: the real Engine, milliseconds.
+
+The destination MemoryServer does what Exchange Online is documented to do (migrator/stores/memory.py):
+it closes a connection at its 10th refused call (`error_budget`), drops `\\Flagged` given in an APPEND
+(`append_drops`) and adds `$MDNSent` to a message asking for a read receipt (`append_adds`). The run
+is told so by `--dst-preset office365` (EngineOptions.destination). tests/e2e/test_provider_m365.py
+does the same against Dovecot behind tests/m365_standin.py."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from migrator.accounts import parse_endpoint
+from migrator.engine.flagrules import FlagRules
+from migrator.engine.verify import verify
+from migrator.naming import INBOX
+from migrator.plan import FolderPlan, Plan
+from migrator.presets import DestinationRules, destination_rules
+from migrator.stores.memory import MemoryServer
+from tests.unit.test_engine_memory import World
+
+OFFICE365 = destination_rules(["office365"])
+
+
+def body(i: int, big: bool = False, receipt: bool = False) -> bytes:
+    head = f"Message-ID: <{i}@m365.example>\r\nSubject: m{i}\r\n"
+    head += "Disposition-Notification-To: <a@m365.example>\r\n" if receipt else ""
+    return (head + "\r\n" + ("BIG " * 50 if big else f"body {i}") + "\r\n").encode()
+
+
+def bodies(server: MemoryServer) -> Counter:
+    return Counter(b for b, _flags, _date in server.contents(INBOX).values())
+
+
+def flags_by_body(server: MemoryServer) -> dict[bytes, tuple[str, ...]]:
+    return {b: flags for b, flags, _date in server.contents(INBOX).values()}
+
+
+@pytest.mark.parametrize("preset", [True, False])
+def test_twelve_refusals_end_reported_and_the_rest_identical_never_pushing_the_session_to_its_close(
+        tmp_path, preset):
+    """12 messages refused among 40, one APPEND each (no MULTIAPPEND), on 2 workers: exactly those
+    12 reported, the others copied once. With the preset each session is replaced before its 10th
+    error; without it the server's close (a BYE) costs the folder a march, and nothing is lost."""
+    src = MemoryServer()
+    refused = {body(i, big=True) for i in range(12)}
+    for i in range(40):
+        src.deliver(INBOX, body(i, big=i < 12))
+    dst = MemoryServer(multiappend=False, error_budget=10)
+    dst.refuse_appends(lambda b: b in refused, text="APPEND [TOOBIG] Message too large")
+    world = World(src, dst, str(tmp_path / "state.sqlite"))
+
+    stats = world.run(workers=2, batch_count=50, chunk_messages=50, destination=OFFICE365 if preset else None)
+    failed = stats.failures
+    assert sorted(f.uid for f in failed) == list(range(1, 13))
+    assert all("TOOBIG" in f.reason for f in failed)
+    assert bodies(dst) == bodies(src) - Counter(refused)  # the rest, each once
+    if preset:
+        assert dst.closed_on_errors == 0
+    else:
+        assert dst.closed_on_errors >= 1  # what the preset spares: without it the session was closed
+
+    again = world.run(destination=OFFICE365 if preset else None)  # a rerun: reported again, nothing sent
+    assert len(again.failures) == 12 and bodies(dst) == bodies(src) - Counter(refused)
+
+
+def m365_like() -> MemoryServer:
+    return MemoryServer(append_drops=["\\Flagged"],
+                        append_adds=lambda b: ["$MDNSent"] if b"Disposition-Notification-To" in b else [])
+
+
+def test_flagged_is_set_after_the_append_and_mdnsent_is_no_difference(tmp_path):
+    src, dst = MemoryServer(), m365_like()
+    for i in range(20):
+        src.deliver(INBOX, body(i, receipt=i % 3 == 0), ["\\Flagged", "\\Seen"] if i % 2 else ["\\Seen"])
+    world = World(src, dst, str(tmp_path / "state.sqlite"))
+
+    stats = world.run(destination=OFFICE365)
+    assert not stats.failures and not stats.warnings
+    got, want = flags_by_body(dst), flags_by_body(src)
+    for b, flags in want.items():  # every flagged message ends flagged; $MDNSent only where the server added it
+        extra = ("$MDNSent",) if b"Disposition-Notification-To" in b else ()
+        assert got[b] == tuple(sorted(flags + extra)), b
+
+    src.change_flags(INBOX, 1, ["\\Seen", "\\Answered"])  # a change, so the rerun marches the folder
+    again = world.run(destination=OFFICE365)  # its flag sync leaves $MDNSent alone
+    assert again.total("flags_updated") == 1
+    got[body(0, receipt=True)] = ("$MDNSent", "\\Answered", "\\Seen")
+    assert flags_by_body(dst) == got
+
+    plan = Plan(parse_endpoint("imap://a@src.example"), parse_endpoint("imap://b@dst.example"),
+                [FolderPlan(INBOX, INBOX)])
+    [diff] = verify(plan, src.connect, dst.connect, flag_rules=FlagRules.of_destination(OFFICE365))
+    assert diff.identical, diff
+    [diff] = verify(plan, src.connect, dst.connect)  # without the preset the server's $MDNSent is a difference
+    assert len(diff.flags_differ) == 7
+
+
+def test_without_the_preset_flagged_is_lost_and_mdnsent_is_removed_on_every_rerun(tmp_path):
+    """What the preset changes, against the same server."""
+    src, dst = MemoryServer(), m365_like()
+    src.deliver(INBOX, body(1, receipt=True), ["\\Flagged"])
+    world = World(src, dst, str(tmp_path / "state.sqlite"))
+    world.run()
+    assert flags_by_body(dst)[body(1, receipt=True)] == ("$MDNSent",)  # \Flagged lost in the APPEND
+    src.change_flags(INBOX, 1, ["\\Flagged", "\\Seen"])  # a change, so the rerun marches the folder
+    again = world.run()
+    assert again.total("flags_updated") == 1 and flags_by_body(dst)[body(1, receipt=True)] == ("\\Flagged", "\\Seen")
+    src.change_flags(INBOX, 1, ["\\Flagged"])
+    dst.change_flags(INBOX, 1, ["\\Flagged", "\\Seen", "$MDNSent"])  # the server adds it again
+    world.run()
+    assert flags_by_body(dst)[body(1, receipt=True)] == ("\\Flagged",)  # removed again: on every rerun
+
+
+def test_a_refusal_names_the_presets_limit_the_message_is_over(tmp_path):
+    src, dst = MemoryServer(), MemoryServer()
+    long_line = b"Subject: wide\r\n\r\n" + b"x" * 200 + b"\r\n"
+    src.deliver(INBOX, long_line)
+    src.deliver(INBOX, body(2))
+    dst.refuse_appends(lambda b: b == long_line, text="APPEND BAD Command Error. 10")
+    rules = DestinationRules(("office365",), max_message_size=100, max_line_length=150)
+    stats = World(src, dst, str(tmp_path / "state.sqlite")).run(destination=rules)
+    [failure] = stats.failures
+    assert failure.uid == 1
+    assert failure.reason == ("rejected by the destination: APPEND BAD Command Error. 10 (over office365's "
+                              "default message size limit of 100; a line over office365's limit of 150 "
+                              "characters)")
+    assert rules.exceeded(body(2)) == [] and len(bodies(dst)) == 1
