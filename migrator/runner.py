@@ -182,6 +182,7 @@ def _checked_before_run(plan: Plan, src: Connector, dst: Connector, settings: Ru
     for fp, _rule, why in preflight.folder_refusals(plan, rules):
         fp.action = "refused"
         refused.append((fp.source, f"{why}: not copied (change its destination in the plan, or --map it)"))
+    plan.warnings.extend(preflight.one_spelling(plan, rules))  # merged folders: one spelling, one folder
     return findings, refused
 
 
@@ -243,6 +244,7 @@ def execute_verify(plan: Plan, src: Connector, dst: Connector, include_deleted: 
     src.ask_secret()
     dst.ask_secret()
     rules = destination_rules_of(plan)  # flags the destination adds by itself are no difference
+    preflight.one_spelling(plan, rules)  # folders merged into one, spelt otherwise: compared as one
     diffs = verify(plan, src.open, dst.open, include_deleted=include_deleted, workers=workers,
                    flag_rules=FlagRules.of_destination(rules))
     report = verify_report(diffs, plan.source.url(), plan.destination.url())

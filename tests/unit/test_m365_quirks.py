@@ -17,6 +17,7 @@ from migrator.engine.flagrules import FlagRules
 from migrator.engine.verify import verify
 from migrator.naming import INBOX
 from migrator.plan import FolderPlan, Plan
+from migrator.preflight import folder_refusals, one_spelling
 from migrator.presets import DestinationRules, destination_rules
 from migrator.stores.memory import MemoryServer
 from tests.unit.test_engine_memory import World
@@ -128,3 +129,26 @@ def test_a_refusal_names_the_presets_limit_the_message_is_over(tmp_path):
                               "default message size limit of 100; a line over office365's limit of 150 "
                               "characters)")
     assert rules.exceeded(body(2)) == [] and len(bodies(dst)) == 1
+
+
+def test_one_spelling_for_one_folder_on_a_case_insensitive_destination():
+    """A name spelt otherwise than an existing destination folder is that folder; merged folders
+    take the first one's spelling; clashing folders not merged are left to the case-clash rule;
+    every change is said."""
+    def plan_of(*names: str) -> Plan:
+        return Plan(parse_endpoint("imap://a@src.example"), parse_endpoint("imap://b@dst.example"),
+                    [FolderPlan((n,), (n,)) for n in names])
+
+    plan = plan_of("archive", "Work", "work", "Lists", "LISTS", "Other")
+    plan.folders[1].merge = plan.folders[2].merge = True
+    said = one_spelling(plan, OFFICE365, existing=[("INBOX",), ("Archive",)])
+    assert [fp.destination for fp in plan.folders] == [("Archive",), ("Work",), ("Work",), ("Lists",), ("LISTS",),
+                                                       ("Other",)]
+    assert said == ["'archive' goes into the destination's 'Archive', not 'archive': office365's folder names are "
+                    "case-insensitive",
+                    "'work' goes into the destination's 'Work', not 'work': office365's folder names are "
+                    "case-insensitive"]
+    assert [(fp.source, rule) for fp, rule, _why in folder_refusals(plan, OFFICE365)] == [(("LISTS",), "case-clash")]
+    untouched = plan_of("archive")
+    assert one_spelling(untouched, None, existing=[("Archive",)]) == [] and untouched.folders[0].destination == (
+        "archive",)
