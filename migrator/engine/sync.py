@@ -200,7 +200,8 @@ class FolderSync:
         rows = ctx.ckpt.rows(fp.source, run.src_uidvalidity, fp.destination) if ctx.ckpt else {}
         if listed and (journal := ctx.journal) is not None:
             rows, dst_msgs = self.matcher.take_late_twins(run, dst, journal, rows, dst_msgs)
-        limits = [n for n in (dst.capabilities.max_append_size, opts.max_message_size) if n]
+        ceiling = opts.destination.max_message_ceiling if opts.destination else None  # a --dst-preset's
+        limits = [n for n in (dst.capabilities.max_append_size, opts.max_message_size, ceiling) if n]
         return decide(src_msgs, dst_msgs, rows, run.dst_uidvalidity, include_deleted=opts.include_deleted,
                       sync_flags=opts.sync_flags, retry_failed=opts.retry_failed, filters=ctx.plan.filters,
                       size_limit=min(limits) if limits else None, flag_rules=opts.flag_rules)

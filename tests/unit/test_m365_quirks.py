@@ -115,20 +115,25 @@ def test_without_the_preset_flagged_is_lost_and_mdnsent_is_removed_on_every_reru
     assert flags_by_body(dst)[body(1, receipt=True)] == ("\\Flagged",)  # removed again: on every rerun
 
 
-def test_a_refusal_names_the_presets_limit_the_message_is_over(tmp_path):
+def test_over_the_presets_ceiling_not_sent_over_its_default_limit_sent_and_the_refusal_says_which(tmp_path):
+    """office365's limits, scaled down: over the ceiling (150 MB there) a message is reported without
+    being sent; over the default limit (35 MB) or with a long line it is sent (an admin may have
+    raised the limit), and a refusal's reason names the limit it is over."""
     src, dst = MemoryServer(), MemoryServer()
     long_line = b"Subject: wide\r\n\r\n" + b"x" * 200 + b"\r\n"
-    src.deliver(INBOX, long_line)
-    src.deliver(INBOX, body(2))
-    dst.refuse_appends(lambda b: b == long_line, text="APPEND BAD Command Error. 10")
-    rules = DestinationRules(("office365",), max_message_size=100, max_line_length=150)
+    huge = b"Subject: huge\r\n\r\n" + b"y\r\n" * 200
+    for b in (long_line, body(2), huge):
+        src.deliver(INBOX, b)
+    sent: list[bytes] = []
+    dst.refuse_appends(lambda b: sent.append(b) or b == long_line, text="APPEND BAD Command Error. 10")
+    rules = DestinationRules(("office365",), max_message_size=100, max_message_ceiling=300, max_line_length=150)
     stats = World(src, dst, str(tmp_path / "state.sqlite")).run(destination=rules)
-    [failure] = stats.failures
-    assert failure.uid == 1
-    assert failure.reason == ("rejected by the destination: APPEND BAD Command Error. 10 (over office365's "
-                              "default message size limit of 100; a line over office365's limit of 150 "
-                              "characters)")
-    assert rules.exceeded(body(2)) == [] and len(bodies(dst)) == 1
+    assert sorted((f.uid, f.reason) for f in stats.failures) == [
+        (1, "rejected by the destination: APPEND BAD Command Error. 10 (over office365's default message size "
+            "limit of 100; a line over office365's limit of 150 characters)"),
+        (3, "larger than the destination accepts (617 bytes, its limit is 300): not sent; see the plan's preflight")]
+    assert huge not in sent and long_line in sent  # the one over the ceiling was never sent
+    assert rules.exceeded(body(2)) == [] and list(bodies(dst)) == [body(2)]
 
 
 def test_one_spelling_for_one_folder_on_a_case_insensitive_destination():
