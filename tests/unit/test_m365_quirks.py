@@ -17,8 +17,10 @@ from migrator.engine.flagrules import FlagRules
 from migrator.engine.verify import verify
 from migrator.naming import INBOX
 from migrator.plan import FolderPlan, Plan
+from migrator.planner import map_folders, planning_options
 from migrator.preflight import folder_refusals, one_spelling
 from migrator.presets import DestinationRules, destination_rules
+from migrator.stores.base import FolderInfo
 from migrator.stores.memory import MemoryServer
 from tests.unit.test_engine_memory import World
 
@@ -157,3 +159,13 @@ def test_one_spelling_for_one_folder_on_a_case_insensitive_destination():
     untouched = plan_of("archive")
     assert one_spelling(untouched, None, existing=[("Archive",)]) == [] and untouched.folders[0].destination == (
         "archive",)
+
+
+def test_preset_office365_chooses_source_folders_and_points_to_dst_preset_for_a_destination():
+    src = [FolderInfo(("INBOX",), "INBOX"), FolderInfo(("Calendar",), "Calendar")]
+    dst = [FolderInfo(("INBOX",), "INBOX")]
+    choices, warnings = map_folders(src, dst, "/", planning_options(presets=["office365"]))
+    assert [c.action for c in choices] == ["copy", "skip"]
+    assert len(warnings) == 1 and "--dst-preset office365" in warnings[0]
+    _, warnings = map_folders(src, dst, "/", planning_options(presets=["office365"], dst_presets=["office365"]))
+    assert warnings == []  # said once it is given
