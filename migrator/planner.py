@@ -36,7 +36,8 @@ from migrator.engine.pairs import both_sides
 from migrator.errors import FolderError, UsageError
 from migrator.naming import INBOX, Folder, display, is_inbox, needs_substitute, parse_display, safe_component
 from migrator.plan import COPY, SKIP, FolderPlan, Plan
-from migrator.presets import Preset, available, load_preset, localized_names
+from migrator.preflight import one_spelling
+from migrator.presets import Preset, available, destination_rules, load_preset, localized_names
 from migrator.stores import calls
 from migrator.stores.base import FolderInfo, Store
 
@@ -167,7 +168,8 @@ def map_folders(src_folders: list[FolderInfo], dst_folders: list[FolderInfo], ds
                 opts: PlanningOptions) -> tuple[list[FolderChoice], list[str]]:
     """The rules of the module docstring, on names only: no server is touched."""
     presets: list[Preset] = [load_preset(p) for p in opts.presets]
-    warnings = [w for p in presets for w in p.warnings]
+    # A preset's warnings say what its [destination] table handles: not repeated when it is given as such.
+    warnings = [w for p in presets if p.name not in opts.dst_presets for w in p.warnings]
     selectable = [f for f in src_folders if f.selectable]
     src_marks = any(f.special_use for f in src_folders)
     dst_special = special_folders(dst_folders)
@@ -257,6 +259,8 @@ def plan_folders(src: Store, dst: Store, plan: Plan, opts: PlanningOptions | Non
                 subscribed=c.subscribed, note=c.note,
             )
         )
+    # A case-insensitive destination (--dst-preset): a name spelt otherwise than an existing folder is that folder.
+    plan.warnings.extend(one_spelling(plan, destination_rules(opts.dst_presets), [f.name for f in dst_folders]))
     return plan
 
 

@@ -27,16 +27,18 @@ Messages the plan's filters leave out are not looked at.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from migrator.filters import size_text
 from migrator.naming import Folder, display
 from migrator.plan import FolderPlan, Plan
-from migrator.presets import DestinationRules
+from migrator.presets import DestinationRules, longest_line
 from migrator.stores import calls
 from migrator.stores.base import Limits, MessageMeta, Store
+
+__all__ = ["Finding", "longest_line", "one_spelling", "preflight", "render"]
 
 SYSTEM_FLAGS = frozenset({"\\answered", "\\flagged", "\\deleted", "\\seen", "\\draft"})
 LINE_BATCH = 200  # bodies read at a time for the line-length rule
@@ -89,6 +91,37 @@ def folder_refusals(plan: Plan, rules: DestinationRules | None) -> list[tuple[Fo
                 out.append((fp, "case-clash", f"destination '{display(name)}' and '{display(other.destination)}' "
                                               f"(from '{display(other.source)}') are one folder on {rules.name}, "
                                               "whose folder names are case-insensitive"))
+    return out
+
+
+def one_spelling(plan: Plan, rules: DestinationRules | None, existing: Iterable[Folder] = ()) -> list[str]:
+    """On a destination whose folder names are case-insensitive, names equal but for case are one
+    folder. A copied folder whose destination is spelt otherwise than an existing destination
+    folder (alone in the plan with that name) goes into that folder as spelt there, not into a new
+    one; folders merged into one (merge = true on each) all take the first one's spelling, so the
+    run merges them as one (one after the other). Each change is said (a warning), never silent.
+    Pure; the case clashes folder_refusals refuses are left to it."""
+    if rules is None or not rules.case_insensitive:
+        return []
+
+    def fold(name: Folder) -> tuple[str, ...]:
+        return tuple(c.casefold() for c in name)
+
+    copying = plan.copying()
+    count = Counter(fold(fp.destination) for fp in copying)
+    spelt: dict[tuple[str, ...], Folder] = {}
+    for name in existing:
+        spelt.setdefault(fold(name), name)
+    out = []
+    for fp in copying:
+        key = fold(fp.destination)
+        if count[key] > 1 and not fp.merge:
+            continue  # a case clash: folder_refusals' business
+        other = spelt.setdefault(key, fp.destination)
+        if other != fp.destination:
+            out.append(f"'{display(fp.source)}' goes into the destination's '{display(other)}', not "
+                       f"'{display(fp.destination)}': {rules.name}'s folder names are case-insensitive")
+            fp.destination = other
     return out
 
 
@@ -147,11 +180,6 @@ def quota_findings(to_copy: dict[str, list[MessageMeta]], quota: tuple[int, int]
         out.append(Finding("over-quota", "*", f"{total} bytes to copy, {free} free in the destination's quota "
                                               f"({used} of {allowed} bytes used): the copy will stop at [OVERQUOTA]"))
     return out
-
-
-def longest_line(body: bytes) -> int:
-    """The longest line's length in characters, CRLF not counted (octets: what a server limits)."""
-    return max((len(line.rstrip(b"\r")) for line in body.split(b"\n")), default=0)
 
 
 # -- against the stores -----------------------------------------------------------------------

@@ -16,6 +16,7 @@ from migrator.checkpoint import Checkpoint
 from migrator.digest import short_digest
 from migrator.engine import tuning
 from migrator.engine.copy import Engine, EngineOptions
+from migrator.engine.flagrules import FlagRules
 from migrator.engine.pairs import open_pair
 from migrator.engine.verify import verify
 from migrator.errors import UsageError
@@ -168,6 +169,7 @@ def _checked_before_run(plan: Plan, src: Connector, dst: Connector, settings: Ru
     as folder errors; messages over a preset's ceiling are then reported by the march, not sent."""
     rules = destination_rules_of(plan)
     settings.engine.max_message_size = rules.max_message_ceiling if rules else None
+    settings.engine.destination = rules
     findings: list[preflight.Finding] = []
     if settings.engine.dry_run:
         s, d = spare or open_both(src, dst)
@@ -181,6 +183,7 @@ def _checked_before_run(plan: Plan, src: Connector, dst: Connector, settings: Ru
     for fp, _rule, why in preflight.folder_refusals(plan, rules):
         fp.action = "refused"
         refused.append((fp.source, f"{why}: not copied (change its destination in the plan, or --map it)"))
+    plan.warnings.extend(preflight.one_spelling(plan, rules))  # merged folders: one spelling, one folder
     return findings, refused
 
 
@@ -259,7 +262,10 @@ def execute_verify(plan: Plan, src: Connector, dst: Connector, include_deleted: 
     src.ask_secret()
     dst.ask_secret()
     src.readonly = dst.readonly = True  # an archive is read, never refused while a backup writes
-    diffs = verify(plan, src.open, dst.open, include_deleted=include_deleted, workers=workers)
+    rules = destination_rules_of(plan)  # flags the destination adds by itself are no difference
+    preflight.one_spelling(plan, rules)  # folders merged into one, spelt otherwise: compared as one
+    diffs = verify(plan, src.open, dst.open, include_deleted=include_deleted, workers=workers,
+                   flag_rules=FlagRules.of_destination(rules))
     report = verify_report(diffs, plan.source.url(), plan.destination.url())
     if json_path:
         write_json(json_path, report)

@@ -10,14 +10,21 @@ reported to do (issue 16), each behaviour switched on by the test:
   does). For `backoff_ms` after that, every APPEND on any session is throttled too: the window the
   server asked the client to keep quiet. At most `throttles` such windows are opened.
 - the error budget (`error_budget=10`): a session that got that many tagged NO/BAD answers is
-  closed with `* BYE`.
-- `\\Flagged` given in an APPEND is dropped (`drop_flagged`); `$MDNSent` is added to every APPENDed
-  message (`add_mdnsent`).
+  closed with `* BYE`, the 10th answer sent first (Exchange's documented behaviour).
+- the message size limit (`max_size=N` bytes; Exchange's is 35 MB by default): a larger APPEND is
+  answered `NO [TOOBIG] Message too large` without reaching Dovecot (the wording is assumed: the
+  real one is not documented; the size is read from the literal's announced length).
+- `\\Flagged` given in an APPEND is dropped (`drop_flagged`); `$MDNSent` is added to the messages
+  that ask for a read receipt (a `Disposition-Notification-To:` header; `add_mdnsent`): which
+  messages Exchange marks is assumed, it is reported to add the keyword by itself. For these two the
+  APPEND is read whole before it is forwarded (the proxy answers a synchronizing literal's `+`
+  itself, and forwards with LITERAL+), so each message's flags are rewritten knowing its bytes.
 - `no_multiappend`: MULTIAPPEND is taken out of the capabilities (Exchange has none).
 
 It counts what it forwarded: `appends` holds (time, session) of every APPEND that reached Dovecot,
-`windows` each throttle window (start, end), `throttled` every APPEND it refused, `closed` the
-sessions closed on the error budget.
+`windows` each throttle window (start, end), `throttled` every APPEND it refused for a throttle,
+`too_big` those it refused for their size, `errors` the most NO/BAD answers any one session got,
+`closed` the sessions closed on the error budget.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ _LITERAL = re.compile(rb"~?\{(\d+)(\+?)\}\r?\n$")
 _TAGGED = re.compile(rb"^(\S+) (OK|NO|BAD)\b", re.I)
 _FLAGS = re.compile(rb"\(([^()]*)\)")
 _WORDING = {"bare": "", "throttled": "[THROTTLED] ", "unavailable": "[UNAVAILABLE] "}
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 @dataclass
@@ -50,13 +58,16 @@ class M365StandIn:
     def __init__(self, target_port: int, *, throttle_every: int = 0, throttles: int = 1_000,
                  backoff_ms: int = 1500, wording: str = "bare", bye: bool = False, error_budget: int = 0,
                  drop_flagged: bool = False, add_mdnsent: bool = False, no_multiappend: bool = False,
-                 no_literal_plus: bool = False):
+                 no_literal_plus: bool = False, max_size: int = 0):
         if wording not in _WORDING:
             raise ValueError(f"wording must be one of {sorted(_WORDING)}")
         self.target = (HOST, target_port)
         self.throttle_every, self.throttles_left, self.backoff_ms = throttle_every, throttles, backoff_ms
         self.wording, self.bye, self.error_budget = wording, bye, error_budget
         self.drop_flagged, self.add_mdnsent, self.no_multiappend = drop_flagged, add_mdnsent, no_multiappend
+        self.max_size = max_size
+        self.too_big: list[int] = []  # sessions, one entry per APPEND refused for its size
+        self.errors = 0  # the most NO/BAD answers one session got
         self.hidden = [c for c, off in ((b"MULTIAPPEND", no_multiappend), (b"LITERAL+", no_literal_plus)) if off]
         self.lock = threading.Lock()
         self.appends: list[tuple[float, int]] = []  # forwarded to Dovecot: (time, session)
@@ -145,11 +156,11 @@ class M365StandIn:
         finally:
             self._end(s)
 
-    def _forward_command(self, s: _Session, reader: _Reader, line: bytes, rewrite=None) -> None:
+    def _forward_command(self, s: _Session, reader: _Reader, line: bytes) -> None:
         """Forward one command, line by line with its literals (a synchronizing literal waits for
         the server's '+', which the other pump passes on)."""
         while True:
-            s.server.sendall(rewrite(line) if rewrite else line)
+            s.server.sendall(line)
             m = _LITERAL.search(line)
             if m is None:
                 return
@@ -159,11 +170,15 @@ class M365StandIn:
                 return
 
     def _append(self, s: _Session, reader: _Reader, tag: bytes, line: bytes) -> None:
-        refusal = self._throttle(s)
+        throttle = self._throttle(s)
+        refusal = throttle or self._too_big(s, line)
         if refusal is None:
             with self.lock:
                 self.appends.append((time.monotonic(), s.n))
-            self._forward_command(s, reader, line, self._rewrite_flags)
+            if self.drop_flagged or self.add_mdnsent:
+                self._forward_rewritten(s, reader, line)
+            else:
+                self._forward_command(s, reader, line)
             return
         # Refused: swallow what the client sends without waiting (LITERAL+); for a synchronizing
         # literal it waits for '+', which never comes: the NO ends the command.
@@ -171,7 +186,7 @@ class M365StandIn:
             reader.exactly(int(m.group(1)))
             line = reader.line() or b""
         self._say(s, tag + b" NO " + refusal.encode() + b"\r\n")
-        if self.bye:
+        if throttle and self.bye:
             self._say(s, b"* BYE " + refusal.encode() + b"\r\n")
             self._end(s)
             return
@@ -194,19 +209,39 @@ class M365StandIn:
             left = max(1, int((self.windows[-1][1] - now) * 1000))
         return f"{_WORDING[self.wording]}Request is throttled. Suggested Backoff Time: {left} milliseconds"
 
-    def _rewrite_flags(self, line: bytes) -> bytes:
-        """Exchange drops \\Flagged given in an APPEND and adds $MDNSent (each message's flag list:
-        on the command's first line, and after each literal of a MULTIAPPEND)."""
-        if not (self.drop_flagged or self.add_mdnsent):
-            return line
+    def _too_big(self, s: _Session, line: bytes) -> str | None:
+        """The refusal of an APPEND whose (first) message is over max_size, or None."""
+        m = _LITERAL.search(line)
+        if not (self.max_size and m and int(m.group(1)) > self.max_size):
+            return None
+        with self.lock:
+            self.too_big.append(s.n)
+        return "[TOOBIG] Message too large"
+
+    def _forward_rewritten(self, s: _Session, reader: _Reader, line: bytes) -> None:
+        """The APPEND read whole (a synchronizing literal is answered '+' here), each message's flag
+        list rewritten knowing its bytes, then sent on with LITERAL+ in one write."""
+        out = []
+        while (m := _LITERAL.search(line)) is not None:
+            if m.group(2) != b"+":
+                self._say(s, b"+ Ready for literal data\r\n")
+            body = reader.exactly(int(m.group(1)))
+            marker = (b"~" if line[m.start():].startswith(b"~") else b"") + b"{" + m.group(1) + b"+}\r\n"
+            out += [self._rewrite_flags(line[:m.start()], body), marker, body]
+            line = reader.line() or b""
+        s.server.sendall(b"".join(out) + line)
+
+    def _rewrite_flags(self, head: bytes, body: bytes) -> bytes:
+        """Exchange drops \\Flagged given in an APPEND, and adds $MDNSent to a message asking for a
+        read receipt (the message's flag list: the first parenthesised list before its literal)."""
+        header = body[:m.start()] if (m := _HEADER_END.search(body)) else body
+        mdn = self.add_mdnsent and b"disposition-notification-to:" in header.lower()
 
         def fix(m: re.Match) -> bytes:
             flags = [f for f in m.group(1).split() if not (self.drop_flagged and f.lower() == b"\\flagged")]
-            if self.add_mdnsent:
-                flags.append(b"$MDNSent")
-            return b"(" + b" ".join(flags) + b")"
+            return b"(" + b" ".join(flags + [b"$MDNSent"] * mdn) + b")"
 
-        return _FLAGS.sub(fix, line, count=1)
+        return _FLAGS.sub(fix, head, count=1)
 
     # -- server -> client: answers, whole (a FETCH literal never has a line injected into it) ---
 
@@ -237,6 +272,7 @@ class M365StandIn:
     def _count_error(self, s: _Session) -> None:
         with self.lock:
             s.errors += 1
+            self.errors = max(self.errors, s.errors)
             over = bool(self.error_budget) and s.errors >= self.error_budget
             if over:
                 self.closed += 1

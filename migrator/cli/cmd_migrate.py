@@ -100,7 +100,7 @@ def verify_cmd(
             raise UsageError("verify needs SOURCE and DESTINATION, or one PLAN file")
         if mapping.given:
             raise UsageError("with a PLAN file, edit the plan instead of giving "
-                             "--map/--include/--exclude/--folder/--preset")
+                             "--map/--include/--exclude/--folder/--preset/--dst-preset")
         plan = read_plan(source)
         runner.check_endpoints(plan)
         src, dst = plan_connectors(plan, conn)

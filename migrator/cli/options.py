@@ -87,10 +87,13 @@ ExcludeOpt = Annotated[list[str] | None, typer.Option(
     "--exclude", help="Skip folders whose '/'-joined name matches this glob (repeatable; beats --include).")]
 FolderOpt = Annotated[list[str] | None, typer.Option(
     "--folder", help="Copy only this folder; 'NAME/*' for NAME and its subtree (repeatable).")]
-PresetOpt = Annotated[list[str] | None, typer.Option("--preset", help="Apply a preset: gmail, office365 (repeatable).")]
+PresetOpt = Annotated[list[str] | None, typer.Option(
+    "--preset", help="Which folders of a provider's account are copied, as the source: gmail, office365 (repeatable).")]
 DstPresetOpt = Annotated[list[str] | None, typer.Option(
-    "--dst-preset", help="What the destination refuses or changes, for the preflight and the run: office365 "
-                         "(repeatable).")]
+    "--dst-preset", help="What the destination provider refuses or changes, for the preflight, the run and verify: "
+                         "office365 (its size and line limits; \\Flagged set by STORE after APPEND; $MDNSent it adds "
+                         "is no difference; case-insensitive and reserved folder names; a new session before its "
+                         "10th error) (repeatable).")]
 SubscribeOpt = Annotated[str, typer.Option(
     "--subscribe", help="Subscribe destination folders: 'source' (as on the source), 'all' or 'none'.")]
 
@@ -162,8 +165,8 @@ class MappingOptions:
 
     @property
     def given(self) -> bool:
-        """Any folder-choosing option given (--map, --include, --exclude, --folder, --preset)."""
-        return bool(self.map_ or self.include or self.exclude or self.folder or self.preset)
+        """Any folder-choosing option given (--map, --include, --exclude, --folder, --preset, --dst-preset)."""
+        return bool(self.map_ or self.include or self.exclude or self.folder or self.preset or self.dst_preset)
 
     def planning(self):
         from migrator.planner import planning_options
@@ -174,11 +177,11 @@ class MappingOptions:
 
 _FOLDER_CHOICE_PARAMS = [
     ("map_", MapOpt, None), ("include", IncludeOpt, None), ("exclude", ExcludeOpt, None),
-    ("folder", FolderOpt, None), ("preset", PresetOpt, None),
+    ("folder", FolderOpt, None), ("preset", PresetOpt, None), ("dst_preset", DstPresetOpt, None),
 ]
 # migrate and plan: the folder choice and --subscribe; verify and batch: the folder choice only.
 with_mapping_options = _folded("mapping", MappingOptions, _FOLDER_CHOICE_PARAMS + [
-    ("subscribe", SubscribeOpt, "source"), ("dst_preset", DstPresetOpt, None)])
+    ("subscribe", SubscribeOpt, "source")])
 with_folder_choice = _folded("mapping", MappingOptions, _FOLDER_CHOICE_PARAMS)
 
 

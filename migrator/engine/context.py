@@ -57,6 +57,13 @@ class Context:
         """A real run with a journal: what it does is recorded (not a dry run, not without state)."""
         return self.journal is not None
 
+    def why_refused(self, said: str, body: bytes) -> str:
+        """A refusal's reason: the destination's words, and which of its known limits (a
+        --dst-preset's: size, line length) the message is over."""
+        rules = self.opts.destination
+        over = rules.exceeded(body) if rules is not None else []
+        return f"{said} ({'; '.join(over)})" if over else said
+
     def governor(self, side: str) -> Governor:
         """The throttle governor of the source's or the destination's host (governor.py)."""
         endpoint = self.plan.source if side == "source" else self.plan.destination

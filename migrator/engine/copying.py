@@ -79,12 +79,13 @@ class Copier:
                 items.append(AppendItem(msg.body, flags, m.internaldate, nul_free=msg.nul_free))
             del fetched
             if items:
-                self._append(run, dst, intents, items)
+                self._append(run, conn, intents, items)
 
-    def _append(self, run: FolderRun, dst: Store, intents: list[Intent], items: list[AppendItem],
+    def _append(self, run: FolderRun, conn: Connections, intents: list[Intent], items: list[AppendItem],
                 waits: int = 0) -> None:
         """waits: how often these messages were throttled already (the first APPEND: 0)."""
         fp = run.fp
+        dst = conn.dst_within_budget()  # a session near the server's error budget is replaced first
         intents, shapes = self._to_read_back(run, intents, items)
         self.ledger.intents(run, intents)
         crash("intent-written")
@@ -93,51 +94,55 @@ class Copier:
             with governor.turn(self.ctx.stop):  # every session to the host waits out a throttle
                 uids = dst.append(fp.destination, items)
         except Throttled as e:
-            self._throttled(run, dst, intents, items, shapes, e, waits)
+            self._throttled(run, conn, intents, items, shapes, e, waits)
             return
         except MessageRejected as e:
-            self._refused(run, dst, intents, items, shapes, e)
+            self._refused(run, conn, intents, items, shapes, e)
             return
         except TransientError as e:
             if is_throttle(str(e)):  # a BYE saying so: the folder is retried once the wait is over
                 governor.throttled(str(e))
             raise
         governor.succeeded()
-        self._appended(run, intents, items, uids, shapes)
+        self._appended(run, conn, intents, items, uids, shapes)
 
-    def _throttled(self, run: FolderRun, dst: Store, intents: list[Intent], items: list[AppendItem],
+    def _throttled(self, run: FolderRun, conn: Connections, intents: list[Intent], items: list[AppendItem],
                    shapes: dict[int, Shape], e: Throttled, waits: int) -> None:
         """The server asked us to back off: nothing of this APPEND is stored (but the messages of
         a batch sent one APPEND at a time before it: e.stored). Every session to the host waits,
         then the same messages are sent again: a throttle is not a refusal."""
-        done = len(e.stored or ())
-        if done:
-            self._appended(run, intents[:done], items[:done], list(e.stored or ()),
-                           {n: s for n, s in shapes.items() if n < done})
+        done = self._stored_before(run, conn, intents, items, shapes, e)
         if waits >= self.ctx.opts.max_throttle_waits or self.ctx.stop.is_set():
             raise TransientError(f"still throttled after {waits} waits: {e}")
         self.ctx.governor("destination").throttled(str(e))
-        self._append(run, dst, intents[done:], items[done:], waits + 1)
+        self._append(run, conn, intents[done:], items[done:], waits + 1)
 
-    def _refused(self, run: FolderRun, dst: Store, intents: list[Intent], items: list[AppendItem],
+    def _refused(self, run: FolderRun, conn: Connections, intents: list[Intent], items: list[AppendItem],
                  shapes: dict[int, Shape], e: MessageRejected) -> None:
         if e.stored is None and len(items) > 1:
             # A MULTIAPPEND is all or nothing (RFC 3502): find the bad one(s) one by one.
             for intent, item in zip(intents, items, strict=True):
-                self._append(run, dst, [intent], [item])
+                self._append(run, conn, [intent], [item])
             return
         # One APPEND a message (one message, or a server without MULTIAPPEND): those before
         # the refused one are stored, and are confirmed as such, never sent again.
+        done = self._stored_before(run, conn, intents, items, shapes, e)
+        self.ledger.rejected(run, intents[done], self.ctx.why_refused(str(e), items[done].body))
+        if done + 1 < len(items):
+            self._append(run, conn, intents[done + 1:], items[done + 1:])
+
+    def _stored_before(self, run: FolderRun, conn: Connections, intents: list[Intent], items: list[AppendItem],
+                       shapes: dict[int, Shape], e: MessageRejected | Throttled) -> int:
+        """The messages of a one-APPEND-at-a-time batch stored before the refused one (e.stored):
+        confirmed, never sent again. Returns how many."""
         done = len(e.stored or ())
         if done:
-            self._appended(run, intents[:done], items[:done], list(e.stored or ()),
+            self._appended(run, conn, intents[:done], items[:done], list(e.stored or ()),
                            {n: s for n, s in shapes.items() if n < done})
-        self.ledger.rejected(run, intents[done], str(e))
-        if done + 1 < len(items):
-            self._append(run, dst, intents[done + 1:], items[done + 1:])
+        return done
 
-    def _appended(self, run: FolderRun, intents: list[Intent], items: list[AppendItem], uids: list[int | None],
-                  shapes: dict[int, Shape]) -> None:
+    def _appended(self, run: FolderRun, conn: Connections, intents: list[Intent], items: list[AppendItem],
+                  uids: list[int | None], shapes: dict[int, Shape]) -> None:
         """What follows an APPEND the server answered OK: these messages are stored, with these UIDs."""
         crash("append-sent")  # stored on the server, not yet confirmed: settled by the next march
         with run.lock:
@@ -148,6 +153,21 @@ class Copier:
                    for i, item, uid in zip(intents, items, uids, strict=True)]
         self._confirm(run, intents, items, uids, shapes)
         self.ledger.count(run, copied=len(intents), copied_bytes=sum(i.size for i in intents))
+        self._store_lost_flags(run, conn, intents, uids)
+
+    def _store_lost_flags(self, run: FolderRun, conn: Connections, intents: list[Intent],
+                          uids: list[int | None]) -> None:
+        """Flags the destination loses from an APPEND (flagrules.py: Microsoft 365's \\Flagged),
+        set by STORE on the copies now; the folder's end checks them in its listing (ending.py).
+        A copy given no UID, or a crash before this, is left to the next run's flag sync."""
+        rules = self.ctx.opts.flag_rules
+        todo = [(uid, flags) for i, uid in zip(intents, uids, strict=True)
+                if uid is not None and (flags := rules.to_store(i.flags))]
+        if not todo or not conn.dst_selected_writable(run.fp.destination):
+            return
+        dst = conn.dst()
+        for uid, flags in todo:
+            dst.set_flags(uid, flags, ())
 
     def _confirm(self, run: FolderRun, intents: list[Intent], items: list[AppendItem], uids: list[int | None],
                  shapes: dict[int, Shape]) -> None:

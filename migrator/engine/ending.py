@@ -25,7 +25,7 @@ from migrator.engine.march import altered_reason, date_reason
 from migrator.engine.readback import Check, ReadBack
 from migrator.errors import ConnectionFailed, FolderError, TransientError
 from migrator.imapdate import same_date
-from migrator.naming import Folder
+from migrator.naming import Folder, display
 from migrator.stores import calls
 from migrator.stores.base import Checked, FolderStatus, MessageMeta
 
@@ -207,13 +207,20 @@ class FolderEnd:
 
     def _record_sizes(self, run: FolderRun, by_uid: dict, metas: list[MessageMeta]) -> set[int]:
         """A copy whose stored size differs from the source's was altered by the server: reported.
-        Returns their destination UIDs."""
+        Returns their destination UIDs. The same listing shows whether the flags set by STORE after
+        the APPEND (flagrules.py) were kept: one that was not is said, and the folder keeps no
+        watermark, so the next run's flag sync sets it again."""
         altered = set()
+        rules = self.ctx.opts.flag_rules
         for meta in metas:
             intent = by_uid[meta.uid]
             if meta.size != intent.size:
                 self.ledger.altered(run, intent, meta.uid, altered_reason(intent.size, meta.size))
                 altered.add(meta.uid)
+            if lost := rules.missing(intent.flags, meta.flags):
+                run.count(unkept_flags=1)
+                self.ctx.stats.warn(f"'{display(run.fp.source)}' UID {intent.src_uid}: the destination did not keep "
+                                    f"{' '.join(lost)} set after the APPEND; the next run sets it again")
         return altered
 
     # -- the watermark ---------------------------------------------------------------------------
@@ -230,7 +237,8 @@ class FolderEnd:
             return None
         # failed messages must be reported again by the next run's march; messages the plan's
         # filters left out must be marched again by a run without them (or with others)
-        if run.tally.failed or run.tally.filtered or run.unknown_uids or not run.dst_consistent:
+        if run.tally.failed or run.tally.filtered or run.tally.unkept_flags or run.unknown_uids \
+                or not run.dst_consistent:
             return None
         return journal, (s.uidvalidity, s.uidnext, s.messages, s.highestmodseq)
 

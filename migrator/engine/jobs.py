@@ -4,15 +4,18 @@ and a worker's connections (which keep track of what is selected on the destinat
 from __future__ import annotations
 
 import enum
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from migrator.engine.flagrules import FlagRules
 from migrator.engine.march import Pool
 from migrator.engine.pairs import open_pair
 from migrator.governor import Governors
 from migrator.naming import Folder, display
 from migrator.plan import FolderPlan
+from migrator.presets import DestinationRules
 from migrator.stores import calls
 from migrator.stores.base import FolderStatus, MessageMeta, Store
 from migrator.throttle import Throttle
@@ -54,6 +57,21 @@ class EngineOptions:
     # a throttle uses up no attempt, as often as that too.
     governors: Governors = field(default_factory=Governors)
     max_throttle_waits: int = 30
+    # What the destination is known to refuse or change (--dst-preset's [destination] table): the
+    # flags it loses from an APPEND or adds by itself (flag_rules), the error answers after which it
+    # closes a session (session_errors), its limits (named in the reason of a refusal).
+    destination: DestinationRules | None = None
+
+    @functools.cached_property
+    def flag_rules(self) -> FlagRules:
+        """engine/flagrules.py: flags set by STORE after APPEND; flags the server adds, no difference."""
+        return FlagRules.of_destination(self.destination)
+
+    @property
+    def session_errors(self) -> int:
+        """NO/BAD answers after which the destination closes a session (0: no such limit): a worker
+        replaces its destination session before the last one is spent (Connections)."""
+        return (self.destination.session_errors or 0) if self.destination else 0
 
     def key(self) -> str:
         """The options a watermark depends on: a folder left complete under others is marched again."""
@@ -74,6 +92,7 @@ class Tally:
     failed: int = 0  # messages reported failed or altered: the next run's march reports them again
     skipped_deleted: int = 0  # flagged \Deleted on the source, not copied
     filtered: int = 0  # left out by the plan's filters: a later run without them copies them
+    unkept_flags: int = 0  # copies whose flags set after APPEND the destination did not keep (ending.py)
 
     @property
     def settled(self) -> int:
@@ -224,8 +243,9 @@ class Connections:
     """A worker's own pair of connections, opened lazily, dropped on transient errors."""
 
     def __init__(self, connect_src: Callable[[], Store], connect_dst: Callable[[], Store],
-                 opened: tuple[Store, Store] | None = None):
+                 opened: tuple[Store, Store] | None = None, session_errors: int = 0):
         self._connect_src, self._connect_dst = connect_src, connect_dst
+        self._session_errors = session_errors  # EngineOptions.session_errors: 0, no such limit
         self._src: Store | None
         self._dst: Store | None
         self._src, self._dst = opened or (None, None)
@@ -246,6 +266,8 @@ class Connections:
         return self._dst
 
     def both(self) -> tuple[Store, Store]:
+        if self._dst is not None and self.deferred is None and self._dst_spent():
+            self._renew_dst()  # before a march: nothing is selected there yet
         if self._src is None and self._dst is None:
             self._src, self._dst = open_pair(self._connect_src, self._connect_dst)
         return self.src(), self.dst()
@@ -274,6 +296,29 @@ class Connections:
         if not isinstance(opened, Exception):
             self._dst_selected = (folder, readonly)
         return checked, opened
+
+    def _dst_spent(self) -> bool:
+        """Whether the destination session has one error answer left before the server closes it."""
+        return bool(self._session_errors) and self._dst is not None \
+            and self._dst.session_errors >= self._session_errors - 1
+
+    def _renew_dst(self) -> None:
+        """A new destination session in place of this one, the folder selected here selected again
+        the same way (its messages appended before are all in the new session's view)."""
+        selected = self._dst_selected
+        if self._dst is not None:
+            close_quietly(self._dst)
+        self._dst, self._dst_selected = None, None
+        if selected is not None:
+            self.select_dst(*selected)
+
+    def dst_within_budget(self) -> Store:
+        """The destination, replaced by a new session first if the server's error budget of this one
+        is spent but for one answer (Microsoft 365 closes a session after 10 errors: its BYE would
+        cost the folder a march): the next command may be refused too."""
+        if self._dst_spent():
+            self._renew_dst()
+        return self.dst()
 
     def fresh_dst(self) -> Store:
         """A new destination session, apart from this worker's, for the caller to close: what a

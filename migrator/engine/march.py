@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from migrator.checkpoint import ALTERED, DONE, FAILED, PENDING, UNVERIFIED, Resent, Row
+from migrator.engine.flagrules import NO_FLAG_RULES, FlagRules
 from migrator.filters import NO_FILTERS, Filters
 from migrator.imapdate import date_at_risk, date_key, same_date
 from migrator.stores.base import MessageMeta
@@ -73,10 +74,11 @@ def too_big_reason(size: int, limit: int) -> str:
 
 def decide(src_msgs: list[MessageMeta], dst_msgs: list[MessageMeta], rows: dict[int, Row], dst_uidvalidity: int,
            *, include_deleted: bool, sync_flags: bool, retry_failed: bool, filters: Filters = NO_FILTERS,
-           size_limit: int | None = None) -> Decision:
+           size_limit: int | None = None, flag_rules: FlagRules = NO_FLAG_RULES) -> Decision:
     """What to do with each source message. filters: the plan's, applied only to messages that
     would be copied (one copied earlier stays settled). size_limit: the largest message the
-    destination takes (APPENDLIMIT, a preset's ceiling): a larger one is reported, not sent."""
+    destination takes (APPENDLIMIT, a preset's ceiling): a larger one is reported, not sent.
+    flag_rules: flags the destination adds by itself are no difference (flagrules.py)."""
     d = Decision()
     dst_by_uid = {m.uid: m for m in dst_msgs}
     accounted: set[int] = set()
@@ -87,7 +89,7 @@ def decide(src_msgs: list[MessageMeta], dst_msgs: list[MessageMeta], rows: dict[
         row = rows.get(m.uid)
         if row is not None and row.dst_uidvalidity == dst_uidvalidity and row.status in (DONE, ALTERED, UNVERIFIED) \
                 and (row.dst_uid is None or row.dst_uid in dst_by_uid):
-            _settled(d, m, row, dst_by_uid, accounted, include_deleted, sync_flags)
+            _settled(d, m, row, dst_by_uid, accounted, include_deleted, flag_rules if sync_flags else None)
             continue
         if filters and (why := filters.reason(m)) is not None:
             d.filtered[why] += 1
@@ -107,16 +109,17 @@ def decide(src_msgs: list[MessageMeta], dst_msgs: list[MessageMeta], rows: dict[
 
 
 def _settled(d: Decision, m: MessageMeta, row: Row, dst_by_uid: dict[int, MessageMeta], accounted: set[int],
-             include_deleted: bool, sync_flags: bool) -> None:
+             include_deleted: bool, sync_flags: FlagRules | None) -> None:
     """A source message the checkpoint says was copied, its copy still there: flags brought in
     step, a copy stored altered (other size, other date) reported, one not yet compared read back,
-    one of a date at risk listed again at the folder's end."""
+    one of a date at risk listed again at the folder's end. sync_flags: the rules flags are
+    compared by, None when they are not brought in step."""
     if row.dst_uid is None:
         d.claims.append(row)
     elif row.dst_uid not in accounted:
         accounted.add(row.dst_uid)
         have = dst_by_uid[row.dst_uid]
-        if sync_flags and set(copy_flags(m, include_deleted)) != set(have.flags):
+        if sync_flags is not None and sync_flags.differ(copy_flags(m, include_deleted), have.flags):
             d.flag_updates.append((m, have))
     d.already += 1
     if row.status == ALTERED:

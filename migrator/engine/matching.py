@@ -229,9 +229,9 @@ class Matcher:
             for m in adopting[start:start + opts.batch_count]:
                 found, digest = pairs[m.uid]
                 flags = copy_flags(m, opts.include_deleted)
-                if opts.sync_flags and set(found.flags) != set(flags):
-                    dst.set_flags(found.uid, sorted(set(flags) - set(found.flags)),
-                                  sorted(set(found.flags) - set(flags)))
+                add, remove = opts.flag_rules.changes(flags, found.flags)
+                if opts.sync_flags and (add or remove):
+                    dst.set_flags(found.uid, add, remove)
                     self.ctx.stats.add(fp.source, flags_updated=1)
                 # Its size as the destination lists it: the next march compares the two.
                 intent = Intent(m.uid, found.size, digest, flags, m.internaldate)

@@ -202,7 +202,8 @@ class Scheduler:
 
     def _worker(self, log_in_now: bool = False) -> None:
         ctx = self.ctx
-        conn = Connections(self.connect_src, self.connect_dst, None if log_in_now else self._take_spare())
+        conn = Connections(self.connect_src, self.connect_dst, None if log_in_now else self._take_spare(),
+                           ctx.opts.session_errors)
         if log_in_now:
             try:
                 conn.both()

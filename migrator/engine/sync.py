@@ -200,10 +200,11 @@ class FolderSync:
         rows = ctx.ckpt.rows(fp.source, run.src_uidvalidity, fp.destination) if ctx.ckpt else {}
         if listed and (journal := ctx.journal) is not None:
             rows, dst_msgs = self.matcher.take_late_twins(run, dst, journal, rows, dst_msgs)
-        limits = [n for n in (dst.capabilities.max_append_size, opts.max_message_size) if n]
+        ceiling = opts.destination.max_message_ceiling if opts.destination else None  # a --dst-preset's
+        limits = [n for n in (dst.capabilities.max_append_size, opts.max_message_size, ceiling) if n]
         return decide(src_msgs, dst_msgs, rows, run.dst_uidvalidity, include_deleted=opts.include_deleted,
                       sync_flags=opts.sync_flags, retry_failed=opts.retry_failed, filters=ctx.plan.filters,
-                      size_limit=min(limits) if limits else None)
+                      size_limit=min(limits) if limits else None, flag_rules=opts.flag_rules)
 
     def _reconcile(self, run: FolderRun, src: Store, dst: Store, dec: Decision,
                    src_msgs: list[MessageMeta]) -> dict | None:
@@ -327,8 +328,7 @@ class FolderSync:
         done = []
         for src_meta, dst_meta in updates:
             want = set(copy_flags(src_meta, ctx.opts.include_deleted))
-            have = set(dst_meta.flags)
-            dst.set_flags(dst_meta.uid, sorted(want - have), sorted(have - want))
+            dst.set_flags(dst_meta.uid, *ctx.opts.flag_rules.changes(want, dst_meta.flags))
             crash("flags-set")
             done.append((src_meta.uid, tuple(sorted(want))))
         if ctx.ckpt:

@@ -19,6 +19,7 @@ from typing import cast
 from migrator.digest import fingerprint
 from migrator.engine.batching import batches
 from migrator.engine.content import CUT_SHORT, served_cut_short
+from migrator.engine.flagrules import NO_FLAG_RULES, FlagRules
 from migrator.engine.pairs import both_sides, open_pair
 from migrator.errors import FolderError
 from migrator.imapdate import date_instant
@@ -88,8 +89,9 @@ def _side(store: Store, folder: Folder, include_deleted: bool, batch_bytes: int,
 
 def verify(plan: Plan, connect_src: Callable[[], Store], connect_dst: Callable[[], Store],
            include_deleted: bool = False, workers: int = 1, batch_bytes: int = 8 << 20,
-           batch_count: int = 400) -> list[FolderDiff]:
+           batch_count: int = 400, flag_rules: FlagRules = NO_FLAG_RULES) -> list[FolderDiff]:
     """One comparison per destination folder; folders merged into one are compared as their union.
+    flag_rules: flags the destination adds by itself (a --dst-preset's) are no difference.
 
     `workers` connection pairs compare folders at the same time, and each reads its source and
     destination folder at the same time (a verify of a WAN migration took three times as long
@@ -126,7 +128,7 @@ def verify(plan: Plan, connect_src: Callable[[], Store], connect_dst: Callable[[
                     except queue.Empty:
                         return
                     _verify_folder(out[i], sources, destination if destination in dst_names else None, src, dst,
-                                   dst_side, include_deleted, batch_bytes, batch_count)
+                                   dst_side, include_deleted, (batch_bytes, batch_count), flag_rules)
             except BaseException as e:  # ends every worker: the verify fails with it
                 errors.append(e)
             finally:
@@ -146,8 +148,11 @@ def verify(plan: Plan, connect_src: Callable[[], Store], connect_dst: Callable[[
 
 
 def _verify_folder(diff: FolderDiff, sources: list[Folder], destination: Folder | None, src: Store, dst: Store,
-                   dst_side: ThreadPoolExecutor, include_deleted: bool, batch_bytes: int, batch_count: int) -> None:
-    """Both sides read at the same time; destination None: it does not exist (everything is missing)."""
+                   dst_side: ThreadPoolExecutor, include_deleted: bool, batching: tuple[int, int],
+                   flag_rules: FlagRules) -> None:
+    """Both sides read at the same time; destination None: it does not exist (everything is missing).
+    batching: (bytes, messages) per FETCH."""
+    batch_bytes, batch_count = batching
     def read_source() -> Side:
         s = Side()
         for source in sources:
@@ -171,7 +176,7 @@ def _verify_folder(diff: FolderDiff, sources: list[Folder], destination: Folder 
         diff.damaged = ([{"side": "source", "uid": uid, "reason": why} for uid, why in s.damaged]
                         + [{"side": "destination", "uid": uid, "reason": why} for uid, why in d.damaged]
                         + [{"side": "source", "uid": uid, "reason": CUT_SHORT} for uid in s.cut])
-        _compare(diff, s.by_hash, d.by_hash)
+        _compare(diff, s.by_hash, d.by_hash, flag_rules)
         diff.kept = [{"uid": k.uid, "since": k.since} for k in d.kept]
         diff.source_count += len(s.damaged)
         diff.destination_count += len(d.damaged)
@@ -185,7 +190,8 @@ def _or_folder_error(read: Callable[[], Side]) -> Side | FolderError:
         return e
 
 
-def _compare(diff: FolderDiff, s: dict[str, list[Entry]], d: dict[str, list[Entry]]) -> None:
+def _compare(diff: FolderDiff, s: dict[str, list[Entry]], d: dict[str, list[Entry]],
+             flag_rules: FlagRules = NO_FLAG_RULES) -> None:
     diff.source_count = sum(len(v) for v in s.values())
     diff.destination_count = sum(len(v) for v in d.values())
     for digest in sorted(set(s) | set(d)):
@@ -195,7 +201,7 @@ def _compare(diff: FolderDiff, s: dict[str, list[Entry]], d: dict[str, list[Entr
         unmatched_right = list(right)
         unmatched_left = []
         for e in left:
-            twin = next((r for r in unmatched_right if r.flags == e.flags and
+            twin = next((r for r in unmatched_right if not flag_rules.differ(e.flags, r.flags) and
                          (not e.date or date_instant(r.date) == date_instant(e.date))), None)
             if twin is not None:
                 unmatched_right.remove(twin)
@@ -207,7 +213,7 @@ def _compare(diff: FolderDiff, s: dict[str, list[Entry]], d: dict[str, list[Entr
             r = unmatched_right.pop(0)
             unmatched_left.remove(e)
             item = {"sha256": digest, "source_uid": e.uid, "destination_uid": r.uid}
-            if e.flags != r.flags:
+            if flag_rules.differ(e.flags, r.flags):
                 diff.flags_differ.append({**item, "source_flags": list(e.flags), "destination_flags": list(r.flags)})
             if e.date and date_instant(e.date) != date_instant(r.date):  # '' = the source has no date (POP3)
                 diff.date_differs.append({**item, "source_date": e.date, "destination_date": r.date})

@@ -8,7 +8,10 @@ the destination (`--dst-preset`; the plan's preflight, migrator/preflight.py):
 `max_message_size` (its default limit), `max_message_ceiling` (the most it can
 be raised to: larger messages are reported, not sent), `max_line_length`,
 `case_insensitive` (folder names), `reserved_names`, `forbidden_characters`;
-sizes as the --max-size option writes them (K/M/G, 1024-based).
+sizes as the --max-size option writes them (K/M/G, 1024-based). What the run itself does about
+the server (engine/flagrules.py, engine/jobs.py): `flags_set_after_append` (flags an APPEND loses:
+set by STORE after it), `flags_added` (flags the server adds by itself: not a difference),
+`session_errors` (the server closes a session after that many NO/BAD answers).
 Adding a preset means adding a file, not code.
 """
 
@@ -58,6 +61,9 @@ class DestinationRules:
     case_insensitive: bool = False
     reserved_names: tuple[str, ...] = ()
     forbidden_characters: str = ""
+    flags_set_after_append: tuple[str, ...] = ()
+    flags_added: tuple[str, ...] = ()
+    session_errors: int | None = None
 
     @property
     def name(self) -> str:
@@ -73,7 +79,26 @@ class DestinationRules:
             least(self.max_message_ceiling, other.max_message_ceiling),
             least(self.max_line_length, other.max_line_length), self.case_insensitive or other.case_insensitive,
             self.reserved_names + other.reserved_names,
-            "".join(dict.fromkeys(self.forbidden_characters + other.forbidden_characters)))
+            "".join(dict.fromkeys(self.forbidden_characters + other.forbidden_characters)),
+            self.flags_set_after_append + other.flags_set_after_append, self.flags_added + other.flags_added,
+            least(self.session_errors, other.session_errors))
+
+
+    def exceeded(self, body: bytes) -> list[str]:
+        """Which of these limits a message is over, said for a person (a refusal's reason)."""
+        from migrator.filters import size_text
+
+        out = []
+        if self.max_message_size and len(body) > self.max_message_size:
+            out.append(f"over {self.name}'s default message size limit of {size_text(self.max_message_size)}")
+        if self.max_line_length and len(body) > self.max_line_length and longest_line(body) > self.max_line_length:
+            out.append(f"a line over {self.name}'s limit of {self.max_line_length} characters")
+        return out
+
+
+def longest_line(body: bytes) -> int:
+    """The longest line's length in characters, CRLF not counted (octets: what a server limits)."""
+    return max((len(line.rstrip(b"\r")) for line in body.split(b"\n")), default=0)
 
 
 @dataclass(frozen=True)
@@ -122,7 +147,9 @@ def _destination(name: str, table: dict | None) -> DestinationRules | None:
              for k in ("max_message_size", "max_message_ceiling")}
     return DestinationRules((name,), sizes["max_message_size"], sizes["max_message_ceiling"],
                             table.get("max_line_length"), bool(table.get("case_insensitive")),
-                            tuple(table.get("reserved_names", ())), table.get("forbidden_characters", ""))
+                            tuple(table.get("reserved_names", ())), table.get("forbidden_characters", ""),
+                            tuple(table.get("flags_set_after_append", ())), tuple(table.get("flags_added", ())),
+                            table.get("session_errors"))
 
 
 def destination_rules(names) -> DestinationRules | None:

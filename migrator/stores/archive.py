@@ -65,6 +65,7 @@ class ArchiveStore:
     """One 'connection' to an archive. Several may be open in one process (one per worker)."""
 
     separator = None  # any component can be stored: no separator substitutes needed
+    session_errors = 0  # no NO/BAD answers to count (base.Store.session_errors)
     prefix = ""
 
     def __init__(self, path: str, create: bool = True, readonly: bool = False, as_of: str | None = None,

@@ -178,6 +178,13 @@ class Store(Protocol):
         store may declare it as a class constant (the archive's and POP3's None)."""
         ...
 
+    @property
+    def session_errors(self) -> int:
+        """How many commands of this session the server answered NO or BAD so far: a server that
+        closes a session after N of them (Microsoft 365: 10) gets a new session before (the engine's
+        Connections). A store without such answers says 0 (a class constant will do)."""
+        ...
+
     def list_folders(self) -> list[FolderInfo]: ...
 
     def create_folder(self, name: Folder, special_use: str | None = None) -> None:

@@ -55,8 +55,6 @@ from migrator.throttle import is_throttle
 # ConnectOptions, Credentials, make_ssl_context: stores.connection's, named here for cli/options.py.
 __all__ = ["ConnectOptions", "Credentials", "ImapStore", "make_ssl_context"]
 
-log = logging.getLogger("migrator.imap")
-
 META_FETCH_CHUNK = 5000  # UIDs per metadata FETCH: bounds the size of one response
 # What a lost connection raises from imaplib, imapclient and the socket.
 _LOST = (imaplib.IMAP4.abort, imapexc.IMAPClientAbortError, OSError, EOFError)
@@ -493,6 +491,7 @@ class ImapStore:
         return True
 
     limits = destination_limits  # Store.limits: CAPABILITY, STATUS, EXAMINE, GETQUOTAROOT (imap_limits.py)
+    session_errors = property(lambda self: self.wire.refusals)  # Store.session_errors: NO/BAD, counted by Wire
 
     def close(self) -> None:
         """LOGOUT, and close without waiting for the server's BYE (Wire.logout_now)."""

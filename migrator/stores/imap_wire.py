@@ -7,7 +7,8 @@ CAPABILITY round trip after the greeting. Those reach into the libraries' privat
 module is the only one that does (rule: no private imaplib or imapclient access outside
 imap_wire), and each such use says why in a comment. The methods replaced on the live imaplib
 object are all here too:
-- _get_response: the lean FETCH reader (install_lean_reader), when not tracing;
+- _get_response: the lean FETCH reader (install_lean_reader), when not tracing; and wrapped by
+  count_refusals, which counts the session's tagged NO/BAD answers (Wire.refusals);
 - send and file: COMPRESS=DEFLATE streams (Wire.compress; the streams are in deflate.py);
 - send, for one batch: the writes of pipelined commands gathered into one (Wire._sent_together);
 - read: big literals read into one buffer (Wire.read_literals_in_place).
@@ -131,6 +132,7 @@ class Wire:
     def __init__(self, client: imapclient.IMAPClient):
         self.client = client
         self._imap = client._imap  # imapclient's imaplib connection: what this layer drives
+        self.refusals = 0  # tagged NO/BAD answers since trace() (count_refusals)
 
     @classmethod
     def open(cls, host: str, port: int, implicit_tls: bool, ctx, timeout: float) -> Wire:
@@ -190,6 +192,23 @@ class Wire:
         self._imap.debug = 4 if on else 0  # imapclient exposes no setting for imaplib's level
         if not on:
             install_lean_reader(self._imap)
+        self._count_refusals()
+
+    def _count_refusals(self) -> None:
+        """Count the session's tagged NO/BAD answers, whichever command got them (pipelined ones
+        too): a server may close a session after N of them (Microsoft 365: 10). Every answer line
+        goes through imaplib's _get_response, the lean reader's or its own: wrapped here."""
+        imap, wire = self._imap, self
+        read = imap._get_response  # imaplib's reader (or the lean one on the instance)
+        tagpre = imap.tagpre  # imaplib's tag prefix: our commands' tags start with it
+
+        def get_response():
+            resp = read()
+            if resp and resp.startswith(tagpre) and _REFUSAL.match(resp):
+                wire.refusals += 1
+            return resp
+
+        imap._get_response = get_response
 
     # -- commands ----------------------------------------------------------------------------------
 
@@ -397,6 +416,7 @@ def _read_literal(plain_read, file, size: int):
 # -- the lean FETCH reader -----------------------------------------------------------------------
 
 _FETCH = re.compile(rb"\* (\d+) FETCH (.*)", re.DOTALL)
+_REFUSAL = re.compile(rb"\S+ (NO|BAD)(?: |$)", re.I)
 
 
 def install_lean_reader(imap) -> None:

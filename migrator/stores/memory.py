@@ -12,7 +12,12 @@ given, HIGHESTMODSEQ when `condstore`. Options: `uidplus` (APPENDUID: append() r
 ImapStore sends them), `keywords` (False: refused as GNU imap4d refuses them, with the exception
 ImapStore raises for that answer), `separator`, `late_commits`; what limits() tells (the preflight):
 `append_limit` (APPENDLIMIT: a larger APPEND is refused with [TOOBIG]), `permanent_flags`, `quota`
-((bytes used, bytes allowed), told only: not enforced).
+((bytes used, bytes allowed), told only: not enforced). Each connection counts the calls the
+server refused (`session_errors`: what an IMAP server answers NO/BAD); `error_budget=N` closes a
+connection at its Nth, as Microsoft 365 closes a session after 10 errors (`closed_on_errors`
+counts them). Flags as Microsoft 365 keeps them: `append_drops` (flags an APPEND loses: its
+`\\Flagged`; a STORE sets them), `append_adds` (body -> flags the server adds to a message it
+stores: its `$MDNSent`).
 
 Faults a test injects on the server (each applies to every connection; `match` is a predicate on a
 message's bytes, None: any; `times`: how many times it applies, None: always):
@@ -118,8 +123,11 @@ class MemoryServer:
                  keywords: bool = True, separator: str | None = "/", late_commits: bool = False,
                  first_uidvalidity: int = 1000, now: str = "01-Jan-2020 00:00:00 +0000",
                  append_limit: int | None = None, permanent_flags: tuple[str, ...] | None = None,
-                 quota: tuple[int, int] | None = None):
+                 quota: tuple[int, int] | None = None, error_budget: int = 0, append_drops: Iterable[str] = (),
+                 append_adds: Callable[[bytes], Iterable[str]] | None = None):
         self.uidplus, self.multiappend, self.condstore = uidplus, multiappend, condstore
+        self.error_budget, self.closed_on_errors = error_budget, 0
+        self.append_drops, self.append_adds = _canonical(append_drops), append_adds
         self.append_limit, self.permanent_flags, self.quota = append_limit, permanent_flags, quota
         self.keywords, self.separator, self.late_commits = keywords, separator, late_commits
         self.now = now  # the INTERNALDATE of an APPEND that gives none
@@ -265,7 +273,11 @@ def _call(fn):
             raise TransientError(f"connection to {HOST} lost before {fn.__name__}: it was lost earlier")
         drop = self.server._drop_at(fn.__name__)
         if drop is None:
-            return fn(self, *args, **kwargs)
+            try:
+                return fn(self, *args, **kwargs)
+            except (MessageRejected, FolderError, Throttled):  # answered NO/BAD
+                self._refused()
+                raise
         if drop.commit:
             fn(self, *args, **kwargs)
         self._lost = True
@@ -288,6 +300,16 @@ class MemoryStore:
         self._selected: tuple[Folder, _Box, bool] | None = None  # name, the folder then, read-only
         self._given: dict[tuple[int, int], str] = {}  # (UIDVALIDITY, UID) -> date given (redate)
         self._lost = False
+        self.session_errors = 0  # calls refused (NO/BAD) on this connection
+
+    def _refused(self) -> None:
+        """One more refusal on this connection; at the server's error_budget it is closed (a BYE)."""
+        self.session_errors += 1
+        s = self.server
+        if s.error_budget and self.session_errors >= s.error_budget and not self._lost:
+            self._lost = True
+            with s.lock:
+                s.closed_on_errors += 1
 
     # -- folders ---------------------------------------------------------------------------
 
@@ -414,8 +436,10 @@ class MemoryStore:
             datetime.strptime(date, DATE_FORMAT)
         except ValueError:
             raise MessageRejected(f"APPEND Invalid date-time {date!r}") from None
-        body = self.server.rewriter(item.body) if self.server.rewriter else item.body
-        return body, _canonical(item.flags), self.server.redater(date) if self.server.redater else date
+        s = self.server
+        body = s.rewriter(item.body) if s.rewriter else item.body
+        flags = (_canonical(item.flags) - s.append_drops) | _canonical(s.append_adds(body) if s.append_adds else ())
+        return body, flags, s.redater(date) if s.redater else date
 
     def _refused_flag(self, flags: Iterable[str]) -> str | None:
         """Why a server refuses these flags (BAD), or None: \\Recent (no client sets it), an

@@ -122,6 +122,7 @@ def _headers(body: bytes) -> bytes:
 
 class Pop3Store:
     separator = None
+    session_errors = 0  # no NO/BAD answers to count (base.Store.session_errors)
     prefix = ""
     # exact_sizes=False: LIST sizes are not the sizes of the bytes RETR serves (module doc);
     # sessions=1: many POP3 servers lock the maildrop.

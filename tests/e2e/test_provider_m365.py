@@ -55,3 +55,61 @@ def test_four_workers_wait_out_every_throttle_and_lose_nothing(new_account, tmp_
     assert len(waits) >= 3 and all(w["side"] == "destination" and w["seconds"] > 0 for w in waits)
     said = [line for line in res.err.splitlines() if line.startswith("destination throttled: waiting")]
     assert said and "as the server asked" in said[0], res.err
+
+
+def test_twelve_messages_over_the_size_limit_are_reported_and_no_session_reaches_its_tenth_error(new_account,
+                                                                                                 tmp_path):
+    """12 of 30 messages over the stand-in's size limit, one APPEND each (no MULTIAPPEND), 2 workers:
+    exactly those 12 are reported, each sent once; the rest arrive identical, once; and no session
+    is pushed to the 10th error, at which Microsoft 365 closes it (--dst-preset office365)."""
+    src, dst = new_account(), new_account()
+    big = {i for i in range(30) if i % 5 < 2}  # 12, spread over the folder
+    msgs = [simple_message(i, body="x" * (3000 if i in big else 100)) for i in range(30)]
+    rig.seed(src, ["INBOX"], [(m, (), dt(i)) for i, m in enumerate(msgs)])
+    report = tmp_path / "report.json"
+    with M365StandIn(dst.port, max_size=2000, error_budget=10, no_multiappend=True) as m365:
+        via = dataclasses.replace(dst, port=m365.port)
+        res = migrator("migrate", src.url, via.url, "--dst-preset", "office365", "--state", str(tmp_path / "state"),
+                       "--report", str(report), "--workers", "2", "--quiet", src=src, dst=via)
+        too_big, closed, most = list(m365.too_big), m365.closed, m365.errors
+    assert res.code == 1, res.text
+    failures = json.loads(report.read_text())["failures"]
+    assert sorted(f["uid"] for f in failures) == sorted(i + 1 for i in big)
+    assert all("TOOBIG" in f["reason"] for f in failures), failures
+    assert len(too_big) == 12  # each refused message sent once
+    assert closed == 0 and most < 10, (closed, most)
+    assert held(dst) == held(src) - Counter(rig.body_sha(msgs[i]) for i in big)
+
+
+def test_flagged_is_set_after_the_append_and_mdnsent_is_no_difference(new_account, tmp_path):
+    """The stand-in drops \\Flagged from APPEND and adds $MDNSent to messages asking for a read
+    receipt: with --dst-preset office365 flagged messages end flagged, and neither verify nor the
+    flag sync of a rerun takes $MDNSent for a difference."""
+    src, dst = new_account(), new_account()
+    receipt = "Disposition-Notification-To: <s@example.com>\r\n"
+    rig.seed(src, ["INBOX"], [(simple_message(i, extra_headers=receipt if i % 3 == 0 else ""),
+                               ("\\Flagged",) if i % 2 else ("\\Seen",), dt(i)) for i in range(8)])
+    state = str(tmp_path / "state")
+    with M365StandIn(dst.port, drop_flagged=True, add_mdnsent=True, no_multiappend=True) as m365:
+        via = dataclasses.replace(dst, port=m365.port)
+        res = migrator("migrate", src.url, via.url, "--dst-preset", "office365", "--state", state, "--quiet",
+                       src=src, dst=via)
+        assert res.code == 0, res.text
+        got = {sha: flags for sha, flags, _d in rig.snapshot(dst)[("INBOX",)]}
+        for sha, flags, _d in rig.snapshot(src)[("INBOX",)]:
+            assert "\\Flagged" not in flags or "\\Flagged" in got[sha], (flags, got[sha])
+        assert sum("$MDNSent" in f for f in got.values()) == 3  # added by the stand-in, kept
+
+        res = migrator("verify", src.url, via.url, "--dst-preset", "office365", src=src, dst=via)
+        assert res.code == 0, res.text
+        res = migrator("verify", src.url, via.url, src=src, dst=via)  # without the preset: a difference
+        assert res.code == 1 and "$MDNSent" in res.out, res.text
+
+        rig.seed(src, ["INBOX"], [(simple_message(9), (), dt(9))])  # something new: the rerun marches INBOX
+        report = tmp_path / "rerun.json"
+        res = migrator("migrate", src.url, via.url, "--dst-preset", "office365", "--state", state, "--quiet",
+                       "--report", str(report), src=src, dst=via)
+        assert res.code == 0, res.text
+    rerun = json.loads(report.read_text())
+    assert rerun["totals"]["copied"] == 1 and rerun["totals"]["flags_updated"] == 0, rerun["totals"]
+    assert sum("$MDNSent" in f for _s, f, _d in rig.snapshot(dst)[("INBOX",)]) == 3
