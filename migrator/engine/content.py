@@ -53,7 +53,7 @@ def served_cut_short(body: bytes) -> bool:
     """A multipart message of hundreds of parts that ends with the delimiter opening one, its
     close delimiter nowhere: what a server that stops serving a message at a part serves
     (Courier). The listing's size agrees with the cut bytes: nothing else shows it."""
-    last = body.rstrip(b"\r\n").rsplit(b"\n", 1)[-1].rstrip(b"\r")
+    last = body[-300:].rstrip(b"\r\n").rsplit(b"\n", 1)[-1].rstrip(b"\r")  # a delimiter is at most 72 octets
     if not last.startswith(b"--") or last.endswith(b"--") or body.count(last) < CUT_AFTER_PARTS:
         return False
     m = _BOUNDARY.search(_header(body))
