@@ -101,6 +101,17 @@ CREATE TABLE IF NOT EXISTS resent (
     sent REAL NOT NULL,
     PRIMARY KEY (dst_folder, dst_uidvalidity, dst_uid)
 );
+-- Where a message that has an identity on its source (Gmail's X-GM-MSGID: one message under many
+-- labels) was stored: a later folder that shows it too copies that copy within the destination
+-- (COPY) instead of downloading it again (engine/within.py). Added by IF NOT EXISTS to older files.
+CREATE TABLE IF NOT EXISTS identities (
+    identity TEXT NOT NULL,
+    dst_folder TEXT NOT NULL,
+    dst_uidvalidity INTEGER NOT NULL,
+    dst_uid INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (identity, dst_folder)
+);
 """
 
 
@@ -166,6 +177,15 @@ class Intent:
     sha256: str
     flags: tuple[str, ...]
     date: str = ""  # the INTERNALDATE the copy is to have: the source's, as sent ('' if not known)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A copy of a message with an identity (table identities)."""
+    folder: Folder
+    uidvalidity: int
+    uid: int
+    size: int
 
 
 class Checkpoint:
@@ -330,6 +350,21 @@ class Checkpoint:
                 (folder_key(dst), dst_uidvalidity, *keys),
             ).fetchall()
         return {uid for uid, status in rows if uid is not None and status in (DONE, ALTERED, UNVERIFIED)}
+
+    def stored_copies(self, identities: Iterable[str]) -> dict[str, list[Stored]]:
+        """Where messages with these identities were stored (identity -> its copies)."""
+        out: dict[str, list[Stored]] = {}
+        with self._mutex:
+            for ident in identities:
+                for folder, uidvalidity, uid, size in self._db.execute(
+                        "SELECT dst_folder, dst_uidvalidity, dst_uid, size FROM identities WHERE identity=?", (ident,)):
+                    out.setdefault(ident, []).append(Stored(folder_from_key(folder), uidvalidity, uid, size))
+        return out
+
+    def record_identities(self, dst: Folder, dst_uidvalidity: int, stored: Iterable[tuple[str, int, int]]) -> None:
+        """(identity, destination UID, size) of copies just confirmed in dst."""
+        self._write("INSERT OR REPLACE INTO identities VALUES (?,?,?,?,?)",
+                    [(ident, folder_key(dst), dst_uidvalidity, uid, size) for ident, uid, size in stored])
 
     def failed(self) -> list[tuple[Folder, int, str]]:
         with self._mutex:

@@ -32,6 +32,9 @@ class FolderPlan:
     uidvalidity: int | None = None
     subscribed: bool = False
     merge: bool = False
+    # Copy only the messages no other copied folder shows (Gmail's All Mail -> Archive: the
+    # archived mail, which has no label). Needs a source that tells (MessageMeta.also_in).
+    leftover: bool = False
     note: str | None = None  # why the rule decided so; written as a comment
     line: int | None = None  # line of its [[folder]] in the plan file, for error messages
 

@@ -32,6 +32,7 @@ FILTER_KEYS = {"since": str, "before": str, "min_size": str, "max_size": str}
 FOLDER_KEYS = {
     "source": str, "destination": str, "action": str, "rule": str, "special_use": str, "messages": int,
     "bytes": int, "uidvalidity": int, "subscribed": bool, "merge": bool,
+    "leftover": bool,
 }
 
 HEADER = """\
@@ -48,6 +49,10 @@ HEADER = """\
 # - action = "copy" or "skip". Skipped folders stay listed so you can turn them on.
 # - Two folders with the same destination are an error unless each says
 #   merge = true (then both are copied into that one folder).
+# - leftover = true copies only the messages no other copied folder shows: a Gmail
+#   source's All Mail, whose label folders are the other [[folder]]s (one per label:
+#   edit their destinations like any folder), goes to Archive with just the mail
+#   that has no label. A message under several labels is downloaded once.
 # - subscribed = true subscribes the destination folder.
 # - rule, special_use, messages, bytes and uidvalidity record what the planner
 #   saw; `run` reports a source folder that vanished or whose UIDVALIDITY
@@ -133,6 +138,8 @@ def render_plan(plan: Plan, path: str) -> str:
         lines.append(f"subscribed = {_value(fp.subscribed)}")
         if fp.merge:
             lines.append("merge = true")
+        if fp.leftover:
+            lines.append("leftover = true")
         lines.append("")
     lines += _preflight_tables(plan)
     return "\n".join(lines)
@@ -350,7 +357,7 @@ def _folder(path: str, lines: _Lines, i: int, entry: dict, seen: dict) -> Folder
         source=source, destination=destination, action=action, rule=vals["rule"] or "edited",
         special_use=vals["special_use"], messages=vals["messages"], size=vals["bytes"],
         uidvalidity=vals["uidvalidity"], subscribed=bool(vals["subscribed"]), merge=bool(vals["merge"]),
-        line=line,
+        leftover=bool(vals["leftover"]), line=line,
     )
 
 

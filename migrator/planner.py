@@ -5,8 +5,11 @@ in the plan with action = "skip", so a person can turn them back on):
   1. exclude      --exclude GLOB matches the folder;
   2. not-selected --include GLOB / --folder NAME were given and none matches
                   (NAME/* selects NAME and everything below it);
-  3. preset:NAME  a preset skips it (e.g. Gmail's All Mail), unless the user
-                  asked for the folder by --include, --folder or --map.
+  3. preset:NAME  a preset skips it (e.g. Gmail's Starred), unless the user
+                  asked for the folder by --include, --folder or --map. A preset's
+                  leftover rule (Gmail: All Mail, when the source offers X-GM-EXT-1)
+                  copies instead only the messages no other copied folder shows,
+                  to the destination's \\Archive folder or "Archive" (leftover = true).
 Where each folder goes (the first that applies decides):
   1. rename          --map 'Old=New/Name'; a map also moves Old's subfolders;
   2. special-use     the source marks it \\Sent, \\Drafts ... (RFC 6154) and the
@@ -29,6 +32,7 @@ child on the destination creates its parents.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from dataclasses import dataclass, field
 
@@ -107,6 +111,7 @@ class FolderChoice:
     special_use: str | None
     subscribed: bool
     note: str | None = None
+    leftover: bool = False  # only the messages no other copied folder shows (plan.FolderPlan.leftover)
 
 
 def localized_use(folder: Folder) -> str | None:
@@ -165,8 +170,9 @@ def _selected_by_folder(folder: Folder, names: list[str]) -> bool:
 
 
 def map_folders(src_folders: list[FolderInfo], dst_folders: list[FolderInfo], dst_separator: str | None,
-                opts: PlanningOptions) -> tuple[list[FolderChoice], list[str]]:
-    """The rules of the module docstring, on names only: no server is touched."""
+                opts: PlanningOptions, identities: bool = False) -> tuple[list[FolderChoice], list[str]]:
+    """The rules of the module docstring, on names only: no server is touched. identities: the
+    source says which folders show each message (Gmail), so a preset's leftover rule can apply."""
     presets: list[Preset] = [load_preset(p) for p in opts.presets]
     # A preset's warnings say what its [destination] table handles: not repeated when it is given as such.
     warnings = [w for p in presets if p.name not in opts.dst_presets for w in p.warnings]
@@ -212,11 +218,25 @@ def map_folders(src_folders: list[FolderInfo], dst_folders: list[FolderInfo], ds
             dest = fixed
         # -- whether it is copied
         action, skipped = COPY, _skipped(info, opts, presets)
-        if skipped is not None:
+        left = _leftover(info, presets, dst_special) if identities and mapped is None else None
+        if left is not None:
+            dest, rule, note = left
+        elif skipped is not None:
             action, (rule, note) = SKIP, skipped
         subscribed = {"source": info.subscribed, "all": True, "none": False}[opts.subscribe]
-        choices.append(FolderChoice(info, dest, action, rule, use, subscribed, note))
+        choices.append(FolderChoice(info, dest, action, rule, use, subscribed, note, left is not None))
     return choices, warnings
+
+
+def _leftover(info: FolderInfo, presets: list[Preset],
+              dst_special: dict[str, Folder]) -> tuple[Folder, str, str] | None:
+    """A preset's leftover rule (Gmail: All Mail -> the destination's \\Archive folder, or
+    Archive): (destination, rule, note), or None."""
+    for p in presets:
+        for r in p.leftovers:
+            if r.special_use.lower() == (info.special_use or "").lower():
+                return dst_special.get(r.to_special_use, r.destination), f"preset:{p.name}", r.reason
+    return None
 
 
 def _skipped(info: FolderInfo, opts: PlanningOptions, presets: list[Preset]) -> tuple[str, str] | None:
@@ -244,9 +264,14 @@ def plan_folders(src: Store, dst: Store, plan: Plan, opts: PlanningOptions | Non
     """with_status: ask each source folder's STATUS (and size) for the plan file. `migrate`,
     which runs the plan at once, does not need them: one round trip (or a listing) less per folder."""
     opts = opts or PlanningOptions()
+    identities = src.capabilities.identities
+    if identities and "gmail" not in opts.presets:  # X-GM-EXT-1: the source is Gmail
+        opts = dataclasses.replace(opts, presets=[*opts.presets, "gmail"])
+        plan.warnings.append("the source offers Gmail's X-GM-EXT-1: preset gmail applied (labels as folders, "
+                             "each message downloaded once, All Mail's unlabelled mail to Archive)")
     src_listed, dst_folders = both_sides(src.list_folders, dst.list_folders)  # in the same round trip
     plan.destination_listing = dst_folders
-    choices, warnings = map_folders(src_listed, dst_folders, dst.separator, opts)
+    choices, warnings = map_folders(src_listed, dst_folders, dst.separator, opts, identities)
     plan.warnings.extend(warnings)
     plan.options = opts.as_dict()
     statuses = calls.statuses(src, [c.info.name for c in choices]) if with_status else {}
@@ -256,7 +281,7 @@ def plan_folders(src: Store, dst: Store, plan: Plan, opts: PlanningOptions | Non
             FolderPlan(
                 source=c.info.name, destination=c.destination, action=c.action, rule=c.rule,
                 special_use=c.special_use, messages=messages, size=size, uidvalidity=uidvalidity,
-                subscribed=c.subscribed, note=c.note,
+                subscribed=c.subscribed, note=c.note, leftover=c.leftover,
             )
         )
     # A case-insensitive destination (--dst-preset): a name spelt otherwise than an existing folder is that folder.

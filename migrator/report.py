@@ -33,6 +33,7 @@ def run_report(stats: Stats, *, command: str, source: str, destination: str, dry
             "to_copy_bytes": fc.planned_bytes,
             "copied": fc.copied,
             "copied_bytes": fc.copied_bytes,
+            "copied_within_destination": fc.copied_within,
             "already_copied": fc.already,
             "found_on_destination": fc.found,
             "skipped": dict(fc.skipped),
@@ -56,6 +57,7 @@ def run_report(stats: Stats, *, command: str, source: str, destination: str, dry
             "to_copy_bytes": stats.total("planned_bytes"),
             "copied": copied,
             "copied_bytes": stats.total("copied_bytes"),
+            "copied_within_destination": stats.total("copied_within"),
             "already_copied": stats.total("already"),
             "found_on_destination": stats.total("found"),
             "skipped": dict(stats.total_skipped()),
@@ -92,6 +94,9 @@ def render_run(report: dict[str, Any]) -> str:
             f"Folders created: {t['folders_created']}. Messages copied: {t['copied']} ({_mb(t['copied_bytes'])}), "
             f"already present: {t['already_copied'] + t['found_on_destination']}, failed: {t['failed']}."
         )
+        if t.get("copied_within_destination"):
+            lines.append(f"Of those, copied within the destination (a message already there in another folder, "
+                         f"not downloaded again): {t['copied_within_destination']}.")
         if t["flags_updated"]:
             lines.append(f"Flags updated: {t['flags_updated']}.")
         if t["deleted_extra"] and report.get("destination_keeps_history"):

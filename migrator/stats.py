@@ -26,6 +26,7 @@ class FolderCounts:
     planned_bytes: int = 0
     copied: int = 0
     copied_bytes: int = 0
+    copied_within: int = 0  # of copied: copied within the destination (COPY), not downloaded again
     already: int = 0  # recorded as copied by an earlier run
     found: int = 0  # already on the destination, adopted without copying (reconciliation)
     skipped: Counter = field(default_factory=Counter)  # reason -> count

@@ -28,6 +28,11 @@ Compress = Annotated[bool, typer.Option(
     "--compress",
     help="COMPRESS=DEFLATE on IMAP connections whose server offers it: faster on slow links (below ~50 Mbit/s), "
          "slower on a LAN.")]
+GmailKeywords = Annotated[bool, typer.Option(
+    "--gmail-labels-as-keywords",
+    help="A Gmail source (X-GM-EXT-1): keep every label as a keyword too ($Important, $Inbox, Work, "
+         "'My label' as My_label), besides its folder. Without it \\Important is dropped; \\Starred is always "
+         "\\Flagged.")]
 SrcAuthUser = Annotated[str | None, typer.Option(
     "--src-auth-user", help="Admin/master user to authenticate as on the source.")]
 DstAuthUser = Annotated[str | None, typer.Option(
@@ -108,6 +113,7 @@ class ConnOptions:
     insecure: bool = False
     allow_plaintext: bool = False
     compress: bool = False
+    gmail_labels_as_keywords: bool = False
     src_auth_user: str | None = None
     dst_auth_user: str | None = None
     src_oauth2_token_cmd: str | None = None
@@ -117,7 +123,7 @@ class ConnOptions:
 _CONN_PARAMS = [  # (parameter name, option type, default), in --help order
     ("src_password_file", SrcPwFile, None), ("dst_password_file", DstPwFile, None), ("ca_file", CaFile, None),
     ("insecure", Insecure, False), ("allow_plaintext", AllowPlain, False), ("compress", Compress, False),
-    ("src_auth_user", SrcAuthUser, None),
+    ("gmail_labels_as_keywords", GmailKeywords, False), ("src_auth_user", SrcAuthUser, None),
     ("dst_auth_user", DstAuthUser, None), ("src_oauth2_token_cmd", SrcToken, None),
     ("dst_oauth2_token_cmd", DstToken, None),
 ]
@@ -282,7 +288,8 @@ def _connector_pair(src_ep: Endpoint, dst_ep: Endpoint, src_saved: dict[str, str
         if not (pw_file or token_cmd):
             pw_file, token_cmd = saved.get("password_file"), saved.get("oauth2_token_cmd")
         return Connector(ep, SecretSource(role, pw_file, token_cmd), auth_user=auth_user, ca_file=conn.ca_file,
-                         insecure=conn.insecure, allow_plaintext=conn.allow_plaintext, compress=conn.compress)
+                         insecure=conn.insecure, allow_plaintext=conn.allow_plaintext, compress=conn.compress,
+                         labels_as_keywords=conn.gmail_labels_as_keywords and role == "src")
 
     src = connector("src", src_ep, src_saved, conn.src_password_file, conn.src_oauth2_token_cmd, conn.src_auth_user)
     dst = connector("dst", dst_ep, dst_saved, conn.dst_password_file, conn.dst_oauth2_token_cmd, conn.dst_auth_user)

@@ -22,6 +22,7 @@ from migrator.engine.crashpoints import crash
 from migrator.engine.jobs import Connections, FolderRun, appends_unseen
 from migrator.engine.march import copy_flags
 from migrator.engine.readback import Check
+from migrator.engine.within import copy_known, record_identities
 from migrator.errors import MessageRejected, Throttled, TransientError
 from migrator.imapdate import date_at_risk
 from migrator.naming import display
@@ -52,6 +53,7 @@ class Copier:
         if d_st.uidvalidity != run.dst_uidvalidity:
             raise TransientError(
                 f"UIDVALIDITY of destination folder '{display(fp.destination)}' changed during the run")
+        metas = copy_known(ctx, self.ledger, run, conn, metas)  # already in another folder: COPY, no download
         for batch, fetched in prefetch(ctx, src, batches(metas, opts.batch_bytes, opts.batch_count)):
             crash("fetched")
             vanished = sum(1 for m in batch if m.uid not in fetched)
@@ -189,6 +191,7 @@ class Copier:
         self.ledger.confirm(run, [result for n, result in enumerate(results) if n not in later])
         self.ledger.confirm(run, [(c.intent, c.uid) for c in checks], UNVERIFIED)
         self.ledger.served_cut(run, results)
+        record_identities(self.ctx, run, results)
         crash("confirmed")
         if self.ctx.opts.check_size:
             with run.lock:  # sizes are checked once per folder, at its end (ending.py)

@@ -151,6 +151,7 @@ class FolderRun:
     expunged: int = 0
     pool: Pool = field(default_factory=Pool)  # unaccounted destination messages, by SHA-256
     in_doubt: dict = field(default_factory=dict)  # source UID -> pending Row whose APPEND may land late
+    identities: dict[int, str] = field(default_factory=dict)  # source UID -> MessageMeta.identity (within.py)
     extras: list[int] = field(default_factory=list)  # unaccounted destination UIDs not in the pool
     pending_chunks: int = 0
     phase: Phase = Phase.MARCHING
@@ -328,6 +329,10 @@ class Connections:
     def take_deferred(self) -> FolderRun | None:
         run, self.deferred = self.deferred, None
         return run
+
+    def dst_selection_lost(self) -> None:
+        """The destination's selection changed outside these calls (a COPY selects its source)."""
+        self._dst_selected = None
 
     def dst_selected_writable(self, folder: Folder) -> bool:
         return self._dst is not None and self._dst_selected == (folder, False)

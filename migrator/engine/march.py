@@ -67,6 +67,9 @@ class Decision:
     dated: list[tuple[Row, int]] = field(default_factory=list)
 
 
+IN_LABEL_FOLDER = "in another copied folder (a Gmail label): copied there, not to this leftover folder"
+
+
 def too_big_reason(size: int, limit: int) -> str:
     return (f"larger than the destination accepts ({size} bytes, its limit is {limit}): not sent; "
             "see the plan's preflight")
@@ -74,17 +77,24 @@ def too_big_reason(size: int, limit: int) -> str:
 
 def decide(src_msgs: list[MessageMeta], dst_msgs: list[MessageMeta], rows: dict[int, Row], dst_uidvalidity: int,
            *, include_deleted: bool, sync_flags: bool, retry_failed: bool, filters: Filters = NO_FILTERS,
-           size_limit: int | None = None, flag_rules: FlagRules = NO_FLAG_RULES) -> Decision:
+           size_limit: int | None = None, flag_rules: FlagRules = NO_FLAG_RULES,
+           elsewhere: frozenset | None = None) -> Decision:
     """What to do with each source message. filters: the plan's, applied only to messages that
     would be copied (one copied earlier stays settled). size_limit: the largest message the
     destination takes (APPENDLIMIT, a preset's ceiling): a larger one is reported, not sent.
-    flag_rules: flags the destination adds by itself are no difference (flagrules.py)."""
+    flag_rules: flags the destination adds by itself are no difference (flagrules.py).
+    elsewhere: for a leftover folder (Gmail's All Mail), the other copied source folders: a message
+    one of them shows (MessageMeta.also_in) is theirs, not this folder's, even if copied here before
+    (its copy is then an extra, removed only by --delete-extra)."""
     d = Decision()
     dst_by_uid = {m.uid: m for m in dst_msgs}
     accounted: set[int] = set()
     for m in src_msgs:
         if m.deleted and not include_deleted:
             d.deleted_skipped += 1
+            continue
+        if elsewhere is not None and not elsewhere.isdisjoint(m.also_in):
+            d.filtered[IN_LABEL_FOLDER] += 1
             continue
         row = rows.get(m.uid)
         if row is not None and row.dst_uidvalidity == dst_uidvalidity and row.status in (DONE, ALTERED, UNVERIFIED) \

@@ -138,10 +138,12 @@ class Scheduler:
 
     # -- the queue and what is outstanding -------------------------------------------------------
 
-    def put(self, job: Job) -> None:
+    def put(self, job: Job, last: bool = False) -> None:
+        """last: behind every other job (a folder that waits for others must not take the workers
+        they need: with few workers, big waiting folders ranked first would starve them)."""
         self.hold(_source(job))  # a retry is put before its failed job is done: stays > 0
         work = self._expected_bytes(job.fp) if isinstance(job, MarchJob) else sum(m.size for m in job.metas)
-        self._q.put(((-work, next(self._seq)), job))
+        self._q.put(((math.inf if last else -work, next(self._seq)), job))
 
     def _expected_bytes(self, fp: FolderPlan) -> float:
         """How much a folder's march may lead to copying, to rank it among the chunks: its size as
@@ -195,8 +197,8 @@ class Scheduler:
         self.put(MarchJob(fp, attempt + 1, time.monotonic() + self.backoff(attempt)))
 
     def later(self, job: MarchJob, seconds: float) -> None:
-        """March again in a while, without using up an attempt."""
-        self.put(MarchJob(job.fp, job.attempt, time.monotonic() + seconds))
+        """March again in a while, without using up an attempt, after the other jobs."""
+        self.put(MarchJob(job.fp, job.attempt, time.monotonic() + seconds), last=True)
 
     # -- workers -------------------------------------------------------------------------------
 

@@ -66,6 +66,8 @@ class FolderSync:
         try:
             run, at_once = self.march(fp, job.attempt, conn)
         except _WaitForMerged:
+            if conn.deferred is not None:  # the folder waited for may be the one whose end this holds
+                self.end_alone(conn)
             self.scheduler.later(job, 0.5)  # march again when it is done; no attempt is used up
             return
         except (TransientError, ConnectionFailed) as e:
@@ -115,9 +117,11 @@ class FolderSync:
         (None, None): a dry run, the stop, or chunks queued (the last one done ends the folder)."""
         ctx, opts = self.ctx, self.ctx.opts
         src, dst = conn.both()
+        self._wait_for_earlier(fp, src)
         first = fp.source not in self._reported
         s_status, s_st, src_msgs, listed = self._list(fp, conn, first)
         run = FolderRun(fp, attempt, s_st.uidvalidity, src_status=s_status)
+        run.identities = {m.uid: m.identity for m in src_msgs if m.identity}
         dst_msgs = self._listed_destination(run, listed)
         crash("march-listed")
         if (journal := ctx.journal) is not None:
@@ -161,8 +165,9 @@ class FolderSync:
             # a small folder never copied before comes with its bodies (_copies_whole).
             known = status or ctx.src_status.get(fp.source)
             expect = known.messages if known else None
-            return (status, *calls.select_and_list(src, fp.source, readonly=True, expect=expect,
-                                                   bodies=self._copies_whole(fp, known)))
+            # Not with identities: a message another folder copied is not downloaded again (within.py).
+            bodies = self._copies_whole(fp, known) and not src.capabilities.identities
+            return (status, *calls.select_and_list(src, fp.source, readonly=True, expect=expect, bodies=bodies))
 
         def list_destination():
             # Its size as STATUS showed it while preparing (None: created by this run, so empty)
@@ -202,9 +207,11 @@ class FolderSync:
             rows, dst_msgs = self.matcher.take_late_twins(run, dst, journal, rows, dst_msgs)
         ceiling = opts.destination.max_message_ceiling if opts.destination else None  # a --dst-preset's
         limits = [n for n in (dst.capabilities.max_append_size, opts.max_message_size, ceiling) if n]
+        # leftover (Gmail's All Mail): only the messages no other copied folder shows
+        elsewhere = frozenset(o.source for o in ctx.plan.copying() if o.source != fp.source) if fp.leftover else None
         return decide(src_msgs, dst_msgs, rows, run.dst_uidvalidity, include_deleted=opts.include_deleted,
                       sync_flags=opts.sync_flags, retry_failed=opts.retry_failed, filters=ctx.plan.filters,
-                      size_limit=min(limits) if limits else None, flag_rules=opts.flag_rules)
+                      size_limit=min(limits) if limits else None, flag_rules=opts.flag_rules, elsewhere=elsewhere)
 
     def _reconcile(self, run: FolderRun, src: Store, dst: Store, dec: Decision,
                    src_msgs: list[MessageMeta]) -> dict | None:
@@ -296,6 +303,20 @@ class FolderSync:
         return (known is not None and known.size is not None and ctx.ckpt is not None and not opts.dry_run
                 and 0 < known.messages <= opts.batch_count and known.size <= opts.batch_bytes
                 and not ctx.ckpt.has_rows(fp.source, known.uidvalidity, fp.destination))
+
+    def _wait_for_earlier(self, fp: FolderPlan, src: Store) -> None:
+        """A source whose messages show in several folders (identities: Gmail's labels): its folders
+        are marched one after the other, in plan order, so that a message's first copy is confirmed
+        before another folder decides to COPY it within the destination (within.py)."""
+        if fp.leftover and not src.capabilities.identities:
+            raise FolderError(f"{self.ctx.plan.where(fp)}leftover = true: the source does not say which folders "
+                              "show each message (it offers no X-GM-EXT-1); copying it would duplicate them")
+        if not src.capabilities.identities or self.ctx.opts.dry_run:
+            return
+        order = [o.source for o in self.ctx.plan.copying()]
+        earlier = order[: order.index(fp.source)] if fp.source in order else []
+        if any(self.scheduler.in_progress(o) for o in earlier):
+            raise _WaitForMerged()  # marched again when they are done; no attempt is used up
 
     def _exclude_merged(self, fp: FolderPlan, run: FolderRun, dec: Decision) -> None:
         """merge = true: messages another source folder copied here are not ours to adopt.

@@ -2,7 +2,10 @@
 
 A preset file has `name`, `description`, `warnings`, `[[skip]]` rules (by
 `special_use` or by `name`, a glob on the '/'-joined folder name) and
-`[[rename]]` rules (`from` prefix -> `to` prefix); every rule has a `reason`.
+`[[rename]]` rules (`from` prefix -> `to` prefix), `[[leftover]]` rules (a
+folder by `special_use` of which only the messages in no other copied folder
+go to the destination's `to_special_use` folder or `to`: Gmail's All Mail,
+when the source tells each message's labels); every rule has a `reason`.
 Its `[destination]` table says what that server refuses or changes when it is
 the destination (`--dst-preset`; the plan's preflight, migrator/preflight.py):
 `max_message_size` (its default limit), `max_message_ceiling` (the most it can
@@ -46,6 +49,16 @@ class SkipRule:
 @dataclass(frozen=True)
 class RenameRule:
     source: Folder
+    destination: Folder
+    reason: str
+
+
+@dataclass(frozen=True)
+class LeftoverRule:
+    """A source folder (by special_use) of which only the messages no other copied folder shows are
+    copied, to the destination's to_special_use folder, or `destination` (plan: leftover = true)."""
+    special_use: str
+    to_special_use: str
     destination: Folder
     reason: str
 
@@ -109,6 +122,7 @@ class Preset:
     skips: tuple[SkipRule, ...] = ()
     renames: tuple[RenameRule, ...] = field(default_factory=tuple)
     destination: DestinationRules | None = None
+    leftovers: tuple[LeftoverRule, ...] = ()
 
 
 def _read(name: str) -> dict:
@@ -134,8 +148,10 @@ def load_preset(name: str) -> Preset:
     renames = tuple(
         RenameRule(parse_display(r["from"]), parse_display(r["to"]), r["reason"]) for r in data.get("rename", [])
     )
+    leftovers = tuple(LeftoverRule(r["special_use"], r["to_special_use"], parse_display(r["to"]), r["reason"])
+                      for r in data.get("leftover", []))
     return Preset(data["name"], data.get("description", ""), tuple(data.get("warnings", [])), skips, renames,
-                  _destination(data["name"], data.get("destination")))
+                  _destination(data["name"], data.get("destination")), leftovers)
 
 
 def _destination(name: str, table: dict | None) -> DestinationRules | None:

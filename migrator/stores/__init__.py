@@ -41,6 +41,7 @@ class Connector:
     insecure: bool = False
     allow_plaintext: bool = False
     compress: bool = False  # COMPRESS=DEFLATE on IMAP, when the server offers it
+    labels_as_keywords: bool = False  # a Gmail source: its labels also as keywords (stores/gmail.py)
     auth_user: str | None = None
     timeout: float = 120.0
     slots: HostSlots | None = None  # --max-connections-per-host of the run; None: unlimited
@@ -108,7 +109,7 @@ class Connector:
         scheme = _kind(self.endpoint)
         if scheme == "imap":
             from migrator.stores.connection import ConnectOptions
-            from migrator.stores.imap import ImapStore
+            from migrator.stores.gmail import GmailCapableStore
 
             opts = ConnectOptions(
                 ca_file=self.ca_file,
@@ -118,8 +119,9 @@ class Connector:
                 auth_user=self.auth_user,
                 oauth2_token_cmd=self.secret.oauth2_token_cmd,
                 compress=self.compress,
+                labels_as_keywords=self.labels_as_keywords,
             )
-            return ImapStore(self.endpoint, self._credentials(), opts)
+            return GmailCapableStore(self.endpoint, self._credentials(), opts)
         if scheme == "pop3":
             from migrator.stores.connection import ConnectOptions
             from migrator.stores.pop3 import Pop3Store

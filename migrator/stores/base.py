@@ -53,6 +53,11 @@ class MessageMeta:
     # IMAP date-time string "dd-Mon-yyyy hh:mm:ss +zzzz", timezone kept; '' when unknown. A store
     # that tells the date from the bytes only (POP3) leaves it '' in its listing: fetch() gives it.
     internaldate: str
+    # The same message in every folder of the account (Gmail's X-GM-MSGID); None: not known. A
+    # message under several Gmail labels is one message: the engine downloads it once (docs/engine.md).
+    identity: str | None = None
+    # The other folders of the account that show this message (Gmail: the folders of its labels)
+    also_in: tuple[Folder, ...] = ()
 
     @property
     def deleted(self) -> bool:
@@ -128,6 +133,11 @@ class Capabilities:
     # How many sessions may be open at once (POP3 servers lock the maildrop: 1); None: no limit.
     sessions: int | None = None
     max_append_size: int | None = None
+    # The store implements CopyWithin: a message it holds is copied to another of its folders
+    # without being sent again (IMAP COPY). Without it, the engine APPENDs the source's bytes.
+    copy: bool = False
+    # The listing gives MessageMeta.identity and also_in (a Gmail account: one message, many labels)
+    identities: bool = False
     extra: set[str] = field(default_factory=set)
 
 
@@ -282,6 +292,16 @@ class History(Store, Protocol):
 
     def kept(self, name: Folder) -> list[Kept]:
         """The folder's messages held by an earlier state and not by the latest one."""
+        ...
+
+
+class CopyWithin(Store, Protocol):
+    """Optional capability (Capabilities.copy): copy messages between two folders of this store."""
+
+    def copy(self, source: Folder, uidvalidity: int, uids: Sequence[int], to: Folder) -> dict[int, int | None] | None:
+        """Copy the messages `uids` of folder `source` into `to`: {uid: its new UID, or None where
+        the store cannot tell} for those copied (a UID no longer there is left out); None when
+        `source` no longer has this UIDVALIDITY (nothing copied). Leaves no folder selected."""
         ...
 
 

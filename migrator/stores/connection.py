@@ -37,6 +37,7 @@ class ConnectOptions:
     oauth2_token_cmd: str | None = None
     oauth2_mech: str = "auto"  # auto: OAUTHBEARER when the server offers it, else XOAUTH2
     compress: bool = False  # COMPRESS=DEFLATE (RFC 4978) when offered
+    labels_as_keywords: bool = False  # Gmail: every label also kept as a keyword (stores/gmail.py)
 
 
 class Credentials:

@@ -62,7 +62,7 @@ _LOST = (imaplib.IMAP4.abort, imapexc.IMAPClientAbortError, OSError, EOFError)
 
 class ImapStore:
     """One IMAP connection. Not thread-safe: each worker opens its own."""
-
+    meta_items = META_ITEMS  # what a listing FETCHes (stores/gmail.py adds Gmail's)
     def __init__(self, ep: Endpoint, creds: Credentials, opts: ConnectOptions | None = None):
         self.endpoint = ep
         self._opts = opts or ConnectOptions()
@@ -250,7 +250,7 @@ class ImapStore:
         server = self.server_name(name)
         self._read_ahead.drop()
         listing = expect is not None and 0 < expect <= META_FETCH_CHUNK
-        fetches = ([META_ITEMS] + ([MESSAGE_ITEMS] if bodies else [])) if listing else []
+        fetches = ([self.meta_items] + ([MESSAGE_ITEMS] if bodies else [])) if listing else []
         if bodies and listing:
             self.wire.read_literals_in_place()
         try:
@@ -313,7 +313,7 @@ class ImapStore:
 
     def _check_commands(self, name: Folder, uids: Sequence[int],
                         read_back: Sequence[int] = ()) -> list[tuple[str, tuple]]:
-        commands = [("NOOP", ()), ("UID", ("FETCH", uid_set(uids), META_ITEMS))] if uids else []
+        commands = [("NOOP", ()), ("UID", ("FETCH", uid_set(uids), self.meta_items))] if uids else []
         if read_back:
             commands.append(("UID", ("FETCH", uid_set(read_back), MESSAGE_ITEMS)))
         return commands + [("STATUS", (self._mailbox(name), self._status_items()))]
@@ -346,7 +346,7 @@ class ImapStore:
             if fast is not None:
                 out.extend(fast)
                 continue
-            resp = self._call("UID FETCH", self.client.fetch, chunk, ["RFC822.SIZE", "FLAGS", "INTERNALDATE"])
+            resp = self._call("UID FETCH", self.client.fetch, chunk, self.meta_items.strip("()").split()[1:])
             out.extend(meta_of(uid, resp[uid]) for uid in chunk if uid in resp)  # else expunged meanwhile
         return out
 
@@ -354,7 +354,7 @@ class ImapStore:
         """The metadata FETCH, parsed by one regular expression per line instead of imapclient's
         general parser (which took half of migrator's CPU on big folders). Returns None, and the
         caller uses imapclient, if any answer is not in the plain one-line form."""
-        return parse_meta(self.wire.uid_fetch("1:*" if uids is None else uid_set(uids), META_ITEMS), uids)
+        return parse_meta(self.wire.uid_fetch("1:*" if uids is None else uid_set(uids), self.meta_items), uids)
 
     # -- messages ---------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ are read by one regular expression per line; anything else by imapclient's gener
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Sequence
@@ -134,7 +135,7 @@ def parse_meta(data: list, uids: Sequence[int] | None) -> list[MessageMeta] | No
                 return None
             continue  # an unsolicited FETCH (e.g. FLAGS changed by another session)
         uid, size, flags, date = m.group("uid", "size", "flags", "date")
-        found[int(uid)] = MessageMeta(int(uid), int(size), _flags(flags), _date(date))
+        found[int(uid)] = with_labels(MessageMeta(int(uid), int(size), _flags(flags), _date(date)), line)
     if uids is None:
         return [found[u] for u in sorted(found)]
     wanted = set(uids)
@@ -151,8 +152,32 @@ def metas_from_any_fetch(data: list, uids: Sequence[int]) -> list[MessageMeta]:
 
 def meta_of(uid: int, d: dict) -> MessageMeta:
     """A MessageMeta from imapclient's parse of one FETCH answer (with normalise_times off)."""
-    return MessageMeta(uid=uid, size=int(d[b"RFC822.SIZE"]), flags=normalize_flags(dec(f) for f in d[b"FLAGS"]),
+    meta = MessageMeta(uid=uid, size=int(d[b"RFC822.SIZE"]), flags=normalize_flags(dec(f) for f in d[b"FLAGS"]),
                        internaldate=_format_date(d[b"INTERNALDATE"]))
+    if b"X-GM-MSGID" not in d:
+        return meta
+    labels = tuple((imap_utf7.decode(lab if isinstance(lab, bytes) else str(lab).encode()),)
+                   for lab in d.get(b"X-GM-LABELS") or ())
+    return dataclasses.replace(meta, identity=str(d[b"X-GM-MSGID"]), also_in=labels)
+
+
+# Gmail's items (X-GM-EXT-1) in a metadata answer. The labels are kept as one-component names in
+# MessageMeta.also_in until the Gmail store (stores/gmail.py) maps them to its folders.
+_GM_MSGID = re.compile(rb"\bX-GM-MSGID (\d+)")
+_GM_LABELS = re.compile(rb"\bX-GM-LABELS \(((?:[^()\"]|\"(?:[^\"\\]|\\.)*\")*)\)")
+_GM_LABEL = re.compile(rb'"((?:[^"\\]|\\.)*)"|([^\s"]+)')
+
+
+def with_labels(meta: MessageMeta, line: bytes) -> MessageMeta:
+    """meta with Gmail's X-GM-MSGID and X-GM-LABELS of its one-line answer, if it has them."""
+    msgid = _GM_MSGID.search(line) if b"X-GM-MSGID" in line else None
+    if msgid is None:
+        return meta
+    found = _GM_LABELS.search(line)
+    labels = [q.replace(b'\\"', b'"').replace(b"\\\\", b"\\") if q else a
+              for q, a in _GM_LABEL.findall(found.group(1) if found else b"")]
+    return dataclasses.replace(meta, identity=msgid.group(1).decode(),
+                               also_in=tuple((imap_utf7.decode(x),) for x in labels))
 
 
 def _format_date(value) -> str:
