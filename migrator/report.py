@@ -139,6 +139,7 @@ def verify_report(diffs: list[FolderDiff], source: str, destination: str) -> dic
                 "flags_differ": d.flags_differ,
                 "date_differs": d.date_differs,
                 "damaged": d.damaged,
+                "outside_filters": d.outside_filters,
                 "kept": d.kept,
                 "error": d.error,
             }
@@ -164,6 +165,8 @@ def render_verify(report: dict[str, Any]) -> str:
                      f"{f['source_messages']} / {f['destination_messages']} messages, {status}")
         if f["error"]:
             lines.append(f"  error: {f['error']}")
+        if f.get("outside_filters"):
+            lines.append(f"  {f['outside_filters']} source message(s) outside the plan's filters: not compared")
         lines += [f"  missing on destination: source UID {m['source_uid']} sha256 {m['sha256'][:16]}"
                   for m in f["missing"]]
         lines += [f"  extra on destination: UID {m['destination_uid']} sha256 {m['sha256'][:16]}" for m in f["extra"]]

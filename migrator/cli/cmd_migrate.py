@@ -74,6 +74,7 @@ def migrate(
 @app.command(name="verify")
 @with_connection_options
 @with_folder_choice
+@with_filter_options
 def verify_cmd(
     source: Annotated[str, typer.Argument(help="Source account URL, or a PLAN file (then no DESTINATION)")],
     destination: Annotated[str | None, typer.Argument(help="Destination account URL")] = None,
@@ -86,10 +87,13 @@ def verify_cmd(
     *,
     mapping: MappingOptions,
     conn: ConnOptions,
+    filters: FilterOptions,
 ) -> None:
     """Compare SOURCE and DESTINATION (or the folders of a PLAN) message by message.
 
-    Read-only; exit 0 only if identical."""
+    Read-only; exit 0 only if identical. Filters (a PLAN's, or --since/--before/--min-size/--max-size
+    as the copy was given them): source messages they leave out are not compared, and their copies
+    on the destination are no extras."""
     from migrator import runner, throttle
 
     setup_logging(debug)
@@ -98,9 +102,9 @@ def verify_cmd(
 
         if "://" in source:
             raise UsageError("verify needs SOURCE and DESTINATION, or one PLAN file")
-        if mapping.given:
+        if mapping.given or filters != FilterOptions():
             raise UsageError("with a PLAN file, edit the plan instead of giving "
-                             "--map/--include/--exclude/--folder/--preset/--dst-preset")
+                             "--map/--include/--exclude/--folder/--preset/--dst-preset or filters")
         plan = read_plan(source)
         runner.check_endpoints(plan)
         src, dst = plan_connectors(plan, conn)
@@ -109,7 +113,8 @@ def verify_cmd(
         src, dst = connectors(source, destination, conn)
     src.readonly = dst.readonly = True  # an archive is only read: never refused while a backup writes
     if destination is not None:
-        plan = runner.build_plan(runner.new_plan(src, dst), src, dst, mapping.planning(), with_status=False)
+        plan = runner.build_plan(runner.new_plan(src, dst, filters.parsed()), src, dst, mapping.planning(),
+                                 with_status=False)
     workers = throttle.connection_limits(src, dst, workers, max_connections_per_host)
     result = runner.execute_verify(plan, src, dst, include_deleted, report, as_json, workers=workers)
     if not result["identical"]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +22,7 @@ from migrator.engine.content import CUT_SHORT, served_cut_short
 from migrator.engine.flagrules import NO_FLAG_RULES, FlagRules
 from migrator.engine.pairs import both_sides, open_pair
 from migrator.errors import FolderError
+from migrator.filters import NO_FILTERS, Filters
 from migrator.imapdate import date_instant
 from migrator.naming import Folder, display
 from migrator.plan import Plan
@@ -49,6 +50,9 @@ class FolderDiff:
     # {uid, since}: kept by a destination with history (an archive's earlier snapshots), deleted on
     # the source since snapshot `since`: what a backup is for, not a difference
     kept: list[dict] = field(default_factory=list)
+    # Source messages the plan's filters leave out: not compared; a copy of one on the destination
+    # (an earlier run without them) is no extra.
+    outside_filters: int = 0
     error: str | None = None
 
     @property
@@ -65,15 +69,17 @@ class Side:
     damaged: list[tuple[int, str]] = field(default_factory=list)
     cut: list[int] = field(default_factory=list)  # served cut short (content.served_cut_short); compared too
     kept: list[Kept] = field(default_factory=list)
+    outside: Counter = field(default_factory=Counter)  # fingerprints of messages the filters leave out
 
 
 def _side(store: Store, folder: Folder, include_deleted: bool, batch_bytes: int, batch_count: int,
-          skip_deleted: bool, side: Side) -> None:
+          skip_deleted: bool, side: Side, filters: Filters = NO_FILTERS) -> None:
     store.select(folder, readonly=True)
     metas = store.list_messages()
     if skip_deleted and not include_deleted:
         metas = [m for m in metas if not m.deleted]
     flags = {m.uid: m for m in metas}
+    left_out = {m.uid for m in metas if filters and filters.reason(m) is not None}
     for batch in batches(metas, batch_bytes, batch_count):
         for msg in store.fetch([m.uid for m in batch]):
             if msg.damage:  # named as such, and compared with nothing
@@ -82,6 +88,9 @@ def _side(store: Store, folder: Folder, include_deleted: bool, batch_bytes: int,
             meta = flags[msg.meta.uid]
             # A POP3 listing has no date: its fetch() gives the one its copy was stored with.
             date = meta.internaldate or msg.meta.internaldate
+            if meta.uid in left_out:  # read too: its copy on the destination is then no extra
+                side.outside[fingerprint(msg.body)] += 1
+                continue
             side.by_hash[fingerprint(msg.body)].append(Entry(meta.uid, meta.flags, date))
             if served_cut_short(msg.body):
                 side.cut.append(meta.uid)
@@ -128,7 +137,7 @@ def verify(plan: Plan, connect_src: Callable[[], Store], connect_dst: Callable[[
                     except queue.Empty:
                         return
                     _verify_folder(out[i], sources, destination if destination in dst_names else None, src, dst,
-                                   dst_side, include_deleted, (batch_bytes, batch_count), flag_rules)
+                                   dst_side, include_deleted, (batch_bytes, batch_count), flag_rules, plan.filters)
             except BaseException as e:  # ends every worker: the verify fails with it
                 errors.append(e)
             finally:
@@ -149,14 +158,15 @@ def verify(plan: Plan, connect_src: Callable[[], Store], connect_dst: Callable[[
 
 def _verify_folder(diff: FolderDiff, sources: list[Folder], destination: Folder | None, src: Store, dst: Store,
                    dst_side: ThreadPoolExecutor, include_deleted: bool, batching: tuple[int, int],
-                   flag_rules: FlagRules) -> None:
+                   flag_rules: FlagRules, filters: Filters = NO_FILTERS) -> None:
     """Both sides read at the same time; destination None: it does not exist (everything is missing).
-    batching: (bytes, messages) per FETCH."""
+    batching: (bytes, messages) per FETCH. filters: the plan's; what they leave out is not compared."""
     batch_bytes, batch_count = batching
     def read_source() -> Side:
         s = Side()
         for source in sources:
-            _side(src, source, include_deleted, batch_bytes, batch_count, skip_deleted=True, side=s)
+            _side(src, source, include_deleted, batch_bytes, batch_count, skip_deleted=True, side=s,
+                  filters=filters)
         return s
 
     def read_destination() -> Side:
@@ -177,9 +187,18 @@ def _verify_folder(diff: FolderDiff, sources: list[Folder], destination: Folder 
                         + [{"side": "destination", "uid": uid, "reason": why} for uid, why in d.damaged]
                         + [{"side": "source", "uid": uid, "reason": CUT_SHORT} for uid in s.cut])
         _compare(diff, s.by_hash, d.by_hash, flag_rules)
+        diff.outside_filters = sum(s.outside.values())
+        diff.extra = [e for e in diff.extra if not _take(s.outside, e["sha256"])]
         diff.kept = [{"uid": k.uid, "since": k.since} for k in d.kept]
         diff.source_count += len(s.damaged)
         diff.destination_count += len(d.damaged)
+
+
+def _take(counts: Counter, key: str) -> bool:
+    if counts[key] > 0:
+        counts[key] -= 1
+        return True
+    return False
 
 
 def _or_folder_error(read: Callable[[], Side]) -> Side | FolderError:

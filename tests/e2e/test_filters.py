@@ -1,7 +1,8 @@
 """Filters end to end on Dovecot (issue 15): `plan --since --before --max-size` writes them into the
 plan, `run PLAN` copies exactly the source messages inside the window (the ones Dovecot's own
 UID SEARCH SINCE/BEFORE/NOT LARGER finds) and reports the rest as skipped by reason; a later
-`migrate` without filters, with the same state file, copies the rest with no duplicates."""
+`migrate` without filters, with the same state file, copies the rest with no duplicates; `verify`
+with the same filters compares the window only."""
 from __future__ import annotations
 
 import json
@@ -50,8 +51,18 @@ def test_a_filtered_plan_copies_the_window_and_an_unfiltered_rerun_the_rest(src_
                        "filtered out: larger than --max-size 2K": 1,
                        "filtered out: received on or after --before 2019-03-18": 3}
 
+    # verify with the plan compares the window only; without filters it finds the rest missing
+    res = migrator("verify", str(plan), "--json", src=src, dst=dst)
+    assert res.code == 0, res.text
+    assert sorted(f["outside_filters"] for f in json.loads(res.out)["folders"]) == [1, 5], res.out
+    assert migrator("verify", src.url, dst.url, src=src, dst=dst).code == 1
+
     res, rep = migrate(src, dst, tmp_path, "--state", str(state))
     assert res.code == 0, res.text
+    # All copied: the filtered verify finds the copies outside its window no extras
+    window = ("--since", "2019-03-15", "--before", "18-Mar-2019", "--max-size", "2K")
+    res = migrator("verify", src.url, dst.url, *window, src=src, dst=dst)
+    assert res.code == 0 and "5 source message(s) outside the plan's filters: not compared" in res.out, res.text
     assert rep["totals"]["copied"] == 6 and rep["totals"]["already_copied"] == 4 and not rep["totals"]["skipped"]
     want, got = rig.snapshot(src), rig.snapshot(dst)
     assert {k: multiset(v) for k, v in got.items()} == {k: multiset(v) for k, v in want.items()}
