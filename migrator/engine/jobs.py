@@ -21,6 +21,20 @@ OVERQUOTA_HINT = ("the destination is over quota: free space or raise the quota,
 
 
 @dataclass
+class FollowOptions:
+    """Follow mode (engine/follow.py): after the first pass, watch the source and copy changes."""
+
+    seconds: float | None = None  # --follow-for: end by itself after this long; None: until a signal
+    poll_interval: float = 30.0  # seconds between STATUS polls where the source cannot notify
+    watch_connections: int = 1  # source connections the watching may use, beside the workers'
+    say: Callable[[str], None] | None = None  # one line per change; None: --quiet
+    on_start: Callable[[], None] | None = None  # the first pass is over (the runner stops its progress)
+    # New source folders: (source, destination connections, folders planned so far) -> the new
+    # folders' plans, by the rules of the first pass (the runner's planner); None: not followed.
+    plan_new: Callable[[Store, Store, list[FolderPlan]], list[FolderPlan]] | None = None
+
+
+@dataclass
 class EngineOptions:
     workers: int = 4
     batch_bytes: int = 8 * 1024 * 1024  # per FETCH / APPEND batch: bounds memory per worker
@@ -45,6 +59,7 @@ class EngineOptions:
     in_flight_grace: float = 5.0
     stop_grace: float = 5.0  # after Ctrl-C, seconds to let workers finish their batch
     throttle: Throttle | None = None  # run-wide rate limits, shared by all workers
+    follow: FollowOptions | None = None  # --follow: watch the source after the first pass
 
     def key(self) -> str:
         """The options a watermark depends on: a folder left complete under others is marched again."""
@@ -187,6 +202,15 @@ class ChunkJob:
     run: FolderRun
     metas: list[MessageMeta]
     opened: tuple | None = None  # (source, destination) SELECT answers: run at once by the march's worker
+
+
+@dataclass
+class PairJob:
+    """Work on a worker's pair of connections that belongs to no folder run (follow mode: the
+    source's STATUS against the watermarks, new folders planned and created). Taken first."""
+
+    work: Callable[[Store, Store], None]
+    what: str = "follow"
 
 
 def appends_unseen(dst: Store) -> bool:

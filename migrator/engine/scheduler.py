@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from migrator.engine.context import Context
-from migrator.engine.jobs import ChunkJob, Connections, MarchJob, close_quietly
+from migrator.engine.jobs import ChunkJob, Connections, MarchJob, PairJob, close_quietly
 from migrator.engine.pairs import open_pair
 from migrator.errors import ConnectionFailed, TransientError
 from migrator.naming import Folder, display
@@ -32,7 +32,8 @@ if TYPE_CHECKING:  # FolderSync runs the jobs; it queues its own work here
 TYPICAL_MESSAGE_BYTES = 50_000  # only to rank a folder whose STATUS has no SIZE among the others
 
 T = TypeVar("T")
-Job = MarchJob | ChunkJob
+Job = MarchJob | ChunkJob | PairJob
+PAIR_JOBS: Folder = ("",)  # what PairJobs count as outstanding under (no folder has this name)
 
 
 class Scheduler:
@@ -58,11 +59,13 @@ class Scheduler:
 
     # -- a run ---------------------------------------------------------------------------------
 
-    def run(self, prepare: Callable[[], list[MarchJob]], early: bool) -> None:
+    def run(self, prepare: Callable[[], list[MarchJob]], early: bool,
+            then: Callable[[], None] | None = None) -> None:
         """prepare() the folders and queue the marches it returns; run workers until no work is
         outstanding, or the stop. early: workers 1..n-1 log in while the folders are prepared,
         instead of after (on a WAN several round trips off the critical path); worker 0 takes the
-        spare connections afterwards."""
+        spare connections afterwards. then: run once nothing is outstanding, with the workers and
+        their connections still there (follow mode queues more work)."""
         n = max(1, self.ctx.opts.workers)
         early = early and n > 1
         threads = [threading.Thread(target=self._worker, args=(early and i > 0,), name=f"worker-{i}", daemon=True)
@@ -80,13 +83,23 @@ class Scheduler:
                     t.start()
                     started.append(t)
             try:
-                with self._all_done:  # woken by the last job's end; the timeout is for stop
-                    while self._outstanding and not self.ctx.stop.is_set():
-                        self._all_done.wait(0.2)
+                self.wait_idle()
             except KeyboardInterrupt:
                 self.ctx.stop.set()
+            if then is not None and not self.ctx.stop.is_set():
+                then()
         finally:
             self._stop_workers(started)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no work is outstanding (True), the stop, or timeout seconds (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._all_done:  # woken by the last job's end; the wait's timeout is for the stop
+            while self._outstanding and not self.ctx.stop.is_set():
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                self._all_done.wait(0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic())))
+            return not self._outstanding
 
     def _stop_workers(self, threads: list[threading.Thread]) -> None:
         stop = self.ctx.stop
@@ -138,7 +151,10 @@ class Scheduler:
 
     def put(self, job: Job) -> None:
         self.hold(_source(job))  # a retry is put before its failed job is done: stays > 0
-        work = self._expected_bytes(job.fp) if isinstance(job, MarchJob) else sum(m.size for m in job.metas)
+        if isinstance(job, PairJob):
+            work = math.inf
+        else:
+            work = self._expected_bytes(job.fp) if isinstance(job, MarchJob) else sum(m.size for m in job.metas)
         self._q.put(((-work, next(self._seq)), job))
 
     def _expected_bytes(self, fp: FolderPlan) -> float:
@@ -210,10 +226,15 @@ class Scheduler:
                         if wait > 0 and ctx.stop.wait(wait):
                             continue
                         self.sync.run_march(job, conn)
+                    elif isinstance(job, PairJob):
+                        self._pair_job(job, conn)
                     else:
                         self.sync.run_chunk(job, conn)
                 except Exception as e:  # a bug must not hang the run: report it on the folder
-                    ctx.internal_error(job.fp if isinstance(job, MarchJob) else job.run.fp, e)
+                    if isinstance(job, PairJob):
+                        ctx.stats.folder_failed(PAIR_JOBS, f"{job.what}: internal error: {type(e).__name__}: {e}")
+                    else:
+                        ctx.internal_error(job.fp if isinstance(job, MarchJob) else job.run.fp, e)
                 finally:
                     self.release(_source(job))
         finally:
@@ -221,6 +242,14 @@ class Scheduler:
             if deferred is not None:  # only if a bug ended the loop: keep the count right
                 self.release(deferred.fp.source)
             conn.close()
+
+    def _pair_job(self, job: PairJob, conn: Connections) -> None:
+        """A transient error is only warned about: follow mode asks again at the next event."""
+        try:
+            job.work(*conn.both())
+        except (TransientError, ConnectionFailed) as e:
+            conn.drop()
+            self.ctx.stats.warn(f"{job.what}: {e}")
 
     def _next_job(self, conn: Connections) -> Job | None:
         """The next job from the queue. A folder end deferred on this worker's connection goes with
@@ -240,4 +269,6 @@ class Scheduler:
 
 
 def _source(job: Job) -> Folder:
+    if isinstance(job, PairJob):
+        return PAIR_JOBS
     return job.fp.source if isinstance(job, MarchJob) else job.run.fp.source

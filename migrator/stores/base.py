@@ -117,6 +117,10 @@ class Capabilities:
     # How many sessions may be open at once (POP3 servers lock the maildrop: 1); None: no limit.
     sessions: int | None = None
     max_append_size: int | None = None
+    # How the store can tell changes as they happen (follow mode, engine/follow.py): "notify" (one
+    # connection watches every folder, RFC 5465), "idle" (one connection per folder, RFC 2177), or
+    # None (the follower polls STATUS). A store with one implements Watchable.
+    watch: str | None = None
     extra: set[str] = field(default_factory=set)
 
 
@@ -223,6 +227,39 @@ class Pipelined(Store, Protocol):
         failure is returned, not raised, so that the other part's result is not lost: a refused
         listing as Checked.refused, a folder that cannot be opened as its FolderError. A lost
         connection raises (both parts are then to be done again)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What a Watch saw: folders whose messages or flags changed; whether the folder list did."""
+
+    folders: frozenset[Folder] = frozenset()
+    folder_list: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.folders) or self.folder_list
+
+
+class Watch(Protocol):
+    """A connection given over to watching: it does nothing else until closed."""
+
+    def changes(self, timeout: float) -> Changes:
+        """What changed since the last call, waiting at most timeout seconds for something.
+        A lost connection raises TransientError (events may have been missed)."""
+        ...
+
+    def close(self) -> None:
+        """Stop watching (the connection itself is the caller's to close)."""
+        ...
+
+
+class Watchable(Store, Protocol):
+    """Optional (Capabilities.watch set): the store is told of changes as they happen."""
+
+    def watch(self, names: Sequence[Folder] | None) -> Watch:
+        """Watch these folders (with "idle": exactly one), or, with None, every folder and the
+        folder list itself (with "notify")."""
         ...
 
 

@@ -52,8 +52,7 @@ from migrator.stores.imap_parse import (
 )
 from migrator.stores.imap_wire import ReadAhead, Refused
 
-# ConnectOptions, Credentials and make_ssl_context live in stores.connection; named here too for
-# the callers that import them from this module (cli/options.py).
+# Named here too for the callers that import them from this module (cli/options.py).
 __all__ = ["ConnectOptions", "Credentials", "ImapStore", "make_ssl_context"]
 
 log = logging.getLogger("migrator.imap")
@@ -490,6 +489,10 @@ class ImapStore:
         except FolderError:
             return False
         return True
+
+    def watch(self, names: Sequence[Folder] | None):
+        from migrator.stores.imap_watch import ImapWatch  # follow mode only
+        return ImapWatch(self, names)
 
     def close(self) -> None:
         """LOGOUT, and close without waiting for the server's BYE (Wire.logout_now)."""
