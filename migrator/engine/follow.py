@@ -7,7 +7,8 @@ run leaves, and a plain rerun settles it.
 
 Watching takes source connections of its own, beside the workers' (FollowOptions.watch_connections,
 from --max-connections-per-host):
-  - NOTIFY (RFC 5465): one connection for every folder and the folder list;
+  - NOTIFY (RFC 5465): one connection for every folder and the folder list (and, on a source
+    without CONDSTORE, whose flag changes NOTIFY does not tell, a second one polling);
   - IDLE (RFC 2177): one connection per folder; with k connections, k-1 folders are IDLEd (INBOX
     first, in plan order) and one connection polls the others and LISTs for new folders;
   - neither: one connection polls STATUS of every folder every --poll-interval seconds.
@@ -135,6 +136,9 @@ class Follower:
         watches: list[tuple[str, list[Folder] | None]] = []
         if mode == "notify":
             watches = [("notify", None)]
+            if first is not None and not first.capabilities.condstore and k > 1:
+                self.polled.extend(names)  # NOTIFY tells no flag change without CONDSTORE: polled
+                watches.append(("poll", self.polled))
         elif mode == "idle" and k > 1:
             idled = names[: k - 1]
             self.polled.extend(names[k - 1:])
@@ -267,7 +271,8 @@ def _describe(watches: list[tuple[str, list[Folder] | None]], interval: float) -
     idled = sum(1 for kind, _ in watches if kind == "idle")
     polled = next((len(f or ()) for kind, f in watches if kind == "poll"), 0)
     if watches and watches[0][0] == "notify":
-        return "following the source: NOTIFY on one connection (every folder)"
+        also = f"; flags: STATUS every {interval:g} s on another" if polled else ""
+        return f"following the source: NOTIFY on one connection (every folder){also}"
     if idled:
         return (f"following the source: IDLE on {idled} folder(s), STATUS every {interval:g} s on one connection"
                 f" for {polled} other(s) and new folders")

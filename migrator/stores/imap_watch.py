@@ -7,7 +7,9 @@ protocols and tells which folder a line is about.
 
 - NOTIFY: `NOTIFY SET (personal (MessageNew MessageExpunge FlagChange MailboxName))`. Nothing is
   selected, so every message event comes as an untagged STATUS of its mailbox (RFC 5465 5.2),
-  and a folder created, deleted or renamed as a LIST (5.4). Where IDLE is offered too the
+  and a folder created, deleted or renamed as a LIST (5.4). A flag change comes as STATUS
+  (HIGHESTMODSEQ) only once CONDSTORE is enabled (ENABLE CONDSTORE first, where offered): a
+  source with NOTIFY but no CONDSTORE has its flags polled besides (engine/follow.py). Where IDLE is offered too the
   connection then idles as well: a server may keep events for a client that is running no command
   (Dovecot sends them either way).
 - IDLE: one folder, EXAMINEd (read-only: watching never changes \\Recent or anything else);
@@ -63,6 +65,11 @@ class ImapWatch:
     # -- the protocols -------------------------------------------------------------------------
 
     def _notify(self) -> None:
+        caps = self.store.raw_capabilities
+        if "CONDSTORE" in caps and "ENABLE" in caps:
+            # A flag change in a mailbox not selected then comes as STATUS (HIGHESTMODSEQ n)
+            # (RFC 7162 3.2; without it Dovecot sends nothing for it)
+            self._until_tagged(self.wire.send_command(b"ENABLE CONDSTORE"))
         tag = self.wire.send_command(NOTIFY_EVENTS)
         typ, text = self._until_tagged(tag)
         if typ != b"OK":
