@@ -38,6 +38,7 @@ from migrator.stores import calls
 from migrator.stores.base import Changes, FolderStatus, Store, Watch
 
 WAIT_STEP = 0.5  # seconds a watcher waits for events before it looks at the end again
+READY_WAIT = 30.0  # seconds to wait for the watches to be in place before saying so
 
 
 class Follower:
@@ -147,13 +148,16 @@ class Follower:
         else:
             self.polled.extend(names)
             watches = [("poll", self.polled)]
-        self._say(_describe(watches, self.opts.poll_interval))
+        ready = threading.Semaphore(0)
         for i, (kind, folders) in enumerate(watches):
-            t = threading.Thread(target=self._watch, args=(kind, folders, first if i == 0 else None),
+            t = threading.Thread(target=self._watch, args=(kind, folders, first if i == 0 else None, ready),
                                  name=f"watch-{i}", daemon=True)
             t.start()
             self._threads.append(t)
-        self._recheck(None)
+        deadline = time.monotonic() + READY_WAIT
+        for _ in watches:  # told once every watch is in place: a change from then on is seen
+            ready.acquire(timeout=max(0.0, deadline - time.monotonic()))
+        self._say(_describe(watches, self.opts.poll_interval))
 
     def _open_first(self) -> Store | None:
         try:
@@ -162,16 +166,23 @@ class Follower:
             self._say(f"cannot open a connection to watch the source ({e}); retrying")
             return None
 
-    def _watch(self, kind: str, folders: list[Folder] | None, store: Store | None) -> None:
-        """One watch on its own connection, opened again with backoff when it is lost."""
+    def _watch(self, kind: str, folders: list[Folder] | None, store: Store | None,
+               ready: threading.Semaphore) -> None:
+        """One watch on its own connection, opened again with backoff when it is lost. Once it is
+        in place, what changed before (since the last march, or while the connection was down) is
+        found by comparing STATUS with the watermarks: by the poll's first round, else on a worker."""
         attempt = 0
         while not self.ending.is_set():
             watch: Watch | None = None
             try:
                 if store is None:
                     store = self.connect()
-                    self._recheck(folders)  # what changed while there was no watch
-                watch = _Poll(self, store, folders or []) if kind == "poll" else store.watch(folders)  # type: ignore[attr-defined]
+                if kind == "poll":
+                    watch = _Poll(self, store, folders or [])
+                else:
+                    watch = store.watch(folders)  # type: ignore[attr-defined]  # capabilities.watch said so
+                    self._recheck(folders)
+                ready.release()
                 attempt = 0
                 while not self.ending.is_set():
                     if changes := watch.changes(WAIT_STEP):
@@ -249,7 +260,7 @@ class _Poll:
 
     def __init__(self, follower: Follower, store: Store, folders: list[Folder]):
         self.follower, self.store, self.folders = follower, store, folders
-        self.next = time.monotonic() + follower.opts.poll_interval  # the start was compared already
+        self.next = time.monotonic()  # the first round at once: what changed before the watch began
 
     def changes(self, timeout: float) -> Changes:
         f = self.follower
