@@ -244,12 +244,18 @@ class Scheduler:
             conn.close()
 
     def _pair_job(self, job: PairJob, conn: Connections) -> None:
-        """A transient error is only warned about: follow mode asks again at the next event."""
-        try:
-            job.work(*conn.both())
-        except (TransientError, ConnectionFailed) as e:
-            conn.drop()
-            self.ctx.stats.warn(f"{job.what}: {e}")
+        """On a transient error the connections are opened again and the work done again, after the
+        usual backoff, at most max_attempts times; then it is only warned about."""
+        for attempt in range(1, self.ctx.opts.max_attempts + 1):
+            try:
+                job.work(*conn.both())
+                return
+            except (TransientError, ConnectionFailed) as e:
+                conn.drop()
+                if attempt == self.ctx.opts.max_attempts:
+                    self.ctx.stats.warn(f"{job.what}: {e}")
+                elif self.ctx.stop.wait(self.backoff(attempt)):
+                    return
 
     def _next_job(self, conn: Connections) -> Job | None:
         """The next job from the queue. A folder end deferred on this worker's connection goes with

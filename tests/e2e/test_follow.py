@@ -29,12 +29,13 @@ LATENCY = 2.0  # seconds: the issue's bound for a change to reach the destinatio
 class Following:
     """`migrator migrate SRC DST --follow` as a child process, its stdout read line by line."""
 
-    def __init__(self, src: rig.Account, dst: rig.Account, tmp_path: Path, *extra: str):
+    def __init__(self, src: rig.Account, dst: rig.Account, tmp_path: Path, *extra: str, plan: Path | None = None):
         env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATOR_")}
         env.update(src.env("src"))
         env.update(dst.env("dst"))
+        command = ["run", str(plan)] if plan else ["migrate", src.url, dst.url]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "migrator", "migrate", src.url, dst.url, "--state", str(tmp_path / "state.sqlite"),
+            [sys.executable, "-m", "migrator", *command, "--state", str(tmp_path / "state.sqlite"),
              "--follow", "--follow-for", "60s", "--workers", "2", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env)
         self.lines: list[str] = []
@@ -137,12 +138,16 @@ def test_notify_each_change_within_2s_no_new_login_and_sigterm_exits_0(src_accou
 
 
 def test_kill_9_while_following_then_a_rerun_is_identical_without_duplicates(src_account, dst_account, tmp_path):
-    """--quiet prints nothing while following; a kill -9 in the middle of changes, more changes,
-    then a plain rerun: the destination holds each source message once, flags as on the source."""
+    """`run PLAN --follow --quiet` prints nothing while following; a kill -9 in the middle of
+    changes, more changes, then a plain `run PLAN`: each source message is on the destination
+    once, flags as on the source."""
     s = rig.connect(src_account)
     for i in range(3):
         s.append("INBOX", simple_message(i))
-    f = Following(src_account, dst_account, tmp_path, "--quiet")
+    plan = tmp_path / "plan.toml"
+    res = migrator("plan", src_account.url, dst_account.url, "-o", str(plan), src=src_account, dst=dst_account)
+    assert res.code == 0, res.text
+    f = Following(src_account, dst_account, tmp_path, "--quiet", plan=plan)
     d = rig.connect(dst_account)
     reached(lambda: count(d) == 3)
     time.sleep(0.3)  # the watch is set up once the first pass is over
@@ -155,10 +160,26 @@ def test_kill_9_while_following_then_a_rerun_is_identical_without_duplicates(src
     s.append("INBOX", simple_message(13))
     s.select_folder("INBOX")
     s.add_flags([2], [b"\\Answered"])
-    res = migrator("migrate", src_account.url, dst_account.url, "--state", str(tmp_path / "state.sqlite"), "--quiet",
+    res = migrator("run", str(plan), "--state", str(tmp_path / "state.sqlite"), "--quiet",
                    src=src_account, dst=dst_account)
     assert res.code == 0, res.text
     assert rig.snapshot(dst_account) == rig.snapshot(src_account)  # sorted lists: a duplicate would show
+
+
+def test_lost_connections_are_opened_again(src_account, dst_account, tmp_path):
+    """Every session of the source user killed on the server while following: the watch and the
+    workers connect again (with the usual backoff) and a message delivered after it is copied."""
+    s = rig.connect(src_account)
+    s.append("INBOX", simple_message(0))
+    f = Following(src_account, dst_account, tmp_path)
+    f.wait_line("following the source:")
+    assert src_account.dovecot.kill_sessions(src_account.user) >= 3  # the watch, two workers (and ours)
+    rig.connect(src_account).append("INBOX", simple_message(1))
+    d = rig.connect(dst_account)
+    assert reached(lambda: count(d) == 2) < 5.0
+    code, err = f.end()
+    assert code == 0, err
+    assert rig.snapshot(dst_account) == rig.snapshot(src_account)
 
 
 def test_idle_where_no_notify(src_account, dst_account, tmp_path):

@@ -5,6 +5,7 @@ servers' NOTIFY and IDLE are in tests/e2e/test_follow.py."""
 from __future__ import annotations
 
 import threading
+import time
 import tracemalloc
 import types
 
@@ -33,7 +34,7 @@ def wait_for(cond) -> float:
 class Following:
     """An Engine with --follow on two memory servers, running in a thread until ended."""
 
-    def __init__(self, tmp_path, src: MemoryServer, dst: MemoryServer, **follow):
+    def __init__(self, tmp_path, src: MemoryServer, dst: MemoryServer, delete_extra: bool = False, **follow):
         self.src, self.dst, self.lines = src, dst, 0
         plan = Plan(parse_endpoint("imap://a@src.example"), parse_endpoint("imap://b@dst.example"),
                     [FolderPlan(f, f) for f in src.names()])
@@ -42,7 +43,8 @@ class Following:
         self.started = threading.Event()
         opts = FollowOptions(poll_interval=0.01, watch_connections=1, say=self._said, on_start=self.started.set,
                              plan_new=self._plan_new, **follow)
-        self.engine = Engine(plan, src.connect, dst.connect, self.ckpt, EngineOptions(**FAST, follow=opts), Stats())
+        options = EngineOptions(**FAST, delete_extra=delete_extra, follow=opts)
+        self.engine = Engine(plan, src.connect, dst.connect, self.ckpt, options, Stats())
         self.thread = threading.Thread(target=self.engine.run, daemon=True)
 
     def _said(self, line: str) -> None:
@@ -80,6 +82,23 @@ def test_polling_copies_new_messages_flags_and_new_folders(tmp_path):
     assert f.lines >= 4  # the first pass, the watch, and a line per change
     assert {k: sorted(v) for k, v in ((n, src.contents(n).values()) for n in src.names())} == \
            {k: sorted(v) for k, v in ((n, dst.contents(n).values()) for n in dst.names())}
+
+
+@pytest.mark.parametrize("delete_extra", [False, True])
+def test_expunges_follow_only_with_delete_extra(tmp_path, delete_extra):
+    src, dst = MemoryServer(), MemoryServer()
+    for i in range(2):
+        src.deliver(INBOX, f"Subject: {i}\r\n\r\n{i}\r\n".encode())
+    with Following(tmp_path, src, dst, delete_extra=delete_extra) as f:
+        wait_for(lambda: len(dst.contents(INBOX)) == 2)
+        other = src.connect()
+        other.select(INBOX, readonly=False)
+        other.expunge_uids([1])
+        src.deliver(INBOX, b"Subject: 2\r\n\r\n2\r\n")  # a change after it: both marched by then
+        wait_for(lambda: len(dst.contents(INBOX)) == (2 if delete_extra else 3))
+        time.sleep(0.1)  # a few polls more: nothing else changes
+    assert len(dst.contents(INBOX)) == (2 if delete_extra else 3)
+    assert f.engine.stats.total("deleted_extra") == int(delete_extra)
 
 
 def test_memory_stays_flat_over_many_events(tmp_path):
