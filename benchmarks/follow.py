@@ -2,11 +2,12 @@
 
     python benchmarks/follow.py                    # latency over 20 events by NOTIFY, IDLE and polling
     python benchmarks/follow.py --memory-minutes 5  # and RSS of the migrator over a 5-minute follow
+    python benchmarks/follow.py --held 10000 --modes NOTIFY   # each change marches a 10,000-message INBOX
 
-Latency: `migrate SRC DST --follow` runs as a child; a message is APPENDed to the source INBOX (or a
-flag set), and the time until the destination's STATUS (or FETCH FLAGS) shows it is measured, one
-event after the other. IDLE and polling are measured through benchmarks/proxy-free capability
-hiding: tests/faultproxy.py takes NOTIFY (and IDLE) out of what the source says.
+Latency: `migrate SRC DST --follow` runs as a child; a message is APPENDed to the source INBOX and
+the time until the destination's STATUS shows it is measured, one event after the other. For the
+IDLE and polling rows tests/faultproxy.py sits before the source and takes NOTIFY (and IDLE) out
+of what it says.
 
 Memory: during the follow an event every --every seconds (a new message, then a flag set, in
 turn) and the child's VmRSS read from /proc every 10 s: at the start of following, its maximum,
@@ -62,18 +63,19 @@ def until(check, proc: subprocess.Popen, timeout: float = 30.0) -> float:
     return time.monotonic() - start
 
 
-def latency(server: rig.Dovecot, mode: str, events: int) -> list[float]:
+def latency(server: rig.Dovecot, mode: str, events: int, held: int = 1) -> list[float]:
+    """held: messages in INBOX before following (each change's march lists the whole folder)."""
     src, dst = server.new_user("fs"), server.new_user("fd")
     s, d = rig.connect(src), rig.connect(dst)
-    s.append("INBOX", simple_message(0))
+    rig.seed(src, ["INBOX"], [simple_message(i) for i in range(held)])
     with tempfile.TemporaryDirectory() as tmp, FaultProxy(src.port, rewrite_down=MODES[mode]) as proxy:
         extra = ("--poll-interval", "1") if mode.startswith("polling") else ()
         proc = start_follow(dataclasses.replace(src, port=proxy.port), dst, f"{tmp}/state.sqlite", *extra)
         waits = []
         try:
             for i in range(1, events + 1):
-                s.append("INBOX", simple_message(i))
-                waits.append(until(lambda n=i + 1: d.folder_status("INBOX", [b"MESSAGES"])[b"MESSAGES"] == n, proc))
+                s.append("INBOX", simple_message(held + i))
+                waits.append(until(lambda n=held + i: d.folder_status("INBOX", [b"MESSAGES"])[b"MESSAGES"] == n, proc))
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.communicate(timeout=60)
@@ -117,14 +119,17 @@ def memory(server: rig.Dovecot, minutes: float, every: float) -> tuple[int, int,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=20)
+    ap.add_argument("--held", type=int, default=1, help="messages in INBOX before following")
+    ap.add_argument("--modes", default="NOTIFY,IDLE,polling", help="which rows, comma-separated")
     ap.add_argument("--memory-minutes", type=float, default=0.0)
     ap.add_argument("--every", type=float, default=2.0, help="seconds between events in the memory run")
     args = ap.parse_args()
     with rig.Dovecot(name="follow-bench") as server:
-        print("| source offers | events | median s | max s |\n|---|---|---|---|")
-        for mode in MODES:
-            waits = latency(server, mode, args.events)
-            print(f"| {mode} | {len(waits)} | {statistics.median(waits):.3f} | {max(waits):.3f} |", flush=True)
+        print("| source offers | INBOX holds | events | median s | max s |\n|---|---|---|---|---|")
+        for mode in [m for m in MODES if m.split()[0] in args.modes.split(",")]:
+            waits = latency(server, mode, args.events, args.held)
+            print(f"| {mode} | {args.held} | {len(waits)} | {statistics.median(waits):.3f} | {max(waits):.3f} |",
+                  flush=True)
         if args.memory_minutes:
             start, peak, final, events = memory(server, args.memory_minutes, args.every)
             print(f"\nmemory over a {args.memory_minutes:g}-minute follow, {events} events "

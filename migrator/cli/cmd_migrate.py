@@ -43,7 +43,10 @@ def migrate(
     conn: ConnOptions,
     run: RunOptions,
 ) -> None:
-    """Copy every folder and message from SOURCE to DESTINATION (plan + run in one step)."""
+    """Copy every folder and message from SOURCE to DESTINATION (plan + run in one step).
+
+    With --follow, stay connected afterwards and copy what changes on SOURCE until SIGINT/SIGTERM or --follow-for
+    (a provider switch's cut-over: bulk pass, MX change, then --follow; see the README)."""
     from migrator import runner
 
     setup_logging(debug)
