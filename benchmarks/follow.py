@@ -41,6 +41,8 @@ MODES = {  # what the source says it can do -> the proxy's rewrite of its answer
 
 
 def start_follow(src: rig.Account, dst: rig.Account, state: str, *extra: str) -> subprocess.Popen:
+    """The child, once its "following the source" line came (its later lines are left in the pipe:
+    a few per change, far below what the pipe holds in these runs)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATOR_")}
     env.update({**src.env("src"), **dst.env("dst"), "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     proc = subprocess.Popen([sys.executable, "-m", "migrator", "migrate", src.url, dst.url, "--state", state,
@@ -94,7 +96,7 @@ def memory(server: rig.Dovecot, minutes: float, every: float) -> tuple[int, int,
     rig.seed(src, ["INBOX"], [simple_message(i) for i in range(200)])
     s = rig.connect(src)
     with tempfile.TemporaryDirectory() as tmp:
-        proc = start_follow(src, dst, f"{tmp}/state.sqlite", "--quiet")
+        proc = start_follow(src, dst, f"{tmp}/state.sqlite")  # not --quiet: its line says when following began
         start = rss_kb(proc.pid)
         peak, events, last_sample = start, 0, time.monotonic()
         end = time.monotonic() + minutes * 60

@@ -9,6 +9,7 @@ folder sync's (engine/sync.py); see docs/engine.md for the threads.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import queue
 import random
@@ -29,6 +30,7 @@ from migrator.stores.base import Store
 if TYPE_CHECKING:  # FolderSync runs the jobs; it queues its own work here
     from migrator.engine.sync import FolderSync
 
+log = logging.getLogger("migrator.engine")
 TYPICAL_MESSAGE_BYTES = 50_000  # only to rank a folder whose STATUS has no SIZE among the others
 
 T = TypeVar("T")
@@ -91,15 +93,11 @@ class Scheduler:
         finally:
             self._stop_workers(started)
 
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until no work is outstanding (True), the stop, or timeout seconds (False)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def wait_idle(self) -> None:
+        """Wait until no work is outstanding, or the stop."""
         with self._all_done:  # woken by the last job's end; the wait's timeout is for the stop
             while self._outstanding and not self.ctx.stop.is_set():
-                if deadline is not None and time.monotonic() >= deadline:
-                    return False
-                self._all_done.wait(0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic())))
-            return not self._outstanding
+                self._all_done.wait(0.2)
 
     def _stop_workers(self, threads: list[threading.Thread]) -> None:
         stop = self.ctx.stop
@@ -232,7 +230,8 @@ class Scheduler:
                         self.sync.run_chunk(job, conn)
                 except Exception as e:  # a bug must not hang the run: report it on the folder
                     if isinstance(job, PairJob):
-                        ctx.stats.folder_failed(PAIR_JOBS, f"{job.what}: internal error: {type(e).__name__}: {e}")
+                        log.exception("unexpected error")
+                        ctx.stats.folder_failed(("(follow mode)",), f"{job.what}: internal error: {e!r}")
                     else:
                         ctx.internal_error(job.fp if isinstance(job, MarchJob) else job.run.fp, e)
                 finally:
