@@ -27,6 +27,7 @@ class FollowOptions:
     seconds: float | None = None  # --follow-for: end by itself after this long; None: until a signal
     poll_interval: float = 30.0  # seconds between STATUS polls where the source cannot notify
     watch_connections: int = 1  # source connections the watching may use, beside the workers'
+    keepalive: float = 600.0  # seconds a worker's unused connections wait before a STATUS keeps them open
     say: Callable[[str], None] | None = None  # one line per change; None: --quiet
     on_start: Callable[[], None] | None = None  # the first pass is over (the runner stops its progress)
     # New source folders: (source, destination connections, folders planned so far) -> the new
@@ -280,6 +281,10 @@ class Connections:
         if not isinstance(opened, Exception):
             self._dst_selected = (folder, readonly)
         return checked, opened
+
+    def opened(self) -> list[Store]:
+        """The connections open now (none is opened for asking)."""
+        return [store for store in (self._src, self._dst) if store is not None]
 
     def take_deferred(self) -> FolderRun | None:
         run, self.deferred = self.deferred, None

@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, TypeVar
 from migrator.engine.context import Context
 from migrator.engine.jobs import ChunkJob, Connections, MarchJob, PairJob, close_quietly
 from migrator.engine.pairs import open_pair
-from migrator.errors import ConnectionFailed, TransientError
-from migrator.naming import Folder, display
+from migrator.errors import ConnectionFailed, FolderError, TransientError
+from migrator.naming import INBOX, Folder, display
 from migrator.plan import FolderPlan
+from migrator.stores import calls
 from migrator.stores.base import Store
 
 if TYPE_CHECKING:  # FolderSync runs the jobs; it queues its own work here
@@ -270,7 +271,21 @@ class Scheduler:
                         and not self.ctx.stop.is_set()):
                     self.sync.end_alone(conn)
                 return job
-        return self._q.get()[1]
+        follow = self.ctx.opts.follow
+        while True:
+            try:  # following: an unused connection is kept alive (servers drop idle clients after 30 min)
+                return self._q.get(timeout=follow.keepalive if follow else None)[1]
+            except queue.Empty:
+                self._keep_alive(conn)
+
+    def _keep_alive(self, conn: Connections) -> None:
+        """A STATUS of INBOX on each side the worker holds open: one cheap round trip; a connection
+        found lost is dropped (the next job opens it again)."""
+        try:
+            for store in conn.opened():
+                calls.statuses(store, [INBOX])
+        except (TransientError, ConnectionFailed, FolderError):
+            conn.drop()
 
 
 def _source(job: Job) -> Folder:

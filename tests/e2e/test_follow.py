@@ -110,9 +110,9 @@ def proxied(account: rig.Account, proxy: FaultProxy) -> rig.Account:
 
 
 def test_notify_each_change_within_2s_no_new_login_and_sigterm_exits_0(src_account, dst_account, tmp_path):
-    """Dovecot offers NOTIFY: 20 messages appended one by one, then flag and keyword changes, each
-    on the destination within 2 s; one line printed per change; the source sees no login after
-    following began, also while quiet; SIGTERM ends it with exit 0 and both sides identical."""
+    """Dovecot offers NOTIFY: 20 messages appended one by one, then flag and keyword changes, then
+    a new folder, each on the destination within 2 s; a line printed per change; the source sees no
+    login after following began, also while quiet; SIGTERM ends it with exit 0, both sides identical."""
     s, d = rig.connect(src_account), rig.connect(dst_account)
     s.append("INBOX", simple_message(0))
     with FaultProxy(src_account.port) as proxy:
@@ -124,6 +124,10 @@ def test_notify_each_change_within_2s_no_new_login_and_sigterm_exits_0(src_accou
         s.select_folder("INBOX")
         waits += arrivals([lambda u=u: s.add_flags([u], [b"\\Flagged", b"$Work"]) for u in (1, 5, 9)],
                           lambda: sum({b"\\Flagged", b"$Work"} <= fl for fl in flags_of(d).values()))
+        s.create_folder("Projects/2026")  # a new folder: NOTIFY's LIST event; planned, created, copied
+        s.append("Projects/2026", simple_message(30))
+        waits.append(reached(lambda: "Projects/2026" in [n for _f, _s, n in d.list_folders()]
+                             and count(d, "Projects/2026") == 1))
         time.sleep(1.0)  # quiet
         assert proxy.connections == logins, "logged in again while following"
         code, err = f.end()

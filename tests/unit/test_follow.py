@@ -101,6 +101,17 @@ def test_expunges_follow_only_with_delete_extra(tmp_path, delete_extra):
     assert f.engine.stats.total("deleted_extra") == int(delete_extra)
 
 
+def test_unused_worker_connections_are_kept_alive(tmp_path):
+    """Nothing changes: the workers' destination connections still get a STATUS every keepalive
+    seconds (a server would drop them as idle; the next change would then log in again)."""
+    src, dst = MemoryServer(), MemoryServer()
+    src.deliver(INBOX, b"Subject: one\r\n\r\n1\r\n")
+    with Following(tmp_path, src, dst, keepalive=0.05):
+        before = dst.calls_of("status")
+        time.sleep(0.3)
+        assert dst.calls_of("status") >= before + 4  # two workers, several rounds each
+
+
 def test_memory_stays_flat_over_many_events(tmp_path):
     """A bounded number of events (a flag set and cleared again and again) and the follower's
     memory: what it holds after 40 events and after 200 more must be about the same."""
