@@ -80,7 +80,8 @@ Follow = Annotated[bool, typer.Option(
          "else IDLE, else polling. Cut-over: see the README.")]
 FollowFor = Annotated[str | None, typer.Option(
     "--follow-for", metavar="DURATION",
-    help="With --follow: stop following after this long, e.g. 90s, 30m, 2h, 1h30m.")]
+    help="Follow (as --follow) for this long after the first pass, then end as after SIGTERM: e.g. 90s, 30m, 2h, "
+         "1h30m.")]
 PollInterval = Annotated[float, typer.Option(
     "--poll-interval", min=0.05,
     help="With --follow: seconds between polls of folders that are not watched by NOTIFY or IDLE.")]
