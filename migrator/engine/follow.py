@@ -54,6 +54,7 @@ class Follower:
         self._list_changed = False
         self._planning = False
         self._threads: list[threading.Thread] = []
+        self._pollers = 0  # poll watches running (a refused IDLE hands its folder to one)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -179,6 +180,7 @@ class Follower:
                     store = self.connect()
                 if kind == "poll":
                     watch = _Poll(self, store, folders or [])
+                    self._pollers += 1
                 else:
                     watch = store.watch(folders)  # type: ignore[attr-defined]  # capabilities.watch said so
                     self._recheck(folders)
@@ -193,7 +195,10 @@ class Follower:
                 self.ctx.stats.warn(f"follow: the source connection was lost and opened again ({e})")
             except FolderError as e:  # NOTIFY or IDLE refused: these folders are polled instead
                 self._say(f"{e}; polling instead")
-                self.polled.extend(folders or list(self.folders))
+                self.polled.extend(f for f in (folders or list(self.folders)) if f not in self.polled)
+                if self._pollers:
+                    ready.release()
+                    break  # a poll watch runs already: it takes them (this connection is closed)
                 kind, folders = "poll", self.polled
                 continue
             finally:

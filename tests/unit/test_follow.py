@@ -4,6 +4,7 @@ A memory store offers neither NOTIFY nor IDLE, so these exercise the polling wat
 servers' NOTIFY and IDLE are in tests/e2e/test_follow.py."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import tracemalloc
@@ -16,11 +17,11 @@ from migrator.checkpoint import Checkpoint
 from migrator.cli.options import parse_duration
 from migrator.engine.copy import Engine, EngineOptions
 from migrator.engine.jobs import FollowOptions
-from migrator.errors import UsageError
+from migrator.errors import FolderError, UsageError
 from migrator.naming import INBOX
 from migrator.plan import FolderPlan, Plan
 from migrator.stats import Stats
-from migrator.stores.memory import MemoryServer
+from migrator.stores.memory import MemoryServer, MemoryStore
 from migrator.throttle import follow_limits
 from tests.helpers import wait_until
 
@@ -34,17 +35,19 @@ def wait_for(cond) -> float:
 class Following:
     """An Engine with --follow on two memory servers, running in a thread until ended."""
 
-    def __init__(self, tmp_path, src: MemoryServer, dst: MemoryServer, delete_extra: bool = False, **follow):
+    def __init__(self, tmp_path, src: MemoryServer, dst: MemoryServer, delete_extra: bool = False,
+                 connect_src=None, **follow):
         self.src, self.dst, self.lines = src, dst, 0
         plan = Plan(parse_endpoint("imap://a@src.example"), parse_endpoint("imap://b@dst.example"),
                     [FolderPlan(f, f) for f in src.names()])
         self.ckpt = Checkpoint(str(tmp_path / "state.sqlite"))
         self.ckpt.bind("a@src.example", "b@dst.example")
         self.started = threading.Event()
-        opts = FollowOptions(poll_interval=0.01, watch_connections=1, say=self._said, on_start=self.started.set,
-                             plan_new=self._plan_new, **follow)
+        follow.setdefault("watch_connections", 1)
+        opts = FollowOptions(poll_interval=0.01, say=self._said, on_start=self.started.set, plan_new=self._plan_new,
+                             **follow)
         options = EngineOptions(**FAST, delete_extra=delete_extra, follow=opts)
-        self.engine = Engine(plan, src.connect, dst.connect, self.ckpt, options, Stats())
+        self.engine = Engine(plan, connect_src or src.connect, dst.connect, self.ckpt, options, Stats())
         self.thread = threading.Thread(target=self.engine.run, daemon=True)
 
     def _said(self, line: str) -> None:
@@ -99,6 +102,29 @@ def test_expunges_follow_only_with_delete_extra(tmp_path, delete_extra):
         time.sleep(0.1)  # a few polls more: nothing else changes
     assert len(dst.contents(INBOX)) == (2 if delete_extra else 3)
     assert f.engine.stats.total("deleted_extra") == int(delete_extra)
+
+
+class IdleRefused(MemoryStore):
+    """A source that says it has IDLE, and refuses it."""
+
+    def __init__(self, server: MemoryServer):
+        super().__init__(server)
+        self.capabilities = dataclasses.replace(self.capabilities, watch="idle")
+
+    def watch(self, names):
+        raise FolderError("IDLE refused by src.example: NO not now")
+
+
+def test_refused_idle_hands_its_folders_to_the_poll(tmp_path):
+    """Two folders IDLEd (3 watch connections: 2 IDLE, 1 poll), IDLE refused: the poll takes them,
+    changes still follow."""
+    src, dst = MemoryServer(), MemoryServer()
+    src.deliver(INBOX, b"Subject: one\r\n\r\n1\r\n")
+    src.deliver(("Work",), b"Subject: two\r\n\r\n2\r\n")
+    with Following(tmp_path, src, dst, connect_src=lambda: IdleRefused(src), watch_connections=3) as f:
+        src.deliver(("Work",), b"Subject: three\r\n\r\n3\r\n")
+        wait_for(lambda: len(dst.contents(("Work",))) == 2)
+        assert f.engine.follower is not None and sorted(f.engine.follower.polled) == [INBOX, ("Work",)]
 
 
 def test_unused_worker_connections_are_kept_alive(tmp_path):
