@@ -115,12 +115,11 @@ class Follower:
             del self._active[folder]
             after = self.ctx.stats.snapshot(folder)
             copied, flags, deleted, failed = (a - b for a, b in zip(after, before, strict=True))
-            name = display(folder)
-            for n, what in ((copied, "new message{s} copied"), (flags, "flags updated on {n} message{s}"),
-                            (deleted, "message{s} deleted (--delete-extra)"), (failed, "failure{s} (in the report)")):
+            for n, what in ((copied, "{n} new message{s} copied"), (flags, "flags updated on {n} message{s}"),
+                            (deleted, "{n} message{s} deleted (--delete-extra)"),
+                            (failed, "{n} failure{s} (in the report)")):
                 if n > 0:
-                    text = what.format(n=n, s="" if n == 1 else "s")
-                    self._say(f"{name}: {text}" if "{n}" in what else f"{name}: {n} {text}")
+                    self._say(f"{display(folder)}: " + what.format(n=n, s="" if n == 1 else "s"))
 
     def _say(self, line: str) -> None:
         if self.opts.say is not None:
@@ -129,8 +128,8 @@ class Follower:
     # -- watching ------------------------------------------------------------------------------
 
     def _start(self) -> None:
-        """Plan the watches on the first watch connection's capabilities, start a thread each,
-        and have the folders' STATUS compared with their watermarks once."""
+        """Plan the watches on the first watch connection's capabilities, start a thread each, and
+        say so once every watch is in place."""
         first = self._open_first()
         names = list(self.folders)
         mode = first.capabilities.watch if first is not None else None
