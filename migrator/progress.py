@@ -35,6 +35,10 @@ class Progress:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop drawing (again: nothing)."""
         self._stop.set()
         if self._thread:
             self._thread.join(2)

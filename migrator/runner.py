@@ -7,6 +7,7 @@ decided here once (EngineOptions.dry_run) and honoured by the engine.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from migrator.filters import Filters
 from migrator.fsutil import write_json
 from migrator.naming import Folder, display
 from migrator.plan import Plan
-from migrator.planner import PlanningOptions, invalid_destination, plan_folders
+from migrator.planner import PlanningOptions, invalid_destination, plan_folders, planning_options
 from migrator.presets import DestinationRules, destination_rules
 from migrator.progress import Progress
 from migrator.report import render_run, render_verify, run_report, verify_report
@@ -216,8 +217,11 @@ def _execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, 
     stop = stop or threading.Event()
     engine = Engine(plan, src.open, dst.open, ckpt, settings.engine, stats, stop, spare=spare)
     tuning.for_bulk_copy(settings.engine.batch_bytes)
+    progress = Progress(stats, quiet=settings.quiet)
+    if settings.engine.follow is not None:
+        _follow_settings(settings.engine.follow, plan, stats, progress, None if settings.quiet else print_fn)
     try:
-        with Progress(stats, quiet=settings.quiet):
+        with progress:
             engine.run()
     finally:
         if ckpt:
@@ -248,6 +252,44 @@ def mirrors_by_default(plan: Plan) -> bool:
     folder's messages would be taken out): then the latest snapshot keeps them."""
     return (advertised(plan.destination).keeps_history and not plan.filters
             and not any(fp.merge for fp in plan.copying()))
+
+
+def _follow_settings(follow, plan: Plan, stats: Stats, progress: Progress, print_fn) -> None:
+    """--follow: where its lines go (none with --quiet), the progress stopped once the first pass is
+    over, and new source folders planned by the rules the plan was made with."""
+    def say(line: str) -> None:
+        print_fn(f"follow: {line}")
+        sys.stdout.flush()
+
+    def first_pass_done() -> None:
+        progress.stop()
+        if print_fn is not None:
+            say(f"first pass done: {stats.total('copied')} copied, {stats.total('already') + stats.total('found')} "
+                "already there; following the source (Ctrl-C or SIGTERM ends)")
+
+    follow.say = say if print_fn is not None else None
+    follow.on_start = first_pass_done
+    follow.plan_new = new_folder_planner(plan)
+
+
+def new_folder_planner(plan: Plan):
+    """Follow mode: (source, destination, folders planned so far) -> plans of the source folders
+    not planned yet, by the mapping options the plan was made with (its [options])."""
+    o = plan.options
+    opts = planning_options(o.get("map", ()), o.get("include", ()), o.get("exclude", ()), o.get("folders", ()),
+                            o.get("presets", ()), str(o.get("subscribe", "source")))
+
+    def plan_new(s: Store, d: Store, known: list) -> list:
+        fresh = plan_folders(s, d, Plan(plan.source, plan.destination), opts, with_status=False)
+        sources = {fp.source for fp in known}
+        taken = {fp.destination for fp in known if fp.action == "copy"}
+        new = [fp for fp in fresh.folders if fp.source not in sources]
+        for fp in new:
+            if fp.action == "copy" and fp.destination in taken:  # never merged into a folder of another
+                fp.action, fp.note = "skip", f"its destination '{display(fp.destination)}' is another folder's"
+        return new
+
+    return plan_new
 
 
 def _workers_for(plan: Plan, workers: int) -> int:

@@ -87,6 +87,13 @@ class Stats:
 
     # -- read side -------------------------------------------------------------------------
 
+    def snapshot(self, folder: Folder) -> tuple[int, int, int, int]:
+        """A folder's (copied, flags updated, deleted extra, failed) now: follow mode tells the
+        changes one march made by the difference."""
+        with self._lock:
+            fc = self.folders.get(display(folder)) or FolderCounts()
+            return fc.copied, fc.flags_updated, fc.deleted_extra, fc.failed
+
     def total(self, key: str) -> int:
         with self._lock:
             return sum(getattr(fc, key) for fc in self.folders.values())

@@ -107,3 +107,24 @@ def connection_limits(src, dst, workers: int, max_per_host: int | None) -> int:
 
     src.slots = dst.slots = HostSlots(max_per_host)
     return max(1, min(workers, max_per_host // per_worker))
+
+
+FOLLOW_WATCHERS_UNCAPPED = 10  # source connections watching when --max-connections-per-host is not set
+
+
+def follow_limits(src, dst, workers: int, max_per_host: int | None) -> tuple[int, int]:
+    """--follow: (workers, watching connections) under --max-connections-per-host. The watching
+    takes what the workers leave on the source's host; if they leave nothing, one worker less."""
+    if not max_per_host:
+        return workers, FOLLOW_WATCHERS_UNCAPPED
+    from migrator.errors import UsageError
+
+    same_host = src.endpoint.host.lower() == dst.endpoint.host.lower()
+    per_worker = 2 if same_host and src.endpoint.is_network and dst.endpoint.is_network else 1
+    while workers > 1 and max_per_host - workers * per_worker < 1:
+        workers -= 1
+    watchers = max_per_host - workers * per_worker
+    if watchers < 1:
+        raise UsageError(f"--max-connections-per-host must be at least {per_worker + 1} with --follow "
+                         "(the workers' connections and one to watch the source)")
+    return workers, watchers

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -48,6 +49,15 @@ def migrate(src: Account, dst: Account, tmp_path: Path, *extra: str, report: str
                    "--quiet", *extra, src=src, dst=dst, env=env)
     data = json.loads(rep.read_text()) if rep.exists() else {}
     return res, data
+
+
+def wait_until(cond, timeout: float = 10.0, step: float = 0.01) -> float:
+    """Seconds until cond() held, looked at every `step` seconds; fails the test after timeout."""
+    start = time.monotonic()
+    while not cond():
+        assert time.monotonic() - start < timeout, f"not reached in {timeout} s"
+        time.sleep(step)
+    return time.monotonic() - start
 
 
 def multiset(snapshot_folder: list) -> Counter:

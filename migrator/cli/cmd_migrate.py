@@ -56,7 +56,10 @@ def migrate(
 
     Filters (--since, --before, --min-size, --max-size) leave messages out, reported as skipped; a later run
     without them copies the rest, with no duplicates. Into an archive (archive:///DIR), each run is a snapshot:
-    mail deleted on the source leaves the latest snapshot and stays in the earlier ones."""
+    mail deleted on the source leaves the latest snapshot and stays in the earlier ones.
+
+    With --follow, stay connected afterwards and copy what changes on SOURCE until SIGINT/SIGTERM or --follow-for
+    (a provider switch's cut-over: bulk pass, MX change, then --follow; see the README)."""
     from migrator import runner
 
     setup_logging(debug)

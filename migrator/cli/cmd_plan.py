@@ -101,7 +101,10 @@ def run_cmd(
     conn: ConnOptions,
     run: RunOptions,
 ) -> None:
-    """Carry out a PLAN: create the destination folders and copy the messages (rerun to resume)."""
+    """Carry out a PLAN: create the destination folders and copy the messages (rerun to resume).
+
+    With --follow, stay connected afterwards and copy what changes on the source (new folders by the plan's
+    [options]) until SIGINT/SIGTERM or --follow-for."""
     from migrator import runner
     from migrator.plan_io import read_plan
 

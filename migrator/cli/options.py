@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import re
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -82,6 +83,19 @@ MaxConns = Annotated[int, typer.Option(
     "--max-connections-per-host", min=1,
     help="Open connections per host, all workers of a run together (Gmail allows 15 per account; batch: see its "
          "--help).")]
+
+Follow = Annotated[bool, typer.Option(
+    "--follow",
+    help="After copying, stay connected and copy what changes on the source (new messages, flags; new folders; "
+         "expunges with --delete-extra) until SIGINT/SIGTERM or --follow-for. NOTIFY where the source offers it, "
+         "else IDLE, else polling. Cut-over: see the README.")]
+FollowFor = Annotated[str | None, typer.Option(
+    "--follow-for", metavar="DURATION",
+    help="Follow (as --follow) for this long after the first pass, then end as after SIGTERM: e.g. 90s, 30m, 2h, "
+         "1h30m.")]
+PollInterval = Annotated[float, typer.Option(
+    "--poll-interval", min=0.05,
+    help="With --follow: seconds between polls of folders that are not watched by NOTIFY or IDLE.")]
 
 # Mapping options (planner rules; see `migrator plan --help` for their order).
 MapOpt = Annotated[list[str] | None, typer.Option(
@@ -245,12 +259,15 @@ class RunOptions:
     max_connections_per_host: int | None = 10
     in_flight_grace: float = 5.0
     max_backoff: float = 300.0
+    follow: bool = False
+    follow_for: str | None = None
+    poll_interval: float = 30.0
 
 
 _RUN_PARAMS = [(f.name, kind, f.default) for f, kind in zip(
     dataclasses.fields(RunOptions),
     [DryRun, Workers, State, ResetState, Report, IncludeDeleted, NoSyncFlags, DeleteExtra, RetryFailed, BatchMB,
-     MaxBps, MaxMps, MaxConns, InFlightGrace, MaxBackoff],
+     MaxBps, MaxMps, MaxConns, InFlightGrace, MaxBackoff, Follow, FollowFor, PollInterval],
     strict=True,
 )]
 with_run_options = _folded("run", RunOptions, _RUN_PARAMS)
@@ -319,7 +336,38 @@ def engine_options(src: Connector, dst: Connector, run: RunOptions):
         throttle=active, in_flight_grace=run.in_flight_grace, governors=Governors(max_backoff=run.max_backoff),
     )
     opts.batch_bytes, opts.batch_count = throttle.batch_limits(active, opts.batch_bytes, opts.batch_count)
+    if run.follow or run.follow_for:
+        opts.follow = follow_options(src, dst, run, opts)
     return opts
+
+
+def follow_options(src: Connector, dst: Connector, run: RunOptions, opts):
+    """--follow: how long, how often, and how many source connections may watch (what the cap
+    leaves beside the workers'; a worker less if none is left)."""
+    from migrator import throttle
+    from migrator.engine.jobs import FollowOptions
+    from migrator.errors import UsageError
+
+    if run.dry_run:
+        raise UsageError("--follow cannot be used with --dry-run")
+    seconds = parse_duration(run.follow_for) if run.follow_for else None
+    opts.workers, watchers = throttle.follow_limits(src, dst, opts.workers, run.max_connections_per_host)
+    return FollowOptions(seconds=seconds, poll_interval=run.poll_interval, watch_connections=watchers)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '30m', '2h', '1h30m' -> seconds; a usage error otherwise."""
+    from migrator.errors import UsageError
+
+    spec = text.strip().lower()
+    parts = _DURATION.findall(spec)
+    if not spec or "".join(n + u for n, u in parts) != spec or not parts:
+        raise UsageError(f"--follow-for {text!r}: not a duration (e.g. 90s, 30m, 2h, 1h30m)")
+    return sum(float(n) * _UNIT[u] for n, u in parts)
 
 
 def run_settings(src: Connector, dst: Connector, run: RunOptions, quiet: bool):

@@ -7,7 +7,8 @@ Engine is the public face (runner.py, the tests): it puts the parts of a run tog
     matching.py (what the destination already holds), copying.py (the copy, journalled),
     ending.py (size check, read-back, watermark, the end deferred to the next SELECT) and
     readback.py (content checks);
-  - engine/context.py: what they share, and the Ledger that records each message's outcome.
+  - engine/context.py: what they share, and the Ledger that records each message's outcome;
+  - engine/follow.py: --follow, the source watched after the first pass, changes marched again.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from migrator.checkpoint import Checkpoint
 from migrator.engine.context import Context
+from migrator.engine.follow import Follower
 from migrator.engine.jobs import EngineOptions, MarchJob
 from migrator.engine.prepare import Preparation
 from migrator.engine.scheduler import Scheduler
@@ -41,6 +43,7 @@ class Engine:
         stats: Stats | None = None,
         stop: threading.Event | None = None,
         spare: tuple[Store, Store] | None = None,
+        connect_watch: Callable[[], Store] | None = None,
     ):
         self.plan = plan
         self.opts = opts
@@ -52,6 +55,9 @@ class Engine:
         self.scheduler = Scheduler(self.ctx, connect_src, connect_dst, spare)
         self.sync = FolderSync(self.ctx, self.scheduler)
         self.scheduler.sync = self.sync
+        # --follow: source connections of its own for watching (by default like the workers')
+        self.follower = (Follower(self.ctx, self.scheduler, self.preparation, connect_watch or connect_src)
+                         if opts.follow is not None and not opts.dry_run else None)
 
     @property
     def would_create(self) -> list[Folder]:
@@ -69,7 +75,8 @@ class Engine:
 
         try:
             # Workers log in early only when there is copying to do: a folder without a usable watermark.
-            self.scheduler.run(prepare, early=len(marks) < len(folders))
+            self.scheduler.run(prepare, early=len(marks) < len(folders),
+                               then=self.follower.run if self.follower else None)
         finally:
             self.ctx.dst_side.shutdown(wait=False)
         if self.ctx.fatal is not None:

@@ -25,6 +25,21 @@ OVERQUOTA_HINT = ("the destination is over quota: free space or raise the quota,
 
 
 @dataclass
+class FollowOptions:
+    """Follow mode (engine/follow.py): after the first pass, watch the source and copy changes."""
+
+    seconds: float | None = None  # --follow-for: end by itself after this long; None: until a signal
+    poll_interval: float = 30.0  # seconds between STATUS polls where the source cannot notify
+    watch_connections: int = 1  # source connections the watching may use, beside the workers'
+    keepalive: float = 600.0  # seconds a worker's unused connections wait before a STATUS keeps them open
+    say: Callable[[str], None] | None = None  # one line per change; None: --quiet
+    on_start: Callable[[], None] | None = None  # the first pass is over (the runner stops its progress)
+    # New source folders: (source, destination connections, folders planned so far) -> the new
+    # folders' plans, by the rules of the first pass (the runner's planner); None: not followed.
+    plan_new: Callable[[Store, Store, list[FolderPlan]], list[FolderPlan]] | None = None
+
+
+@dataclass
 class EngineOptions:
     workers: int = 4
     batch_bytes: int = 8 * 1024 * 1024  # per FETCH / APPEND batch: bounds memory per worker
@@ -61,6 +76,7 @@ class EngineOptions:
     # flags it loses from an APPEND or adds by itself (flag_rules), the error answers after which it
     # closes a session (session_errors), its limits (named in the reason of a refusal).
     destination: DestinationRules | None = None
+    follow: FollowOptions | None = None  # --follow: watch the source after the first pass
 
     @functools.cached_property
     def flag_rules(self) -> FlagRules:
@@ -227,6 +243,15 @@ class ChunkJob:
     opened: tuple | None = None  # (source, destination) SELECT answers: run at once by the march's worker
 
 
+@dataclass
+class PairJob:
+    """Work on a worker's pair of connections that belongs to no folder run (follow mode: the
+    source's STATUS against the watermarks, new folders planned and created). Taken first."""
+
+    work: Callable[[Store, Store], None]
+    what: str = "follow"
+
+
 def appends_unseen(dst: Store) -> bool:
     """Whether the destination gives no UID for an APPEND (no UIDPLUS): its copies are then found
     by content, the folder is listed read-only and appended to by one session at a time."""
@@ -325,6 +350,10 @@ class Connections:
         """A new destination session, apart from this worker's, for the caller to close: what a
         server shows a session other than the one that stored a message."""
         return self._connect_dst()
+
+    def opened(self) -> list[Store]:
+        """The connections open now (none is opened for asking)."""
+        return [store for store in (self._src, self._dst) if store is not None]
 
     def take_deferred(self) -> FolderRun | None:
         run, self.deferred = self.deferred, None

@@ -9,6 +9,7 @@ folder sync's (engine/sync.py); see docs/engine.md for the threads.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import queue
 import random
@@ -19,21 +20,24 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from migrator.engine.context import Context
-from migrator.engine.jobs import ChunkJob, Connections, MarchJob, close_quietly
+from migrator.engine.jobs import ChunkJob, Connections, MarchJob, PairJob, close_quietly
 from migrator.engine.pairs import open_pair
-from migrator.errors import ConnectionFailed, TransientError
-from migrator.naming import Folder, display
+from migrator.errors import ConnectionFailed, FolderError, TransientError
+from migrator.naming import INBOX, Folder, display
 from migrator.plan import FolderPlan
+from migrator.stores import calls
 from migrator.stores.base import Store
 from migrator.throttle import is_throttle
 
 if TYPE_CHECKING:  # FolderSync runs the jobs; it queues its own work here
     from migrator.engine.sync import FolderSync
 
+log = logging.getLogger("migrator.engine")
 TYPICAL_MESSAGE_BYTES = 50_000  # only to rank a folder whose STATUS has no SIZE among the others
 
 T = TypeVar("T")
-Job = MarchJob | ChunkJob
+Job = MarchJob | ChunkJob | PairJob
+PAIR_JOBS: Folder = ("",)  # what PairJobs count as outstanding under (no folder has this name)
 
 
 class Scheduler:
@@ -60,11 +64,13 @@ class Scheduler:
 
     # -- a run ---------------------------------------------------------------------------------
 
-    def run(self, prepare: Callable[[], list[MarchJob]], early: bool) -> None:
+    def run(self, prepare: Callable[[], list[MarchJob]], early: bool,
+            then: Callable[[], None] | None = None) -> None:
         """prepare() the folders and queue the marches it returns; run workers until no work is
         outstanding, or the stop. early: workers 1..n-1 log in while the folders are prepared,
         instead of after (on a WAN several round trips off the critical path); worker 0 takes the
-        spare connections afterwards."""
+        spare connections afterwards. then: run once nothing is outstanding, with the workers and
+        their connections still there (follow mode queues more work)."""
         n = max(1, self.ctx.opts.workers)
         early = early and n > 1
         threads = [threading.Thread(target=self._worker, args=(early and i > 0,), name=f"worker-{i}", daemon=True)
@@ -82,13 +88,19 @@ class Scheduler:
                     t.start()
                     started.append(t)
             try:
-                with self._all_done:  # woken by the last job's end; the timeout is for stop
-                    while self._outstanding and not self.ctx.stop.is_set():
-                        self._all_done.wait(0.2)
+                self.wait_idle()
             except KeyboardInterrupt:
                 self.ctx.stop.set()
+            if then is not None and not self.ctx.stop.is_set():
+                then()
         finally:
             self._stop_workers(started)
+
+    def wait_idle(self) -> None:
+        """Wait until no work is outstanding, or the stop."""
+        with self._all_done:  # woken by the last job's end; the wait's timeout is for the stop
+            while self._outstanding and not self.ctx.stop.is_set():
+                self._all_done.wait(0.2)
 
     def _stop_workers(self, threads: list[threading.Thread]) -> None:
         stop = self.ctx.stop
@@ -142,8 +154,12 @@ class Scheduler:
         """last: behind every other job (a folder that waits for others must not take the workers
         they need: with few workers, big waiting folders ranked first would starve them)."""
         self.hold(_source(job))  # a retry is put before its failed job is done: stays > 0
-        work = self._expected_bytes(job.fp) if isinstance(job, MarchJob) else sum(m.size for m in job.metas)
-        self._q.put(((math.inf if last else -work, next(self._seq)), job))
+        if isinstance(job, PairJob):  # follow mode's: first
+            key = -math.inf
+        else:
+            work = self._expected_bytes(job.fp) if isinstance(job, MarchJob) else sum(m.size for m in job.metas)
+            key = math.inf if last else -work
+        self._q.put(((key, next(self._seq)), job))
 
     def _expected_bytes(self, fp: FolderPlan) -> float:
         """How much a folder's march may lead to copying, to rank it among the chunks: its size as
@@ -221,10 +237,16 @@ class Scheduler:
                         if wait > 0 and ctx.stop.wait(wait):
                             continue
                         self.sync.run_march(job, conn)
+                    elif isinstance(job, PairJob):
+                        self._pair_job(job, conn)
                     else:
                         self.sync.run_chunk(job, conn)
                 except Exception as e:  # a bug must not hang the run: report it on the folder
-                    ctx.internal_error(job.fp if isinstance(job, MarchJob) else job.run.fp, e)
+                    if isinstance(job, PairJob):
+                        log.exception("unexpected error")
+                        ctx.stats.folder_failed(("(follow mode)",), f"{job.what}: internal error: {e!r}")
+                    else:
+                        ctx.internal_error(job.fp if isinstance(job, MarchJob) else job.run.fp, e)
                 finally:
                     self.release(_source(job))
         finally:
@@ -232,6 +254,20 @@ class Scheduler:
             if deferred is not None:  # only if a bug ended the loop: keep the count right
                 self.release(deferred.fp.source)
             conn.close()
+
+    def _pair_job(self, job: PairJob, conn: Connections) -> None:
+        """On a transient error the connections are opened again and the work done again, after the
+        usual backoff, at most max_attempts times; then it is only warned about."""
+        for attempt in range(1, self.ctx.opts.max_attempts + 1):
+            try:
+                job.work(*conn.both())
+                return
+            except (TransientError, ConnectionFailed) as e:
+                conn.drop()
+                if attempt == self.ctx.opts.max_attempts:
+                    self.ctx.stats.warn(f"{job.what}: {e}")
+                elif self.ctx.stop.wait(self.backoff(attempt)):
+                    return
 
     def _next_job(self, conn: Connections) -> Job | None:
         """The next job from the queue. A folder end deferred on this worker's connection goes with
@@ -247,8 +283,24 @@ class Scheduler:
                         and not self.ctx.stop.is_set()):
                     self.sync.end_alone(conn)
                 return job
-        return self._q.get()[1]
+        follow = self.ctx.opts.follow
+        while True:
+            try:  # following: an unused connection is kept alive (servers drop idle clients after 30 min)
+                return self._q.get(timeout=follow.keepalive if follow else None)[1]
+            except queue.Empty:
+                self._keep_alive(conn)
+
+    def _keep_alive(self, conn: Connections) -> None:
+        """A STATUS of INBOX on each side the worker holds open: one cheap round trip; a connection
+        found lost is dropped (the next job opens it again)."""
+        try:
+            for store in conn.opened():
+                calls.statuses(store, [INBOX])
+        except (TransientError, ConnectionFailed, FolderError):
+            conn.drop()
 
 
 def _source(job: Job) -> Folder:
+    if isinstance(job, PairJob):
+        return PAIR_JOBS
     return job.fp.source if isinstance(job, MarchJob) else job.run.fp.source

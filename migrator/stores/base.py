@@ -138,6 +138,10 @@ class Capabilities:
     copy: bool = False
     # The listing gives MessageMeta.identity and also_in (a Gmail account: one message, many labels)
     identities: bool = False
+    # How the store can tell changes as they happen (follow mode, engine/follow.py): "notify" (one
+    # connection watches every folder, RFC 5465), "idle" (one connection per folder, RFC 2177), or
+    # None (the follower polls STATUS). A store with one implements Watchable.
+    watch: str | None = None
     extra: set[str] = field(default_factory=set)
 
 
@@ -302,6 +306,39 @@ class CopyWithin(Store, Protocol):
         """Copy the messages `uids` of folder `source` into `to`: {uid: its new UID, or None where
         the store cannot tell} for those copied (a UID no longer there is left out); None when
         `source` no longer has this UIDVALIDITY (nothing copied). Leaves no folder selected."""
+        ...
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What a Watch saw: folders whose messages or flags changed; whether the folder list did."""
+
+    folders: frozenset[Folder] = frozenset()
+    folder_list: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.folders) or self.folder_list
+
+
+class Watch(Protocol):
+    """A connection given over to watching: it does nothing else until closed."""
+
+    def changes(self, timeout: float) -> Changes:
+        """What changed since the last call, waiting at most timeout seconds for something.
+        A lost connection raises TransientError (events may have been missed)."""
+        ...
+
+    def close(self) -> None:
+        """Stop watching (the connection itself is the caller's to close)."""
+        ...
+
+
+class Watchable(Store, Protocol):
+    """Optional (Capabilities.watch set): the store is told of changes as they happen."""
+
+    def watch(self, names: Sequence[Folder] | None) -> Watch:
+        """Watch these folders (with "idle": exactly one), or, with None, every folder and the
+        folder list itself (with "notify")."""
         ...
 
 

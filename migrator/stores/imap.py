@@ -49,11 +49,11 @@ from migrator.stores.imap_parse import (
     text,
     uid_set,
 )
+from migrator.stores.imap_watch import watch as watch_folders
 from migrator.stores.imap_wire import ReadAhead, Refused
 from migrator.throttle import is_throttle
 
-# ConnectOptions, Credentials, make_ssl_context: stores.connection's, named here for cli/options.py.
-__all__ = ["ConnectOptions", "Credentials", "ImapStore", "make_ssl_context"]
+__all__ = ["ConnectOptions", "Credentials", "ImapStore", "make_ssl_context"]  # stores.connection's, for cli/
 
 META_FETCH_CHUNK = 5000  # UIDs per metadata FETCH: bounds the size of one response
 # What a lost connection raises from imaplib, imapclient and the socket.
@@ -492,6 +492,7 @@ class ImapStore:
 
     limits = destination_limits  # Store.limits: CAPABILITY, STATUS, EXAMINE, GETQUOTAROOT (imap_limits.py)
     session_errors = property(lambda self: self.wire.refusals)  # Store.session_errors: NO/BAD, counted by Wire
+    watch = watch_folders  # Watchable.watch(names): NOTIFY or IDLE on this connection (imap_watch.py)
 
     def close(self) -> None:
         """LOGOUT, and close without waiting for the server's BYE (Wire.logout_now)."""

@@ -72,6 +72,7 @@ def capabilities_of(caps: set[str]) -> Capabilities:
         special_use="SPECIAL-USE" in caps,
         late_commits=True,
         pipelined=True,
+        watch="notify" if "NOTIFY" in caps else "idle" if "IDLE" in caps else None,
         extra=caps,
     )
     for c in caps:

@@ -22,7 +22,9 @@ import base64
 import functools
 import imaplib
 import re
+import select
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -39,6 +41,8 @@ imaplib.Commands.setdefault("COMPRESS", ("AUTH", "SELECTED"))  # RFC 4978; imapl
 SEND_COALESCE = 1 << 20  # APPEND: bodies below this are gathered into one write
 LITERAL_INPLACE = 1 << 20  # FETCH: literals from this size on are read into one buffer
 PIPELINE_WINDOW = 50  # commands sent before reading their answers (CREATE, SUBSCRIBE, STATUS)
+
+_LITERAL_END = re.compile(rb"\{(\d+)\+?\}\r\n$")  # a line ending in a literal's announcement
 
 # One pipelined command's answer: (OK/NO/BAD, tagged data, that command's untagged data).
 Answer = tuple[str, list, list]
@@ -328,6 +332,45 @@ class Wire:
         buf += b"\r\n"
         imap.send(buf)
         return imap._command_complete("APPEND", tag)  # imaplib's reader of the tagged answer
+
+    # -- watching (IDLE, NOTIFY: stores/imap_watch.py speaks them over these) ----------------------
+
+    def send_command(self, text: bytes) -> bytes:
+        """A command sent as one line, its answer left to read_line(); returns its tag."""
+        tag = self._imap._new_tag()  # imaplib's tag counter: its own commands must not reuse the tag
+        self._imap.send(tag + b" " + text + b"\r\n")  # imaplib has no IDLE or NOTIFY
+        return tag
+
+    def send_line(self, text: bytes) -> None:
+        self._imap.send(text + b"\r\n")  # IDLE's DONE: no tag
+
+    def read_line(self, timeout: float) -> bytes | None:
+        """The next line from the server (a literal in it kept inline), waiting at most timeout
+        seconds for it to start; None if nothing came. A line held in imaplib's read buffer (or
+        TLS's) is not seen by select(): asked of the buffer first, without blocking."""
+        imap = self._imap
+        if not self._buffered() and not select.select([imap.sock], [], [], timeout)[0]:
+            return None
+        line = imap.file.readline()  # the server sends whole lines: this returns soon
+        if not line:
+            raise imaplib.IMAP4.abort("socket error: EOF")
+        while (m := _LITERAL_END.search(line)) is not None:
+            line += imap.file.read(int(m.group(1))) + imap.file.readline()
+        return line.rstrip(b"\r\n")
+
+    def _buffered(self) -> bool:
+        """Whether bytes wait in a buffer above the socket (imaplib's reader, TLS's, deflate's)."""
+        imap, sock = self._imap, self._imap.sock
+        if getattr(sock, "pending", lambda: 0)():
+            return True
+        timeout = sock.gettimeout()
+        sock.setblocking(False)
+        try:
+            return bool(imap.file.peek(1))  # the buffer, or one read that cannot block
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return False
+        finally:
+            sock.settimeout(timeout)
 
     def logout_now(self) -> None:
         """LOGOUT sent, its answer not waited for: every command before it was answered already,

@@ -205,6 +205,11 @@ class MemoryServer:
                 return f
         return None
 
+    def calls_of(self, method: str) -> int:
+        """How many times a store method was called on this server, by every connection."""
+        with self.lock:
+            return self._calls.get(method, 0)
+
     def _drop_at(self, method: str) -> _Fault | None:
         with self.lock:
             n = self._calls[method] = self._calls.get(method, 0) + 1
