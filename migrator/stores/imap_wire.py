@@ -1,3 +1,4 @@
+# long: every private imaplib/imapclient use stays in this one file, so a library upgrade is checked in one place
 """The IMAP wire layer: every use of imaplib's and imapclient's private parts, in one place.
 
 imapclient parses answers and imaplib reads and writes the socket. migrator needs what neither
