@@ -57,6 +57,7 @@ class Governor:
     _active: int = 0
     _streak: int = 0  # throttles with no success between them: the default wait doubles
     _since_cut: int = 0  # calls that went through since the allowance last changed
+    _joined: int = 0  # sessions of the runs using this host now (Governors.joined)
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _started: float = field(default_factory=time.monotonic)
 
@@ -81,6 +82,16 @@ class Governor:
             with self._cond:
                 self._active -= 1
                 self._cond.notify_all()
+
+    def resize(self, sessions: int) -> None:
+        """Runs sharing this host came or went: the ceiling is all their sessions. A run that
+        comes adds its own to the allowance; one that goes takes what is over the new ceiling."""
+        with self._cond:
+            joined = sessions > 0 and self._joined == 0
+            self._joined += sessions
+            self.ceiling = max(1, self._joined)
+            self.allowed = self.ceiling if joined else max(1, min(self.ceiling, self.allowed + sessions))
+            self._cond.notify_all()
 
     def succeeded(self) -> None:
         """A call went through: the allowance grows back by one per `allowed` of them."""
@@ -120,11 +131,13 @@ class Governor:
 
 @dataclass
 class Governors:
-    """The run's governors, one per (side, host); a batch shares one Governors between its mailboxes."""
+    """The run's governors, one per (side, host). A batch shares one Governors between the mailboxes
+    its process runs (batchrun.shared_governors): a throttle one mailbox's session gets pauses every
+    mailbox on that host, and each run that is `joined` hears of it (`listening`, its report)."""
 
     max_backoff: float = 300.0
-    on_wait: Callable[[Wait], None] | None = None
     _by_host: dict[tuple[str, str], Governor] = field(default_factory=dict)
+    _listeners: list[Callable[[Wait], None]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self, side: str, host: str, sessions: int) -> Governor:
@@ -132,9 +145,32 @@ class Governors:
             key = (side, host.lower())
             gov = self._by_host.get(key)
             if gov is None:
-                gov = self._by_host[key] = Governor(side, host, sessions, self.max_backoff,
-                                                    lambda w: self.on_wait(w) if self.on_wait else None)
+                gov = self._by_host[key] = Governor(side, host, sessions, self.max_backoff, self._said)
             return gov
+
+    def _said(self, wait: Wait) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listen in listeners:
+            listen(wait)
+
+    @contextmanager
+    def joined(self, hosts: dict[str, str], sessions: int, on_wait: Callable[[Wait], None]) -> Iterator[None]:
+        """A run (one mailbox) using these hosts (side -> host) with `sessions` workers, for as long
+        as it runs: the hosts' ceilings count its sessions with those of the other runs sharing
+        this Governors, and `on_wait` hears of every pause of any host meanwhile."""
+        govs = [self.get(side, host, 0) for side, host in hosts.items()]
+        with self._lock:
+            self._listeners.append(on_wait)
+        for gov in govs:
+            gov.resize(+sessions)
+        try:
+            yield
+        finally:
+            for gov in govs:
+                gov.resize(-sessions)
+            with self._lock:
+                self._listeners.remove(on_wait)
 
     def waits(self) -> list[Wait]:
         with self._lock:

@@ -212,12 +212,15 @@ def _execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, 
         stats.warn(w)
     for folder, reason in folder_errors:
         stats.folder_failed(folder, reason)
-    settings.engine.governors.on_wait = stats.waited  # each pause a server asked for: said and reported
     stop = stop or threading.Event()
     engine = Engine(plan, src.open, dst.open, ckpt, settings.engine, stats, stop, spare=spare)
     tuning.for_bulk_copy(settings.engine.batch_bytes)
+    # Each pause a server asked for is said and reported; in a batch, those of other mailboxes on
+    # the same hosts too (they pause this run as well).
+    hosts = {"source": plan.source.host or "source", "destination": plan.destination.host or "destination"}
     try:
-        with Progress(stats, quiet=settings.quiet):
+        with settings.engine.governors.joined(hosts, settings.engine.workers, stats.waited), \
+                Progress(stats, quiet=settings.quiet):
             engine.run()
     finally:
         if ckpt:

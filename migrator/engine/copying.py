@@ -91,8 +91,7 @@ class Copier:
         crash("intent-written")
         governor = self.ctx.governor("destination")
         try:
-            with governor.turn(self.ctx.stop):  # every session to the host waits out a throttle
-                uids = dst.append(fp.destination, items)
+            uids = governed_append(self.ctx, dst, fp.destination, items)
         except Throttled as e:
             self._throttled(run, conn, intents, items, shapes, e, waits)
             return
@@ -222,6 +221,26 @@ def served(m: MessageMeta, msg: Message) -> MessageMeta:
     estimate: Capabilities.exact_sizes), and the date a listing may leave out (POP3: read from the
     headers by fetch())."""
     return dataclasses.replace(m, size=len(msg.body), internaldate=m.internaldate or msg.meta.internaldate)
+
+
+def governed_append(ctx: Context, dst: Store, folder, items: list[AppendItem]) -> list[int | None]:
+    """APPEND through the destination host's governor: every session to the host waits out a
+    throttle. Without MULTIAPPEND a batch is one APPEND a message, so each message takes its own
+    turn: a session never sends the rest of its batch while another session's throttle holds the
+    host (the store would send them back to back). A refusal's `stored`, as the store says it."""
+    governor = ctx.governor("destination")
+    if dst.capabilities.multiappend or len(items) <= 1:
+        with governor.turn(ctx.stop):
+            return dst.append(folder, items)
+    out: list[int | None] = []
+    for item in items:
+        try:
+            with governor.turn(ctx.stop):
+                out.extend(dst.append(folder, [item]))
+        except (MessageRejected, Throttled) as e:
+            e.stored = out  # the messages before this one are on the server
+            raise
+    return out
 
 
 def governed_fetch(ctx: Context, src: Store, uids: list[int]) -> dict[int, Message]:
