@@ -31,13 +31,15 @@ _shared_governors: dict[str, Governors] = {}
 _governors_lock = threading.Lock()
 
 
-def shared_governors(batch_id: str, max_backoff: float) -> Governors:
+def shared_governors(batch_id: str, made: Callable[[], Governors]) -> Governors:
     """The throttle governors of this batch in this process: every mailbox run here (the local
     pool's threads, or one Dask worker process's tasks) shares them, so a throttle on one mailbox's
     session pauses all of them on that host. Across the processes of a cluster they are not shared
     (docs/batch.md): each worker process backs off for its own mailboxes."""
     with _governors_lock:
-        return _shared_governors.setdefault(batch_id, Governors(max_backoff=max_backoff))
+        if batch_id not in _shared_governors:
+            _shared_governors[batch_id] = made()
+        return _shared_governors[batch_id]
 
 
 def forget_governors(batch_id: str) -> None:

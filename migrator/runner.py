@@ -25,7 +25,7 @@ from migrator.fsutil import write_json
 from migrator.naming import Folder, display
 from migrator.plan import Plan
 from migrator.planner import PlanningOptions, invalid_destination, plan_folders
-from migrator.presets import DestinationRules, destination_rules
+from migrator.presets import DestinationRules, destination_rules, load_preset
 from migrator.progress import Progress
 from migrator.report import render_run, render_verify, run_report, verify_report
 from migrator.stats import Stats
@@ -170,6 +170,12 @@ def _checked_before_run(plan: Plan, src: Connector, dst: Connector, settings: Ru
     rules = destination_rules_of(plan)
     settings.engine.max_message_size = rules.max_message_ceiling if rules else None
     settings.engine.destination = rules
+    # A provider's daily byte caps (presets: Gmail's 2,500 MB down, 500 MB up) bound --max-bytes-per-day.
+    governors = settings.engine.governors
+    governors.limit_budget("destination", rules.max_bytes_per_day if rules else None)
+    presets = plan.options.get("presets")
+    for name in presets if isinstance(presets, list) else []:
+        governors.limit_budget("source", load_preset(name).max_bytes_per_day)
     findings: list[preflight.Finding] = []
     if settings.engine.dry_run:
         s, d = spare or open_both(src, dst)

@@ -91,6 +91,12 @@ InFlightGrace = Annotated[float, typer.Option(
     help="After a crash or a cut connection, wait until this many seconds have passed since the APPENDs then in "
          "flight before listing their folder again (a server may still commit them); a later commit is found by the "
          "next run.")]
+MaxBytesDay = Annotated[str | None, typer.Option(
+    "--max-bytes-per-day", metavar="SIZE",
+    help="At most SIZE (e.g. 2000M; K/M/G = 1024) downloaded from each source host and uploaded to each "
+         "destination host per day, by the whole run (a batch: by all its mailboxes). When the next batch of "
+         "messages would go over it, the run stops (exit 75) and the same command run the next day goes on. "
+         "--preset gmail sets Gmail's 2500M down; to Gmail, give 500M (its upload cap).")]
 MaxConns = Annotated[int, typer.Option(
     "--max-connections-per-host", min=1,
     help="Open connections per host, all workers of a run together (Gmail allows 15 per account; batch: see its "
@@ -272,12 +278,22 @@ class RunOptions:
     max_connections_per_host: int | None = 10
     in_flight_grace: float = 5.0
     max_backoff: float = 300.0
+    max_bytes_per_day: str | None = None
+
+    def governors(self):
+        """The run's throttle governors (governor.py): --max-backoff, --max-bytes-per-day."""
+        from migrator.filters import parse_size
+        from migrator.governor import Governors
+
+        day = parse_size(self.max_bytes_per_day, "--max-bytes-per-day") if self.max_bytes_per_day else None
+        return Governors(max_backoff=self.max_backoff,
+                         budgets={} if day is None else {"source": day, "destination": day})
 
 
 _RUN_PARAMS = [(f.name, kind, f.default) for f, kind in zip(
     dataclasses.fields(RunOptions),
     [DryRun, Workers, State, ResetState, Report, IncludeDeleted, NoSyncFlags, DeleteExtra, RetryFailed, BatchMB,
-     MaxBps, MaxMps, MaxConns, InFlightGrace, MaxBackoff],
+     MaxBps, MaxMps, MaxConns, InFlightGrace, MaxBackoff, MaxBytesDay],
     strict=True,
 )]
 with_run_options = _folded("run", RunOptions, _RUN_PARAMS)
@@ -341,7 +357,6 @@ def engine_options(src: Connector, dst: Connector, run: RunOptions):
     """Engine options from the run options, in one place (dry-run included)."""
     from migrator import throttle
     from migrator.engine.copy import EngineOptions
-    from migrator.governor import Governors
 
     limiter = throttle.Throttle(run.max_bytes_per_second, run.max_messages_per_second)
     active = limiter if limiter.limited else None
@@ -349,7 +364,7 @@ def engine_options(src: Connector, dst: Connector, run: RunOptions):
         workers=throttle.connection_limits(src, dst, run.workers, run.max_connections_per_host),
         dry_run=run.dry_run, include_deleted=run.include_deleted, sync_flags=not run.no_sync_flags,
         delete_extra=run.delete_extra, retry_failed=run.retry_failed, batch_bytes=int(run.batch_mb * 1e6),
-        throttle=active, in_flight_grace=run.in_flight_grace, governors=Governors(max_backoff=run.max_backoff),
+        throttle=active, in_flight_grace=run.in_flight_grace, governors=run.governors(),
     )
     opts.batch_bytes, opts.batch_count = throttle.batch_limits(active, opts.batch_bytes, opts.batch_count)
     return opts

@@ -86,6 +86,9 @@ class Copier:
         """waits: how often these messages were throttled already (the first APPEND: 0)."""
         fp = run.fp
         dst = conn.dst_within_budget()  # a session near the server's error budget is replaced first
+        # The day's byte budget to the host, taken before the intents are written: when it is spent
+        # the run stops (BudgetSpent) with nothing of this batch in flight.
+        self.ctx.governor("destination").spend(sum(len(item.body) for item in items))
         intents, shapes = self._to_read_back(run, intents, items)
         self.ledger.intents(run, intents)
         crash("intent-written")
@@ -243,10 +246,12 @@ def governed_append(ctx: Context, dst: Store, folder, items: list[AppendItem]) -
     return out
 
 
-def governed_fetch(ctx: Context, src: Store, uids: list[int]) -> dict[int, Message]:
+def governed_fetch(ctx: Context, src: Store, uids: list[int], nbytes: int = 0) -> dict[int, Message]:
     """FETCH through the source host's governor: it waits out a throttle the source asked for, and
-    a throttle answer here pauses every session to the source (the folder is retried after it)."""
+    a throttle answer here pauses every session to the source (the folder is retried after it).
+    `nbytes` (the listed sizes) are taken from the day's byte budget first."""
     governor = ctx.governor("source")
+    governor.spend(nbytes)
     try:
         with governor.turn(ctx.stop):
             fetched = {msg.meta.uid: msg for msg in src.fetch(uids)}
@@ -276,7 +281,7 @@ def prefetch(ctx: Context, src: Store, pieces: Iterable[list[MessageMeta]]) -> I
                     break
                 if throttle and not throttle.acquire(len(batch), sum(m.size for m in batch), stop):
                     break
-                fetched = governed_fetch(ctx, src, [m.uid for m in batch])
+                fetched = governed_fetch(ctx, src, [m.uid for m in batch], sum(m.size for m in batch))
                 while not done.is_set():
                     try:
                         out.put((batch, fetched, None), timeout=0.2)

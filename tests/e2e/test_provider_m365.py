@@ -146,3 +146,18 @@ def test_a_throttle_on_one_mailbox_of_a_batch_pauses_every_mailbox_on_that_host(
     fleet = json.loads((tmp_path / "fleet.json").read_text())["mailboxes"]
     assert [m["throttle_waits"] for m in fleet] == [1, 1, 1], fleet  # each mailbox says it waited
     assert all(m["waited_seconds"] >= 1.0 for m in fleet), fleet
+
+
+def test_max_bytes_per_day_stops_with_one_line_and_the_next_run_goes_on(new_account, tmp_path):
+    src, dst = new_account(), new_account()
+    rig.seed(src, ["INBOX"], [(simple_message(i, body="y" * 5000), (), dt(i)) for i in range(40)])
+    args = ("migrate", src.url, dst.url, "--state", str(tmp_path / "state"), "--workers", "1", "--quiet",
+            "--batch-mb", "0.1")  # batches of ~20 messages: the second would go over 150K
+    res = migrator(*args, "--max-bytes-per-day", "150K", src=src, dst=dst)
+    assert res.code == 75, res.text
+    lines = [line for line in res.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "byte budget for 127.0.0.1 is spent" in lines[0] and "tomorrow" in lines[0], res.err
+    assert 0 < sum(held(dst).values()) < 40
+    res = migrator(*args, "--max-bytes-per-day", "1M", src=src, dst=dst)
+    assert res.code == 0, res.text
+    assert held(dst) == held(src)  # the rest, each once
