@@ -7,6 +7,7 @@ against Dovecot behind a stand-in for Microsoft 365."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter
@@ -125,3 +126,23 @@ def test_a_spent_byte_budget_stops_the_run_and_the_next_day_goes_on(tmp_path, si
     stats = world.run(workers=2, batch_count=5, chunk_messages=20, governors=Governors(budgets={side: 60 * size}))
     assert not stats.failures and not stats.folder_errors
     assert Counter(m[0] for m in dst.contents(INBOX).values()) == Counter(body(i) for i in range(60))
+
+
+def test_the_progress_line_says_while_a_host_is_waited_for_and_why():
+    import io
+
+    from migrator.governor import Wait
+    from migrator.progress import Progress
+    from migrator.stats import Stats
+
+    stats, out = Stats(), io.StringIO()
+    with Progress(stats, interval=0.1, stream=out):
+        stats.waited(Wait("destination", "mail.example", 0.0, 30.0, "Suggested Backoff Time: 30000 ms"))
+        time.sleep(0.7)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "destination throttled: waiting 30.0 s as the server asked (mail.example)"  # as it starts
+    progress = [line for line in lines if line.startswith("progress:")]
+    assert progress and all(re.search(r", waiting (29|30) s: destination mail.example throttled$", line)
+                            for line in progress), lines
+    stats._waiting_until = 0.0  # the pause is over: the line no longer says it
+    assert Progress(stats)._waiting() == ""
