@@ -3,7 +3,8 @@ Dask cluster, cluster.py), following them, and stopping cleanly on Ctrl-C or SIG
 
 Both places run the same task function (cli/batch_task.migrate_mailbox) on the same task
 objects; only submitting, the per-host limits and the stop signal differ:
-- local pool: one LocalHostLimits for the process; the stop is a threading.Event;
+- local pool: one LocalHostLimits for the process; the stop is a threading.Event; one set of
+  throttle governors (shared_governors) for every mailbox;
 - cluster: distributed.Semaphore leases plus a local cap per worker process; the stop is a
   distributed.Event the tasks watch. The client never opens a mail connection itself.
 """
@@ -20,11 +21,30 @@ from typing import Any
 from migrator import hostlimits
 from migrator.batch import BatchRow
 from migrator.errors import EXIT_INTERRUPTED
+from migrator.governor import Governors
 
 STOP_WAIT = 60.0  # after Ctrl-C, seconds to let running mailboxes stop and report
 WATCH_EVERY = 0.5
 
 _local_stops: dict[str, threading.Event] = {}
+_shared_governors: dict[str, Governors] = {}
+_governors_lock = threading.Lock()
+
+
+def shared_governors(batch_id: str, made: Callable[[], Governors]) -> Governors:
+    """The throttle governors of this batch in this process: every mailbox run here (the local
+    pool's threads, or one Dask worker process's tasks) shares them, so a throttle on one mailbox's
+    session pauses all of them on that host. Across the processes of a cluster they are not shared
+    (docs/batch.md): each worker process backs off for its own mailboxes."""
+    with _governors_lock:
+        if batch_id not in _shared_governors:
+            _shared_governors[batch_id] = made()
+        return _shared_governors[batch_id]
+
+
+def forget_governors(batch_id: str) -> None:
+    with _governors_lock:
+        _shared_governors.pop(batch_id, None)
 
 
 def stop_signal(batch_id: str, cluster: bool) -> Callable[[], bool]:
@@ -68,6 +88,7 @@ def mailbox_result(row: BatchRow, code: int, started: float, where: str, *, stat
     first = _first_error(report) if report else ({"reason": error, "hint": hint} if error else None)
     elapsed = (report or {}).get("elapsed_seconds", round(finished - started, 3))
     copied = totals.get("copied", 0)
+    waits = (report or {}).get("throttle_waits") or []
     return {
         "line": row.line, "source": row.source, "destination": row.destination,
         "status": status or status_of(code), "exit_code": code,
@@ -78,6 +99,8 @@ def mailbox_result(row: BatchRow, code: int, started: float, where: str, *, stat
         "started": round(started, 3), "finished": round(finished, 3), "elapsed_seconds": elapsed,
         "messages_per_second": round(copied / elapsed, 1) if elapsed else 0.0,
         "first_error": first, "ran_on": where,
+        # the pauses a server asked for on this mailbox's hosts while it ran (any mailbox's throttle)
+        "throttle_waits": len(waits), "waited_seconds": round(sum(w["seconds"] for w in waits), 3),
     }
 
 
@@ -166,6 +189,7 @@ class LocalPool(Executor):
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         _local_stops.pop(self.batch_id, None)
+        forget_governors(self.batch_id)
 
 
 @dataclass

@@ -13,6 +13,7 @@ EXIT_OK = 0
 EXIT_MESSAGES_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CONNECTION = 3
+EXIT_BUDGET = 75  # sysexits' EX_TEMPFAIL: try again later (--max-bytes-per-day spent)
 EXIT_INTERRUPTED = 130
 
 
@@ -84,6 +85,14 @@ class StorageError(MigratorError):
     """A local file migrator keeps (an archive, a state file) cannot be written or is damaged: disk
     full, a read-only file system, a vanished mount, a corrupt index. Nothing after it could be
     kept, so the run stops at once (no folder is tried after it)."""
+
+
+class BudgetSpent(MigratorError):
+    """--max-bytes-per-day is spent for a host: the run stops cleanly, its journal kept, and the
+    same command run the next day goes on (as imapsync's --exitwhenover, which Gmail users run
+    once a day)."""
+
+    exit_code = EXIT_BUDGET
 
 
 class Interrupted(MigratorError):

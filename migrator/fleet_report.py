@@ -25,7 +25,8 @@ SCHEMA = """report_version 2:
   slowest: lines of the slowest mailboxes of this run; failing: lines of failed mailboxes
   mailboxes: [{line, source, destination, status (done|failed|interrupted|not started), exit_code, folders,
                copied, already_copied, skipped, failed, bytes, started, finished, elapsed_seconds,
-               messages_per_second, first_error: {reason, ...} | null, error, ran_on, this_run}]"""
+               messages_per_second, first_error: {reason, ...} | null, error, ran_on, this_run,
+               throttle_waits, waited_seconds (pauses a server asked for on its hosts while it ran)}]"""
 
 
 def fleet_report(results: list[dict[str, Any]], *, csv_file: str, ran_on: str, started: float, exit_code: int,

@@ -9,7 +9,11 @@ is throttled again, longer, and may be locked out. So the governor of a host:
   `max_backoff`; without a suggested time, 2 s doubling per back-to-back throttle);
 - then lets fewer sessions send at once: the allowance is halved at each throttle, and grows back
   by one after each run of `allowed` calls that went through (AIMD, as TCP does);
-- says so, once per pause (`on_wait`: the progress line and the report).
+- says so, once per pause (`on_wait`: the progress line and the report);
+- keeps a daily byte budget (`--max-bytes-per-day`; Gmail: 2,500 MB a day down, 500 MB up): each
+  FETCH and APPEND takes its bytes from it before it is sent (`spend`), and once the next one does
+  not fit the run stops cleanly (BudgetSpent): a provider that counts bytes per day is never
+  pushed over it, and the same command run the next day goes on. The day starts at the first byte.
 
 Throttle answers that arrive during a pause (commands that were already in flight) extend it
 when they ask for longer, but are not a new event.
@@ -23,9 +27,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from migrator.errors import BudgetSpent
 from migrator.throttle import suggested_wait
 
 DEFAULT_WAIT = 2.0  # seconds, when the server suggests none
+DAY = 86400.0
 POLL = 0.2  # a waiting session looks at the stop this often
 
 
@@ -57,6 +63,10 @@ class Governor:
     _active: int = 0
     _streak: int = 0  # throttles with no success between them: the default wait doubles
     _since_cut: int = 0  # calls that went through since the allowance last changed
+    _joined: int = 0  # sessions of the runs using this host now (Governors.joined)
+    budget: int | None = None  # bytes per day to this host (--max-bytes-per-day); None: no limit
+    spent: int = 0
+    _day_from: float | None = None
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _started: float = field(default_factory=time.monotonic)
 
@@ -81,6 +91,35 @@ class Governor:
             with self._cond:
                 self._active -= 1
                 self._cond.notify_all()
+
+    def spend(self, nbytes: int) -> None:
+        """Take a call's bytes from the day's budget before it is made; BudgetSpent if they do not
+        fit (nothing of the call is sent)."""
+        if self.budget is None:
+            return
+        from migrator.filters import size_text
+
+        with self._cond:
+            now = self.clock()
+            if self._day_from is None or now - self._day_from >= DAY:
+                self._day_from, self.spent = now, 0
+            if self.spent + nbytes > self.budget:
+                verb = "downloaded from" if self.side == "source" else "uploaded to"
+                raise BudgetSpent(
+                    f"the day's byte budget for {self.host} is spent: {size_text(self.spent)} {verb} it, "
+                    f"--max-bytes-per-day {size_text(self.budget)}; stopped",
+                    hint="run the same command again tomorrow to go on (nothing is lost or copied twice)")
+            self.spent += nbytes
+
+    def resize(self, sessions: int) -> None:
+        """Runs sharing this host came or went: the ceiling is all their sessions. A run that
+        comes adds its own to the allowance; one that goes takes what is over the new ceiling."""
+        with self._cond:
+            joined = sessions > 0 and self._joined == 0
+            self._joined += sessions
+            self.ceiling = max(1, self._joined)
+            self.allowed = self.ceiling if joined else max(1, min(self.ceiling, self.allowed + sessions))
+            self._cond.notify_all()
 
     def succeeded(self) -> None:
         """A call went through: the allowance grows back by one per `allowed` of them."""
@@ -120,11 +159,16 @@ class Governor:
 
 @dataclass
 class Governors:
-    """The run's governors, one per (side, host); a batch shares one Governors between its mailboxes."""
+    """The run's governors, one per (side, host). A batch shares one Governors between the mailboxes
+    its process runs (batchrun.shared_governors): a throttle one mailbox's session gets pauses every
+    mailbox on that host, and each run that is `joined` hears of it (`listening`, its report)."""
 
     max_backoff: float = 300.0
-    on_wait: Callable[[Wait], None] | None = None
+    # --max-bytes-per-day by side ("source": bytes downloaded from each source host, "destination":
+    # uploaded to each destination host); a preset may lower one (Gmail's 2,500 MB down, 500 MB up)
+    budgets: dict[str, int] = field(default_factory=dict)
     _by_host: dict[tuple[str, str], Governor] = field(default_factory=dict)
+    _listeners: list[Callable[[Wait], None]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self, side: str, host: str, sessions: int) -> Governor:
@@ -132,9 +176,44 @@ class Governors:
             key = (side, host.lower())
             gov = self._by_host.get(key)
             if gov is None:
-                gov = self._by_host[key] = Governor(side, host, sessions, self.max_backoff,
-                                                    lambda w: self.on_wait(w) if self.on_wait else None)
+                gov = self._by_host[key] = Governor(side, host, sessions, self.max_backoff, self._said,
+                                                    budget=self.budgets.get(side))
             return gov
+
+    def limit_budget(self, side: str, nbytes: int | None) -> None:
+        """A side's daily byte budget is at most `nbytes` (a preset's), for its hosts from now on."""
+        if nbytes is None:
+            return
+        with self._lock:
+            least = min(self.budgets.get(side, nbytes), nbytes)
+            self.budgets[side] = least
+            for (gov_side, _host), gov in self._by_host.items():
+                if gov_side == side:
+                    gov.budget = least if gov.budget is None else min(gov.budget, least)
+
+    def _said(self, wait: Wait) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listen in listeners:
+            listen(wait)
+
+    @contextmanager
+    def joined(self, hosts: dict[str, str], sessions: int, on_wait: Callable[[Wait], None]) -> Iterator[None]:
+        """A run (one mailbox) using these hosts (side -> host) with `sessions` workers, for as long
+        as it runs: the hosts' ceilings count its sessions with those of the other runs sharing
+        this Governors, and `on_wait` hears of every pause of any host meanwhile."""
+        govs = [self.get(side, host, 0) for side, host in hosts.items()]
+        with self._lock:
+            self._listeners.append(on_wait)
+        for gov in govs:
+            gov.resize(+sessions)
+        try:
+            yield
+        finally:
+            for gov in govs:
+                gov.resize(-sessions)
+            with self._lock:
+                self._listeners.remove(on_wait)
 
     def waits(self) -> list[Wait]:
         with self._lock:

@@ -24,8 +24,8 @@ from migrator.secrets import env_var
 
 TOP_KEYS = {"version", "source", "destination", "options", "filters", "folder", "preflight"}
 PREFLIGHT_KEYS = {"rule": str, "folder": str, "detail": str, "uids": list}
-SIDE_KEYS = {"url", "password_env", "password_file", "oauth2_token_cmd"}
-SECRET_KEYS = ("password_env", "password_file", "oauth2_token_cmd")
+SIDE_KEYS = {"url", "password_env", "password_file", "oauth2_token_cmd", "oauth2"}
+SECRET_KEYS = ("password_env", "password_file", "oauth2_token_cmd", "oauth2")
 OPTION_KEYS = {"map": list, "include": list, "exclude": list, "folders": list, "presets": list, "subscribe": str,
                "dst_presets": list}
 FILTER_KEYS = {"since": str, "before": str, "min_size": str, "max_size": str}
@@ -58,7 +58,7 @@ HEADER = """\
 #   saw; `run` reports a source folder that vanished or whose UIDVALIDITY
 #   changed since. Do not add other keys: unknown keys are an error.
 # - No password is stored here: [source] and [destination] say where it is found
-#   (password_env, password_file or oauth2_token_cmd).
+#   (password_env, password_file, oauth2_token_cmd, or oauth2: the built-in sign-in, PROVIDER:CLIENT_ID).
 """
 
 

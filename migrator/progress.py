@@ -50,6 +50,14 @@ class Progress:
         for w in waits:
             write(w.line())
 
+    def _waiting(self) -> str:
+        """While every connection to a host waits out a throttle: for how long still, and why."""
+        now = self.stats.waiting()
+        if now is None:
+            return ""
+        left, w = now
+        return f"waiting {left:.0f} s: {w.side} {w.host} throttled"
+
     def _snapshot(self) -> tuple[int, int, int, int, int]:
         s = self.stats
         done = s.total("copied") + s.total("found") + len(s.failures)
@@ -75,7 +83,8 @@ class Progress:
                 done, total, done_b, total_b, folders = self._snapshot()
                 msgs.total, data.total = total, total_b
                 msgs.n, data.n = done, done_b
-                msgs.set_postfix_str(f"{folders} folders", refresh=False)
+                waiting = self._waiting()
+                msgs.set_postfix_str(f"{folders} folders" + (f", {waiting}" if waiting else ""), refresh=False)
                 msgs.refresh()
                 data.refresh()
                 for name, (f_done, f_total) in self._folders().items():
@@ -110,14 +119,16 @@ class Progress:
                 continue
             due = time.monotonic() + self.interval
             done, total, done_b, total_b, folders = self._snapshot()
-            if (done, total) == last:
+            waiting = self._waiting()
+            if (done, total) == last and not waiting:
                 continue
             last = (done, total)
             elapsed = self.stats.elapsed()
             rate = done / elapsed if elapsed else 0.0
             print(
                 f"progress: {done}/{total} messages, {done_b / 1e6:.1f}/{total_b / 1e6:.1f} MB, "
-                f"{folders} folders, {rate:.0f} msgs/s, {time.strftime('%H:%M:%S')}",
+                f"{folders} folders, {rate:.0f} msgs/s, {time.strftime('%H:%M:%S')}"
+                + (f", {waiting}" if waiting else ""),
                 file=self.stream,
                 flush=True,
             )

@@ -26,7 +26,7 @@ from migrator.fsutil import write_json
 from migrator.naming import Folder, display
 from migrator.plan import Plan
 from migrator.planner import PlanningOptions, invalid_destination, plan_folders, planning_options
-from migrator.presets import DestinationRules, destination_rules
+from migrator.presets import DestinationRules, destination_rules, load_preset
 from migrator.progress import Progress
 from migrator.report import render_run, render_verify, run_report, verify_report
 from migrator.stats import Stats
@@ -171,6 +171,12 @@ def _checked_before_run(plan: Plan, src: Connector, dst: Connector, settings: Ru
     rules = destination_rules_of(plan)
     settings.engine.max_message_size = rules.max_message_ceiling if rules else None
     settings.engine.destination = rules
+    # A provider's daily byte caps (presets: Gmail's 2,500 MB down, 500 MB up) bound --max-bytes-per-day.
+    governors = settings.engine.governors
+    governors.limit_budget("destination", rules.max_bytes_per_day if rules else None)
+    presets = plan.options.get("presets")
+    for name in presets if isinstance(presets, list) else []:
+        governors.limit_budget("source", load_preset(name).max_bytes_per_day)
     findings: list[preflight.Finding] = []
     if settings.engine.dry_run:
         s, d = spare or open_both(src, dst)
@@ -213,15 +219,17 @@ def _execute(plan: Plan, src: Connector, dst: Connector, settings: RunSettings, 
         stats.warn(w)
     for folder, reason in folder_errors:
         stats.folder_failed(folder, reason)
-    settings.engine.governors.on_wait = stats.waited  # each pause a server asked for: said and reported
     stop = stop or threading.Event()
     engine = Engine(plan, src.open, dst.open, ckpt, settings.engine, stats, stop, spare=spare)
     tuning.for_bulk_copy(settings.engine.batch_bytes)
     progress = Progress(stats, quiet=settings.quiet)
     if settings.engine.follow is not None:
         _follow_settings(settings.engine.follow, plan, stats, progress, None if settings.quiet else print_fn)
+    # Each pause a server asked for is said and reported; in a batch, those of other mailboxes on
+    # the same hosts too (they pause this run as well).
+    hosts = {"source": plan.source.host or "source", "destination": plan.destination.host or "destination"}
     try:
-        with progress:
+        with settings.engine.governors.joined(hosts, settings.engine.workers, stats.waited), progress:
             engine.run()
     finally:
         if ckpt:

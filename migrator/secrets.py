@@ -14,8 +14,12 @@ import stat
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from migrator.errors import ConnectionFailed, UsageError
+
+if TYPE_CHECKING:
+    from migrator.oauth2 import OAuth2Config
 
 
 def env_var(role: str) -> str:
@@ -27,9 +31,12 @@ class SecretSource:
     role: str  # "src" or "dst"
     password_file: str | None = None
     oauth2_token_cmd: str | None = None
+    oauth2: OAuth2Config | None = None  # the built-in sign-in (oauth2/): tokens from the keyring
 
     def describe(self) -> dict[str, str]:
         """Safe to write to a plan: names the place, not the secret."""
+        if self.oauth2 is not None:
+            return self.oauth2.describe()
         if self.oauth2_token_cmd:
             return {"oauth2_token_cmd": self.oauth2_token_cmd}
         if self.password_file:
@@ -60,15 +67,37 @@ def keyring_name(user: str, host: str) -> str:
     return f"{user}@{host}"
 
 
-def _from_keyring(name: str) -> str | None:
+def _from_keyring(name: str, service: str = KEYRING_SERVICE) -> str | None:
     try:
         import keyring  # optional dependency
     except ImportError:
         return None
     try:
-        return keyring.get_password(KEYRING_SERVICE, name)
+        return keyring.get_password(service, name)
     except Exception:  # no backend, locked keyring: fall through to the next source
         return None
+
+
+OAUTH2_SERVICE = "migrator-oauth2"  # refresh tokens of the built-in sign-in (oauth2/), one per account and app
+
+
+def oauth2_refresh_token(name: str) -> str | None:
+    """The refresh token kept for this account and app, if the keyring holds one."""
+    return _from_keyring(name, OAUTH2_SERVICE)
+
+
+def keep_oauth2_refresh_token(name: str, token: str) -> bool:
+    """Keep a refresh token in the system keyring (never in a file of ours); False when there is
+    no usable keyring: the caller says so, and the token lives in memory for this run only."""
+    try:
+        import keyring  # optional dependency
+    except ImportError:
+        return False
+    try:
+        keyring.set_password(OAUTH2_SERVICE, name, token)
+    except Exception:  # no backend (keyring.errors.NoKeyringError), a locked keyring
+        return False
+    return True
 
 
 def get_password(source: SecretSource, account_label: str, keyring_user: str | None = None,

@@ -9,8 +9,12 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from migrator.naming import Folder, display
+
+if TYPE_CHECKING:
+    from migrator.governor import Wait
 
 
 @dataclass
@@ -46,6 +50,8 @@ class Stats:
         self.warnings: list[str] = []
         self.folder_errors: list[Failure] = []
         self.waits: list = []  # governor.Wait: each pause a server asked for
+        self._waiting_until = 0.0  # monotonic end of the latest pause (the progress line says it)
+        self._waiting_why: Wait | None = None
         self.interrupted = False
 
     def _f(self, folder: Folder) -> FolderCounts:
@@ -84,6 +90,14 @@ class Stats:
     def waited(self, wait) -> None:
         with self._lock:
             self.waits.append(wait)
+            self._waiting_until = max(self._waiting_until, time.monotonic() + wait.seconds)
+            self._waiting_why = wait
+
+    def waiting(self) -> tuple[float, Wait] | None:
+        """(seconds left, the governor.Wait) while a pause a server asked for lasts; else None."""
+        with self._lock:
+            left = self._waiting_until - time.monotonic()
+            return (left, self._waiting_why) if left > 0 and self._waiting_why is not None else None
 
     # -- read side -------------------------------------------------------------------------
 

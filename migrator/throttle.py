@@ -16,9 +16,13 @@ import threading
 import time
 
 # A server asking us to slow down: RFC 5530's codes, and Microsoft 365's wording, which comes
-# with or without a code ("NO Request is throttled. Suggested Backoff Time: 1500 ms").
+# with or without a code ("NO Request is throttled. Suggested Backoff Time: 1500 ms"). Gmail's
+# bandwidth cap, reported as "NO [OVERQUOTA] Account exceeded command or bandwidth limits" (its
+# OVERQUOTA is not a full mailbox) and as "* BYE Session expired, please login again" in the
+# middle of a transfer, is a throttle too: waited out, never a message's failure.
 THROTTLE_CODES = ("[THROTTLED", "[UNAVAILABLE", "[LIMIT")
-THROTTLE_WORDS = ("REQUEST IS THROTTLED", "SUGGESTED BACKOFF TIME", "SERVER UNAVAILABLE")
+THROTTLE_WORDS = ("REQUEST IS THROTTLED", "SUGGESTED BACKOFF TIME", "SERVER UNAVAILABLE", "BANDWIDTH LIMIT",
+                  "SESSION EXPIRED")
 _SUGGESTED = re.compile(r"suggested\s+backoff\s+time\W*(\d+(?:\.\d+)?)\s*(ms|milli\w*|s|sec\w*)?", re.I)
 
 

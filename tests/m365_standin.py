@@ -8,7 +8,9 @@ reported to do (issue 16), each behaviour switched on by the test:
   `NO Request is throttled. Suggested Backoff Time: <backoff_ms> ms` (`wording`: "bare", or with a
   "[THROTTLED]" / "[UNAVAILABLE]" code; `bye=True` then closes the session with a BYE, as Exchange
   does). For `backoff_ms` after that, every APPEND on any session is throttled too: the window the
-  server asked the client to keep quiet. At most `throttles` such windows are opened.
+  server asked the client to keep quiet. At most `throttles` such windows are opened. With
+  `one_session=True` only the session that was throttled is refused during its window (the others'
+  APPENDs go through): whether a client's other sessions keep quiet is then theirs to show.
 - the error budget (`error_budget=10`): a session that got that many tagged NO/BAD answers is
   closed with `* BYE`, the 10th answer sent first (Exchange's documented behaviour).
 - the message size limit (`max_size=N` bytes; Exchange's is 35 MB by default): a larger APPEND is
@@ -58,7 +60,7 @@ class M365StandIn:
     def __init__(self, target_port: int, *, throttle_every: int = 0, throttles: int = 1_000,
                  backoff_ms: int = 1500, wording: str = "bare", bye: bool = False, error_budget: int = 0,
                  drop_flagged: bool = False, add_mdnsent: bool = False, no_multiappend: bool = False,
-                 no_literal_plus: bool = False, max_size: int = 0):
+                 no_literal_plus: bool = False, max_size: int = 0, one_session: bool = False):
         if wording not in _WORDING:
             raise ValueError(f"wording must be one of {sorted(_WORDING)}")
         self.target = (HOST, target_port)
@@ -66,6 +68,8 @@ class M365StandIn:
         self.wording, self.bye, self.error_budget = wording, bye, error_budget
         self.drop_flagged, self.add_mdnsent, self.no_multiappend = drop_flagged, add_mdnsent, no_multiappend
         self.max_size = max_size
+        self.one_session = one_session
+        self.window_sessions: list[int] = []  # the session each window was opened on
         self.too_big: list[int] = []  # sessions, one entry per APPEND refused for its size
         self.errors = 0  # the most NO/BAD answers one session got
         self.hidden = [c for c, off in ((b"MULTIAPPEND", no_multiappend), (b"LITERAL+", no_literal_plus)) if off]
@@ -200,11 +204,14 @@ class M365StandIn:
         with self.lock:
             self._seen += 1
             open_window = self.windows and self.windows[-1][1] > now
+            if open_window and self.one_session and s.n != self.window_sessions[-1]:
+                return None
             if not open_window:
                 if self._seen % self.throttle_every or self.throttles_left <= 0:
                     return None
                 self.throttles_left -= 1
                 self.windows.append((now, now + self.backoff_ms / 1000))
+                self.window_sessions.append(s.n)
             self.throttled.append((now, s.n))
             left = max(1, int((self.windows[-1][1] - now) * 1000))
         return f"{_WORDING[self.wording]}Request is throttled. Suggested Backoff Time: {left} milliseconds"

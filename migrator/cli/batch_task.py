@@ -89,6 +89,8 @@ def _run(task: MailboxTask, stopped) -> dict:
             # Rates (--max-*-per-second) are per run; a batch runs several: not offered here.
             run = replace(task.run, workers=workers, state=state, max_connections_per_host=own_cap)
             settings = run_settings(src, dst, run, quiet=True)
+            # One throttle governor per host for every mailbox this process runs (batchrun).
+            settings.engine.governors = batchrun.shared_governors(task.batch_id, run.governors)
             return runner.execute(plan, src, dst, settings, command="batch", print_fn=lambda *_: None, stop=stop)
     finally:
         stop.set()  # ends the watcher

@@ -22,6 +22,7 @@ from migrator.cli.options import (
     IncludeDeleted,
     Insecure,
     MappingOptions,
+    MaxBytesDay,
     NoSyncFlags,
     Quiet,
     RunOptions,
@@ -83,7 +84,7 @@ def batch(
     batch_mb: BatchMB = 8.0,
     max_connections_per_host: HostConns = 10,
     max_connections_per_account: AccountConns = 10,
-    max_mailboxes_per_host: HostBoxes = None,
+    max_mailboxes_per_host: HostBoxes = None, max_bytes_per_day: MaxBytesDay = None,
     ca_file: CaFile = None,
     insecure: Insecure = False,
     allow_plaintext: AllowPlain = False,
@@ -105,15 +106,15 @@ def batch(
     setup_logging(debug)
     started = time.time()
     rows = read_batch(csv_file)
-    filters.parsed()  # a bad filter is refused here, once, not by every mailbox
+    run = RunOptions(dry_run=dry_run, workers=workers, include_deleted=include_deleted, no_sync_flags=no_sync_flags,
+                     retry_failed=retry_failed, batch_mb=batch_mb, max_bytes_per_day=max_bytes_per_day)
+    filters.parsed(), run.governors()  # a bad filter or size is refused here, once, not by every mailbox
 
     def make_tasks(batch_id: str, chosen: list) -> list:
         return tasks_for(
-            batch_id, chosen,
+            batch_id, chosen, run=run,
             conn=ConnOptions(ca_file=ca_file, insecure=insecure, allow_plaintext=allow_plaintext, compress=compress,
                              src_auth_user=src_auth_user, dst_auth_user=dst_auth_user),
-            run=RunOptions(dry_run=dry_run, workers=workers, include_deleted=include_deleted,
-                           no_sync_flags=no_sync_flags, retry_failed=retry_failed, batch_mb=batch_mb),
             mapping=mapping, filters=filters, caps=hostlimits.Caps(max_connections_per_host, max_mailboxes_per_host),
             per_account=max_connections_per_account,
             state_dir=state_dir, cluster=bool(cluster))

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from migrator.accounts import Endpoint, parse_endpoint
+from migrator.errors import UsageError
 from migrator.plan import Plan
 from migrator.secrets import SecretSource
 from migrator.stores import Connector
@@ -45,6 +46,23 @@ SrcToken = Annotated[str | None, typer.Option(
 DstToken = Annotated[str | None, typer.Option(
     "--dst-oauth2-token-cmd",
     help="Command printing an OAuth2 access token for the destination; re-run when the token is rejected.")]
+SrcOAuth2 = Annotated[str | None, typer.Option(
+    "--src-oauth2", metavar="PROVIDER[:CLIENT_ID[:TENANT]]",
+    help="Sign in to the source with OAuth2, no helper script: microsoft (a code to enter at a URL) or google (a "
+         "URL to open in a browser), with your own app registration (docs/oauth2.md). The refresh token is kept in "
+         "the system keyring, never in a file; later runs start from it.")]
+DstOAuth2 = Annotated[str | None, typer.Option(
+    "--dst-oauth2", metavar="PROVIDER[:CLIENT_ID[:TENANT]]",
+    help="Sign in to the destination with OAuth2: microsoft or google (as --src-oauth2).")]
+OAuth2ClientId = Annotated[str | None, typer.Option(
+    "--oauth2-client-id", help="Client (application) ID of your app registration, for --src-oauth2/--dst-oauth2; "
+                               "scopes: https://outlook.office365.com/IMAP.AccessAsUser.All offline_access "
+                               "(Microsoft), https://mail.google.com/ (Google).")]
+OAuth2Tenant = Annotated[str | None, typer.Option(
+    "--oauth2-tenant", help="Microsoft: your directory (tenant ID or domain) for a single-tenant app. "
+                            "Default: organizations.")]
+OAuth2SecretFile = Annotated[str | None, typer.Option(
+    "--oauth2-client-secret-file", help="Google: file holding your Desktop app's client secret (mode 0600).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, summary only on failure (for cron).")]
 Debug = Annotated[bool, typer.Option("--debug", help="Log the IMAP protocol to stderr (passwords masked).")]
 DryRun = Annotated[bool, typer.Option("--dry-run", "-n", help="Show what would be done; change nothing anywhere.")]
@@ -79,6 +97,12 @@ InFlightGrace = Annotated[float, typer.Option(
     help="After a crash or a cut connection, wait until this many seconds have passed since the APPENDs then in "
          "flight before listing their folder again (a server may still commit them); a later commit is found by the "
          "next run.")]
+MaxBytesDay = Annotated[str | None, typer.Option(
+    "--max-bytes-per-day", metavar="SIZE",
+    help="At most SIZE (e.g. 2000M; K/M/G = 1024) downloaded from each source host and uploaded to each "
+         "destination host per day, by the whole run (a batch: by all its mailboxes). When the next batch of "
+         "messages would go over it, the run stops (exit 75) and the same command run the next day goes on. "
+         "--preset gmail sets Gmail's 2500M down; to Gmail, give 500M (its upload cap).")]
 MaxConns = Annotated[int, typer.Option(
     "--max-connections-per-host", min=1,
     help="Open connections per host, all workers of a run together (Gmail allows 15 per account; batch: see its "
@@ -132,6 +156,19 @@ class ConnOptions:
     dst_auth_user: str | None = None
     src_oauth2_token_cmd: str | None = None
     dst_oauth2_token_cmd: str | None = None
+    src_oauth2: str | None = None
+    dst_oauth2: str | None = None
+    oauth2_client_id: str | None = None
+    oauth2_tenant: str | None = None
+    oauth2_client_secret_file: str | None = None
+
+    def oauth2(self, value: str | None):
+        """A side's built-in sign-in (oauth2.OAuth2Config), from --src-oauth2 or a plan's `oauth2`."""
+        if not value:
+            return None
+        from migrator.oauth2 import parse_oauth2
+
+        return parse_oauth2(value, self.oauth2_client_id, self.oauth2_tenant, self.oauth2_client_secret_file)
 
 
 _CONN_PARAMS = [  # (parameter name, option type, default), in --help order
@@ -139,7 +176,9 @@ _CONN_PARAMS = [  # (parameter name, option type, default), in --help order
     ("insecure", Insecure, False), ("allow_plaintext", AllowPlain, False), ("compress", Compress, False),
     ("gmail_labels_as_keywords", GmailKeywords, False), ("src_auth_user", SrcAuthUser, None),
     ("dst_auth_user", DstAuthUser, None), ("src_oauth2_token_cmd", SrcToken, None),
-    ("dst_oauth2_token_cmd", DstToken, None),
+    ("dst_oauth2_token_cmd", DstToken, None), ("src_oauth2", SrcOAuth2, None), ("dst_oauth2", DstOAuth2, None),
+    ("oauth2_client_id", OAuth2ClientId, None), ("oauth2_tenant", OAuth2Tenant, None),
+    ("oauth2_client_secret_file", OAuth2SecretFile, None),
 ]
 
 
@@ -262,12 +301,22 @@ class RunOptions:
     follow: bool = False
     follow_for: str | None = None
     poll_interval: float = 30.0
+    max_bytes_per_day: str | None = None
+
+    def governors(self):
+        """The run's throttle governors (governor.py): --max-backoff, --max-bytes-per-day."""
+        from migrator.filters import parse_size
+        from migrator.governor import Governors
+
+        day = parse_size(self.max_bytes_per_day, "--max-bytes-per-day") if self.max_bytes_per_day else None
+        return Governors(max_backoff=self.max_backoff,
+                         budgets={} if day is None else {"source": day, "destination": day})
 
 
 _RUN_PARAMS = [(f.name, kind, f.default) for f, kind in zip(
     dataclasses.fields(RunOptions),
     [DryRun, Workers, State, ResetState, Report, IncludeDeleted, NoSyncFlags, DeleteExtra, RetryFailed, BatchMB,
-     MaxBps, MaxMps, MaxConns, InFlightGrace, MaxBackoff, Follow, FollowFor, PollInterval],
+     MaxBps, MaxMps, MaxConns, InFlightGrace, MaxBackoff, Follow, FollowFor, PollInterval, MaxBytesDay],
     strict=True,
 )]
 with_run_options = _folded("run", RunOptions, _RUN_PARAMS)
@@ -298,18 +347,24 @@ def plan_connectors(plan: Plan, conn: ConnOptions) -> tuple[Connector, Connector
 
 def _connector_pair(src_ep: Endpoint, dst_ep: Endpoint, src_saved: dict[str, str], dst_saved: dict[str, str],
                     conn: ConnOptions) -> tuple[Connector, Connector]:
-    """Both sides' Connectors. A side's password file or token command given on the command line
-    wins over the saved one (a plan file's); else the saved one is used, if any."""
+    """Both sides' Connectors. A side's password file, token command or sign-in given on the command
+    line wins over the saved one (a plan file's); else the saved one is used, if any."""
     def connector(role: str, ep: Endpoint, saved: dict[str, str], pw_file: str | None, token_cmd: str | None,
-                  auth_user: str | None) -> Connector:
-        if not (pw_file or token_cmd):
-            pw_file, token_cmd = saved.get("password_file"), saved.get("oauth2_token_cmd")
-        return Connector(ep, SecretSource(role, pw_file, token_cmd), auth_user=auth_user, ca_file=conn.ca_file,
-                         insecure=conn.insecure, allow_plaintext=conn.allow_plaintext, compress=conn.compress,
-                         labels_as_keywords=conn.gmail_labels_as_keywords and role == "src")
+                  oauth2: str | None, auth_user: str | None) -> Connector:
+        if sum(map(bool, (pw_file, token_cmd, oauth2))) > 1:
+            raise UsageError(f"--{role}-password-file, --{role}-oauth2-token-cmd and --{role}-oauth2 name three "
+                             "ways to log in: give one")
+        if not (pw_file or token_cmd or oauth2):
+            pw_file, token_cmd, oauth2 = (saved.get("password_file"), saved.get("oauth2_token_cmd"),
+                                          saved.get("oauth2"))
+        return Connector(ep, SecretSource(role, pw_file, token_cmd, conn.oauth2(oauth2)), auth_user=auth_user,
+                         ca_file=conn.ca_file, insecure=conn.insecure, allow_plaintext=conn.allow_plaintext,
+                         compress=conn.compress, labels_as_keywords=conn.gmail_labels_as_keywords and role == "src")
 
-    src = connector("src", src_ep, src_saved, conn.src_password_file, conn.src_oauth2_token_cmd, conn.src_auth_user)
-    dst = connector("dst", dst_ep, dst_saved, conn.dst_password_file, conn.dst_oauth2_token_cmd, conn.dst_auth_user)
+    src = connector("src", src_ep, src_saved, conn.src_password_file, conn.src_oauth2_token_cmd, conn.src_oauth2,
+                    conn.src_auth_user)
+    dst = connector("dst", dst_ep, dst_saved, conn.dst_password_file, conn.dst_oauth2_token_cmd, conn.dst_oauth2,
+                    conn.dst_auth_user)
     _check_ca_file(conn)
     _warn_insecure(conn)
     return src, dst
@@ -325,7 +380,6 @@ def engine_options(src: Connector, dst: Connector, run: RunOptions):
     """Engine options from the run options, in one place (dry-run included)."""
     from migrator import throttle
     from migrator.engine.copy import EngineOptions
-    from migrator.governor import Governors
 
     limiter = throttle.Throttle(run.max_bytes_per_second, run.max_messages_per_second)
     active = limiter if limiter.limited else None
@@ -333,7 +387,7 @@ def engine_options(src: Connector, dst: Connector, run: RunOptions):
         workers=throttle.connection_limits(src, dst, run.workers, run.max_connections_per_host),
         dry_run=run.dry_run, include_deleted=run.include_deleted, sync_flags=not run.no_sync_flags,
         delete_extra=run.delete_extra, retry_failed=run.retry_failed, batch_bytes=int(run.batch_mb * 1e6),
-        throttle=active, in_flight_grace=run.in_flight_grace, governors=Governors(max_backoff=run.max_backoff),
+        throttle=active, in_flight_grace=run.in_flight_grace, governors=run.governors(),
     )
     opts.batch_bytes, opts.batch_count = throttle.batch_limits(active, opts.batch_bytes, opts.batch_count)
     if run.follow or run.follow_for:

@@ -18,7 +18,7 @@ from migrator.checkpoint import ALTERED, DONE, Checkpoint, Intent
 from migrator.engine.content import SERVED_CUT_SHORT
 from migrator.engine.jobs import OVERQUOTA_HINT, EngineOptions, FolderRun
 from migrator.engine.pairs import both_sides
-from migrator.errors import StorageError
+from migrator.errors import BudgetSpent, StorageError
 from migrator.governor import Governor
 from migrator.naming import Folder
 from migrator.plan import FolderPlan, Plan
@@ -44,7 +44,7 @@ class Context:
     would_create: list[Folder] = field(default_factory=list)  # dry run: folders a real run would create
     # What stopped the run at once (a local file that cannot be written: disk full, read-only, gone);
     # Engine.run raises it when the workers have stopped.
-    fatal: StorageError | None = None
+    fatal: StorageError | BudgetSpent | None = None
 
     @property
     def journal(self) -> Checkpoint | None:
@@ -74,15 +74,15 @@ class Context:
 
     def internal_error(self, fp: FolderPlan, e: Exception) -> None:
         """A bug: reported on its folder, and the run goes on. A StorageError stops the run instead:
-        every folder after it would fail the same way."""
-        if isinstance(e, StorageError):
+        every folder after it would fail the same way; and so does a spent byte budget."""
+        if isinstance(e, (StorageError, BudgetSpent)):
             self.abort(e)
             return
         log.exception("unexpected error")
         self.stats.folder_failed(fp.source, f"internal error: {type(e).__name__}: {e}")
 
 
-    def abort(self, e: StorageError) -> None:
+    def abort(self, e: StorageError | BudgetSpent) -> None:
         """Stop the run at once, for this reason (the first one given is kept)."""
         if self.fatal is None:
             self.fatal = e

@@ -88,13 +88,15 @@ class Copier:
         """waits: how often these messages were throttled already (the first APPEND: 0)."""
         fp = run.fp
         dst = conn.dst_within_budget()  # a session near the server's error budget is replaced first
+        # The day's byte budget to the host, taken before the intents are written: when it is spent
+        # the run stops (BudgetSpent) with nothing of this batch in flight.
+        self.ctx.governor("destination").spend(sum(len(item.body) for item in items))
         intents, shapes = self._to_read_back(run, intents, items)
         self.ledger.intents(run, intents)
         crash("intent-written")
         governor = self.ctx.governor("destination")
         try:
-            with governor.turn(self.ctx.stop):  # every session to the host waits out a throttle
-                uids = dst.append(fp.destination, items)
+            uids = governed_append(self.ctx, dst, fp.destination, items)
         except Throttled as e:
             self._throttled(run, conn, intents, items, shapes, e, waits)
             return
@@ -227,10 +229,32 @@ def served(m: MessageMeta, msg: Message) -> MessageMeta:
     return dataclasses.replace(m, size=len(msg.body), internaldate=m.internaldate or msg.meta.internaldate)
 
 
-def governed_fetch(ctx: Context, src: Store, uids: list[int]) -> dict[int, Message]:
+def governed_append(ctx: Context, dst: Store, folder, items: list[AppendItem]) -> list[int | None]:
+    """APPEND through the destination host's governor: every session to the host waits out a
+    throttle. Without MULTIAPPEND a batch is one APPEND a message, so each message takes its own
+    turn: a session never sends the rest of its batch while another session's throttle holds the
+    host (the store would send them back to back). A refusal's `stored`, as the store says it."""
+    governor = ctx.governor("destination")
+    if dst.capabilities.multiappend or len(items) <= 1:
+        with governor.turn(ctx.stop):
+            return dst.append(folder, items)
+    out: list[int | None] = []
+    for item in items:
+        try:
+            with governor.turn(ctx.stop):
+                out.extend(dst.append(folder, [item]))
+        except (MessageRejected, Throttled) as e:
+            e.stored = out  # the messages before this one are on the server
+            raise
+    return out
+
+
+def governed_fetch(ctx: Context, src: Store, uids: list[int], nbytes: int = 0) -> dict[int, Message]:
     """FETCH through the source host's governor: it waits out a throttle the source asked for, and
-    a throttle answer here pauses every session to the source (the folder is retried after it)."""
+    a throttle answer here pauses every session to the source (the folder is retried after it).
+    `nbytes` (the listed sizes) are taken from the day's byte budget first."""
     governor = ctx.governor("source")
+    governor.spend(nbytes)
     try:
         with governor.turn(ctx.stop):
             fetched = {msg.meta.uid: msg for msg in src.fetch(uids)}
@@ -260,7 +284,7 @@ def prefetch(ctx: Context, src: Store, pieces: Iterable[list[MessageMeta]]) -> I
                     break
                 if throttle and not throttle.acquire(len(batch), sum(m.size for m in batch), stop):
                     break
-                fetched = governed_fetch(ctx, src, [m.uid for m in batch])
+                fetched = governed_fetch(ctx, src, [m.uid for m in batch], sum(m.size for m in batch))
                 while not done.is_set():
                     try:
                         out.put((batch, fetched, None), timeout=0.2)

@@ -14,7 +14,9 @@ be raised to: larger messages are reported, not sent), `max_line_length`,
 sizes as the --max-size option writes them (K/M/G, 1024-based). What the run itself does about
 the server (engine/flagrules.py, engine/jobs.py): `flags_set_after_append` (flags an APPEND loses:
 set by STORE after it), `flags_added` (flags the server adds by itself: not a difference),
-`session_errors` (the server closes a session after that many NO/BAD answers).
+`session_errors` (the server closes a session after that many NO/BAD answers: any preset may say
+so), `max_bytes_per_day` (what the provider lets an account upload a day). At the top level,
+`max_bytes_per_day` is what it lets an account download a day, when it is the source (`--preset`).
 Adding a preset means adding a file, not code.
 """
 
@@ -77,6 +79,7 @@ class DestinationRules:
     flags_set_after_append: tuple[str, ...] = ()
     flags_added: tuple[str, ...] = ()
     session_errors: int | None = None
+    max_bytes_per_day: int | None = None
 
     @property
     def name(self) -> str:
@@ -94,7 +97,8 @@ class DestinationRules:
             self.reserved_names + other.reserved_names,
             "".join(dict.fromkeys(self.forbidden_characters + other.forbidden_characters)),
             self.flags_set_after_append + other.flags_set_after_append, self.flags_added + other.flags_added,
-            least(self.session_errors, other.session_errors))
+            least(self.session_errors, other.session_errors),
+            least(self.max_bytes_per_day, other.max_bytes_per_day))
 
 
     def exceeded(self, body: bytes) -> list[str]:
@@ -123,6 +127,7 @@ class Preset:
     renames: tuple[RenameRule, ...] = field(default_factory=tuple)
     destination: DestinationRules | None = None
     leftovers: tuple[LeftoverRule, ...] = ()
+    max_bytes_per_day: int | None = None  # as the source: what the provider lets an account download a day
 
 
 def _read(name: str) -> dict:
@@ -150,8 +155,12 @@ def load_preset(name: str) -> Preset:
     )
     leftovers = tuple(LeftoverRule(r["special_use"], r["to_special_use"], parse_display(r["to"]), r["reason"])
                       for r in data.get("leftover", []))
+    from migrator.filters import parse_size
+
+    down = data.get("max_bytes_per_day")
     return Preset(data["name"], data.get("description", ""), tuple(data.get("warnings", [])), skips, renames,
-                  _destination(data["name"], data.get("destination")), leftovers)
+                  _destination(data["name"], data.get("destination")), leftovers,
+                  parse_size(down, f"preset {name}: max_bytes_per_day") if down else None)
 
 
 def _destination(name: str, table: dict | None) -> DestinationRules | None:
@@ -160,12 +169,12 @@ def _destination(name: str, table: dict | None) -> DestinationRules | None:
     if table is None:
         return None
     sizes = {k: parse_size(table[k], f"preset {name}: {k}") if k in table else None
-             for k in ("max_message_size", "max_message_ceiling")}
+             for k in ("max_message_size", "max_message_ceiling", "max_bytes_per_day")}
     return DestinationRules((name,), sizes["max_message_size"], sizes["max_message_ceiling"],
                             table.get("max_line_length"), bool(table.get("case_insensitive")),
                             tuple(table.get("reserved_names", ())), table.get("forbidden_characters", ""),
                             tuple(table.get("flags_set_after_append", ())), tuple(table.get("flags_added", ())),
-                            table.get("session_errors"))
+                            table.get("session_errors"), sizes["max_bytes_per_day"])
 
 
 def destination_rules(names) -> DestinationRules | None:

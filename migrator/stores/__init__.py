@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from dataclasses import dataclass, field
 
@@ -59,7 +60,11 @@ class Connector:
 
         with self._lock:
             if self._creds is None:
-                if self.secret.oauth2_token_cmd:
+                if self.secret.oauth2 is not None:
+                    from migrator.oauth2 import token_session
+
+                    self._creds = Credentials(session=token_session(self.secret.oauth2, self.endpoint.user, _say))
+                elif self.secret.oauth2_token_cmd:
                     cmd = self.secret.oauth2_token_cmd
                     self._creds = Credentials(token=lambda: run_token_command(cmd))
                 else:
@@ -135,6 +140,11 @@ class Connector:
         source = self.secret.role != "dst"
         return ArchiveStore(self.endpoint.path, create=not source, readonly=source or self.readonly,
                             as_of=self.as_of, snapshot=self.snapshot)
+
+
+def _say(line: str) -> None:
+    """A sign-in's instructions go to the terminal at once, as a password prompt would."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _kind(ep: Endpoint) -> str:

@@ -44,18 +44,23 @@ class Credentials:
     """Produces the secret on demand, in memory only; shared by all connections of one side.
 
     A token from an OAuth2 command is fetched again when a server rejects it
-    (expired or revoked), so a long unattended run survives token expiry.
+    (expired or revoked), so a long unattended run survives token expiry. A built-in sign-in
+    (`session`, oauth2.TokenSession) is asked every time: it keeps its token fresh itself.
     """
 
-    def __init__(self, password: Callable[[], str] | None = None, token: Callable[[], str] | None = None):
+    def __init__(self, password: Callable[[], str] | None = None, token: Callable[[], str] | None = None,
+                 session=None):
         self._password = password
         self._token = token
+        self._session = session
         self._cached: str | None = None
         self._lock = threading.Lock()  # worker threads log in concurrently
 
     def secret(self, stale: str | None = None) -> str:
         """The current secret. If STALE (a token a server just rejected) is still the
         current one, get a new one first; if another thread already did, reuse that."""
+        if self._session is not None:
+            return self._session.token(stale)
         with self._lock:
             if self._cached is None or (stale is not None and self._cached == stale):
                 source = self._token or self._password
@@ -66,7 +71,7 @@ class Credentials:
 
     @property
     def is_token(self) -> bool:
-        return self._token is not None
+        return self._token is not None or self._session is not None
 
 
 # -- the TLS rule ------------------------------------------------------------------------------

@@ -198,12 +198,12 @@ def _oauth2_login(wire: Wire, ep: Endpoint, creds: Credentials, opts: ConnectOpt
             return
         except imapexc.LoginError as e:
             if attempt == 1:
-                # Expired or revoked: run the token command again (once) and retry.
-                log.info("%s token for %s rejected; running the token command again", mech, ep.user)
+                # Expired or revoked: a fresh token (the command run again, or a refresh), once.
+                log.info("%s token for %s rejected; getting a fresh one", mech, ep.user)
                 rejected = token
                 continue
             raise ConnectionFailed(
                 f"{mech} login failed for {ep.user}@{ep.host} even with a fresh token: {server_text(e, token)}",
-                hint="check the token command, the account name and the scopes the token was issued for",
+                hint="check the token command or the app registration, the account name and the token's scopes",
             ) from None
 

@@ -113,3 +113,51 @@ def test_flagged_is_set_after_the_append_and_mdnsent_is_no_difference(new_accoun
     rerun = json.loads(report.read_text())
     assert rerun["totals"]["copied"] == 1 and rerun["totals"]["flags_updated"] == 0, rerun["totals"]
     assert sum("$MDNSent" in f for _s, f, _d in rig.snapshot(dst)[("INBOX",)]) == 3
+
+
+def test_a_throttle_on_one_mailbox_of_a_batch_pauses_every_mailbox_on_that_host(new_account, tmp_path):
+    """batch, 3 mailboxes at once to one host (the stand-in): the server throttles one session only
+    (the others' APPENDs would go through), and no mailbox sends an APPEND during the wait it asked
+    for: the governor of the host is the batch's, not each mailbox's. Each mailbox's report says it
+    waited."""
+    pairs = [seeded(new_account, 150) for _ in range(3)]
+    with M365StandIn(pairs[0][1].port, throttle_every=60, throttles=1, backoff_ms=1500, no_multiappend=True,
+                     one_session=True) as m365:
+        rows = ["source,destination,src_password_file,dst_password_file"]
+        for n, (src, dst) in enumerate(pairs):
+            for side, acc in (("s", src), ("d", dst)):
+                (tmp_path / f"{side}{n}.pw").write_text(acc.password)
+                (tmp_path / f"{side}{n}.pw").chmod(0o600)
+            via = dataclasses.replace(dst, port=m365.port)
+            rows.append(f"{src.url},{via.url},{tmp_path / f's{n}.pw'},{tmp_path / f'd{n}.pw'}")
+        (tmp_path / "b.csv").write_text("\n".join(rows) + "\n")
+        res = migrator("batch", str(tmp_path / "b.csv"), "--parallel", "3", "--workers", "1", "--quiet",
+                       "--state-dir", str(tmp_path / "state"), "--report", str(tmp_path / "fleet.json"))
+        windows, appends, throttled = list(m365.windows), list(m365.appends), list(m365.throttled)
+    assert res.code == 0, res.text
+    for src, dst in pairs:
+        assert held(dst) == held(src)  # 0 lost, 0 duplicated
+    assert len(windows) == 1
+    start, end = windows[0]
+    during = [s for t, s in appends + throttled if start + GRACE <= t <= end]
+    assert during == [], during  # no session of any mailbox sent an APPEND during the wait
+    others = {s for t, s in appends if s != m365.window_sessions[0]}
+    assert len(others) >= 2 and any(t > end for t, s in appends if s in others)  # the others went on after it
+    fleet = json.loads((tmp_path / "fleet.json").read_text())["mailboxes"]
+    assert [m["throttle_waits"] for m in fleet] == [1, 1, 1], fleet  # each mailbox says it waited
+    assert all(m["waited_seconds"] >= 1.0 for m in fleet), fleet
+
+
+def test_max_bytes_per_day_stops_with_one_line_and_the_next_run_goes_on(new_account, tmp_path):
+    src, dst = new_account(), new_account()
+    rig.seed(src, ["INBOX"], [(simple_message(i, body="y" * 5000), (), dt(i)) for i in range(40)])
+    args = ("migrate", src.url, dst.url, "--state", str(tmp_path / "state"), "--workers", "1", "--quiet",
+            "--batch-mb", "0.1")  # batches of ~20 messages: the second would go over 150K
+    res = migrator(*args, "--max-bytes-per-day", "150K", src=src, dst=dst)
+    assert res.code == 75, res.text
+    lines = [line for line in res.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "byte budget for 127.0.0.1 is spent" in lines[0] and "tomorrow" in lines[0], res.err
+    assert 0 < sum(held(dst).values()) < 40
+    res = migrator(*args, "--max-bytes-per-day", "1M", src=src, dst=dst)
+    assert res.code == 0, res.text
+    assert held(dst) == held(src)  # the rest, each once

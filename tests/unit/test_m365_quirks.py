@@ -169,3 +169,12 @@ def test_preset_office365_chooses_source_folders_and_points_to_dst_preset_for_a_
     assert len(warnings) == 1 and "--dst-preset office365" in warnings[0]
     _, warnings = map_folders(src, dst, "/", planning_options(presets=["office365"], dst_presets=["office365"]))
     assert warnings == []  # said once it is given
+
+
+def test_presets_carry_gmail_daily_byte_caps_and_any_preset_may_set_a_session_error_budget():
+    from migrator.presets import DestinationRules, load_preset
+
+    assert load_preset("gmail").max_bytes_per_day == 2500 * 1024 ** 2  # down, as the source
+    other = DestinationRules(("other",), session_errors=5, max_bytes_per_day=500 * 1024 ** 2)
+    both = load_preset("office365").destination + other
+    assert both.session_errors == 5 and both.max_bytes_per_day == 500 * 1024 ** 2

@@ -7,6 +7,7 @@ against Dovecot behind a stand-in for Microsoft 365."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter
@@ -91,3 +92,57 @@ def test_the_wait_is_capped_and_a_stop_ends_it():
     with gov.turn(stop):
         pass
     assert time.monotonic() - t0 < 0.5
+
+
+def test_gmail_bandwidth_answers_are_throttles_not_refusals():
+    from migrator.stores.imap_parse import TRANSIENT, classify
+
+    for text in ("NO [OVERQUOTA] Account exceeded command or bandwidth limits. (Failure)",
+                 "* BYE [ALERT] Account exceeded command or bandwidth limits.",
+                 "* BYE Session expired, please login again."):
+        assert is_throttle(text) and classify(text) == TRANSIENT, text
+    assert not is_throttle("NO [OVERQUOTA] Quota exceeded (mailbox for user is full)")
+
+
+@pytest.mark.parametrize("side", ["source", "destination"])
+def test_a_spent_byte_budget_stops_the_run_and_the_next_day_goes_on(tmp_path, side):
+    """--max-bytes-per-day: the run stops (BudgetSpent, exit 75) before a batch that would go over
+    it, with nothing in flight; the same command run the next day copies the rest, each message once."""
+    from migrator.errors import EXIT_BUDGET, BudgetSpent
+
+    src, dst = MemoryServer(), MemoryServer()
+    for i in range(60):
+        src.deliver(INBOX, body(i))
+    size = len(body(10))
+    world = World(src, dst, str(tmp_path / "state.sqlite"))
+    governors = Governors(budgets={side: 25 * size})
+    with pytest.raises(BudgetSpent, match="byte budget .* is spent") as e:
+        world.run(workers=2, batch_count=5, chunk_messages=20, governors=governors)
+    assert e.value.exit_code == EXIT_BUDGET
+    spent = governors.get(side, "src.example" if side == "source" else "dst.example", 1).spent
+    assert 0 < spent <= 25 * size
+    copied = Counter(m[0] for m in dst.contents(INBOX).values()) if INBOX in dst.names() else Counter()
+    assert 0 < sum(copied.values()) <= 25 and set(copied.values()) == {1}
+    stats = world.run(workers=2, batch_count=5, chunk_messages=20, governors=Governors(budgets={side: 60 * size}))
+    assert not stats.failures and not stats.folder_errors
+    assert Counter(m[0] for m in dst.contents(INBOX).values()) == Counter(body(i) for i in range(60))
+
+
+def test_the_progress_line_says_while_a_host_is_waited_for_and_why():
+    import io
+
+    from migrator.governor import Wait
+    from migrator.progress import Progress
+    from migrator.stats import Stats
+
+    stats, out = Stats(), io.StringIO()
+    with Progress(stats, interval=0.1, stream=out):
+        stats.waited(Wait("destination", "mail.example", 0.0, 30.0, "Suggested Backoff Time: 30000 ms"))
+        time.sleep(0.7)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "destination throttled: waiting 30.0 s as the server asked (mail.example)"  # as it starts
+    progress = [line for line in lines if line.startswith("progress:")]
+    assert progress and all(re.search(r", waiting (29|30) s: destination mail.example throttled$", line)
+                            for line in progress), lines
+    stats._waiting_until = 0.0  # the pause is over: the line no longer says it
+    assert Progress(stats)._waiting() == ""
