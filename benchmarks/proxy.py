@@ -29,6 +29,9 @@ class DelayProxy:
         self.peak = 0
         self.total = 0
         self.turns = 0
+        # While True, what clients sent is held here, not written to the server (a test sets it to
+        # choose when an APPEND in flight at a kill lands: tests/e2e/test_in_flight.py).
+        self.hold_client = False
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -107,6 +110,8 @@ class DelayProxy:
                 wait = due - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
+                while side == "client" and self.hold_client:
+                    await asyncio.sleep(0.05)
                 writer.write(data)
                 await writer.drain()
             if writer.can_write_eof():

@@ -26,9 +26,11 @@ pytestmark = pytest.mark.e2e
 RTT_MS = 4000
 
 
-def _kill_with_appends_in_flight(src, dst, tmp_path, *extra):
+def _kill_with_appends_in_flight(src, dst, tmp_path, *extra, hold: bool = False):
     """Start a run through the slow proxy; kill -9 it while its second APPENDs are in flight.
-    Returns the destination's message count at the kill."""
+    Yields the destination's message count at the kill. hold: the APPENDs in flight are held in
+    the proxy until the generator is resumed (they land after whatever the test does meanwhile,
+    however slow a loaded machine makes it)."""
     with DelayProxy(dst.port, rtt_ms=RTT_MS) as proxy:
         slow = dataclasses.replace(dst, port=proxy.port)
         proc = popen(src, slow, tmp_path, *extra)
@@ -38,10 +40,12 @@ def _kill_with_appends_in_flight(src, dst, tmp_path, *extra):
             assert wait_until(lambda: status_item(dst, "MESSAGES") > 0, timeout=60), "no copy landed"
             time.sleep(RTT_MS / 1000 / 2 + 0.5)
         finally:
+            proxy.hold_client = hold
             proc.kill()
             proc.wait(30)
         at_kill = status_item(dst, "MESSAGES")
         yield at_kill
+        proxy.hold_client = False
         # The proxy forwards what was sent before the kill until it stops: keep it up until the
         # late APPENDs have landed.
         time.sleep(RTT_MS / 1000)
@@ -73,9 +77,9 @@ def test_append_committed_after_the_grace_is_removed_by_the_next_run(pair, tmp_p
     the late APPENDs make them twice. The next run finds each late twin by its fingerprint and
     removes the copy it sent again (never the one it did not send), and ends identical."""
     src, dst = pair
-    killed = _kill_with_appends_in_flight(src, dst, tmp_path)
+    killed = _kill_with_appends_in_flight(src, dst, tmp_path, hold=True)
     next(killed)
-    res, _ = run(src, dst, tmp_path, "--in-flight-grace", "0")
+    res, _ = run(src, dst, tmp_path, "--in-flight-grace", "0")  # the late APPENDs land after it
     for _ in killed:
         pass
     assert res.code == 0, res.text
