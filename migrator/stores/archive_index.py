@@ -278,12 +278,11 @@ class ArchiveIndex:
                 continue
             file = os.path.join(data, name)
             try:
-                end = ends.get(name, 0)
-                if os.path.getsize(file) > end:
-                    if end:
-                        os.truncate(file, end)
-                    else:
-                        os.unlink(file)
+                end = ends.get(name)
+                if end is None:  # no row points at it, also when empty (zstd -t fails on an empty file)
+                    os.unlink(file)
+                elif os.path.getsize(file) > end:
+                    os.truncate(file, end)
             except OSError:
                 return
 
