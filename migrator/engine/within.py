@@ -103,8 +103,8 @@ def label_known(ctx: Context, ledger: Ledger, run: FolderRun, conn: Connections,
     dst, ckpt = conn.dst(), ctx.ckpt
     if ckpt is None or not dst.capabilities.labels or not dst.capabilities.copy:
         return {m.uid for m, _ in found}
-    idents = {m.uid: "sha256:" + fingerprint(body) for m, body in found}
-    with run.lock:
+    with run.lock:  # a source's own identity (X-GM-MSGID) first: copy_known looked that up already
+        idents = {m.uid: run.identities.get(m.uid) or "sha256:" + fingerprint(body) for m, body in found}
         run.identities.update(idents)  # record_identities keeps where each lands
     known = ckpt.stored_copies(set(idents.values()))
     groups: dict[tuple, list[tuple[MessageMeta, Stored]]] = defaultdict(list)
