@@ -9,7 +9,7 @@ import pytest
 
 from migrator.engine.within import DUPLICATE_IN_FOLDER
 from tests.gmail_standin import GmailStandIn
-from tests.helpers import migrate
+from tests.helpers import migrate, migrator
 
 pytestmark = pytest.mark.e2e
 
@@ -82,3 +82,6 @@ def test_gmail_destination_uploads_each_message_once_and_labels_it(new_account, 
         assert res.code == 0 and report["totals"]["copied"] == 0, res.text
         assert report["totals"]["skipped"] == {DUPLICATE_IN_FOLDER: 1}
         assert _appends(gmail) == appends and _held(gmail) == held
+
+        res = migrator("verify", src.url, gmail.url, src=src, dst=gmail)  # the twins held once: no difference
+        assert res.code == 0 and "2 exact duplicate(s) in the source folder, held once" in res.out, res.text
