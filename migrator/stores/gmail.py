@@ -136,7 +136,7 @@ class GmailCapableStore(ImapStore):
         by X-GM-MSGID (a label STORE answers with none)."""
         if self.select(source, readonly=False).uidvalidity != uidvalidity:
             return None
-        label = "\\Inbox" if to == ("INBOX",) else self.server_name(to)
+        label = self._label_of(to)
         self._call("STORE X-GM-LABELS", self.client.add_gmail_labels, list(uids), [label])
         ids = self._call("FETCH X-GM-MSGID", self.client.fetch, list(uids), ["X-GM-MSGID"])
         self.select(to, readonly=True)
@@ -145,3 +145,12 @@ class GmailCapableStore(ImapStore):
             found = self._call("SEARCH X-GM-MSGID", self.client.search, ["X-GM-MSGID", data[b"X-GM-MSGID"]])
             out[uid] = max(found) if found else None
         return out
+
+    def _label_of(self, folder: Folder) -> str:
+        """The label that shows a message in `folder`: a system label for INBOX and the special-use
+        folders (\\Inbox, \\Sent, \\Starred, ...), else the folder's name."""
+        if self._folders is None:
+            self.list_folders()
+        assert self._folders is not None
+        system = [label for label, f in self._folders.items() if f == folder and label.startswith("\\")]
+        return system[0] if system else self.server_name(folder)
