@@ -140,6 +140,7 @@ def verify_report(diffs: list[FolderDiff], source: str, destination: str) -> dic
                 "date_differs": d.date_differs,
                 "damaged": d.damaged,
                 "outside_filters": d.outside_filters,
+                "held_once": d.held_once,
                 "kept": d.kept,
                 "error": d.error,
             }
@@ -167,6 +168,9 @@ def render_verify(report: dict[str, Any]) -> str:
             lines.append(f"  error: {f['error']}")
         if f.get("outside_filters"):
             lines.append(f"  {f['outside_filters']} source message(s) outside the plan's filters: not compared")
+        if f.get("held_once"):
+            lines.append(f"  {len(f['held_once'])} exact duplicate(s) in the source folder, held once: the destination "
+                         "keeps one copy per account (Gmail), not a difference")
         lines += [f"  missing on destination: source UID {m['source_uid']} sha256 {m['sha256'][:16]}"
                   for m in f["missing"]]
         lines += [f"  extra on destination: UID {m['destination_uid']} sha256 {m['sha256'][:16]}" for m in f["extra"]]

@@ -70,6 +70,40 @@ function labelsAsViews(server) {
     });
 }
 
+// Gmail holds one copy of a message per account: an APPEND of bytes it holds already stores nothing
+// new. Into a folder that shows it, the answer is OK with the held copy's UID in APPENDUID; into
+// another folder, the message gains that folder's label (one more view of the same X-GM-MSGID).
+function oneCopyPerAccount(server) {
+    var append = server.appendMessage;
+    server.appendMessage = function(mailbox, flags, internaldate, raw, connection) {
+        mailbox = typeof mailbox === "string" ? server.getMailbox(mailbox) : mailbox;
+        var held = heldCopy(server, raw);
+        var here = (mailbox.messages || []).filter(function(m) { return m.raw === raw; })[0];
+        if (here) {
+            fs.writeSync(log, "* DROPPED duplicate APPEND, UID " + here.uid + "\n");
+            return {mailbox: mailbox, message: here};
+        }
+        var added = append.apply(this, [mailbox, flags, internaldate, raw, connection]);
+        if (held) {
+            added.message["X-GM-MSGID"] = held["X-GM-MSGID"];
+            added.message["X-GM-LABELS"] = held["X-GM-LABELS"].concat(added.message["X-GM-LABELS"]);
+        }
+        return added;
+    };
+}
+
+function heldCopy(server, raw) {
+    var found;
+    Object.keys(server.folderCache).forEach(function(path) {
+        (server.folderCache[path].messages || []).forEach(function(message) {
+            if (message.raw === raw) {
+                found = found || message;
+            }
+        });
+    });
+    return found;
+}
+
 function logCommands(connection) {
     connection.socket.on("data", function(chunk) {
         // Command lines only: a literal's bytes follow a line ending in {n}; they are never bodies
@@ -89,6 +123,7 @@ var server = hoodiecrow({
 });
 server.registerCapability("X-GM-EXT-1");  // the plugin answers its commands but does not say so
 labelsAsViews(server);
+oneCopyPerAccount(server);
 server.connectionHandlers.push(logCommands);
 server.listen(port, "127.0.0.1", function() {
     process.stdout.write("ready " + port + "\n");

@@ -5,10 +5,14 @@ Gmail cannot be reached from here. The stand-in keeps what matters to a migratio
 has an X-GM-MSGID and X-GM-LABELS; `[Gmail]/All Mail` (\\All) holds every message once; each label
 folder shows the messages carrying that label (the same X-GM-MSGID in several folders); a message
 with no label is only in All Mail (archived); STORE +X-GM-LABELS makes a message show in that
-label's folder. Every command a client sends is logged, so a test counts the bodies fetched.
+label's folder; an APPEND of bytes it holds already stores nothing new, as Gmail keeps one copy per
+account (into a folder showing it: OK with the held copy's UID in APPENDUID, logged as `* DROPPED`;
+into another folder: the copy gains that label). Every command a client sends is logged, so a test
+counts the bodies fetched and the APPENDs.
 
 Where it differs from Gmail: LOGIN as `testuser`/`testpass` only, no TLS, no XOAUTH2 here, no
-bandwidth caps, and FLAGS do not follow the \\Starred label (the source store derives \\Flagged from
+bandwidth caps, duplicates told by identical bytes (Gmail does not document its rule; it is said to
+use the Message-ID), and FLAGS do not follow the \\Starred label (the source store derives \\Flagged from
 the label, which real Gmail also shows as the flag).
 
 hoodiecrow is installed by .ci/servers/hoodiecrow.sh (NODE_PATH below); a missing install fails

@@ -22,7 +22,7 @@ from migrator.engine.crashpoints import crash
 from migrator.engine.jobs import Connections, FolderRun, appends_unseen
 from migrator.engine.march import copy_flags
 from migrator.engine.readback import Check
-from migrator.engine.within import copy_known, record_identities
+from migrator.engine.within import copy_known, dropped, label_known, record_identities
 from migrator.errors import MessageRejected, Throttled, TransientError
 from migrator.imapdate import date_at_risk
 from migrator.naming import display
@@ -80,8 +80,19 @@ class Copier:
                 intents.append(Intent(m.uid, m.size, "", flags, m.internaldate))
                 items.append(AppendItem(msg.body, flags, m.internaldate, nul_free=msg.nul_free))
             del fetched
+            intents, items = self._unheld(run, conn, intents, items)
             if items:
                 self._append(run, conn, intents, items)
+
+    def _unheld(self, run: FolderRun, conn: Connections, intents: list[Intent],
+                items: list[AppendItem]) -> tuple[list[Intent], list[AppendItem]]:
+        """A labels destination (Gmail): what it holds already is labelled, not uploaded (within.py)."""
+        if not items or not conn.dst().capabilities.labels:
+            return intents, items
+        metas = [MessageMeta(i.src_uid, i.size, i.flags, i.date) for i in intents]
+        send = label_known(self.ctx, self.ledger, run, conn, [(m, it.body) for m, it in zip(metas, items, strict=True)])
+        kept = [(i, it) for i, it in zip(intents, items, strict=True) if i.src_uid in send]
+        return [i for i, _ in kept], [it for _, it in kept]
 
     def _append(self, run: FolderRun, conn: Connections, intents: list[Intent], items: list[AppendItem],
                 waits: int = 0) -> None:
@@ -149,6 +160,11 @@ class Copier:
                   uids: list[int | None], shapes: dict[int, Shape]) -> None:
         """What follows an APPEND the server answered OK: these messages are stored, with these UIDs."""
         crash("append-sent")  # stored on the server, not yet confirmed: settled by the next march
+        if conn.dst().capabilities.labels and any(why := dropped(run, uids)):
+            self._dropped(run, intents, uids, why)
+            kept = [n for n, w in enumerate(why) if w is None]
+            intents, items, uids = [intents[n] for n in kept], [items[n] for n in kept], [uids[n] for n in kept]
+            shapes = {kept.index(n): s for n, s in shapes.items() if n in kept}
         with run.lock:
             run.appended.extend(u for u in uids if u is not None)
             run.unknown_uids = run.unknown_uids or None in uids
@@ -158,6 +174,14 @@ class Copier:
         self._confirm(run, intents, items, uids, shapes)
         self.ledger.count(run, copied=len(intents), copied_bytes=sum(i.size for i in intents))
         self._store_lost_flags(run, conn, intents, uids)
+
+    def _dropped(self, run: FolderRun, intents: list[Intent], uids: list[int | None], why: list[str | None]) -> None:
+        """Gmail answered OK but stored nothing new: the APPENDUID names the copy it held. Journalled
+        as that copy (a rerun sends nothing), reported, not counted as copied nor checked as new."""
+        gone = [(i, uid, w) for i, uid, w in zip(intents, uids, why, strict=True) if w is not None]
+        self.ledger.confirm(run, [(i, uid) for i, uid, _ in gone])
+        for _, _, w in gone:
+            self.ctx.stats.skip(run.fp.source, w)
 
     def _store_lost_flags(self, run: FolderRun, conn: Connections, intents: list[Intent],
                           uids: list[int | None]) -> None:

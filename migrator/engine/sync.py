@@ -117,7 +117,7 @@ class FolderSync:
         (None, None): a dry run, the stop, or chunks queued (the last one done ends the folder)."""
         ctx, opts = self.ctx, self.ctx.opts
         src, dst = conn.both()
-        self._wait_for_earlier(fp, src)
+        self._wait_for_earlier(fp, src, dst)
         first = fp.source not in self._reported
         s_status, s_st, src_msgs, listed = self._list(fp, conn, first)
         run = FolderRun(fp, attempt, s_st.uidvalidity, src_status=s_status)
@@ -304,14 +304,15 @@ class FolderSync:
                 and 0 < known.messages <= opts.batch_count and known.size <= opts.batch_bytes
                 and not ctx.ckpt.has_rows(fp.source, known.uidvalidity, fp.destination))
 
-    def _wait_for_earlier(self, fp: FolderPlan, src: Store) -> None:
-        """A source whose messages show in several folders (identities: Gmail's labels): its folders
-        are marched one after the other, in plan order, so that a message's first copy is confirmed
-        before another folder decides to COPY it within the destination (within.py)."""
+    def _wait_for_earlier(self, fp: FolderPlan, src: Store, dst: Store) -> None:
+        """A source whose messages show in several folders (identities: Gmail's labels), or a
+        destination that holds one copy per account (labels: Gmail): the folders are marched one
+        after the other, in plan order, so that a message's first copy is confirmed before another
+        folder decides to COPY or label it within the destination (within.py)."""
         if fp.leftover and not src.capabilities.identities:
             raise FolderError(f"{self.ctx.plan.where(fp)}leftover = true: the source does not say which folders "
                               "show each message (it offers no X-GM-EXT-1); copying it would duplicate them")
-        if not src.capabilities.identities or self.ctx.opts.dry_run:
+        if not (src.capabilities.identities or dst.capabilities.labels) or self.ctx.opts.dry_run:
             return
         order = [o.source for o in self.ctx.plan.copying()]
         earlier = order[: order.index(fp.source)] if fp.source in order else []

@@ -53,6 +53,9 @@ class FolderDiff:
     # Source messages the plan's filters leave out: not compared; a copy of one on the destination
     # (an earlier run without them) is no extra.
     outside_filters: int = 0
+    # Source UIDs of exact twins in one folder that a destination holding one copy per account
+    # (Capabilities.labels: Gmail) shows once: it cannot hold two, so not a difference.
+    held_once: list[int] = field(default_factory=list)
     error: str | None = None
 
     @property
@@ -187,6 +190,9 @@ def _verify_folder(diff: FolderDiff, sources: list[Folder], destination: Folder 
                         + [{"side": "destination", "uid": uid, "reason": why} for uid, why in d.damaged]
                         + [{"side": "source", "uid": uid, "reason": CUT_SHORT} for uid in s.cut])
         _compare(diff, s.by_hash, d.by_hash, flag_rules)
+        if dst.capabilities.labels:
+            diff.held_once = [m["source_uid"] for m in diff.missing if d.by_hash.get(m["sha256"])]
+            diff.missing = [m for m in diff.missing if not d.by_hash.get(m["sha256"])]
         diff.outside_filters = sum(s.outside.values())
         diff.extra = [e for e in diff.extra if not _take(s.outside, e["sha256"])]
         diff.kept = [{"uid": k.uid, "since": k.since} for k in d.kept]

@@ -11,6 +11,12 @@ message's first copy is confirmed before the next folder decides; within a folde
 copy in parallel. Safety is the engine's usual: the intent is journalled before the COPY and
 confirmed after; a crash between the two leaves a pending row that the next march settles by
 content, as after an APPEND.
+
+A destination with Capabilities.labels (Gmail) holds one copy of a message per account and shows it
+in many folders: a source without identities (Dovecot, where a message sits in INBOX and Work) is keyed
+by each body's SHA-256 instead (label_known), so a message is uploaded once and labelled for every
+other folder (CopyWithin.copy: STORE X-GM-LABELS). Gmail drops an APPEND of a message it holds already,
+answering with the held copy's UID: copying.py counts that as a duplicate, not a copy (dropped()).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from collections.abc import Sequence
 from typing import cast
 
 from migrator.checkpoint import Intent, Stored
+from migrator.digest import fingerprint
 from migrator.engine.context import Context, Ledger
 from migrator.engine.jobs import Connections, FolderRun
 from migrator.engine.march import copy_flags
@@ -80,3 +87,53 @@ def record_identities(ctx: Context, run: FolderRun, results: Sequence[tuple[Inte
               if uid is not None and i.src_uid in run.identities]
     if stored:
         ctx.ckpt.record_identities(run.fp.destination, run.dst_uidvalidity, stored)
+
+
+# Report lines (stats.skip) for what Gmail cannot hold twice
+HELD_ALREADY = "Gmail holds this message already in this folder (one copy per account): not uploaded again"
+DUPLICATE_IN_FOLDER = ("an exact duplicate of another message in this folder: Gmail holds one copy per "
+                       "account, so the folder shows it once")
+
+
+def label_known(ctx: Context, ledger: Ledger, run: FolderRun, conn: Connections,
+                found: list[tuple[MessageMeta, bytes]]) -> set[int]:
+    """A labels destination (Gmail): the fetched messages it already holds (same SHA-256, journalled
+    by an earlier folder or run) are labelled for this folder instead of uploaded; one held in this
+    very folder is an exact duplicate there, reported. Returns the source UIDs still to APPEND."""
+    dst, ckpt = conn.dst(), ctx.ckpt
+    if ckpt is None or not dst.capabilities.labels or not dst.capabilities.copy:
+        return {m.uid for m, _ in found}
+    with run.lock:  # a source's own identity (X-GM-MSGID) first: copy_known looked that up already
+        idents = {m.uid: run.identities.get(m.uid) or "sha256:" + fingerprint(body) for m, body in found}
+        run.identities.update(idents)  # record_identities keeps where each lands
+    known = ckpt.stored_copies(set(idents.values()))
+    groups: dict[tuple, list[tuple[MessageMeta, Stored]]] = defaultdict(list)
+    send: set[int] = set()
+    for m, _ in found:
+        held = [s for s in known.get(idents[m.uid], []) if s.size == m.size]
+        if any(s.folder == run.fp.destination for s in held):
+            ctx.stats.skip(run.fp.source, DUPLICATE_IN_FOLDER)
+        elif held:
+            groups[(held[0].folder, held[0].uidvalidity)].append((m, held[0]))
+        else:
+            send.add(m.uid)
+    for (folder, uidvalidity), pairs in groups.items():
+        left = _copy_group(ctx, ledger, run, conn, cast(CopyWithin, dst), folder, uidvalidity, pairs)
+        send.update(m.uid for m in left)
+    return send
+
+
+def dropped(run: FolderRun, uids: Sequence[int | None]) -> list[str | None]:
+    """After an APPEND to a labels destination: for each message, why it was not stored anew (its UID
+    names a copy held before: Gmail dropped the APPEND), or None. Call before run.appended grows."""
+    with run.lock:
+        seen = set(run.appended)
+    out: list[str | None] = []
+    for uid in uids:
+        if uid is not None and (uid < run.dst_uidnext or uid in seen):
+            out.append(DUPLICATE_IN_FOLDER if uid in seen else HELD_ALREADY)
+        else:
+            out.append(None)
+        if uid is not None:
+            seen.add(uid)
+    return out

@@ -138,6 +138,11 @@ class Capabilities:
     copy: bool = False
     # The listing gives MessageMeta.identity and also_in (a Gmail account: one message, many labels)
     identities: bool = False
+    # One message shows in many folders at once, a folder added by a label STORE (Gmail's
+    # X-GM-LABELS): CopyWithin.copy labels rather than copies, and an APPEND of a message the store
+    # holds already stores nothing new (its UID names the copy held). The engine then keys messages
+    # by their SHA-256 (within.py label_known) and never uploads one twice.
+    labels: bool = False
     # How the store can tell changes as they happen (follow mode, engine/follow.py): "notify" (one
     # connection watches every folder, RFC 5465), "idle" (one connection per folder, RFC 2177), or
     # None (the follower polls STATUS). A store with one implements Watchable.

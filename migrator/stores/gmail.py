@@ -50,6 +50,7 @@ class GmailCapableStore(ImapStore):
         self.capabilities.copy = self.capabilities.uidplus
         if "X-GM-EXT-1" in self.raw_capabilities:
             self.capabilities.identities = True
+            self.capabilities.labels = True  # a destination: copy() adds a label (STORE X-GM-LABELS)
             self.meta_items = GMAIL_ITEMS
 
     # -- labels -------------------------------------------------------------------------------
@@ -111,7 +112,10 @@ class GmailCapableStore(ImapStore):
     # -- COPY ---------------------------------------------------------------------------------
 
     def copy(self, source: Folder, uidvalidity: int, uids: Sequence[int], to: Folder) -> dict[int, int | None] | None:
-        """UID COPY from `source` (EXAMINEd) to `to`; the new UIDs from COPYUID (UIDPLUS)."""
+        """UID COPY from `source` (EXAMINEd) to `to`; the new UIDs from COPYUID (UIDPLUS). On Gmail
+        (labels) a label STORE instead: the message is not uploaded or copied, it gains a folder."""
+        if self.capabilities.labels:
+            return self._label(source, uidvalidity, uids, to)
         if self.select(source, readonly=True).uidvalidity != uidvalidity:
             return None
         ((typ, data, _untagged),) = self._pipeline([("UID", ("COPY", uid_set(uids), self._mailbox(to)))])
@@ -124,3 +128,29 @@ class GmailCapableStore(ImapStore):
         pairs = zip(parse_appenduid(f"[APPENDUID 0 {m.group(2)}]"), parse_appenduid(f"[APPENDUID 0 {m.group(3)}]"),
                     strict=False)
         return {s: d for s, d in pairs}
+
+    # -- labels on a Gmail destination ----------------------------------------------------------
+
+    def _label(self, source: Folder, uidvalidity: int, uids: Sequence[int], to: Folder) -> dict[int, int | None] | None:
+        """UID STORE +X-GM-LABELS (to) on the messages `uids` of `source`; their UIDs in `to` found
+        by X-GM-MSGID (a label STORE answers with none)."""
+        if self.select(source, readonly=False).uidvalidity != uidvalidity:
+            return None
+        label = self._label_of(to)
+        self._call("STORE X-GM-LABELS", self.client.add_gmail_labels, list(uids), [label])
+        ids = self._call("FETCH X-GM-MSGID", self.client.fetch, list(uids), ["X-GM-MSGID"])
+        self.select(to, readonly=True)
+        out: dict[int, int | None] = {}
+        for uid, data in ids.items():
+            found = self._call("SEARCH X-GM-MSGID", self.client.search, ["X-GM-MSGID", data[b"X-GM-MSGID"]])
+            out[uid] = max(found) if found else None
+        return out
+
+    def _label_of(self, folder: Folder) -> str:
+        """The label that shows a message in `folder`: a system label for INBOX and the special-use
+        folders (\\Inbox, \\Sent, \\Starred, ...), else the folder's name."""
+        if self._folders is None:
+            self.list_folders()
+        assert self._folders is not None
+        system = [label for label, f in self._folders.items() if f == folder and label.startswith("\\")]
+        return system[0] if system else self.server_name(folder)
