@@ -6,8 +6,9 @@ Layout of an archive directory (mode 0700, files 0600; docs/archive-format.md sp
     index.sqlite            folders and messages: where each message's bytes are,
                             its flags, INTERNALDATE, size and fingerprint
                             (digest.py: SHA-256, NUL as 0x80) (SQLite, WAL)
-    data/<folder>-<n>.zst   message bytes, one independent zstd frame per message (with
-                            zstd's content checksum), appended; each writer (worker) has its own file
+    data/<folder>-<n>.zst   independent zstd frames (with zstd's content checksum), appended;
+                            each writer (worker) has its own file. A frame holds one big message
+                            or several small ones, each after a separator line (archive_frames.py)
 
 Crash safety is borgbackup's rule: data first, index last. A batch of frames
 is written and fsync'ed, then its index rows are committed in one
@@ -17,7 +18,8 @@ at missing data. UIDs are handed out by the index, so APPEND returns them like
 an IMAP server with UIDPLUS.
 
 Every body read is checked before it is served (archive_frames.py); a damaged
-message is served as Message.damage, never as bytes. The index handle, the
+message is served as Message.damage, never as bytes. A message whose bytes are already in the
+archive (another folder, a Gmail label) is not stored again: its row points at the same frame. The index handle, the
 lock and the format version are archive_index.py's; `archive check` is
 archive_check.py's.
 
@@ -38,8 +40,8 @@ import zstandard
 from migrator.digest import fingerprint
 from migrator.errors import FolderError, StorageError, UsageError
 from migrator.naming import Folder, display, folder_from_key, folder_key
-from migrator.stores.archive_frames import Place, read_checked
-from migrator.stores.archive_index import ArchiveIndex
+from migrator.stores.archive_frames import GROUP_BYTES, ZSTD_LEVEL, FrameReader, Place, frames
+from migrator.stores.archive_index import MESSAGE_COLUMNS, ArchiveIndex
 from migrator.stores.base import (
     AppendItem,
     Capabilities,
@@ -51,8 +53,6 @@ from migrator.stores.base import (
     normalize_flags,
 )
 
-ZSTD_LEVEL = 3  # fast, and mail compresses well at this level already
-
 
 class ArchiveStore:
     """One 'connection' to an archive. Several may be open in one process (one per worker)."""
@@ -60,7 +60,7 @@ class ArchiveStore:
     separator = None  # any component can be stored: no separator substitutes needed
     prefix = ""
 
-    def __init__(self, path: str, create: bool = True, readonly: bool = False):
+    def __init__(self, path: str, create: bool = True, readonly: bool = False, group_bytes: int = GROUP_BYTES):
         self.path = os.path.abspath(path)
         self.readonly = readonly
         self._arc = ArchiveIndex.open(self.path, create=create and not readonly)
@@ -69,7 +69,8 @@ class ArchiveStore:
         self._writers: dict[int, tuple[str, BinaryIO]] = {}  # folder id -> (file name, open file)
         # write_checksum: each frame carries zstd's content checksum (XXH64), checked on every read.
         self._cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
-        self._dctx = zstandard.ZstdDecompressor()
+        self._reader = FrameReader(os.path.join(self.path, "data"))
+        self.group_bytes = group_bytes  # 0: one message per frame
 
     # -- folders -------------------------------------------------------------------------
 
@@ -129,51 +130,78 @@ class ArchiveStore:
         """Each message's bytes are checked (zstd's frame checksum, then the SHA-256 in the index)
         before they are served; a message that fails comes with Message.damage, and no bytes."""
         fid = self._selected_id()
-        data = os.path.join(self.path, "data")
         for uid in uids:
             rows = self._arc.read(
-                "SELECT file, offset, length, size, sha256, flags, internaldate FROM messages "
-                "WHERE folder_id=? AND uid=?", (fid, uid))
+                f"SELECT file, offset, length, size, sha256, {self._arc.start_column}, flags, internaldate "
+                "FROM messages WHERE folder_id=? AND uid=?", (fid, uid))
             if not rows:
                 continue
-            file, offset, length, size, sha256, flags, date = rows[0]
-            body, damage = read_checked(data, Place(file, offset, length, size, sha256), self._dctx)
+            file, offset, length, size, sha256, start, flags, date = rows[0]
+            body, damage = self._reader.read(Place(file, offset, length, size, sha256, start))
             yield Message(MessageMeta(uid, size, tuple(json.loads(flags)), date), body, damage=damage)
 
     def append(self, name: Folder, items: Sequence[AppendItem]) -> list[int | None]:
         """Data first (frames written and fsync'ed), index last (one transaction). A file that
-        cannot be written (disk full, read-only, gone) raises StorageError: the run stops."""
+        cannot be written (disk full, read-only, gone) raises StorageError: the run stops. Bytes
+        the archive already holds intact are not written again (dedup)."""
         self._writable()
         fid = self._folder(name)[0]
-        placed = []
+        shas = [fingerprint(item.body) for item in items]
+        places: dict[str, Place] = {}
+        for item, sha in zip(items, shas, strict=True):
+            if sha not in places and (known := self._stored(sha, len(item.body))) is not None:
+                places[sha] = known
+        new = list({sha: item.body for item, sha in zip(items, shas, strict=True) if sha not in places}.items())
+        places.update(self._write_frames(fid, [(body, sha) for sha, body in new]))
+
+        def commit(db) -> list[int | None]:
+            (uidnext,) = db.execute("SELECT uidnext FROM folders WHERE id=?", (fid,)).fetchone()
+            uids: list[int | None] = list(range(uidnext, uidnext + len(items)))
+            db.executemany(
+                f"INSERT INTO messages({MESSAGE_COLUMNS}, start) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (fid, uid, p.file, p.offset, p.length, p.size, sha,
+                     json.dumps(list(normalize_flags(item.flags))), item.internaldate, p.start)
+                    for uid, item, sha in zip(uids, items, shas, strict=True) for p in [places[sha]]
+                ],
+            )
+            db.execute("UPDATE folders SET uidnext=? WHERE id=?", (uidnext + len(items), fid))
+            return uids
+
+        return self._arc.write(commit)
+
+    def _stored(self, sha: str, size: int) -> Place | None:
+        """Where the archive already holds these bytes, if it holds them intact (read back and
+        checked: a new message is never pointed at a damaged frame)."""
+        rows = self._arc.read(f"SELECT file, offset, length, size, sha256, {self._arc.start_column} FROM messages "
+                              "WHERE sha256=? AND size=? LIMIT 1", (sha, size))
+        if not rows:
+            return None
+        place = Place(*rows[0])
+        return place if self._reader.read(place)[1] is None else None
+
+    def _write_frames(self, fid: int, bodies: list[tuple[bytes, str]]) -> dict[str, Place]:
+        """The bodies written in frames (archive_frames.frames()) and fsync'ed: sha -> its place."""
+        placed: dict[str, Place] = {}
+        if not bodies:
+            return placed
         try:
             file, fh = self._writer(fid)
-            for item in items:
-                frame = self._cctx.compress(item.body)
+            i = 0
+            for content, starts in frames(bodies, self.group_bytes):
+                frame = self._cctx.compress(content)
                 offset = fh.tell()
                 fh.write(frame)
-                placed.append((item, offset, len(frame)))
+                for start in starts:
+                    body, sha = bodies[i]
+                    placed[sha] = Place(file, offset, len(frame), len(body), sha, start)
+                    i += 1
             fh.flush()
             os.fsync(fh.fileno())
         except OSError as e:
             self._drop_writer(fid)  # its buffer holds bytes that could not be written
             raise StorageError(f"cannot write to archive {self.path}: {e.strerror or e}") from None
-
-        def commit(db) -> list[int | None]:
-            (uidnext,) = db.execute("SELECT uidnext FROM folders WHERE id=?", (fid,)).fetchone()
-            uids: list[int | None] = list(range(uidnext, uidnext + len(placed)))
-            db.executemany(
-                "INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?)",
-                [
-                    (fid, uid, file, offset, length, len(item.body), fingerprint(item.body),
-                     json.dumps(list(normalize_flags(item.flags))), item.internaldate)
-                    for uid, (item, offset, length) in zip(uids, placed, strict=True)
-                ],
-            )
-            db.execute("UPDATE folders SET uidnext=? WHERE id=?", (uidnext + len(placed), fid))
-            return uids
-
-        return self._arc.write(commit)
+        return placed
 
     def _writer(self, fid: int) -> tuple[str, BinaryIO]:
         entry = self._writers.get(fid)

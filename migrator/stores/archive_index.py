@@ -28,8 +28,10 @@ from migrator.fsutil import ensure_private_dir, lock_exclusive, write_private
 ARCHIVE_FORMAT = "migrator-archive"
 # 1: one zstd frame per message, SHA-256 per message in the index.
 # 2: frames carry zstd's content checksum; the `damaged` table (archive check --repair).
-ARCHIVE_VERSION = 2
-VERSIONS = (1, 2)
+# 3: frames hold separator lines and group small messages (column `start`); messages with the
+#    same bytes share one frame (dedup, by the index on sha256).
+ARCHIVE_VERSION = 3
+VERSIONS = (1, 2, 3)
 MARKER = "archive.json"
 LOCK = "lock"
 T = TypeVar("T")
@@ -43,8 +45,17 @@ _COLUMNS = """
     size INTEGER NOT NULL,
     sha256 TEXT NOT NULL,
     flags TEXT NOT NULL,
-    internaldate TEXT NOT NULL"""
+    internaldate TEXT NOT NULL,
+    start INTEGER NOT NULL DEFAULT 0"""
+# Those of version 1 and 2; `start` (version 3) is ArchiveIndex.start_column.
 MESSAGE_COLUMNS = "folder_id, uid, file, offset, length, size, sha256, flags, internaldate"
+# An archive of version 1 or 2 brought to 3 when it is opened for writing (additive: a column
+# last, as a new archive has it, and an index).
+_UPGRADE = [
+    "ALTER TABLE messages ADD COLUMN start INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE damaged ADD COLUMN start INTEGER NOT NULL DEFAULT 0",
+]
+_DEDUP_INDEX = "CREATE INDEX IF NOT EXISTS messages_sha256 ON messages(sha256)"
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS folders (
     id INTEGER PRIMARY KEY,
@@ -84,6 +95,7 @@ class ArchiveIndex:
     def __init__(self, path: str, create: bool):
         self.path = path
         self.users = 0
+        self.start_column = "start"  # what queries read as a message's start (_upgraded())
         self.closed = False
         self.lock = threading.RLock()
         self._file_counter = 0
@@ -92,7 +104,7 @@ class ArchiveIndex:
         except OSError as e:
             raise StorageError(f"cannot open archive {path}: {e.strerror or e}") from None
         try:
-            self.db = self._connect()
+            self.db = self._connect(create)
             self._trim_tails()
         except BaseException:
             self._lock_fh.close()
@@ -150,7 +162,7 @@ class ArchiveIndex:
         if upgrade and version != ARCHIVE_VERSION:
             write_private(marker, json.dumps({**meta, "version": ARCHIVE_VERSION}) + "\n")
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, writable: bool) -> sqlite3.Connection:
         index = os.path.join(self.path, "index.sqlite")
         try:
             if not os.path.exists(index):
@@ -158,11 +170,25 @@ class ArchiveIndex:
             db = sqlite3.connect(index, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            self.start_column = self._upgraded(db, writable)
         except sqlite3.DatabaseError as e:
             raise self.damaged(e) from None
         except OSError as e:
             raise StorageError(f"cannot open archive {self.path}: {e.strerror or e}") from None
         return db
+
+    @staticmethod
+    def _upgraded(db: sqlite3.Connection, writable: bool) -> str:
+        """The schema of version 3 (one transaction), if it is older and may be written; what a
+        query reads as a message's `start` (0 in a version 1 or 2 index opened read-only)."""
+        if "start" in {row[1] for row in db.execute("PRAGMA table_info(messages)")}:
+            if writable:
+                db.execute(_DEDUP_INDEX)
+            return "start"
+        if not writable:
+            return "0"
+        db.executescript(f"BEGIN; {'; '.join([*_UPGRADE, _DEDUP_INDEX])}; COMMIT;")
+        return "start"
 
     def damaged(self, e: sqlite3.DatabaseError) -> StorageError:
         """What a SQLite error means: the index cannot be written (disk full, read-only), or is damaged."""
@@ -190,11 +216,10 @@ class ArchiveIndex:
             file = os.path.join(data, name)
             try:
                 end = ends.get(name, 0)
-                if os.path.getsize(file) > end:
-                    if end:
-                        os.truncate(file, end)
-                    else:
-                        os.unlink(file)
+                if not end:  # empty ones too: `zstd -t` fails on an empty file
+                    os.unlink(file)
+                elif os.path.getsize(file) > end:
+                    os.truncate(file, end)
             except OSError:
                 return
 

@@ -15,6 +15,7 @@ import pytest
 import zstandard
 
 from migrator.stores.archive import ArchiveStore
+from migrator.stores.archive_index import ARCHIVE_VERSION
 from migrator.stores.base import AppendItem
 from tests.helpers import migrator, simple_message
 from tests.unit.archive_helpers import (
@@ -43,7 +44,7 @@ def damaged(tmp_path):
     """(source, archive, pristine copy, state file): a backup of 10 messages in 3 folders, damaged 5 ways."""
     src = seeded_source({INBOX: 6, CUT: 3, GONE: 1})
     archive, state = tmp_path / "a.archive", tmp_path / "state.sqlite"
-    assert backup(src, archive, state).ok
+    assert backup(src, archive, state, group_bytes=0).ok
     pristine = tmp_path / "pristine.archive"
     shutil.copytree(archive, pristine)
     for damage, folder, uid in DAMAGE:
@@ -69,14 +70,14 @@ def test_every_new_frame_carries_zstds_content_checksum(tmp_path):
     file, offset, length = row(tmp_path / "a", INBOX, 1)
     frame = (tmp_path / "a" / "data" / file).read_bytes()[offset:offset + length]
     assert zstandard.get_frame_parameters(frame).has_checksum
-    assert marker_version(tmp_path / "a") == 2
+    assert marker_version(tmp_path / "a") == ARCHIVE_VERSION
 
 
-def test_an_archive_of_version_1_without_checksums_is_still_read_and_marked_2_when_written(tmp_path):
+def test_an_archive_of_version_1_without_checksums_is_still_read_and_marked_current_when_written(tmp_path):
     """Version 1 frames had no checksum: they are read (their SHA-256 still checked)."""
     src = seeded_source({INBOX: 3})
     archive = tmp_path / "old"
-    assert backup(src, archive, tmp_path / "s.sqlite").ok
+    assert backup(src, archive, tmp_path / "s.sqlite", group_bytes=0).ok
     plain = zstandard.ZstdCompressor(level=3)  # as version 1 wrote them
     with sqlite3.connect(archive / "index.sqlite") as db:
         rows = db.execute("SELECT uid, file, offset, length FROM messages ORDER BY uid").fetchall()
@@ -92,8 +93,8 @@ def test_an_archive_of_version_1_without_checksums_is_still_read_and_marked_2_wh
     assert not zstandard.get_frame_parameters(out).has_checksum
     assert archive_contents(archive) == contents(src.connect())
     assert marker_version(archive) == 1  # read only: left as it was
-    assert backup(src, archive, tmp_path / "s.sqlite").ok
-    assert marker_version(archive) == 2
+    assert backup(src, archive, tmp_path / "s.sqlite", group_bytes=0).ok
+    assert marker_version(archive) == ARCHIVE_VERSION
 
 
 def test_fetch_serves_a_damaged_message_as_its_reason_never_as_bytes(damaged):
@@ -163,7 +164,7 @@ def test_check_names_exactly_the_damage_and_repair_lets_the_next_backup_fetch_it
     again = migrator("archive", "check", str(archive))
     assert again.code == 0 and "5 set aside by an earlier repair" in again.out, again.text
 
-    stats = backup(src, archive, state)  # the same backup, rerun: what was set aside is fetched again
+    stats = backup(src, archive, state, group_bytes=0)  # the same backup, rerun: what was set aside is fetched again
     assert stats.ok and stats.total("copied") == len(DAMAGED)
     assert migrator("archive", "check", str(archive)).code == 0
     assert archive_contents(archive) == contents(src.connect())

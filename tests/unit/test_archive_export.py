@@ -113,7 +113,7 @@ def test_a_damaged_message_is_named_and_not_exported_the_rest_is(tmp_path):
     src = MemoryServer()
     for n in range(1, 5):
         src.deliver(("INBOX",), simple_message(n, body=f"message {n} " * 40))
-    assert backup(src, tmp_path / "a", tmp_path / "s.sqlite").ok
+    assert backup(src, tmp_path / "a", tmp_path / "s.sqlite", group_bytes=0).ok  # one message per frame
     flip_bit(tmp_path / "a", ("INBOX",), 2)
     res = migrator("archive", "export", str(tmp_path / "a"), str(tmp_path / "out"), "--maildir")
     assert res.code == 1 and "Traceback" not in res.text, res.text
