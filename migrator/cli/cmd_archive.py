@@ -14,7 +14,7 @@ from migrator.stores.archive_check import check_archive, render_check
 
 archive_app = typer.Typer(
     no_args_is_help=True,
-    help="Look after a zstd archive (archive:///DIR) without its source.",
+    help="Check or export a zstd archive (archive:///DIR) without its source.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(archive_app, name="archive")

@@ -17,6 +17,7 @@ of version 1 or 2 holds one message and no separator (start 0).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import zstandard
@@ -42,8 +43,12 @@ class Place:
     start: int = 0
 
 
+_SEPARATOR = b"migrator-archive-message "
+_ENTRY = re.compile(rb"migrator-archive-message (\d+) ([0-9a-f]{64})\n")
+
+
 def separator(size: int, sha256: str) -> bytes:
-    return b"migrator-archive-message %d %s\n" % (size, sha256.encode())
+    return _SEPARATOR + b"%d %s\n" % (size, sha256.encode())
 
 
 def frames(bodies: list[tuple[bytes, str]], group_bytes: int = GROUP_BYTES) -> list[tuple[bytes, list[int]]]:
@@ -91,6 +96,24 @@ class FrameReader:
         if fingerprint(body) != place.sha256:
             return b"", "its bytes do not match the SHA-256 kept in the index"
         return body, None
+
+    def intact(self, place: Place) -> set[tuple[int, str]] | None:
+        """(start, sha256) of each entry of this frame whose bytes match the SHA-256 of its
+        separator line; None if the frame has no separator lines (version 1 or 2)."""
+        self.read(place)  # decodes it (or finds it damaged), once
+        assert self._last is not None
+        decoded = self._last[1]
+        if decoded is None:
+            return set()
+        if not decoded.startswith(_SEPARATOR):
+            return None
+        out, pos = set(), 0
+        while (entry := _ENTRY.match(decoded, pos)) is not None:
+            start, size = entry.end(), int(entry[1])
+            if fingerprint(decoded[start:start + size]) == entry[2].decode():
+                out.add((start, entry[2].decode()))
+            pos = start + size
+        return out
 
     def _frame(self, place: Place) -> tuple[bytes | None, str | None]:
         name = f"data/{place.file}"

@@ -43,12 +43,7 @@ def test_a_message_in_several_folders_is_stored_once_and_restored_in_each(tmp_pa
     src.deliver(("INBOX",), simple_message(99, body="only here"), (), DATE)
     assert backup(src, tmp_path / "a", tmp_path / "s.sqlite").ok
     once = tmp_path / "once"
-    arc = ArchiveStore(str(once))  # the same messages in one folder
-    try:
-        arc.create_folder(("INBOX",))
-        arc.append(("INBOX",), [AppendItem(b, (), DATE) for b in [*shared, simple_message(99, body="only here")]])
-    finally:
-        arc.close()
+    _store(once, ("INBOX",), [*shared, simple_message(99, body="only here")])  # the same messages in one folder
     assert _data_bytes(tmp_path / "a") < _data_bytes(once) * 1.2  # not 4x
     places = {}
     for _name, _uid, file, offset, length, start, sha in _rows(tmp_path / "a"):
@@ -143,3 +138,22 @@ def test_an_archive_of_version_2_is_read_as_it_is_and_upgraded_in_place_when_wri
     assert rows[7][1] > 0  # a new frame: after its separator line
     res = migrator("archive", "check", str(tmp_path / "a"))
     assert res.code == 0 and "7 messages checked, 0 damaged" in res.out, res.text
+
+
+def test_a_message_whose_stored_copy_is_damaged_is_stored_again_not_pointed_at_it(tmp_path):
+    bodies = [simple_message(n, body=f"message {n} " * 50) for n in range(1, 4)]
+    _store(tmp_path / "a", ("INBOX",), bodies)
+    flip_bit(tmp_path / "a", ("INBOX",), 2)
+    _store(tmp_path / "a", ("Copy",), bodies)
+    places = {(name, uid): (file, offset) for name, uid, file, offset, *_ in _rows(tmp_path / "a")}
+    assert places['["Copy"]', 1] != places['["INBOX"]', 1]
+    assert archive_contents(tmp_path / "a")[("Copy",)] == {(b, ()): 1 for b in bodies}
+
+
+def _store(archive: Path, folder, bodies: list[bytes]) -> None:
+    arc = ArchiveStore(str(archive))
+    try:
+        arc.create_folder(folder)
+        arc.append(folder, [AppendItem(b, (), DATE) for b in bodies])
+    finally:
+        arc.close()
