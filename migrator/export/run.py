@@ -79,7 +79,8 @@ def _export_folder(store: Store, folder: Folder, writer: FolderWriter, result: E
 
 def render_export(result: ExportResult, fmt: str) -> str:
     lines = [f"DAMAGED {folder} UID {uid}: {reason} (not exported)" for folder, uid, reason in result.damaged]
-    summary = f"{result.messages} messages in {result.folders} folders exported to {result.out} ({fmt})"
+    folders = f"{result.folders} folder" + ("" if result.folders == 1 else "s")
+    summary = f"{result.messages} messages in {folders} exported to {result.out} ({fmt})"
     if result.damaged:
         summary += f"; {len(result.damaged)} damaged, not exported (see `migrator archive check`)"
     lines.append(summary + ".")
