@@ -98,8 +98,11 @@ def prune_cmd(
 def compact_cmd(
     directory: Annotated[str, typer.Argument(help="The archive's directory (or its archive:// URL).")],
 ) -> None:
-    """Free the bytes no snapshot references: rewrite the data files that hold such frames.
+    """Free the bytes no snapshot references: rewrite the data files that hold such bytes.
 
+    A frame whose messages are all still referenced is copied as it is; a frame shared by kept and dropped
+    messages is regrouped with the kept ones only (each checked against its SHA-256), whichever folders and
+    snapshots point into it.
     Crash-safe: new files are written and fsync'ed, the index switched to them in one transaction, then the old
     files deleted; after a kill -9, run it again. Refused while a backup runs. Exit codes: 0; 1 the disk failed
     (one line, the archive as it was); 2 not an archive, or in use.
