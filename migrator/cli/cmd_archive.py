@@ -1,4 +1,8 @@
-"""archive check, ls, prune, compact: an archive looked after without its source."""
+"""archive check, ls, prune, compact, export: an archive looked after without its source.
+
+check DIR [--repair]; ls DIR [--runs] [FOLDER] [--as-of]; prune DIR --keep-*; compact DIR;
+export DIR OUT --mbox|--maildir|--eml [--folder] [--as-of].
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,13 @@ import typer
 
 from migrator.cli.app import app
 from migrator.errors import EXIT_MESSAGES_FAILED, UsageError
+from migrator.export.run import export_archive, open_archive, render_export
+from migrator.naming import parse_display
 from migrator.stores.archive_check import check_archive, render_check
 
 archive_app = typer.Typer(
     no_args_is_help=True,
-    help="Look after a zstd archive (archive:///DIR) without its source: check, ls, prune, compact.",
+    help="Look after a zstd archive (archive:///DIR) without its source: check, ls, prune, compact, export.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(archive_app, name="archive")
@@ -39,14 +45,16 @@ def check_cmd(
         raise typer.Exit(EXIT_MESSAGES_FAILED)
 
 
+AS_OF_HELP = ("A snapshot id, or an ISO 8601 date or time (2026-12-01: that day's last snapshot; "
+              "2026-12-01T08:00:00Z); default: the latest.")
+
+
 @archive_app.command(name="ls")
 def ls_cmd(
     directory: Annotated[str, typer.Argument(help="The archive's directory (or its archive:// URL).")],
     folder: Annotated[str | None, typer.Argument(help="List this folder's messages (as `ls` shows its name).")] = None,
     runs: Annotated[bool, typer.Option("--runs", help="List the snapshots: id, when, counts.")] = False,
-    as_of: Annotated[str | None, typer.Option(
-        "--as-of", metavar="RUN|DATE", help="A snapshot id, or an ISO 8601 date or time (2026-12-01: that day's "
-                                            "last snapshot; 2026-12-01T08:00:00Z); default: the latest.")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", metavar="RUN|DATE", help=AS_OF_HELP)] = None,
 ) -> None:
     """List an archive's snapshots (--runs), the folders of one (the latest, or --as-of's), or a folder's messages.
 
@@ -90,8 +98,11 @@ def prune_cmd(
 def compact_cmd(
     directory: Annotated[str, typer.Argument(help="The archive's directory (or its archive:// URL).")],
 ) -> None:
-    """Free the bytes no snapshot references: rewrite the data files that hold such frames.
+    """Free the bytes no snapshot references: rewrite the data files that hold such bytes.
 
+    A frame whose messages are all still referenced is copied as it is; a frame shared by kept and dropped
+    messages is regrouped with the kept ones only (each checked against its SHA-256), whichever folders and
+    snapshots point into it.
     Crash-safe: new files are written and fsync'ed, the index switched to them in one transaction, then the old
     files deleted; after a kill -9, run it again. Refused while a backup runs. Exit codes: 0; 1 the disk failed
     (one line, the archive as it was); 2 not an archive, or in use.
@@ -99,3 +110,35 @@ def compact_cmd(
     from migrator.stores.archive_compact import compact, render_compact
 
     typer.echo(render_compact(compact(directory), directory))
+
+
+@archive_app.command(name="export")
+def export_cmd(
+    directory: Annotated[str, typer.Argument(help="The archive's directory (or its archive:// URL).")],
+    out: Annotated[str, typer.Argument(help="A new (or empty) directory to write into.")],
+    mbox: Annotated[bool, typer.Option("--mbox", help="One mboxrd file per folder (FOLDER.mbox).")] = False,
+    maildir: Annotated[bool, typer.Option("--maildir", help="One maildir per folder (FOLDER/cur).")] = False,
+    eml: Annotated[bool, typer.Option("--eml", help="One directory per folder, UID.eml per message.")] = False,
+    folder: Annotated[list[str] | None, typer.Option(
+        "--folder", help="Export only this folder (as shown: Archive/2020); repeatable.")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", metavar="RUN|DATE", help=AS_OF_HELP)] = None,
+) -> None:
+    """Write an archive out as mbox, Maildir or .eml files that mutt, Thunderbird and Python's mailbox read.
+
+    Every message's SHA-256 is checked first; a damaged one is named and not exported. Maildir and
+    .eml files hold exactly the archived bytes, their mtime the INTERNALDATE; Maildir file names
+    carry the flags. mbox adds a From_ line (the INTERNALDATE), Status/X-Status/X-Keywords lines
+    (the flags) and mboxrd quoting (docs/archive-format.md, "Export"). It reads one snapshot (the
+    latest, or --as-of's) as it was when it started, never refused while a backup writes.
+
+    Exit codes: 0 all exported; 1 damaged messages (named, the rest exported) or OUT cannot be
+    written; 2 bad options, OUT not empty, not an archive, no such snapshot, or in use.
+    """
+    chosen = [name for name, on in (("mbox", mbox), ("maildir", maildir), ("eml", eml)) if on]
+    if len(chosen) != 1:
+        raise UsageError("choose one format: --mbox, --maildir or --eml")
+    result = export_archive(directory, chosen[0], out, [parse_display(f) for f in folder or []],
+                            open_source=lambda d: open_archive(d, as_of))
+    typer.echo(render_export(result, chosen[0]))
+    if result.damaged:
+        raise typer.Exit(EXIT_MESSAGES_FAILED)

@@ -2,12 +2,13 @@
 
 Layout of an archive directory (mode 0700, files 0600; docs/archive-format.md specifies it):
 
-    archive.json            {"format": "migrator-archive", "version": 2}: what this is
+    archive.json            {"format": "migrator-archive", "version": 4}: what this is
     index.sqlite            folders and messages: where each message's bytes are,
                             its flags, INTERNALDATE, size and fingerprint
                             (digest.py: SHA-256, NUL as 0x80) (SQLite, WAL)
-    data/<folder>-<n>.zst   message bytes, one independent zstd frame per message (with
-                            zstd's content checksum), appended; each writer (worker) has its own file
+    data/<folder>-<n>.zst   independent zstd frames (with zstd's content checksum), appended;
+                            each writer (worker) has its own file. A frame holds one big message
+                            or several small ones, each after a separator line (archive_frames.py)
 
 Crash safety is borgbackup's rule: data first, index last. A batch of frames
 is written and fsync'ed, then its index rows are committed in one
@@ -17,7 +18,8 @@ at missing data. UIDs are handed out by the index, so APPEND returns them like
 an IMAP server with UIDPLUS.
 
 Every body read is checked before it is served (archive_frames.py); a damaged
-message is served as Message.damage, never as bytes. The index handle, the
+message is served as Message.damage, never as bytes. A message whose bytes are already in the
+archive (another folder, a Gmail label) is not stored again: its row points at the same frame. The index handle, the
 lock and the format version are archive_index.py's; `archive check` is
 archive_check.py's.
 
@@ -43,7 +45,7 @@ import zstandard
 from migrator.digest import fingerprint
 from migrator.errors import FolderError, StorageError, UsageError
 from migrator.naming import Folder, display, folder_from_key, folder_key
-from migrator.stores.archive_frames import Place, read_checked
+from migrator.stores.archive_frames import GROUP_BYTES, ZSTD_LEVEL, FrameReader, Place, frames
 from migrator.stores.archive_index import MESSAGE_COLUMNS, ArchiveIndex
 from migrator.stores.archive_snapshots import View, resolve
 from migrator.stores.base import (
@@ -58,8 +60,6 @@ from migrator.stores.base import (
     normalize_flags,
 )
 
-ZSTD_LEVEL = 3  # fast, and mail compresses well at this level already
-
 
 class ArchiveStore:
     """One 'connection' to an archive. Several may be open in one process (one per worker)."""
@@ -69,10 +69,11 @@ class ArchiveStore:
     prefix = ""
 
     def __init__(self, path: str, create: bool = True, readonly: bool = False, as_of: str | None = None,
-                 snapshot: bool = True):
+                 snapshot: bool = True, group_bytes: int = GROUP_BYTES):
         """readonly: a reader (never refused while a backup writes); as_of: read the snapshot it
         names (a run id or an ISO 8601 date/time; read-only). A writer records its run as a
-        snapshot unless `snapshot` is False (a plan, a dry run)."""
+        snapshot unless `snapshot` is False (a plan, a dry run). group_bytes: how many bytes of
+        small messages share a frame (0: one message per frame)."""
         self.path = os.path.abspath(path)
         self.readonly = readonly = readonly or as_of is not None
         self._arc = ArchiveIndex.open(self.path, create=create and not readonly, readonly=readonly,
@@ -87,7 +88,10 @@ class ArchiveStore:
         self._writers: dict[int, tuple[str, BinaryIO]] = {}  # folder id -> (file name, open file)
         # write_checksum: each frame carries zstd's content checksum (XXH64), checked on every read.
         self._cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
-        self._dctx = zstandard.ZstdDecompressor()
+        self._reader = FrameReader(os.path.join(self.path, "data"))
+        self.group_bytes = group_bytes  # 0: one message per frame
+        # Frames read back for dedup: the (start, sha256) of their intact messages.
+        self._checked_frames: dict[tuple[str, int, int], set[tuple[int, str]]] = {}
 
     # -- folders -------------------------------------------------------------------------
 
@@ -151,53 +155,92 @@ class ArchiveStore:
         """Each message's bytes are checked (zstd's frame checksum, then the SHA-256 in the index)
         before they are served; a message that fails comes with Message.damage, and no bytes."""
         fid = self._selected_id()
-        data = os.path.join(self.path, "data")
         member, in_it = self._view.member("m")
         flags_of, of_then = self._view.flags("m")
+        start_of = "m.start" if self._arc.start_column == "start" else "0"
         for uid in uids:
             rows = self._arc.read(
-                f"SELECT m.file, m.offset, m.length, m.size, m.sha256, {flags_of}, m.internaldate FROM messages m "
-                f"WHERE m.folder_id=? AND m.uid=? AND {member}", (*of_then, fid, uid, *in_it))
+                f"SELECT m.file, m.offset, m.length, m.size, m.sha256, {start_of}, {flags_of}, m.internaldate "
+                f"FROM messages m WHERE m.folder_id=? AND m.uid=? AND {member}", (*of_then, fid, uid, *in_it))
             if not rows:
                 continue
-            file, offset, length, size, sha256, flags, date = rows[0]
-            body, damage = read_checked(data, Place(file, offset, length, size, sha256), self._dctx)
+            file, offset, length, size, sha256, start, flags, date = rows[0]
+            body, damage = self._reader.read(Place(file, offset, length, size, sha256, start))
             yield Message(MessageMeta(uid, size, tuple(json.loads(flags)), date), body, damage=damage)
 
     def append(self, name: Folder, items: Sequence[AppendItem]) -> list[int | None]:
         """Data first (frames written and fsync'ed), index last (one transaction). A file that
-        cannot be written (disk full, read-only, gone) raises StorageError: the run stops."""
+        cannot be written (disk full, read-only, gone) raises StorageError: the run stops. Bytes
+        the archive already holds intact are not written again (dedup)."""
         self._writable()
         fid = self._folder(name)[0]
-        placed = []
+        shas = [fingerprint(item.body) for item in items]
+        places: dict[str, Place] = {}
+        for item, sha in zip(items, shas, strict=True):
+            if sha not in places and (known := self._stored(sha, len(item.body))) is not None:
+                places[sha] = known
+        new = list({sha: item.body for item, sha in zip(items, shas, strict=True) if sha not in places}.items())
+        places.update(self._write_frames(fid, [(body, sha) for sha, body in new]))
+
+        def commit(db) -> list[int | None]:
+            (uidnext,) = db.execute("SELECT uidnext FROM folders WHERE id=?", (fid,)).fetchone()
+            uids: list[int | None] = list(range(uidnext, uidnext + len(items)))
+            db.executemany(
+                f"INSERT INTO messages({MESSAGE_COLUMNS}, start, added_run) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (fid, uid, p.file, p.offset, p.length, p.size, sha,
+                     json.dumps(list(normalize_flags(item.flags))), item.internaldate, p.start, self._arc.run or 0)
+                    for uid, item, sha in zip(uids, items, shas, strict=True) for p in [places[sha]]
+                ],
+            )
+            db.execute("UPDATE folders SET uidnext=? WHERE id=?", (uidnext + len(items), fid))
+            return uids
+
+        return self._arc.write(commit)
+
+    def _stored(self, sha: str, size: int) -> Place | None:
+        """Where the archive already holds these bytes, if it holds them intact (read back and
+        checked: a new message is never pointed at a damaged frame)."""
+        rows = self._arc.read(f"SELECT file, offset, length, size, sha256, {self._arc.start_column} FROM messages "
+                              "WHERE sha256=? AND size=? LIMIT 1", (sha, size))
+        if not rows:
+            return None
+        place = Place(*rows[0])
+        frame = (place.file, place.offset, place.length)
+        if frame not in self._checked_frames:
+            self._checked_frames[frame] = self._intact_in(place)
+        return place if (place.start, place.sha256) in self._checked_frames[frame] else None
+
+    def _intact_in(self, place: Place) -> set[tuple[int, str]]:
+        """(start, sha256) of every message of this frame that reads back intact: the frame is
+        decoded once however many of its messages come again (Gmail's All Mail: all of them)."""
+        intact = self._reader.intact(place)
+        if intact is None:  # a frame of version 1 or 2: one message, no separator line
+            return {(place.start, place.sha256)} if self._reader.read(place)[1] is None else set()
+        return intact
+
+    def _write_frames(self, fid: int, bodies: list[tuple[bytes, str]]) -> dict[str, Place]:
+        """The bodies written in frames (archive_frames.frames()) and fsync'ed: sha -> its place."""
+        placed: dict[str, Place] = {}
+        if not bodies:
+            return placed
         try:
             file, fh = self._writer(fid)
-            for item in items:
-                frame = self._cctx.compress(item.body)
+            i = 0
+            for content, starts in frames(bodies, self.group_bytes):
+                frame = self._cctx.compress(content)
                 offset = fh.tell()
                 fh.write(frame)
-                placed.append((item, offset, len(frame)))
+                for start in starts:
+                    body, sha = bodies[i]
+                    placed[sha] = Place(file, offset, len(frame), len(body), sha, start)
+                    i += 1
             fh.flush()
             os.fsync(fh.fileno())
         except OSError as e:
             self._drop_writer(fid)  # its buffer holds bytes that could not be written
             raise StorageError(f"cannot write to archive {self.path}: {e.strerror or e}") from None
-
-        def commit(db) -> list[int | None]:
-            (uidnext,) = db.execute("SELECT uidnext FROM folders WHERE id=?", (fid,)).fetchone()
-            uids: list[int | None] = list(range(uidnext, uidnext + len(placed)))
-            db.executemany(
-                f"INSERT INTO messages ({MESSAGE_COLUMNS}, added_run) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (fid, uid, file, offset, length, len(item.body), fingerprint(item.body),
-                     json.dumps(list(normalize_flags(item.flags))), item.internaldate, self._arc.run or 0)
-                    for uid, (item, offset, length) in zip(uids, placed, strict=True)
-                ],
-            )
-            db.execute("UPDATE folders SET uidnext=? WHERE id=?", (uidnext + len(placed), fid))
-            return uids
-
-        return self._arc.write(commit)
+        return placed
 
     def _writer(self, fid: int) -> tuple[str, BinaryIO]:
         entry = self._writers.get(fid)

@@ -15,11 +15,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import zstandard
-
 from migrator.errors import StorageError
 from migrator.naming import display, folder_from_key
-from migrator.stores.archive_frames import Place, read_checked
+from migrator.stores.archive_frames import FrameReader, Place
 from migrator.stores.archive_index import MESSAGE_COLUMNS, ArchiveIndex
 
 
@@ -57,22 +55,24 @@ def check_archive(path: str, repair: bool = False) -> CheckResult:
         problems = [row[0] for row in arc.read("PRAGMA quick_check")]
         if problems != ["ok"]:
             raise StorageError(f"archive {arc.path}: index.sqlite is damaged ({problems[0]})")
+        # In frame order: a frame of several messages is decoded once.
         rows = arc.read(
-            "SELECT m.folder_id, m.uid, f.name, m.file, m.offset, m.length, m.size, m.sha256 "
-            "FROM messages m LEFT JOIN folders f ON f.id = m.folder_id ORDER BY f.name, m.uid")
+            "SELECT m.folder_id, m.uid, f.name, m.file, m.offset, m.length, m.size, m.sha256, "
+            f"{arc.start_column} FROM messages m LEFT JOIN folders f ON f.id = m.folder_id "
+            "ORDER BY m.file, m.offset, f.name, m.uid")
         result.messages = len(rows)
-        dctx = zstandard.ZstdDecompressor()
+        reader = FrameReader(f"{arc.path}/data")
         bad: list[tuple[int, int, str]] = []
-        data = f"{arc.path}/data"
-        for fid, uid, name, file, offset, length, size, sha256 in rows:
+        for fid, uid, name, file, offset, length, size, sha256, start in rows:
             if name is None:
                 reason: str | None = f"its folder (id {fid}) is not in the index"
             else:
-                _body, reason = read_checked(data, Place(file, offset, length, size, sha256), dctx)
+                _body, reason = reader.read(Place(file, offset, length, size, sha256, start))
             if reason is not None:
                 shown = display(folder_from_key(name)) if name is not None else f"(folder id {fid})"
                 result.damaged.append(Damage(shown, uid, reason))
                 bad.append((fid, uid, reason))
+        result.damaged.sort(key=lambda d: (d.folder, d.uid))
         if repair and bad:
             result.moved = _set_aside(arc, bad)
         (result.set_aside,) = arc.read("SELECT COUNT(*) FROM damaged")[0]
@@ -84,11 +84,12 @@ def check_archive(path: str, repair: bool = False) -> CheckResult:
 def _set_aside(arc: ArchiveIndex, bad: list[tuple[int, int, str]]) -> int:
     """The damaged rows moved to the `damaged` table, in one transaction."""
     now = time.time()
+    columns = MESSAGE_COLUMNS + (", start" if arc.start_column == "start" else "")
 
     def move(db) -> int:
         for fid, uid, reason in bad:
-            db.execute(f"INSERT OR REPLACE INTO damaged SELECT {MESSAGE_COLUMNS}, ?, ? FROM messages "
-                       "WHERE folder_id=? AND uid=?", (reason, now, fid, uid))
+            db.execute(f"INSERT OR REPLACE INTO damaged({columns}, reason, found) SELECT {columns}, ?, ? "
+                       "FROM messages WHERE folder_id=? AND uid=?", (reason, now, fid, uid))
             db.execute("DELETE FROM messages WHERE folder_id=? AND uid=?", (fid, uid))
         return len(bad)
 

@@ -1,8 +1,20 @@
 """`migrator archive compact DIR`: free the bytes no snapshot references.
 
-A data file holding frames no index row points at any more (messages of pruned snapshots, frames a
-killed run wrote but never committed) is rewritten with only the frames rows point at, copied as
-they are (their checksums with them). Crash-safe by the order of its steps, under the writer's lock:
+A data file holding bytes no index row points at any more (messages of pruned snapshots, frames a
+killed run wrote but never committed) is rewritten with only what rows point at. Frames are shared
+(version 4): several rows, of any folder and snapshot, may point into one frame at different
+`start`s (small messages grouped, identical ones deduplicated). Each frame of such a file is
+
+- copied as it is (its checksum with it) when rows point at every message it holds, or when it
+  holds one message without separator line (versions 1 to 3), or when it cannot be regrouped
+  (damaged: `archive check` still names it);
+- else regrouped: decoded, the messages rows point at (each checked against the SHA-256 of its
+  separator line) written into one new frame, in their order, and each row's file, offset, length
+  and `start` switched to it. Whether a frame holds more than its rows point at is known without
+  decoding it: the size its zstd header declares against the sum of its rows' entries.
+
+A frame is unreferenced only when no row of any remaining snapshot points into it (prune deletes
+the rows only dropped snapshots held). Crash-safe by the order of its steps, under the writer's lock:
 
 1. the new files are written and fsync'ed (as is the directory): nothing points at them yet;
 2. the index is switched to them in one transaction (every row of every rewritten file);
@@ -19,13 +31,22 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import BinaryIO
+
+import zstandard
 
 from migrator.crashpoints import crash
 from migrator.errors import StorageError
 from migrator.stores.archive_check import archive_dir
+from migrator.stores.archive_frames import ZSTD_LEVEL, FrameReader, Place, entry_bytes, regroup
 from migrator.stores.archive_index import ArchiveIndex
 
-_REFERENCES = "SELECT file, offset, length FROM messages UNION SELECT file, offset, length FROM damaged"
+_REFERENCES = ("SELECT file, offset, length, start, size FROM messages "
+               "UNION SELECT file, offset, length, start, size FROM damaged")
+Frame = tuple[int, int]  # (offset, length) in its data file
+# One frame of a rewritten file: (old offset, old length, new offset, new length, old start -> new
+# start if it was regrouped, None if copied as it is).
+Moved = tuple[int, int, int, int, dict[int, int] | None]
 
 
 @dataclass
@@ -48,24 +69,27 @@ def compact(path: str) -> CompactResult:
 
 def _compact(arc: ArchiveIndex) -> CompactResult:
     data = os.path.join(arc.path, "data")
-    frames: dict[str, list[tuple[int, int]]] = {}
-    for file, offset, length in arc.read(_REFERENCES):
-        frames.setdefault(file, []).append((offset, length))
+    frames: dict[str, dict[Frame, dict[int, int]]] = {}  # file -> frame -> {start: size} rows point at
+    for file, offset, length, start, size in arc.read(_REFERENCES):
+        frames.setdefault(file, {}).setdefault((offset, length), {})[start] = size
     result = CompactResult()
-    moves: list[tuple[str, str, list[tuple[int, int, int]]]] = []  # (old, new, [(old offset, new offset, length)])
+    moves: list[tuple[str, str, list[Moved]]] = []
     for name in sorted(os.listdir(data)):
         if not name.endswith(".zst"):
             continue
         size = os.path.getsize(os.path.join(data, name))
         result.bytes_before += size
-        used = sorted(set(frames.get(name, [])))
-        needed = sum(length for _offset, length in used)
-        if needed == size or not used:  # nothing to free; or nothing to keep (deleted below, at the end)
-            result.bytes_after += size if used else 0
+        used = frames.get(name, {})
+        if not used:
+            continue  # nothing to keep: deleted below, at the end
+        with open(os.path.join(data, name), "rb") as fh:
+            partial = {frame for frame, starts in used.items() if _partly_used(fh, frame, starts)}
+        if sum(length for _offset, length in used) == size and not partial:
+            result.bytes_after += size  # nothing to free
             continue
         new = "c" + arc.new_data_file(0)
-        moves.append((name, new, _rewrite(os.path.join(data, name), os.path.join(data, new), used)))
-        result.bytes_after += needed
+        moves.append((name, new, _rewrite(data, name, new, used, partial)))
+        result.bytes_after += os.path.getsize(os.path.join(data, new))
     if moves:
         _fsync_dir(data)
         crash("compact-written")
@@ -76,26 +100,56 @@ def _compact(arc: ArchiveIndex) -> CompactResult:
     return result
 
 
-def _rewrite(old: str, new: str, used: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
-    """The frames at `used` copied from old into a new file, fsync'ed; (old offset, new offset, length)."""
-    placed = []
-    fd = os.open(new, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    with open(old, "rb") as src, os.fdopen(fd, "wb") as dst:
-        for offset, length in used:
-            src.seek(offset)
-            frame = src.read(length)
-            placed.append((offset, dst.tell(), length))
-            dst.write(frame)  # a frame the file cuts short stays as short: `archive check` names it
+def _partly_used(fh: BinaryIO, frame: Frame, starts: dict[int, int]) -> bool:
+    """The frame holds messages no row points at: it decodes to more than its rows' entries."""
+    if set(starts) == {0}:
+        return False  # one message, no separator line (versions 1 to 3)
+    offset, length = frame
+    fh.seek(offset)
+    try:
+        declared = zstandard.get_frame_parameters(fh.read(min(length, 18))).content_size  # 18: a header's most
+    except zstandard.ZstdError:
+        return False  # damaged: copied as it is
+    if declared == zstandard.CONTENTSIZE_UNKNOWN:
+        return False
+    return declared != sum(entry_bytes(size) for size in starts.values())
+
+
+def _rewrite(data: str, old: str, new: str, used: dict[Frame, dict[int, int]], partial: set[Frame]) -> list[Moved]:
+    """The frames rows point at, copied or regrouped (the module's docstring) from old into a new
+    file, fsync'ed."""
+    placed: list[Moved] = []
+    cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
+    reader = FrameReader(data)
+    fd = os.open(os.path.join(data, new), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    with open(os.path.join(data, old), "rb") as src, os.fdopen(fd, "wb") as dst:
+        for offset, length in sorted(used):
+            frame, starts = b"", None
+            decoded = reader.decoded(Place(old, offset, length, 0, "")) if (offset, length) in partial else None
+            kept = regroup(decoded, set(used[offset, length])) if decoded is not None else None
+            if kept is not None:
+                frame, starts = cctx.compress(kept[0]), kept[1]
+            else:
+                src.seek(offset)
+                frame = src.read(length)  # a frame the file cuts short stays as short: `archive check` names it
+            placed.append((offset, length, dst.tell(), len(frame), starts))
+            dst.write(frame)
         dst.flush()
         os.fsync(dst.fileno())
     return placed
 
 
-def _switch(db, moves: list[tuple[str, str, list[tuple[int, int, int]]]]) -> None:
+def _switch(db, moves: list[tuple[str, str, list[Moved]]]) -> None:
+    """Every row of every rewritten file pointed at its new place (the caller's one transaction)."""
     for old, new, placed in moves:
+        copied = [(new, to, old, frm, length) for frm, length, to, _n, starts in placed if starts is None]
+        regrouped = [(new, to, new_length, now, old, frm, length, was)
+                     for frm, length, to, new_length, starts in placed if starts is not None
+                     for was, now in starts.items()]
         for table in ("messages", "damaged"):
-            db.executemany(f"UPDATE {table} SET file=?, offset=? WHERE file=? AND offset=? AND length=?",
-                           [(new, to, old, frm, length) for frm, to, length in placed])
+            db.executemany(f"UPDATE {table} SET file=?, offset=? WHERE file=? AND offset=? AND length=?", copied)
+            db.executemany(f"UPDATE {table} SET file=?, offset=?, length=?, start=? "
+                           "WHERE file=? AND offset=? AND length=? AND start=?", regrouped)
 
 
 def _delete_unreferenced(arc: ArchiveIndex, data: str) -> int:

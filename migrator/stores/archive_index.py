@@ -35,8 +35,11 @@ ARCHIVE_FORMAT = "migrator-archive"
 # 1: one zstd frame per message, SHA-256 per message in the index.
 # 2: frames carry zstd's content checksum; the `damaged` table (archive check --repair).
 # 3: snapshots: `runs`, `flag_history`, messages.added_run/removed_run, folders.created_run.
-ARCHIVE_VERSION = 3
-VERSIONS = (1, 2, 3)
+# 4: also frames hold separator lines and group small messages (column `start`); messages with
+#    the same bytes share one frame (dedup, by the index on sha256). (The export/layout work was
+#    called 3 on its branch only; no archive of that kind was ever written by a release.)
+ARCHIVE_VERSION = 4
+VERSIONS = (1, 2, 3, 4)
 MARKER = "archive.json"
 LOCK = "lock"
 READERS = "readers"  # shared flock of each reader; an exclusive one (non-blocking) before deleting data
@@ -51,8 +54,14 @@ _COLUMNS = """
     size INTEGER NOT NULL,
     sha256 TEXT NOT NULL,
     flags TEXT NOT NULL,
-    internaldate TEXT NOT NULL"""
+    internaldate TEXT NOT NULL,
+    start INTEGER NOT NULL DEFAULT 0"""
+# Those of version 1 and 2; `start` (version 4) is ArchiveIndex.start_column.
 MESSAGE_COLUMNS = "folder_id, uid, file, offset, length, size, sha256, flags, internaldate"
+# An index of version 1, 2 or 3 gets `start` in place (additive: O(1) in SQLite, 0 is right for
+# every frame written before it: one message, no separator line), and the dedup index.
+_STARTS = ("messages", "damaged")
+_DEDUP_INDEX = "CREATE INDEX IF NOT EXISTS messages_sha256 ON messages(sha256)"
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS folders (
     id INTEGER PRIMARY KEY,
@@ -71,6 +80,11 @@ CREATE TABLE IF NOT EXISTS damaged ({_COLUMNS},
     PRIMARY KEY (folder_id, uid)
 );
 """
+
+
+def _current(db: sqlite3.Connection) -> bool:
+    """The index has every table and column of this version."""
+    return snapshots.schema_current(db) and "start" in snapshots.columns(db, "messages")
 
 
 class ArchiveIndex:
@@ -95,6 +109,7 @@ class ArchiveIndex:
         self.path = path
         self.readonly = readonly
         self.users = 0
+        self.start_column = "start"  # what queries read as a message's start (_upgraded())
         self.closed = False
         self.lock = threading.RLock()
         self._file_counter = 0
@@ -112,6 +127,8 @@ class ArchiveIndex:
                 self._lock_fh = self._reader_lock()
                 self.db.execute("BEGIN")  # one read transaction, for as long as the reader is open
                 self.db.execute("SELECT COUNT(*) FROM runs").fetchone()
+                # Decided inside the transaction: a writer may have upgraded the index since _connect.
+                self.start_column = "start" if "start" in snapshots.columns(self.db, "messages") else "0"
             else:
                 self._trim_tails()
                 if snapshot:
@@ -218,7 +235,7 @@ class ArchiveIndex:
             last_written = os.path.getmtime(index)
             db = sqlite3.connect(index, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
-            if not self.readonly or not snapshots.schema_current(db):
+            if not self.readonly or not _current(db):
                 self._upgrade(db, last_written)
         except sqlite3.DatabaseError as e:
             raise self.damaged(e) from None
@@ -228,17 +245,33 @@ class ArchiveIndex:
 
     def _upgrade(self, db: sqlite3.Connection, last_written: float) -> None:
         """The tables created, or those of an older version brought to this one, in one
-        transaction. A reader finding an older index does it only when no writer is at work
-        (a writer of this version upgrades on open)."""
+        transaction. A reader finding an older index does it only when no writer is at work (a
+        writer of this version upgrades on open). While a writer of version 3 holds the lock, a
+        reader reads that index as it is (every `start` 0: the only frames version 3 writes)."""
         held = None
         if self.readonly:
-            held = lock_exclusive(os.path.join(self.path, LOCK), f"archive {self.path} is in use by an older "
-                                  "migrator, which wrote an earlier format version: try again when it is done")
+            try:
+                held = lock_exclusive(os.path.join(self.path, LOCK), f"archive {self.path} is in use by an older "
+                                      "migrator, which wrote an earlier format version: try again when it is done")
+            except (StateError, OSError):
+                if snapshots.schema_current(db):
+                    return
+                raise
         try:
-            db.executescript(_SCHEMA)
             db.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
             snapshots.upgrade(db, last_written)
+            for table in _STARTS:
+                if "start" not in snapshots.columns(db, table):
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN start INTEGER NOT NULL DEFAULT 0")
+            db.execute(_DEDUP_INDEX)
             db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
         finally:
             if held is not None:
                 held.close()

@@ -47,7 +47,7 @@ _NEW_COLUMNS = (("messages", "added_run", "INTEGER NOT NULL DEFAULT 1"),
 
 
 def schema_current(db: sqlite3.Connection) -> bool:
-    return all(column in _columns(db, table) for table, column, _ in _NEW_COLUMNS) and bool(
+    return all(column in columns(db, table) for table, column, _ in _NEW_COLUMNS) and bool(
         db.execute("SELECT 1 FROM sqlite_master WHERE name='flag_history'").fetchone())
 
 
@@ -59,7 +59,7 @@ def upgrade(db: sqlite3.Connection, last_written: float) -> None:
         if statement.strip():
             db.execute(statement)
     for table, column, decl in _NEW_COLUMNS:
-        if column not in _columns(db, table):
+        if column not in columns(db, table):
             db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
     db.execute("CREATE INDEX IF NOT EXISTS messages_removed ON messages (removed_run) WHERE removed_run IS NOT NULL")
     empty = db.execute("SELECT (SELECT COUNT(*) FROM runs) = 0 AND "
@@ -68,7 +68,7 @@ def upgrade(db: sqlite3.Connection, last_written: float) -> None:
         db.execute("INSERT INTO runs (id, started, finished) VALUES (1, ?, ?)", (last_written, last_written))
 
 
-def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+def columns(db: sqlite3.Connection, table: str) -> set[str]:
     return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
 
 
