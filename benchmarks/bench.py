@@ -74,8 +74,10 @@ def _tree_hwm_kb(sid: int, hwm: dict[int, int]) -> None:
             continue
 
 
-def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> tuple[float, float, int, str]:
-    """Run cmd in its own session; (wall s, peak RSS MB, exit code, output tail).
+def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None,
+                 stdin: Path | None = None) -> tuple[float, float, int, str]:
+    """Run cmd in its own session, its standard input the file stdin (else none);
+    (wall s, peak RSS MB, exit code, output tail).
 
     Peak RSS = sum of the VmHWM of the tool's processes, sampled every 50 ms from
     /proc (getrusage of a child forked from this big process would count the
@@ -90,8 +92,9 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None
     # during this tool's run: without this, whichever tool runs first is up to 2x slower.
     os.sync()
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=full_env, cwd=cwd, start_new_session=True)
+    with open(stdin or os.devnull, "rb") as stdin_file:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=stdin_file,
+                                env=full_env, cwd=cwd, start_new_session=True)
     hwm: dict[int, int] = {}
     try:
         proc.wait(0.02)
