@@ -12,10 +12,11 @@ Rows (every run into fresh destination users; the source is seeded once):
                        per side, one FETCH and one APPEND per message), N = CAP / 2 jobs.
 
 Per row: mailboxes per minute, messages per second, the peak of concurrent sessions each Dovecot
-held (server-side sockets in /proc/net/tcp, sampled every 20 ms), peak RSS (sum over the tool's
-processes, as bench.py measures it) and how many mailboxes came out identical (every folder the
-same multiset of (SHA-256, flags)). Needs dovecot-imapd, GNU parallel (`apt-get install -y
-parallel`) and `pip install -e '.[dask]'`; run as root from the repository root. See README.md.
+held (its ends of established TCP connections, asked of the kernel every 20 ms: SessionCounter),
+peak RSS (the largest sum of VmHWM over the tool's processes alive at once, as bench.py samples
+it) and how many mailboxes came out identical (every folder the same multiset of (SHA-256,
+flags)). Needs dovecot-imapd, GNU parallel (`apt-get install -y parallel`) and
+`pip install -e '.[dask]'`; run as root from the repository root. See README.md.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import argparse
 import compileall
 import random
 import shutil
+import socket
+import struct
 import sys
 import tempfile
 import threading
@@ -39,7 +42,9 @@ from benchmarks import corpus as corpus_mod  # noqa: E402
 from benchmarks.bench import run_measured, seed_source, snapshot  # noqa: E402
 from tests import rig  # noqa: E402
 
-ESTABLISHED = "01"  # TCP state in /proc/net/tcp
+# sock_diag (netlink): the kernel lists the sockets of one local port in one answer.
+NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST_DUMP, NLMSG_DONE, NLMSG_ERROR = 4, 20, 0x301, 3, 2
+TCP_ESTABLISHED = 1
 
 
 @dataclass
@@ -65,21 +70,47 @@ class Run:
     tool: str
     wall: float = 0.0
     rss_mb: float = 0.0
-    peak: dict[str, int] = field(default_factory=dict)  # "src", "dst", "host" (both at one instant)
+    peak: dict[str, int] = field(default_factory=dict)  # "src", "dst", "host" (both at once): SessionCounter.peak
+    single: dict[str, int] = field(default_factory=dict)  # SessionCounter.single
     identical: int = 0
     code: int = 0
     note: str = ""
 
 
+def established_at(port: int) -> int:
+    """How many ESTABLISHED TCP sockets have `port` as their local port: a server's ends of its
+    sessions (a client's ends have it as the remote port), filtered by the kernel (sock_diag)."""
+    request = (struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 1 << TCP_ESTABLISHED)
+               + struct.pack(">HH", port, 0) + bytes(44))  # inet_diag_req_v2: the sockid's sport, the rest 0
+    header = struct.pack("=IHHII", 16 + len(request), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST_DUMP, 1, 0)
+    count = 0
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
+        nl.sendto(header + request, (0, 0))
+        while True:
+            data, offset = nl.recv(1 << 16), 0
+            while offset < len(data):
+                length, kind = struct.unpack_from("=IH", data, offset)
+                if kind == NLMSG_DONE:
+                    return count
+                if kind == NLMSG_ERROR:
+                    raise OSError("sock_diag refused the request")
+                count += 1
+                offset += (length + 3) & ~3
+
+
 class SessionCounter:
-    """Peak of concurrent sessions at each server: ESTABLISHED sockets whose *local* port is the
-    server's (the server's end of each connection), sampled from /proc/net/tcp in a thread. A
-    session shorter than the sampling period can be missed; the tools' sessions last seconds."""
+    """Peak of concurrent sessions at each server (established_at its port), sampled every 20 ms.
+
+    No count of the kernel's sockets is atomic: a dump walks the whole connection table (3 ms here,
+    /proc/net/tcp 7 ms), so a session handed on from one mailbox to the next during a walk can be
+    counted twice. `peak` is therefore the most held through two samples in a row (20 ms; a
+    session lasts seconds), `single` the most in one sample (an upper bound, hand-overs included)."""
 
     def __init__(self, ports: dict[str, int], period: float = 0.02):
-        self.ports = {f"{port:04X}": name for name, port in ports.items()}
+        self.ports = ports
         self.period = period
         self.peak: dict[str, int] = {name: 0 for name in [*ports, "host"]}
+        self.single = dict(self.peak)
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -92,17 +123,14 @@ class SessionCounter:
         self._thread.join()
 
     def _sample(self) -> None:
+        before: dict[str, int] = {}
         while not self._done.wait(self.period):
-            now = dict.fromkeys(self.ports.values(), 0)
-            with open("/proc/net/tcp") as fh:
-                next(fh)
-                for line in fh:
-                    fields = line.split(None, 4)
-                    name = self.ports.get(fields[1].rpartition(":")[2])
-                    if name and fields[3] == ESTABLISHED:
-                        now[name] += 1
-            for name, n in [*now.items(), ("host", sum(now.values()))]:
-                self.peak[name] = max(self.peak[name], n)
+            now = {name: established_at(port) for name, port in self.ports.items()}
+            now["host"] = sum(now.values())
+            for name, n in now.items():
+                self.single[name] = max(self.single[name], n)
+                self.peak[name] = max(self.peak[name], min(n, before.get(name, 0)))
+            before = now
 
 
 # -- the mailboxes ---------------------------------------------------------------------------
@@ -182,8 +210,8 @@ def naive_parallel_run(env: Env) -> Run:
 def measured(env: Env, label: str, cmd: list[str], secrets: dict, dsts: list[rig.Account],
              stdin: Path | None = None) -> Run:
     with SessionCounter({"src": env.src_dc.port, "dst": env.dst_dc.port}) as sessions:
-        wall, rss, code, out = run_measured(cmd, secrets, cwd=str(ROOT), stdin=stdin)
-    run = Run(label, wall, rss, dict(sessions.peak), code=code)
+        wall, rss, code, out = run_measured(cmd, secrets, cwd=str(ROOT), stdin=stdin, at_once=True)
+    run = Run(label, wall, rss, dict(sessions.peak), dict(sessions.single), code=code)
     run.identical = check_and_clear(env, dsts)
     if code != 0:
         run.note = f"exit {code}: {' '.join(out.strip().splitlines()[-1:])[:160]}"
@@ -274,7 +302,8 @@ def main() -> int:
             for name in tools[r % len(tools):] + tools[:r % len(tools)]:
                 run = ROWS[name](env)
                 runs_of[name].append(run)
-                print(f"  round {r + 1}: {run.tool}: {run.wall:.1f} s, sessions {run.peak}, "
+                print(f"  round {r + 1}: {run.tool}: {run.wall:.1f} s, sessions {run.peak} "
+                      f"(in one sample {run.single}), "
                       f"RSS {run.rss_mb:.0f} MB, identical {run.identical}/{len(boxes)} {run.note}", flush=True)
         print(f"\n{len(boxes)} mailboxes, {messages} messages, cap {args.cap} connections per host, "
               f"migrator --parallel {args.parallel} --workers {args.workers}\n")
