@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import os
 import random
+import resource
 import shutil
 import socket
 import struct
@@ -72,9 +74,28 @@ class Run:
     rss_mb: float = 0.0
     peak: dict[str, int] = field(default_factory=dict)  # "src", "dst", "host" (both at once): SessionCounter.peak
     single: dict[str, int] = field(default_factory=dict)  # SessionCounter.single
+    tool_cpu: float = 0.0  # CPU seconds of the tool's processes (all reaped by the time it exits)
+    server_cpu: float = 0.0  # CPU seconds of both Dovecots' session and login processes
     identical: int = 0
     code: int = 0
     note: str = ""
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's children (and theirs) that have been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def server_cpu(*servers: rig.Dovecot) -> float:
+    """CPU seconds of the servers' ended processes: Dovecot's master reaps a session's imap and
+    imap-login processes when the session ends (its long-lived auth process is not counted)."""
+    total = 0
+    for server in servers:
+        with open(f"/proc/{server.master_pid()}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        total += sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def established_at(port: int) -> int:
@@ -209,9 +230,12 @@ def naive_parallel_run(env: Env) -> Run:
 
 def measured(env: Env, label: str, cmd: list[str], secrets: dict, dsts: list[rig.Account],
              stdin: Path | None = None) -> Run:
+    tool_cpu, servers_cpu = children_cpu(), server_cpu(env.src_dc, env.dst_dc)
     with SessionCounter({"src": env.src_dc.port, "dst": env.dst_dc.port}) as sessions:
         wall, rss, code, out = run_measured(cmd, secrets, cwd=str(ROOT), stdin=stdin, at_once=True)
-    run = Run(label, wall, rss, dict(sessions.peak), dict(sessions.single), code=code)
+    time.sleep(0.5)  # the servers' last sessions end and are reaped
+    run = Run(label, wall, rss, dict(sessions.peak), dict(sessions.single), children_cpu() - tool_cpu,
+              server_cpu(env.src_dc, env.dst_dc) - servers_cpu, code=code)
     run.identical = check_and_clear(env, dsts)
     if code != 0:
         run.note = f"exit {code}: {' '.join(out.strip().splitlines()[-1:])[:160]}"
@@ -234,7 +258,7 @@ def median(runs: list[Run]) -> Run:
 
 def table(runs_of: dict[str, list[Run]], boxes: int, messages: int) -> str:
     head = ["tool", "wall s", "mailboxes/min", "msgs/s", "peak sessions src/dst/host", "peak RSS MB",
-            "identical; runs"]
+            "CPU s tool/servers", "identical; runs"]
     lines = [head]
     for runs in runs_of.values():
         r = median(runs)
@@ -242,7 +266,8 @@ def table(runs_of: dict[str, list[Run]], boxes: int, messages: int) -> str:
         ident = f"{r.identical}/{boxes}" + (f" ({r.note})" if r.note else "")
         ident += f"; {walls} s" if len(runs) > 1 else ""
         lines.append([r.tool, f"{r.wall:.1f}", f"{60 * boxes / r.wall:.0f}", f"{messages / r.wall:.0f}",
-                      f"{r.peak['src']}/{r.peak['dst']}/{r.peak['host']}", f"{r.rss_mb:.0f}", ident])
+                      f"{r.peak['src']}/{r.peak['dst']}/{r.peak['host']}", f"{r.rss_mb:.0f}",
+                      f"{r.tool_cpu:.1f}/{r.server_cpu:.1f}", ident])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     out = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |" for line in lines]
     out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -250,18 +275,23 @@ def table(runs_of: dict[str, list[Run]], boxes: int, messages: int) -> str:
 
 
 def ratios(runs_of: dict[str, list[Run]]) -> str:
-    """Each migrator row's speed against the naive row, round by round (the runs of one round
-    are minutes apart, so their ratio is steadier than a ratio of medians on a noisy machine)."""
+    """Each migrator row against the naive row, round by round (the runs of one round are minutes
+    apart, so their ratio is steadier than a ratio of medians on a noisy machine): its speed, and
+    how much less CPU its own processes used."""
     if "naive" not in runs_of:
         return ""
     lines = []
     for name, runs in runs_of.items():
         if name == "naive":
             continue
-        per_round = sorted(n.wall / m.wall for m, n in zip(runs, runs_of["naive"], strict=True))
-        lines.append(f"{runs[0].tool} / {runs_of['naive'][0].tool}, speed per round: median "
-                     f"{per_round[(len(per_round) - 1) // 2]:.2f}x (range {per_round[0]:.2f}-{per_round[-1]:.2f}, "
-                     f"{len(per_round)} rounds; " + ", ".join(f"{x:.2f}" for x in per_round) + ")")
+        pairs = list(zip(runs, runs_of["naive"], strict=True))
+        measures = (("speed", lambda m, n: n.wall / m.wall), ("CPU of its own processes (less)",
+                                                               lambda m, n: n.tool_cpu / m.tool_cpu))
+        for what, ratio in measures:
+            per_round = sorted(ratio(m, n) for m, n in pairs)
+            lines.append(f"{runs[0].tool} / {runs_of['naive'][0].tool}, {what} per round: median "
+                         f"{per_round[(len(per_round) - 1) // 2]:.2f}x (range {per_round[0]:.2f}-{per_round[-1]:.2f}, "
+                         f"{len(per_round)} rounds: " + ", ".join(f"{x:.2f}" for x in per_round) + ")")
     return "\n".join(lines)
 
 
