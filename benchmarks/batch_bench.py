@@ -26,6 +26,7 @@ import compileall
 import os
 import random
 import resource
+import shlex
 import shutil
 import socket
 import struct
@@ -79,6 +80,7 @@ class Run:
     identical: int = 0
     code: int = 0
     note: str = ""
+    command: str = ""
 
 
 def children_cpu() -> float:
@@ -235,7 +237,8 @@ def measured(env: Env, label: str, cmd: list[str], secrets: dict, dsts: list[rig
         wall, rss, code, out = run_measured(cmd, secrets, cwd=str(ROOT), stdin=stdin, at_once=True)
     time.sleep(0.5)  # the servers' last sessions end and are reaped
     run = Run(label, wall, rss, dict(sessions.peak), dict(sessions.single), children_cpu() - tool_cpu,
-              server_cpu(env.src_dc, env.dst_dc) - servers_cpu, code=code)
+              server_cpu(env.src_dc, env.dst_dc) - servers_cpu, code=code,
+              command=shlex.join(cmd) + (f" < {stdin.name}" if stdin else ""))
     run.identical = check_and_clear(env, dsts)
     if code != 0:
         run.note = f"exit {code}: {' '.join(out.strip().splitlines()[-1:])[:160]}"
@@ -305,7 +308,8 @@ def main() -> int:
     ap.add_argument("--cap", type=int, default=10,
                     help="connections per host (both servers are on 127.0.0.1): migrator's "
                          "--max-connections-per-host, and CAP/2 parallel jobs of the naive client")
-    ap.add_argument("--parallel", type=int, default=5, help="migrator batch --parallel")
+    ap.add_argument("--parallel", type=int, help="migrator batch --parallel (default: CAP / 2, each mailbox "
+                                                 "holding a connection on each side)")
     ap.add_argument("--workers", type=int, default=1, help="migrator batch --workers (per mailbox)")
     ap.add_argument("--tools", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
     args = ap.parse_args()
@@ -326,6 +330,7 @@ def main() -> int:
         messages = sum(b.messages for b in boxes)
         print(f"{len(boxes)} mailboxes, {messages} messages, seed {args.seed}; built and seeded in "
               f"{time.monotonic() - t:.0f} s", flush=True)
+        args.parallel = args.parallel or max(1, args.cap // 2)
         env = Env(src_dc, dst_dc, boxes, tmp, args.cap, args.parallel, args.workers)
         runs_of: dict[str, list[Run]] = {name: [] for name in tools}
         for r in range(args.repeat):  # interleaved rounds, each starting one row later (see bench.py)
@@ -338,6 +343,7 @@ def main() -> int:
         print(f"\n{len(boxes)} mailboxes, {messages} messages, cap {args.cap} connections per host, "
               f"migrator --parallel {args.parallel} --workers {args.workers}\n")
         print(table(runs_of, len(boxes), messages))
+        print("\nCommands (the last round's):\n" + "\n".join(f"  {runs[-1].command}" for runs in runs_of.values()))
         print("\n" + ratios(runs_of))
         return 0
     finally:
