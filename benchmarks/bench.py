@@ -74,12 +74,16 @@ def _tree_hwm_kb(sid: int, hwm: dict[int, int]) -> None:
             continue
 
 
-def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> tuple[float, float, int, str]:
-    """Run cmd in its own session; (wall s, peak RSS MB, exit code, output tail).
+def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None,
+                 stdin: Path | None = None, at_once: bool = False) -> tuple[float, float, int, str]:
+    """Run cmd in its own session, its standard input the file stdin (else none);
+    (wall s, peak RSS MB, exit code, output tail).
 
     Peak RSS = sum of the VmHWM of the tool's processes, sampled every 50 ms from
     /proc (getrusage of a child forked from this big process would count the
-    pages it shared with us before exec).
+    pages it shared with us before exec). at_once: of the processes alive at one
+    sample, the largest such sum (a tool that starts a process per mailbox, one
+    after the other, does not hold all of them at once).
     """
     out = tempfile.TemporaryFile()
     full_env = {**os.environ, **(env or {})}
@@ -90,15 +94,21 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None
     # during this tool's run: without this, whichever tool runs first is up to 2x slower.
     os.sync()
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=full_env, cwd=cwd, start_new_session=True)
+    with open(stdin or os.devnull, "rb") as stdin_file:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=stdin_file,
+                                env=full_env, cwd=cwd, start_new_session=True)
     hwm: dict[int, int] = {}
+    peak_at_once = 0
     try:
         proc.wait(0.02)
     except subprocess.TimeoutExpired:
         pass
     while proc.poll() is None:
-        _tree_hwm_kb(proc.pid, hwm)
+        alive: dict[int, int] = {}
+        _tree_hwm_kb(proc.pid, alive)
+        peak_at_once = max(peak_at_once, sum(alive.values()))
+        for pid, kb in alive.items():
+            hwm[pid] = max(hwm.get(pid, 0), kb)
         if time.monotonic() - t0 > TIMEOUT:
             os.killpg(proc.pid, 9)
         try:
@@ -108,7 +118,7 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None
     wall = time.monotonic() - t0
     out.seek(0)
     text = out.read().decode(errors="replace")
-    return wall, sum(hwm.values()) / 1024, proc.returncode, text[-600:]
+    return wall, (peak_at_once if at_once else sum(hwm.values())) / 1024, proc.returncode, text[-600:]
 
 
 def snapshot(acc: rig.Account) -> dict[tuple, Counter]:
