@@ -82,16 +82,22 @@ def _run(task: MailboxTask, stopped) -> dict:
     watcher = batchrun.watch_stop(stopped, stop)
     try:
         with batchrun.host_limits(task.caps, task.cluster).reserve(needs, stopped):
-            plan = runner.build_plan(runner.new_plan(src, dst, task.filters.parsed()), src, dst,
-                                     task.mapping.planning(), with_status=False)
-            plan.check_collisions()
-            state = state_path_for(task.state_dir, runner.default_state_path(plan)) if task.state_dir else None
-            # Rates (--max-*-per-second) are per run; a batch runs several: not offered here.
-            run = replace(task.run, workers=workers, state=state, max_connections_per_host=own_cap)
-            settings = run_settings(src, dst, run, quiet=True)
-            # One throttle governor per host for every mailbox this process runs (batchrun).
-            settings.engine.governors = batchrun.shared_governors(task.batch_id, run.governors)
-            return runner.execute(plan, src, dst, settings, command="batch", print_fn=lambda *_: None, stop=stop)
+            # The planning connections go on to the run (spare): one login less per side and mailbox.
+            plan, spare = runner.plan_keeping_connections(runner.new_plan(src, dst, task.filters.parsed()), src, dst,
+                                                          task.mapping.planning(), with_status=False)
+            try:
+                state = state_path_for(task.state_dir, runner.default_state_path(plan)) if task.state_dir else None
+                # Rates (--max-*-per-second) are per run; a batch runs several: not offered here.
+                run = replace(task.run, workers=workers, state=state, max_connections_per_host=own_cap)
+                settings = run_settings(src, dst, run, quiet=True)
+                # One throttle governor per host for every mailbox this process runs (batchrun).
+                settings.engine.governors = batchrun.shared_governors(task.batch_id, run.governors)
+            except BaseException:
+                for store in spare:
+                    store.close()
+                raise
+            return runner.execute(plan, src, dst, settings, command="batch", print_fn=lambda *_: None, stop=stop,
+                                  spare=spare)
     finally:
         stop.set()  # ends the watcher
         watcher.join()
