@@ -118,11 +118,12 @@ class Ledger:
         """Copies of messages the source served cut short (run.cut): recorded as altered, so every
         run reports them, and reported; still copied. One given no UID is recorded so once found
         (readback.find_claims)."""
+        if not run.cut:  # after every APPEND: nothing to look at in almost every run
+            return
         for intent, uid in results:
             if intent.src_uid in run.cut and uid is not None:
-                self.confirm(run, [(intent, uid)], ALTERED, SERVED_CUT_SHORT)
-                self.ctx.stats.fail(run.fp.source, intent.src_uid, SERVED_CUT_SHORT)
-                run.count(failed=1)
+                # still counted as copied: it was, as served
+                self.altered(run, intent, uid, SERVED_CUT_SHORT, copied=False)
 
     def failed(self, run: FolderRun, intent: Intent, reason: str, copied: bool = False) -> None:
         """Recorded as failed (the next run reports it, and copies it only with --retry-failed)."""
