@@ -277,13 +277,16 @@ class StoreContract(ReadContract):
         assert {f.name: f for f in store.list_folders()}[("Contract", "Sub")].subscribed
 
     def test_creating_a_folder_that_exists_is_no_error(self, store):
-        """As Pipelined.create_folders answers it (None: created or already there)."""
+        """As Pipelined.create_folders answers it (None: created or already there), and the folder
+        kept: its message, its UIDVALIDITY (a message in it: imap4d gives an empty mbox the time)."""
         store.create_folder(("Twice",))
+        self.put(store, ("Twice",), [PLAIN[1]])
         validity = store.status(("Twice",)).uidvalidity
         store.create_folder(("Twice",))
         assert calls.create_folders(store, [(("Twice",), None)]) == {("Twice",): None}
         assert calls.create_folders(CoreOnly(store), [(("Twice",), None)]) == {("Twice",): None}
         assert store.status(("Twice",)).uidvalidity == validity
+        assert store.status(("Twice",)).messages == 1
 
     def test_a_folder_created_again_gets_a_new_uidvalidity(self, ends, store):
         assert ends.delete_folder is not None, "the store's test says how a folder is deleted"
