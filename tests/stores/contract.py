@@ -319,7 +319,13 @@ class StoreContract(ReadContract):
         else:
             assert uids == [None] * len(SIMPLE)
         after = store.status(("Box",))
-        assert after.messages == len(SIMPLE) and after.uidvalidity == before.uidvalidity
+        assert after.messages == len(SIMPLE)
+        # imap4d gives an empty mbox the clock as UIDVALIDITY until its first message fixes one
+        # (the engine allows for it: engine/readback.py).
+        if self.uidvalidity_from_the_clock:
+            assert after.uidvalidity >= before.uidvalidity
+        else:
+            assert after.uidvalidity == before.uidvalidity
 
     def test_append_to_the_folder_selected_read_only(self, store):
         """The engine appends to a destination folder it selected read-only where copies get no
