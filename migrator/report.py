@@ -64,6 +64,7 @@ def run_report(stats: Stats, *, command: str, source: str, destination: str, dry
             "failed": len(stats.failures),
             "flags_updated": stats.total("flags_updated"),
             "deleted_extra": stats.total("deleted_extra"),
+            "folders_gone_from_source": dict(stats.folders_gone),
             "messages_per_second": round(copied / elapsed, 1) if elapsed > 0 else 0.0,
         },
         "folders": folders,
@@ -87,6 +88,9 @@ def render_run(report: dict[str, Any]) -> str:
                 extra = f", {f['deleted_extra']} {_would_go(report)}" if f["deleted_extra"] else ""
                 flags = f", {f['flags_updated']} flag updates" if f["flags_updated"] else ""
                 lines.append(f"  {name}: {f['to_copy']} messages, {_mb(f['to_copy_bytes'])} to copy{flags}{extra}")
+        if t.get("folders_gone_from_source"):
+            lines.append("Folders the source no longer has, that would leave the archive's latest snapshot: "
+                         + _gone(t["folders_gone_from_source"]))
         lines.append(f"Would copy {t['to_copy']} messages ({_mb(t['to_copy_bytes'])}); "
                      f"{t['already_copied']} already copied.")
     else:
@@ -104,6 +108,9 @@ def render_run(report: dict[str, Any]) -> str:
                          f"{t['deleted_extra']}.")
         elif t["deleted_extra"]:
             lines.append(f"Deleted from the destination (--delete-extra): {t['deleted_extra']}.")
+        if t.get("folders_gone_from_source"):
+            lines.append("Folders deleted on the source since the last run, kept in the archive's earlier snapshots: "
+                         + _gone(t["folders_gone_from_source"]) + ".")
         lines.append(f"Elapsed {report['elapsed_seconds']:.1f} s, {t['messages_per_second']} msgs/s.")
     if "preflight" in report:
         lines += [f"preflight: {f['rule']}: {f['folder']}: {f['detail']}"
@@ -118,6 +125,10 @@ def render_run(report: dict[str, Any]) -> str:
                      "as the server asked: " + "; ".join(f"{w['side']} {w['seconds']:.1f} s at {w['at_seconds']:.0f} s"
                                                          for w in waits[:5]) + ("; ..." if len(waits) > 5 else ""))
     return "\n".join(lines)
+
+
+def _gone(folders: dict[str, int]) -> str:
+    return ", ".join(f"{name} ({n} message{'s' if n != 1 else ''})" for name, n in folders.items())
 
 
 def verify_report(diffs: list[FolderDiff], source: str, destination: str) -> dict[str, Any]:

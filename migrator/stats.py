@@ -53,6 +53,9 @@ class Stats:
         self._waiting_until = 0.0  # monotonic end of the latest pause (the progress line says it)
         self._waiting_why: Wait | None = None
         self.interrupted = False
+        # A destination that keeps snapshots: folders the source no longer has -> their messages,
+        # out of the latest snapshot (engine/prepare.py)
+        self.folders_gone: dict[str, int] = {}
 
     def _f(self, folder: Folder) -> FolderCounts:
         return self.folders.setdefault(display(folder), FolderCounts())
@@ -81,6 +84,10 @@ class Stats:
         with self._lock:
             self._f(folder)
             self.folder_errors.append(Failure(display(folder), None, reason))
+
+    def folder_gone(self, folder: Folder, messages: int) -> None:
+        with self._lock:
+            self.folders_gone[display(folder)] = messages
 
     def warn(self, text: str) -> None:
         with self._lock:

@@ -9,12 +9,14 @@ HIGHESTMODSEQ) flag changes are invisible to STATUS, so every rerun marches. See
 
 from __future__ import annotations
 
+from typing import cast
+
 from migrator.checkpoint import Watermark
 from migrator.engine.context import Context
 from migrator.naming import Folder, display, parents
 from migrator.plan import FolderPlan
 from migrator.stores import calls
-from migrator.stores.base import FolderStatus, Store
+from migrator.stores.base import FolderStatus, History, Store
 
 
 class Preparation:
@@ -57,6 +59,7 @@ class Preparation:
             listed = dst.list_folders()
         existing = {f.name for f in listed}
         existed = set(existing)
+        self._retire_gone(dst, existing)
         # The plan says what to subscribe (planner: as on the source, or --subscribe all/none);
         # a destination folder that already existed is subscribed too.
         dst_subscribed = {f.name for f in listed if f.subscribed}
@@ -85,6 +88,20 @@ class Preparation:
             if error:
                 ctx.stats.warn(f"cannot subscribe '{display(name)}': {error}")
         return existed
+
+    def _retire_gone(self, dst: Store, existing: set[Folder]) -> None:
+        """A destination that keeps snapshots (an archive), mirrored: its folders the plan names
+        nowhere, as source or destination (so the source no longer has them: the planner lists
+        every source folder, copied or skipped), leave its latest snapshot, their messages kept
+        in the earlier ones. Not the parent of a planned folder."""
+        ctx = self.ctx
+        if not (ctx.opts.delete_extra and dst.capabilities.keeps_history):
+            return
+        named = {name for fp in ctx.plan.folders for name in (fp.source, fp.destination, *parents(fp.destination))}
+        for name in sorted(existing - named):
+            existing.discard(name)  # made again if the plan (follow: a new folder) wants it
+            held = dst.status(name).messages if ctx.opts.dry_run else cast(History, dst).retire_folder(name)
+            ctx.stats.folder_gone(name, held)
 
     def _settle_unchanged(self, dst: Store, folders: list[FolderPlan], marks: dict[Folder, Watermark],
                           existed: set[Folder]) -> set[Folder]:

@@ -110,10 +110,18 @@ class ArchiveStore:
         return sorted(out, key=lambda f: (f.name != ("INBOX",), f.name))
 
     def create_folder(self, name: Folder, special_use: str | None = None) -> None:
+        """A new folder, or one found gone from the source by an earlier run brought back, with a new
+        UIDVALIDITY (as a server gives a folder deleted and made again)."""
         self._writable()
-        self._arc.write(lambda db: db.execute(
-            "INSERT OR IGNORE INTO folders(name, uidvalidity, uidnext, special_use, created_run) VALUES (?,?,1,?,?)",
-            (folder_key(name), random.randint(1, 2**31 - 1), special_use, self._arc.run or 0)))
+
+        def create(db) -> None:
+            validity = random.randint(1, 2**31 - 1)
+            db.execute("UPDATE folders SET removed_run=NULL, uidvalidity=? WHERE name=? AND removed_run IS NOT NULL",
+                       (validity, folder_key(name)))
+            db.execute("INSERT OR IGNORE INTO folders(name, uidvalidity, uidnext, special_use, created_run) "
+                       "VALUES (?,?,1,?,?)", (folder_key(name), validity, special_use, self._arc.run or 0))
+
+        self._arc.write(create)
 
     def subscribe(self, name: Folder) -> None:
         self._writable()
@@ -284,6 +292,23 @@ class ArchiveStore:
         self._arc.write(lambda db: db.executemany(
             "UPDATE messages SET removed_run=? WHERE folder_id=? AND uid=? AND removed_run IS NULL",
             [(run, fid, u) for u in uids]))
+
+    def retire_folder(self, name: Folder) -> int:
+        """The folder and its messages out of the latest snapshot, kept in the earlier ones (the
+        source no longer has it); how many messages it held."""
+        self._writable()
+        fid = self._folder(name)[0]
+        run = self._arc.run or 0
+
+        def retire(db) -> int:
+            n = db.execute("UPDATE messages SET removed_run=? WHERE folder_id=? AND removed_run IS NULL",
+                           (run, fid)).rowcount
+            db.execute("UPDATE folders SET removed_run=? WHERE id=? AND removed_run IS NULL", (run, fid))
+            return n
+
+        if self._selected is not None and self._selected[0] == fid:
+            self._selected = None
+        return int(self._arc.write(retire))
 
     def kept(self, name: Folder) -> list[Kept]:
         """The messages of the folder that an earlier snapshot holds and the latest does not

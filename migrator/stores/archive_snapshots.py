@@ -10,7 +10,10 @@ changes nothing writes one row:
 - a run W that changes a message's flags first keeps the flags it had in
   `flag_history(folder_id, uid, until_run=W, flags)`: the flags of snapshot R are those of the
   first change after R, else the current ones (`messages.flags`);
-- a folder carries the run that created it (`created_run`).
+- a folder carries the run that created it (`created_run`) and the run that found it gone from
+  the source (`removed_run`, with its messages: engine/prepare.py). A folder the source makes
+  again under that name is brought back (removed_run NULL again): the snapshots between then
+  show it, empty.
 
 The latest snapshot is the current state (removed_run IS NULL, messages.flags): what the engine
 lists when it backs up, and what `verify` compares. Older ones are read through View(run).
@@ -43,7 +46,9 @@ CREATE TABLE IF NOT EXISTS flag_history (
 # archive written before snapshots read as run 1, the run the upgrade records for that state.
 _NEW_COLUMNS = (("messages", "added_run", "INTEGER NOT NULL DEFAULT 1"),
                 ("messages", "removed_run", "INTEGER"),
-                ("folders", "created_run", "INTEGER NOT NULL DEFAULT 1"))
+                ("folders", "created_run", "INTEGER NOT NULL DEFAULT 1"),
+                # added later within version 4 (in place, like the others): NULL, not gone
+                ("folders", "removed_run", "INTEGER"))
 
 
 def schema_current(db: sqlite3.Connection) -> bool:
@@ -103,7 +108,9 @@ class View:
 
     def folder(self, alias: str = "") -> tuple[str, tuple]:
         a = f"{alias}." if alias else ""
-        return ("1", ()) if self.run is None else (f"{a}created_run <= ?", (self.run,))
+        if self.run is None:
+            return f"{a}removed_run IS NULL", ()
+        return f"{a}created_run <= ? AND ({a}removed_run IS NULL OR {a}removed_run > ?)", (self.run, self.run)
 
 
 # -- which snapshot --as-of names --------------------------------------------------------------

@@ -303,6 +303,11 @@ class History(Store, Protocol):
         """The folder's messages held by an earlier state and not by the latest one."""
         ...
 
+    def retire_folder(self, name: Folder) -> int:
+        """The folder (the source no longer has it) and its messages out of the latest state, kept
+        in the earlier ones; returns how many messages it held. create_folder() brings it back."""
+        ...
+
 
 class CopyWithin(Store, Protocol):
     """Optional capability (Capabilities.copy): copy messages between two folders of this store."""

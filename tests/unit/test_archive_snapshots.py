@@ -213,3 +213,41 @@ def test_an_archive_of_version_2_is_upgraded_in_place_its_state_becoming_snapsho
     assert _backup(src, bk, tmp_path / "b.sqlite").code == 0
     assert _runs(bk) == [1, 2] and json.loads((bk / "archive.json").read_text())["version"] == ARCHIVE_VERSION
     assert _as_of(bk, 2) == archive_contents(src) != _as_of(bk, 1)
+
+
+def test_a_folder_deleted_on_the_source_leaves_the_latest_snapshot_and_stays_in_the_earlier_ones(tmp_path):
+    """The source deletes a whole folder (here an archive source: retire_folder is its deletion):
+    the next backup says so and takes it out of the latest snapshot only; restoring the latest
+    does not bring it back, --as-of 1 does. Made again on the source, it comes back, new mail only."""
+    src, bk, state = tmp_path / "src", tmp_path / "backup", tmp_path / "b.sqlite"
+    _mailbox(src)
+    before = archive_contents(src)
+    assert _backup(src, bk, state).code == 0
+    gone = ArchiveStore(str(src), snapshot=False)
+    try:
+        assert gone.retire_folder(WORK) == 3
+    finally:
+        gone.close()
+    dry = migrator("migrate", f"archive://{src}", f"archive://{bk}", "--dry-run", "--state", str(state))
+    assert dry.code == 0 and "that would leave the archive's latest snapshot: Work (3 messages)" in dry.out, dry.text
+    res = migrator("migrate", f"archive://{src}", f"archive://{bk}", "--state", str(state))
+    assert res.code == 0, res.text
+    assert ("Folders deleted on the source since the last run, kept in the archive's earlier snapshots: "
+            "Work (3 messages).") in res.out, res.text
+    ls = migrator("archive", "ls", str(bk))
+    assert [line.split()[-1] for line in ls.out.splitlines()[1:]] == ["INBOX"], ls.text
+    ls1 = migrator("archive", "ls", str(bk), "--as-of", "1")
+    assert [line.split()[-1] for line in ls1.out.splitlines()[1:]] == ["INBOX", "Work"], ls1.text
+    assert _as_of(bk, 1) == before and set(_as_of(bk, 2)) == {INBOX}
+    assert migrator("verify", f"archive://{src}", f"archive://{bk}").code == 0
+
+    again = ArchiveStore(str(src), snapshot=False)  # the source makes the folder again, one new message
+    try:
+        again.create_folder(WORK)
+        again.append(WORK, [AppendItem(simple_message(99, body="new"), (), DATE)])
+    finally:
+        again.close()
+    assert _backup(src, bk, state).code == 0
+    latest = contents(ArchiveStore(str(bk), create=False, readonly=True))
+    assert latest == archive_contents(src) and sum(latest[WORK].values()) == 1
+    assert _as_of(bk, 1) == before  # the first snapshot still holds the three old ones
