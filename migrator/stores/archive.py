@@ -47,7 +47,7 @@ from migrator.errors import FolderError, StorageError, UsageError
 from migrator.naming import Folder, display, folder_from_key, folder_key
 from migrator.stores.archive_frames import GROUP_BYTES, ZSTD_LEVEL, FrameReader, Place, frames
 from migrator.stores.archive_index import MESSAGE_COLUMNS, ArchiveIndex
-from migrator.stores.archive_snapshots import View, resolve
+from migrator.stores.archive_snapshots import View, columns, resolve
 from migrator.stores.base import (
     AppendItem,
     Capabilities,
@@ -79,7 +79,8 @@ class ArchiveStore:
         self._arc = ArchiveIndex.open(self.path, create=create and not readonly, readonly=readonly,
                                       snapshot=snapshot)
         try:
-            self._view = View(resolve(self._arc.db, as_of, self.path) if as_of else None)
+            self._view = View(resolve(self._arc.db, as_of, self.path) if as_of else None,
+                              folders_removed="removed_run" in columns(self._arc.db, "folders"))
         except BaseException:
             self._arc.release()
             raise
@@ -234,15 +235,13 @@ class ArchiveStore:
             return placed
         try:
             file, fh = self._writer(fid)
-            i = 0
             for content, starts in frames(bodies, self.group_bytes):
                 frame = self._cctx.compress(content)
                 offset = fh.tell()
                 fh.write(frame)
-                for start in starts:
+                for i, start in starts:
                     body, sha = bodies[i]
                     placed[sha] = Place(file, offset, len(frame), len(body), sha, start)
-                    i += 1
             fh.flush()
             os.fsync(fh.fileno())
         except OSError as e:

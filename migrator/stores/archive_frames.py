@@ -4,9 +4,12 @@ Every reader of an archive's bodies goes through FrameReader.read(): the store's
 (restore, verify, export, a backup's read-back) and `archive check`. A message that fails is
 *damaged*: the reason is returned instead of the bytes, and nothing of it is used.
 
-A frame (version 3) holds one or more entries, each a separator line then the message's bytes:
+A frame (version 4 on) holds one or more entries, each a separator line then the message's bytes:
 
-    migrator-archive-message <size> <sha256>\\n<size bytes>
+    migrator-archive-message <size> <sha>\\n<size bytes>
+
+where <sha> is the first 16 hex digits of the message's SHA-256 (version 5; all 64 in version 4:
+random digits zstd cannot compress, 1% of a small-message archive; the index keeps all of it)
 
 so `zstd -dc data/X.zst` gives a stream a person (or a ten-line script) can split, and an index
 row says where its message starts in the decoded frame (`start`). Small messages share a frame
@@ -24,7 +27,7 @@ import zstandard
 
 from migrator.digest import fingerprint
 
-ZSTD_LEVEL = 9  # docs/archive-format.md, "Size": within 1.05x of xz -6 at >10x its speed, with GROUP_BYTES
+ZSTD_LEVEL = 11  # docs/archive-format.md, "Size": within 1.05x of xz -6 at >10x its speed, with GROUP_BYTES
 GROUP_BYTES = 4 * 1024 * 1024  # small messages are grouped into frames of about this many bytes
 ALONE_OVER = 256 * 1024  # a message bigger than this has a frame of its own
 # What a frame may decode to, at most (a damaged header must not make us allocate gigabytes).
@@ -44,11 +47,12 @@ class Place:
 
 
 _SEPARATOR = b"migrator-archive-message "
-_ENTRY = re.compile(rb"migrator-archive-message (\d+) ([0-9a-f]{64})\n")
+_ENTRY = re.compile(rb"migrator-archive-message (\d+) ([0-9a-f]{64}|[0-9a-f]{16})\n")
+SEPARATOR_SHA = 16  # hex digits of the SHA-256 a separator line carries (64 bits: enough to name damage)
 
 
 def separator(size: int, sha256: str) -> bytes:
-    return _SEPARATOR + b"%d %s\n" % (size, sha256.encode())
+    return _SEPARATOR + b"%d %s\n" % (size, sha256[:SEPARATOR_SHA].encode())
 
 
 def entry_bytes(size: int) -> int:
@@ -57,7 +61,7 @@ def entry_bytes(size: int) -> int:
 
 
 def entries(decoded: bytes) -> list[tuple[int, int, str]]:
-    """(start, size, sha256 of its separator line) of each entry of a decoded frame, in order;
+    """(start, size, the SHA-256 digits of its separator line) of each entry of a decoded frame, in order;
     [] for a frame without separator lines (version 1 to 3)."""
     out, pos = [], 0
     while (entry := _ENTRY.match(decoded, pos)) is not None:
@@ -69,40 +73,47 @@ def entries(decoded: bytes) -> list[tuple[int, int, str]]:
 
 def regroup(decoded: bytes, keep: set[int]) -> tuple[bytes, dict[int, int]] | None:
     """A frame's content holding only the entries that start at `keep`, each checked against its
-    separator line's SHA-256: (content, old start -> new start); None if one of them is not an
-    intact entry (the caller then keeps the frame as it is)."""
+    separator line's SHA-256 digits (and written with this version's separator line): (content,
+    old start -> new start); None if one of them is not an intact entry (the caller then keeps the
+    frame as it is)."""
     parts, moved, fill = [], {}, 0
     for start, size, sha in entries(decoded):
         if start not in keep:
             continue
         body = decoded[start:start + size]
-        if len(body) != size or fingerprint(body) != sha:
+        full = fingerprint(body)
+        if len(body) != size or not full.startswith(sha):
             return None
-        head = separator(size, sha)
+        head = separator(size, full)
         moved[start] = fill + len(head)
         parts += [head, body]
         fill += len(head) + size
     return (b"".join(parts), moved) if set(moved) == keep else None
 
 
-def frames(bodies: list[tuple[bytes, str]], group_bytes: int = GROUP_BYTES) -> list[tuple[bytes, list[int]]]:
-    """Bodies (with their fingerprints), in order, as frames' contents: [(decoded frame, [start of
-    each body])]. Consecutive small bodies share a frame up to group_bytes; 0: one body per frame."""
-    out: list[tuple[bytes, list[int]]] = []
+Frame = tuple[bytes, list[tuple[int, int]]]  # a frame's content; (index of the body, its start) of each entry
+
+
+def frames(bodies: list[tuple[bytes, str]], group_bytes: int = GROUP_BYTES) -> list[Frame]:
+    """Bodies (with their fingerprints) as frames' contents: [(decoded frame, [(index of the body in
+    `bodies`, its start in the frame)])]. Small bodies share frames up to group_bytes, in their
+    order; a big one has a frame of its own and does not cut the small ones' group in two (a group
+    cut short compresses worse: zstd starts each frame cold). group_bytes 0: one body per frame."""
+    out: list[Frame] = []
     parts: list[bytes] = []
-    starts: list[int] = []
+    starts: list[tuple[int, int]] = []
     fill = 0
-    for body, sha in bodies:
-        if parts and (len(body) > ALONE_OVER or fill >= group_bytes):
+    for i, (body, sha) in enumerate(bodies):
+        head = separator(len(body), sha)
+        if len(body) > ALONE_OVER:
+            out.append((head + body, [(i, len(head))]))
+            continue
+        if parts and fill >= group_bytes:
             out.append((b"".join(parts), starts))
             parts, starts, fill = [], [], 0
-        head = separator(len(body), sha)
-        starts.append(fill + len(head))
+        starts.append((i, fill + len(head)))
         parts += [head, body]
         fill += len(head) + len(body)
-        if len(body) > ALONE_OVER:
-            out.append((b"".join(parts), starts))
-            parts, starts, fill = [], [], 0
     if parts:
         out.append((b"".join(parts), starts))
     return out
@@ -132,8 +143,8 @@ class FrameReader:
         return body, None
 
     def intact(self, place: Place) -> set[tuple[int, str]] | None:
-        """(start, sha256) of each entry of this frame whose bytes match the SHA-256 of its
-        separator line; None if the frame has no separator lines (version 1 or 2)."""
+        """(start, SHA-256) of each entry of this frame whose bytes match the SHA-256 digits of
+        its separator line; None if the frame has no separator lines (version 1 or 2)."""
         self.read(place)  # decodes it (or finds it damaged), once
         assert self._last is not None
         decoded = self._last[1]
@@ -141,8 +152,12 @@ class FrameReader:
             return set()
         if not decoded.startswith(_SEPARATOR):
             return None
-        return {(start, sha) for start, size, sha in entries(decoded)
-                if fingerprint(decoded[start:start + size]) == sha}
+        out = set()
+        for start, size, sha in entries(decoded):
+            full = fingerprint(decoded[start:start + size])
+            if full.startswith(sha):
+                out.add((start, full))
+        return out
 
     def decoded(self, place: Place) -> bytes | None:
         """The frame's content (checked by zstd's content checksum), None if it is damaged."""

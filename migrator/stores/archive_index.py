@@ -38,8 +38,10 @@ ARCHIVE_FORMAT = "migrator-archive"
 # 4: also frames hold separator lines and group small messages (column `start`); messages with
 #    the same bytes share one frame (dedup, by the index on sha256). (The export/layout work was
 #    called 3 on its branch only; no archive of that kind was ever written by a release.)
-ARCHIVE_VERSION = 4
-VERSIONS = (1, 2, 3, 4)
+# 5: separator lines carry 16 hex digits of the SHA-256, not 64 (frames of version 4 are read as
+#    they are); folders.removed_run (a folder gone from the source leaves the latest snapshot).
+ARCHIVE_VERSION = 5
+VERSIONS = (1, 2, 3, 4, 5)
 MARKER = "archive.json"
 LOCK = "lock"
 READERS = "readers"  # shared flock of each reader; an exclusive one (non-blocking) before deleting data
@@ -254,7 +256,7 @@ class ArchiveIndex:
                 held = lock_exclusive(os.path.join(self.path, LOCK), f"archive {self.path} is in use by an older "
                                       "migrator, which wrote an earlier format version: try again when it is done")
             except (StateError, OSError):
-                if snapshots.schema_current(db):
+                if snapshots.schema_current(db, readable=True):
                     return
                 raise
         try:

@@ -47,12 +47,15 @@ CREATE TABLE IF NOT EXISTS flag_history (
 _NEW_COLUMNS = (("messages", "added_run", "INTEGER NOT NULL DEFAULT 1"),
                 ("messages", "removed_run", "INTEGER"),
                 ("folders", "created_run", "INTEGER NOT NULL DEFAULT 1"),
-                # added later within version 4 (in place, like the others): NULL, not gone
+                # version 5 (in place, like the others): NULL, not gone
                 ("folders", "removed_run", "INTEGER"))
 
 
-def schema_current(db: sqlite3.Connection) -> bool:
-    return all(column in columns(db, table) for table, column, _ in _NEW_COLUMNS) and bool(
+def schema_current(db: sqlite3.Connection, readable: bool = False) -> bool:
+    """Every snapshot table and column there; readable: enough of them for a reader (an index of
+    version 3 or 4 read while its older writer holds it has no folders.removed_run yet)."""
+    wanted = [(t, c) for t, c, _ in _NEW_COLUMNS if not (readable and (t, c) == ("folders", "removed_run"))]
+    return all(column in columns(db, table) for table, column in wanted) and bool(
         db.execute("SELECT 1 FROM sqlite_master WHERE name='flag_history'").fetchone())
 
 
@@ -91,6 +94,7 @@ class View:
     """Which snapshot a reader sees: run None is the latest (the current state)."""
 
     run: int | None = None
+    folders_removed: bool = True  # the index has folders.removed_run (an index read as an older writer left it may not)
 
     def member(self, alias: str = "") -> tuple[str, tuple]:
         """SQL condition (and its parameters): the message row is in this snapshot."""
@@ -108,6 +112,8 @@ class View:
 
     def folder(self, alias: str = "") -> tuple[str, tuple]:
         a = f"{alias}." if alias else ""
+        if not self.folders_removed:
+            return ("1", ()) if self.run is None else (f"{a}created_run <= ?", (self.run,))
         if self.run is None:
             return f"{a}removed_run IS NULL", ()
         return f"{a}created_run <= ? AND ({a}removed_run IS NULL OR {a}removed_run > ?)", (self.run, self.run)

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import zstandard
 
 from migrator.fsutil import lock_exclusive
 from migrator.naming import Folder
+from migrator.stores import archive_frames
 from migrator.stores.archive import ArchiveStore
 from migrator.stores.archive_check import check_archive
 from migrator.stores.archive_compact import compact
@@ -56,15 +59,21 @@ def _decoded_data(path: Path) -> bytes:
     return out
 
 
-def test_compact_regroups_a_frame_shared_by_folders_and_snapshots_keeping_every_message_readable(tmp_path):
+@pytest.mark.parametrize("digits", [64, 16], ids=["frames-of-version-4", "frames-of-version-5"])
+def test_compact_regroups_a_frame_shared_by_folders_and_snapshots_keeping_every_message_readable(
+        tmp_path, monkeypatch, digits):
+    """Also for frames version 4 wrote (separator lines with all 64 digits of the SHA-256): read,
+    deduplicated against, and regrouped into this version's (16 digits)."""
     arc_dir = tmp_path / "a"
     bodies = [simple_message(n, body=os.urandom(6000).hex()) for n in range(1, 7)]
 
     def first(arc):  # one grouped frame for INBOX's six; Copy's two point into it (dedup)
+        monkeypatch.setattr(archive_frames, "SEPARATOR_SHA", digits)
         for folder in (INBOX, COPY):
             arc.create_folder(folder)
         arc.append(INBOX, [AppendItem(b, ("\\Seen",), DATE) for b in bodies])
         arc.append(COPY, [AppendItem(b, (), DATE) for b in bodies[:2]])
+        monkeypatch.undo()
 
     def expunge(uids):
         def step(arc):
@@ -85,6 +94,7 @@ def test_compact_regroups_a_frame_shared_by_folders_and_snapshots_keeping_every_
 
     assert result.files_rewritten == 1 and result.bytes_after < before * 0.92  # one message in six freed
     kept = _decoded_data(arc_dir)
+    assert {len(d) for d in re.findall(rb"migrator-archive-message \d+ ([0-9a-f]+)\n", kept)} == {16}
     assert bodies[2] not in kept and all(b in kept for b in bodies[:2] + bodies[3:])
     assert {run: _as_of(arc_dir, run) for run in (2, 3)} == snaps  # every SHA-256 checked on the way
     rows = _rows(arc_dir)
@@ -113,6 +123,7 @@ def _to_version_3(path: Path) -> None:
         db.execute("DROP INDEX messages_sha256")
         db.execute("ALTER TABLE messages DROP COLUMN start")
         db.execute("ALTER TABLE damaged DROP COLUMN start")
+        db.execute("ALTER TABLE folders DROP COLUMN removed_run")
     for file, data in files.items():
         (path / "data" / file).write_bytes(data)
     (path / "archive.json").write_text(json.dumps({"format": "migrator-archive", "version": 3}))
@@ -154,7 +165,7 @@ def test_a_snapshot_archive_of_version_3_is_read_under_its_writer_then_upgraded_
 
     _runs_of(arc_dir, [third])
     assert {"start", "messages_sha256", "added_run", "removed_run"} <= _columns(arc_dir)
-    assert marker_version(arc_dir) == ARCHIVE_VERSION == 4
+    assert marker_version(arc_dir) == ARCHIVE_VERSION == 5
     rows = _rows(arc_dir)
     assert rows["INBOX", 5] == rows["INBOX", 2] and rows["INBOX", 2][3] == 0 and rows["INBOX", 6][3] > 0
     assert {run: _as_of(arc_dir, run) for run in (1, 2)} == snaps  # the old snapshots as they were
