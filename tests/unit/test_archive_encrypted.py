@@ -109,6 +109,8 @@ def test_restore_with_the_identity_is_byte_identical_and_without_it_one_line_exi
     res = migrator(*args, "--identity", str(key))
     assert res.code == 0 and "Traceback" not in res.text, res.text
     assert _held(ArchiveStore(str(target), create=False, readonly=True)) == _held(src.connect())
+    same = migrator("verify", f"archive://{target}", f"archive://{enc}", "--identity", str(key))
+    assert same.code == 0 and "Traceback" not in same.text, same.text
 
     missing = migrator(*args[:2], f"archive://{tmp_path / 'r2'}")
     assert missing.code == 2 and missing.err.count("\n") == 1 and "Traceback" not in missing.text, missing.text
