@@ -126,7 +126,7 @@ def verify_cmd(
         plan.check_collisions()
     else:
         src, dst = connectors(source, destination, conn)
-    with_encryption(src, dst, None, None, identity)
+    with_encryption(src, dst, None, None, identity, both=True)
     src.readonly = dst.readonly = True  # an archive is only read: never refused while a backup writes
     if destination is not None:
         plan = runner.build_plan(runner.new_plan(src, dst, filters.parsed()), src, dst, mapping.planning(),

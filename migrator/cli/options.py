@@ -446,8 +446,10 @@ def run_settings(src: Connector, dst: Connector, run: RunOptions, quiet: bool):
 
 
 def with_encryption(src: Connector, dst: Connector, encrypt_to: list[str] | None, encrypt_to_file: list[str] | None,
-                    identity: str | None) -> None:
-    """--encrypt-to/--encrypt-to-file for the destination, --identity for whichever side is an archive."""
+                    identity: str | None, both: bool = False) -> None:
+    """--encrypt-to/--encrypt-to-file for the destination; --identity for the source (a restore:
+    writing never needs it), and for the destination too if `both` are read (verify: the file may
+    hold the keys of both)."""
     from migrator.stores import check_readable, encrypts_at_rest
     from migrator.stores.archive_crypt import parse_recipients
 
@@ -458,5 +460,6 @@ def with_encryption(src: Connector, dst: Connector, encrypt_to: list[str] | None
     if identity is not None:
         if not (encrypts_at_rest(src.endpoint) or encrypts_at_rest(dst.endpoint)):
             raise UsageError("--identity reads an encrypted archive: neither side is an archive://")
-        src.identity = dst.identity = identity
+        src.identity = identity
+        dst.identity = identity if both else None
     check_readable(src.endpoint, identity)

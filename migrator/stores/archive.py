@@ -106,6 +106,8 @@ class ArchiveStore:
         self.group_bytes = group_bytes  # 0: one message per frame
         # Frames read back for dedup: the (start, sha256) of their intact messages.
         self._checked_frames: dict[tuple[str, int, int], set[tuple[int, str]]] = {}
+        # The same, in an encrypted archive without identity: whether the frame is as written.
+        self._sealed_frames: dict[tuple[str, int, int], bool] = {}
 
     # -- folders -------------------------------------------------------------------------
 
@@ -193,13 +195,19 @@ class ArchiveStore:
         selected folder whose frame is as written. A backup needs no more (the pool of a resumed
         run, read-backs): in an encrypted archive it is told without the identity, by the SHA-256
         of the frame as stored (archive_frames.sealed_damage)."""
+        if not uids:
+            return {}  # as fetch([]): asks nothing, not even which folder is selected (a dry run has none)
         fid = self._selected_id()
         member, in_it = self._view.member("m")
-        wanted = set(uids)
-        rows = self._arc.read(f"SELECT m.uid, {self._place_of('m')} FROM messages m WHERE m.folder_id=? AND "
-                              f"{member} ORDER BY m.file, m.offset", (fid, *in_it))
-        return {uid: place.sha256 for uid, *columns in rows if uid in wanted
-                for place in [Place(*columns)] if self._intact(place)}
+        out: dict[int, str] = {}
+        for n in range(0, len(uids), 500):  # SQLite's bound on parameters, with room to spare
+            chunk = list(uids[n:n + 500])
+            rows = self._arc.read(f"SELECT m.uid, {self._place_of('m')} FROM messages m WHERE m.folder_id=? AND "
+                                  f"m.uid IN ({','.join('?' * len(chunk))}) AND {member} ORDER BY m.file, m.offset",
+                                  (fid, *chunk, *in_it))
+            out.update((uid, place.sha256) for uid, *columns in rows for place in [Place(*columns)]
+                       if self._intact(place))
+        return out
 
     def _intact(self, place: Place) -> bool:
         """The message's frame holds its bytes intact: decoded and checked where the archive can
@@ -249,7 +257,9 @@ class ArchiveStore:
         place = Place(*rows[0])
         frame = (place.file, place.offset, place.length)
         if self._reader.sealed and self._opener_missing:  # a backup into an encrypted archive
-            return place if self._reader.sealed_damage(place) is None else None
+            if frame not in self._sealed_frames:  # each frame read and hashed once per connection
+                self._sealed_frames[frame] = self._reader.sealed_damage(place) is None
+            return place if self._sealed_frames[frame] else None
         if frame not in self._checked_frames:
             self._checked_frames[frame] = self._intact_in(place)
         return place if (place.start, place.sha256) in self._checked_frames[frame] else None

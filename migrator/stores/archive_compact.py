@@ -62,7 +62,7 @@ class CompactResult:
     bytes_before: int = 0
     bytes_after: int = 0
     left_for_readers: int = 0  # old files a reader kept from being deleted
-    unopened: int = 0  # frames of an encrypted archive copied whole, not looked into (no identity)
+    unopened: int = 0  # referenced frames of an encrypted archive not looked into, kept whole (no identity)
 
 
 @dataclass
@@ -214,8 +214,8 @@ def render_compact(result: CompactResult, path: str) -> str:
     text = (f"{archive_dir(path)}: {result.files_rewritten} data file(s) rewritten; {result.bytes_before} bytes of "
             f"data before, {result.bytes_after} after ({freed} freed).")
     if result.unopened:
-        text += (f" Encrypted archive, no --identity: {result.unopened} frame(s) of grouped messages were copied "
-                 "whole, unopened (give --identity to also free what they hold that no snapshot references).")
+        text += (f" Encrypted archive, no --identity: {result.unopened} frame(s) still referenced were not looked "
+                 "into, and kept whole (give --identity to also free what they hold that no snapshot references).")
     if result.left_for_readers:
         text += (f" {result.left_for_readers} unused file(s) left while a reader has the archive open: the next "
                  "compact or backup deletes them.")

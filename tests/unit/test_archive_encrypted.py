@@ -131,6 +131,10 @@ def test_encrypt_to_errors_are_one_line_exit_2(built, tmp_path):
     assert res.code == 2 and "is encrypted to other recipients" in res.err and res.err.count("\n") == 1, res.text
     bad = migrator("migrate", f"archive://{enc}", f"archive://{plain}", "--encrypt-to", "age1nope")
     assert bad.code == 2 and "is not an age recipient" in bad.err and not plain.exists(), bad.text
+    # Into a new archive encrypted to another key (--identity reads the source only), as a dry run.
+    dry = migrator("migrate", f"archive://{enc}", f"archive://{tmp_path / 'enc3'}", "--identity", str(key),
+                   "--encrypt-to", other, "--dry-run", "--state", str(tmp_path / "d.sqlite"))
+    assert dry.code == 0 and "Would copy 5 messages" in dry.out, dry.text
 
 
 def test_a_plain_archive_refuses_encrypt_to_and_pyrage_missing_is_one_line(tmp_path, monkeypatch):
