@@ -24,6 +24,7 @@ from migrator.stores.archive import ArchiveStore  # noqa: E402
 from migrator.stores.archive_check import check_archive  # noqa: E402
 from migrator.stores.archive_compact import compact  # noqa: E402
 from migrator.stores.archive_crypt import parse_recipients  # noqa: E402
+from migrator.stores.archive_list import list_folders_or_messages  # noqa: E402
 from migrator.stores.archive_prune import prune  # noqa: E402
 from migrator.stores.memory import MemoryServer  # noqa: E402
 from tests.helpers import migrator, simple_message  # noqa: E402
@@ -190,6 +191,8 @@ def test_export_reads_with_the_identity(built, tmp_path):
     assert exported == sorted(body for folder in src.names() for body, _f, _d in src.contents(folder).values())
     with pytest.raises(UsageError, match="needs --identity"):
         open_archive(str(enc))
+    listed = list_folders_or_messages(str(enc), "INBOX", None)  # the index only: no identity needed
+    assert sum(1 for line in listed if "\\Seen" in line) == 2, listed
 
 
 def test_prune_and_compact_work_without_identity_and_regroup_with_it(built, tmp_path):
