@@ -107,8 +107,11 @@ def test_restore_with_the_identity_is_byte_identical_and_without_it_one_line_exi
     src, enc, _state, key, _recipient, other = built
     target = tmp_path / "restored"
     args = ["migrate", f"archive://{enc}", f"archive://{target}", "--state", str(tmp_path / "r.sqlite")]
-    res = migrator(*args, "--identity", str(key))
+    res = migrator(*args, "--identity", str(key), "--report", str(tmp_path / "r.json"), "--debug")
     assert res.code == 0 and "Traceback" not in res.text, res.text
+    secret = key.read_text().splitlines()[-1]
+    written = [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()]
+    assert secret not in res.text and not any(secret.encode() in raw for raw in written)
     assert _held(ArchiveStore(str(target), create=False, readonly=True)) == _held(src.connect())
     same = migrator("verify", f"archive://{target}", f"archive://{enc}", "--identity", str(key))
     assert same.code == 0 and "Traceback" not in same.text, same.text
