@@ -1,7 +1,7 @@
 """archive check, ls, prune, compact, export: an archive looked after without its source.
 
-check DIR [--repair]; ls DIR [--runs] [FOLDER] [--as-of]; prune DIR --keep-*; compact DIR;
-export DIR OUT --mbox|--maildir|--eml [--folder] [--as-of].
+check DIR [--repair] [--identity]; ls DIR [--runs] [FOLDER] [--as-of]; prune DIR --keep-*; compact DIR
+[--identity]; export DIR OUT --mbox|--maildir|--eml [--folder] [--as-of] [--identity].
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from migrator.cli.app import app
+from migrator.cli.options import Identity
 from migrator.errors import EXIT_MESSAGES_FAILED, UsageError
 from migrator.export.run import export_archive, open_archive, render_export
 from migrator.naming import parse_display
@@ -30,16 +31,20 @@ def check_cmd(
     repair: Annotated[bool, typer.Option(
         "--repair", help="Move damaged messages aside (table `damaged`), so that the next backup run "
                          "fetches them again from the source if it still has them.")] = False,
+    identity: Identity = None,
 ) -> None:
     """Check an archive alone: every frame decodes, every message matches its SHA-256, index and data agree.
 
     Names each damaged message (folder, UID, reason). Reads while a backup runs (the index as it was when it
     started); --repair waits for no one: it is refused while a backup runs.
 
+    An encrypted archive without --identity: each frame is checked against the SHA-256 of its ciphertext (so
+    damage is found and named all the same), the messages' contents are not (the summary says so).
+
     Exit codes: 0 clean; 1 damage found (also when --repair just moved it aside) or a damaged index;
-    2 not an archive, or in use. Messages an earlier --repair set aside do not count as damage.
+    2 not an archive, in use, or a bad --identity. Messages an earlier --repair set aside do not count as damage.
     """
-    result = check_archive(directory, repair=repair)
+    result = check_archive(directory, repair=repair, identity=identity)
     typer.echo(render_check(result, repair))
     if not result.clean:
         raise typer.Exit(EXIT_MESSAGES_FAILED)
@@ -97,6 +102,7 @@ def prune_cmd(
 @archive_app.command(name="compact")
 def compact_cmd(
     directory: Annotated[str, typer.Argument(help="The archive's directory (or its archive:// URL).")],
+    identity: Identity = None,
 ) -> None:
     """Free the bytes no snapshot references: rewrite the data files that hold such bytes.
 
@@ -104,12 +110,13 @@ def compact_cmd(
     messages is regrouped with the kept ones only (each checked against its SHA-256), whichever folders and
     snapshots point into it.
     Crash-safe: new files are written and fsync'ed, the index switched to them in one transaction, then the old
-    files deleted; after a kill -9, run it again. Refused while a backup runs. Exit codes: 0; 1 the disk failed
-    (one line, the archive as it was); 2 not an archive, or in use.
+    files deleted; after a kill -9, run it again. Refused while a backup runs. An encrypted archive: shared frames
+    are regrouped only with --identity (else copied whole; unreferenced frames are freed either way).
+    Exit codes: 0; 1 the disk failed (one line, the archive as it was); 2 not an archive, in use, or a bad --identity.
     """
     from migrator.stores.archive_compact import compact, render_compact
 
-    typer.echo(render_compact(compact(directory), directory))
+    typer.echo(render_compact(compact(directory, identity), directory))
 
 
 @archive_app.command(name="export")
@@ -122,6 +129,7 @@ def export_cmd(
     folder: Annotated[list[str] | None, typer.Option(
         "--folder", help="Export only this folder (as shown: Archive/2020); repeatable.")] = None,
     as_of: Annotated[str | None, typer.Option("--as-of", metavar="RUN|DATE", help=AS_OF_HELP)] = None,
+    identity: Identity = None,
 ) -> None:
     """Write an archive out as mbox, Maildir or .eml files that mutt, Thunderbird and Python's mailbox read.
 
@@ -132,13 +140,14 @@ def export_cmd(
     latest, or --as-of's) as it was when it started, never refused while a backup writes.
 
     Exit codes: 0 all exported; 1 damaged messages (named, the rest exported) or OUT cannot be
-    written; 2 bad options, OUT not empty, not an archive, no such snapshot, or in use.
+    written; 2 bad options, OUT not empty, not an archive, no such snapshot, in use, or an encrypted archive
+    without (or with a wrong) --identity.
     """
     chosen = [name for name, on in (("mbox", mbox), ("maildir", maildir), ("eml", eml)) if on]
     if len(chosen) != 1:
         raise UsageError("choose one format: --mbox, --maildir or --eml")
     result = export_archive(directory, chosen[0], out, [parse_display(f) for f in folder or []],
-                            open_source=lambda d: open_archive(d, as_of))
+                            open_source=lambda d: open_archive(d, as_of, identity))
     typer.echo(render_export(result, chosen[0]))
     if result.damaged:
         raise typer.Exit(EXIT_MESSAGES_FAILED)

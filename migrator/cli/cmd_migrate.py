@@ -10,7 +10,10 @@ from migrator.cli.app import app, finish_run
 from migrator.cli.options import (
     ConnOptions,
     Debug,
+    EncryptTo,
+    EncryptToFile,
     FilterOptions,
+    Identity,
     IncludeDeleted,
     MappingOptions,
     MaxConns,
@@ -23,6 +26,7 @@ from migrator.cli.options import (
     run_settings,
     setup_logging,
     with_connection_options,
+    with_encryption,
     with_filter_options,
     with_folder_choice,
     with_mapping_options,
@@ -51,6 +55,9 @@ def migrate(
         help="Restore from an archive as it was then: a snapshot id (`migrator archive ls DIR --runs`) or an "
              "ISO 8601 date or time (2026-12-01: that day's last snapshot; 2026-12-01T08:00:00Z), with the "
              "mail deleted on the source since and the flags it had then.")] = None,
+    encrypt_to: EncryptTo = None,
+    encrypt_to_file: EncryptToFile = None,
+    identity: Identity = None,
 ) -> None:
     """Copy every folder and message from SOURCE to DESTINATION (plan + run in one step).
 
@@ -59,11 +66,15 @@ def migrate(
     mail deleted on the source leaves the latest snapshot and stays in the earlier ones.
 
     With --follow, stay connected afterwards and copy what changes on SOURCE until SIGINT/SIGTERM or --follow-for
-    (a provider switch's cut-over: bulk pass, MX change, then --follow; see the README)."""
+    (a provider switch's cut-over: bulk pass, MX change, then --follow; see the README).
+
+    Into a new archive, --encrypt-to age1... encrypts it at rest (docs/security.md); a restore from an encrypted
+    archive needs --identity FILE."""
     from migrator import runner
 
     setup_logging(debug)
     src, dst = connectors(source, destination, conn)
+    with_encryption(src, dst, encrypt_to, encrypt_to_file, identity)
     if as_of is not None:
         runner.check_as_of(src)
         src.as_of = as_of
@@ -87,6 +98,7 @@ def verify_cmd(
     workers: Workers = 4,
     max_connections_per_host: MaxConns = 10,
     debug: Debug = False,
+    identity: Identity = None,
     *,
     mapping: MappingOptions,
     conn: ConnOptions,
@@ -114,6 +126,7 @@ def verify_cmd(
         plan.check_collisions()
     else:
         src, dst = connectors(source, destination, conn)
+    with_encryption(src, dst, None, None, identity, both=True)
     src.readonly = dst.readonly = True  # an archive is only read: never refused while a backup writes
     if destination is not None:
         plan = runner.build_plan(runner.new_plan(src, dst, filters.parsed()), src, dst, mapping.planning(),

@@ -11,7 +11,10 @@ from migrator.cli.app import app, finish_run
 from migrator.cli.options import (
     ConnOptions,
     Debug,
+    EncryptTo,
+    EncryptToFile,
     FilterOptions,
+    Identity,
     MappingOptions,
     Quiet,
     RunOptions,
@@ -20,6 +23,7 @@ from migrator.cli.options import (
     run_settings,
     setup_logging,
     with_connection_options,
+    with_encryption,
     with_filter_options,
     with_mapping_options,
     with_run_options,
@@ -50,6 +54,7 @@ def plan_cmd(
         "--output", "-o", help="Plan file to write (default: plans/USER@HOST.toml).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing plan file.")] = False,
     debug: Debug = False,
+    identity: Identity = None,
     *,
     mapping: MappingOptions,
     conn: ConnOptions,
@@ -69,6 +74,7 @@ def plan_cmd(
 
     setup_logging(debug)
     src, dst = connectors(source, destination, conn)
+    with_encryption(src, dst, None, None, identity)
     plan = runner.new_plan(src, dst, filters.parsed())
     path = output or default_plan_path(plan)
     if os.path.exists(path) and not force:
@@ -97,6 +103,9 @@ def run_cmd(
         metavar="PLAN", help="Plan file written by `migrator plan` (and maybe edited).")],
     quiet: Quiet = False,
     debug: Debug = False,
+    encrypt_to: EncryptTo = None,
+    encrypt_to_file: EncryptToFile = None,
+    identity: Identity = None,
     *,
     conn: ConnOptions,
     run: RunOptions,
@@ -104,7 +113,8 @@ def run_cmd(
     """Carry out a PLAN: create the destination folders and copy the messages (rerun to resume).
 
     With --follow, stay connected afterwards and copy what changes on the source (new folders by the plan's
-    [options]) until SIGINT/SIGTERM or --follow-for."""
+    [options]) until SIGINT/SIGTERM or --follow-for. --encrypt-to creates a new destination archive encrypted,
+    --identity reads an encrypted source archive (as migrate's)."""
     from migrator import runner
     from migrator.plan_io import read_plan
 
@@ -113,6 +123,7 @@ def run_cmd(
     runner.check_endpoints(plan)
     runner.check_filters(plan, run.delete_extra)
     src, dst = plan_connectors(plan, conn)
+    with_encryption(src, dst, encrypt_to, encrypt_to_file, identity)
     vanished = runner.check_plan(plan, src, dst, delete_extra=run.delete_extra)
     settings = run_settings(src, dst, run, quiet)
     result = runner.execute(plan, src, dst, settings, command="run", folder_errors=vanished)

@@ -137,6 +137,17 @@ DstPresetOpt = Annotated[list[str] | None, typer.Option(
                          "office365 (its size and line limits; \\Flagged set by STORE after APPEND; $MDNSent it adds "
                          "is no difference; case-insensitive and reserved folder names; a new session before its "
                          "10th error) (repeatable).")]
+EncryptTo = Annotated[list[str] | None, typer.Option(
+    "--encrypt-to", metavar="age1...",
+    help="Create the destination archive encrypted to this age recipient (public key; repeatable). Only public "
+         "keys are stored; later backups use them (no option needed); reading needs --identity. Needs pyrage "
+         "(pip install 'migrator[encrypt]').")]
+EncryptToFile = Annotated[list[str] | None, typer.Option(
+    "--encrypt-to-file", metavar="FILE", help="As --encrypt-to, one recipient per line (# comments) (repeatable).")]
+Identity = Annotated[str | None, typer.Option(
+    "--identity", metavar="FILE",
+    help="age identity file (as age-keygen writes it) that reads an encrypted archive: restore, verify, export, "
+         "check. Never copied anywhere; keep it mode 0600.")]
 SubscribeOpt = Annotated[str, typer.Option(
     "--subscribe", help="Subscribe destination folders: 'source' (as on the source), 'all' or 'none'.")]
 
@@ -432,3 +443,23 @@ def run_settings(src: Connector, dst: Connector, run: RunOptions, quiet: bool):
     dst.snapshot = not run.dry_run
     return RunSettings(engine_options(src, dst, run), state_path=run.state, reset_state=run.reset_state,
                        report_path=run.report, quiet=quiet)
+
+
+def with_encryption(src: Connector, dst: Connector, encrypt_to: list[str] | None, encrypt_to_file: list[str] | None,
+                    identity: str | None, both: bool = False) -> None:
+    """--encrypt-to/--encrypt-to-file for the destination; --identity for the source (a restore:
+    writing never needs it), and for the destination too if `both` are read (verify: the file may
+    hold the keys of both)."""
+    from migrator.stores import check_readable, encrypts_at_rest
+    from migrator.stores.archive_crypt import parse_recipients
+
+    if encrypt_to or encrypt_to_file:
+        if not encrypts_at_rest(dst.endpoint):
+            raise UsageError("--encrypt-to: only an archive:// destination is encrypted at rest")
+        dst.encrypt_to = parse_recipients(encrypt_to or (), encrypt_to_file or ())
+    if identity is not None:
+        if not (encrypts_at_rest(src.endpoint) or encrypts_at_rest(dst.endpoint)):
+            raise UsageError("--identity reads an encrypted archive: neither side is an archive://")
+        src.identity = identity
+        dst.identity = identity if both else None
+    check_readable(src.endpoint, identity)

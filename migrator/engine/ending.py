@@ -116,7 +116,8 @@ class FolderEnd:
             run.advance(Phase.FAILED)
             self.ctx.stats.folder_failed(run.fp.source, checked.refused)
             return
-        self.readback.compare(run, checks, checked.bodies, self._record_sizes(run, by_uid, checked.metas))
+        self.readback.compare(run, checks, checked.bodies, self._record_sizes(run, by_uid, checked.metas),
+                              checked.digests)
         # A copy not in the answer (expunged meanwhile?) is left unchecked: then no
         # watermark, and the next run's march compares its size.
         if keep and checked.status is not None and len(checked.metas) == len(by_uid):
@@ -200,7 +201,7 @@ class FolderEnd:
             inline = False  # the bodies are read again in this view
         altered = self._record_sizes(run, by_uid, metas)
         if inline:
-            self.readback.compare(run, checks, checked.bodies, altered)
+            self.readback.compare(run, checks, checked.bodies, altered, checked.digests)
         elif checks:
             self.readback.read(run, conn.dst(), checks, altered)
         return checked.status if with_status else None

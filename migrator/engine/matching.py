@@ -25,10 +25,10 @@ from migrator.engine.copying import prefetch, served
 from migrator.engine.crashpoints import crash
 from migrator.engine.jobs import FolderRun
 from migrator.engine.march import Decision, Wanted, copy_flags, found_date_reason, late_twin_candidates, pool_candidates
-from migrator.engine.readback import Held
+from migrator.engine.readback import Held, stored_digests
 from migrator.imapdate import same_date
 from migrator.naming import display
-from migrator.stores.base import MessageMeta, Store, intact
+from migrator.stores.base import MessageMeta, Store
 
 # A copy sent again is watched for a late twin this long: no server commits an APPEND a day
 # after its connection died (docs/resume.md).
@@ -55,11 +55,8 @@ class Matcher:
         present = {m.uid for m in dst_msgs}
         referenced = {r.dst_uid for r in rows.values() if r.dst_uid is not None}
         cands = late_twin_candidates(markers, dst_msgs, rows)
-        digests: dict[int, str] = {}
         wanted = list({m.uid: m for ms in cands.values() for m in ms}.values())
-        for batch in batches(wanted, self.opts.batch_bytes, self.opts.batch_count):
-            digests.update((msg.meta.uid, fingerprint(msg.body))
-                           for msg in intact(dst.fetch([m.uid for m in batch])))
+        digests = stored_digests(dst, wanted, self.opts)
         rows, taken, remove, done = dict(rows), set(), [], []
         for e in markers:
             row = rows.get(e.src_uid)
@@ -143,9 +140,8 @@ class Matcher:
     def _fill_pool(self, run: FolderRun, dst: Store, candidates: list[MessageMeta]) -> None:
         """Fingerprint the destination messages that could match something still to copy."""
         by_uid = {m.uid: m for m in candidates}
-        for batch in batches(candidates, self.opts.batch_bytes, self.opts.batch_count):
-            for msg in intact(dst.fetch([d.uid for d in batch])):  # a damaged copy matches nothing
-                run.pool.add(fingerprint(msg.body), by_uid[msg.meta.uid])
+        for uid, digest in stored_digests(dst, candidates, self.opts).items():  # a damaged copy matches nothing
+            run.pool.add(digest, by_uid[uid])
 
     def _fingerprint_sources(self, run: FolderRun, src: Store, metas: list[MessageMeta]) -> list[Wanted]:
         """These source messages with their fingerprint, each body hashed as it comes and dropped;

@@ -7,12 +7,16 @@ messages found again by their content (engine/content.py says which and how).
 - Held: destination messages read for their content and found again by it, identical (SHA-256)
   or altered (the loose form); for copies given no UID (find_claims, at the folder's end) and for
   copies a server altered that no row points to (the march, matching.py): one lookup for both.
+
+A store that keeps each message's SHA-256 and never alters bytes (Capabilities.fingerprints: the
+archive) is asked for the SHA-256 instead of the bytes (stored_digests): an encrypted archive is
+written by a backup that holds no key to read it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Container
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from migrator.checkpoint import Intent
 from migrator.digest import fingerprint
@@ -21,7 +25,7 @@ from migrator.engine.content import Shape, describe_change, loose_digest, same_s
 from migrator.engine.context import Context, Ledger
 from migrator.engine.jobs import Connections, EngineOptions, FolderRun
 from migrator.imapdate import date_at_risk
-from migrator.stores.base import MessageMeta, Store, intact
+from migrator.stores.base import Fingerprinted, MessageMeta, Store, intact
 
 
 class Check(NamedTuple):
@@ -48,25 +52,31 @@ class ReadBack:
                 and not any(c.shape and c.shape.nul for c in checks))
 
     def compare(self, run: FolderRun, checks: list[Check], bodies: dict[int, bytes],
-                skip: Container[int] = frozenset()) -> None:
+                skip: Container[int] = frozenset(), digests: dict[int, str] | None = None) -> None:
         """Each copy read back against the SHA-256 of what was sent: confirmed, or recorded as
-        altered. A copy in `skip` (found altered by its size) or not in `bodies` (not in this
-        session's view, or expunged) stays unverified: the next march compares it."""
+        altered. A copy in `skip` (found altered by its size) or not in `bodies` nor `digests` (a
+        Fingerprinted store's answer; not in this session's view, or expunged) stays unverified:
+        the next march compares it."""
         same = []
         for c in checks:
             body = bodies.get(c.uid)
-            if c.uid in skip or body is None:
+            digest = fingerprint(body) if body is not None else (digests or {}).get(c.uid)
+            if c.uid in skip or digest is None:
                 continue
-            if fingerprint(body) == c.intent.sha256:
+            if digest == c.intent.sha256:
                 same.append((c.intent, c.uid))
             else:
-                reason = describe_change(c.shape, body) if c.shape else same_size_change(c.intent.size)
+                reason = (describe_change(c.shape, body) if c.shape and body is not None
+                          else same_size_change(c.intent.size))
                 self.ledger.altered(run, c.intent, c.uid, reason, copied=c.shape is not None)
         self.ledger.confirm(run, same)
 
     def read(self, run: FolderRun, dst: Store, checks: list[Check], skip: Container[int] = frozenset()) -> None:
         """compare() for copies in the folder selected on dst, read in batches (memory stays bounded)."""
         opts = self.opts
+        if dst.capabilities.fingerprints:
+            self.compare(run, checks, {}, skip, cast(Fingerprinted, dst).fingerprints([c.uid for c in checks]))
+            return
         for batch in batches(checks, opts.batch_bytes, opts.batch_count, size=lambda c: c.intent.size):
             bodies = {msg.meta.uid: msg.body for msg in intact(dst.fetch([c.uid for c in batch]))}
             self.compare(run, batch, bodies, skip)
@@ -123,8 +133,14 @@ class Held:
 
     @classmethod
     def read(cls, dst: Store, metas: list[MessageMeta], opts: EngineOptions, exact: bool) -> Held:
-        """These messages of the folder selected on dst; exact: indexed by SHA-256 as well."""
+        """These messages of the folder selected on dst; exact: indexed by SHA-256 as well. A
+        store that never alters what it stores (Capabilities.fingerprints) holds no altered copy:
+        only its SHA-256s are asked for, and only if exact."""
         held = cls()
+        if dst.capabilities.fingerprints:
+            for uid, digest in stored_digests(dst, metas, opts).items() if exact else ():
+                held._exact.setdefault(digest, []).append(uid)
+            return held
         for batch in batches(metas, opts.batch_bytes, opts.batch_count):
             for msg in intact(dst.fetch([m.uid for m in batch])):
                 if exact:
@@ -147,3 +163,15 @@ class Held:
         if hit is not None:
             self._taken.add(hit[0])
         return hit
+
+
+def stored_digests(dst: Store, metas: list[MessageMeta], opts: EngineOptions) -> dict[int, str]:
+    """{uid: SHA-256} of these messages of the folder selected on dst that it holds intact: the
+    store's own record where it keeps one (Capabilities.fingerprints), else each body read (in
+    batches: memory stays bounded) and hashed."""
+    if dst.capabilities.fingerprints:
+        return cast(Fingerprinted, dst).fingerprints([m.uid for m in metas])
+    out: dict[int, str] = {}
+    for batch in batches(metas, opts.batch_bytes, opts.batch_count):
+        out.update((msg.meta.uid, fingerprint(msg.body)) for msg in intact(dst.fetch([m.uid for m in batch])))
+    return out

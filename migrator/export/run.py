@@ -31,9 +31,11 @@ class ExportResult:
     damaged: list[tuple[str, int, str]] = field(default_factory=list)  # (folder, UID, reason)
 
 
-def open_archive(directory: str, as_of: str | None = None) -> Store:
-    """The archive as a restore reads it (read-only): the latest snapshot, or the one as_of names."""
-    return ArchiveStore(archive_dir(directory), create=False, readonly=True, as_of=as_of)
+def open_archive(directory: str, as_of: str | None = None, identity: str | None = None) -> Store:
+    """The archive as a restore reads it (read-only): the latest snapshot, or the one as_of names;
+    identity: the age identity file of an encrypted one."""
+    return ArchiveStore(archive_dir(directory), create=False, readonly=True, as_of=as_of, identity=identity,
+                        reads_bodies=True)
 
 
 def export_archive(directory: str, fmt: str, out: str, folders: Sequence[Folder] = (),

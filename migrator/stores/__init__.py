@@ -52,6 +52,10 @@ class Connector:
     readonly: bool = False
     as_of: str | None = None
     snapshot: bool = False
+    # An archive's encryption (archive_crypt.py): the age recipients a new destination archive is
+    # encrypted to, and the identity file (its path; read by the store) that reads an encrypted one.
+    encrypt_to: tuple[str, ...] = ()
+    identity: str | None = None
     _creds: object = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -139,7 +143,8 @@ class Connector:
         # A source archive must exist, and is only read; a destination archive is created on first use.
         source = self.secret.role != "dst"
         return ArchiveStore(self.endpoint.path, create=not source, readonly=source or self.readonly,
-                            as_of=self.as_of, snapshot=self.snapshot)
+                            as_of=self.as_of, snapshot=self.snapshot, encrypt_to=() if source else self.encrypt_to,
+                            identity=self.identity, reads_bodies=source or self.readonly)
 
 
 def _say(line: str) -> None:
@@ -153,6 +158,27 @@ def _kind(ep: Endpoint) -> str:
     if kind is None:
         raise UsageError(f"{ep.url()}: {ep.scheme}:// is not supported yet")
     return kind
+
+
+def encrypts_at_rest(ep: Endpoint) -> bool:
+    """The store serving `ep` can be encrypted at rest (--encrypt-to, --identity): an archive."""
+    return _kind(ep) == "archive"
+
+
+def check_readable(ep: Endpoint, identity: str | None) -> None:
+    """A source to be read: an encrypted archive without --identity, or with one that is none of
+    its recipients', is refused now, before the destination is touched (its store would refuse
+    it too, when it opens)."""
+    if _kind(ep) != "archive":
+        return
+    from migrator.stores.archive_crypt import Opener, needs_identity
+    from migrator.stores.archive_index import recipients_at
+
+    recipients = recipients_at(ep.path)
+    if recipients and identity is None:
+        raise needs_identity(ep.path, "reading it")
+    if recipients and identity is not None:
+        Opener(identity, recipients)
 
 
 def advertised(ep: Endpoint) -> Capabilities:

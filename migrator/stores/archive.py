@@ -8,7 +8,9 @@ Layout of an archive directory (mode 0700, files 0600; docs/archive-format.md sp
                             (digest.py: SHA-256, NUL as 0x80) (SQLite, WAL)
     data/<folder>-<n>.zst   independent zstd frames (with zstd's content checksum), appended;
                             each writer (worker) has its own file. A frame holds one big message
-                            or several small ones, each after a separator line (archive_frames.py)
+                            or several small ones, each after a separator line (archive_frames.py).
+                            Encrypted (--encrypt-to, version 6): each frame age-encrypted, alone
+                            (archive_crypt.py)
 
 Crash safety is borgbackup's rule: data first, index last. A batch of frames
 is written and fsync'ed, then its index rows are committed in one
@@ -45,7 +47,8 @@ import zstandard
 from migrator.digest import fingerprint
 from migrator.errors import FolderError, StorageError, UsageError
 from migrator.naming import Folder, display, folder_from_key, folder_key
-from migrator.stores.archive_frames import GROUP_BYTES, ZSTD_LEVEL, FrameReader, Place, frames
+from migrator.stores.archive_crypt import Opener, Sealer, needs_identity
+from migrator.stores.archive_frames import GROUP_BYTES, ZSTD_LEVEL, FrameReader, Place, frame_digest, frames
 from migrator.stores.archive_index import MESSAGE_COLUMNS, ArchiveIndex
 from migrator.stores.archive_snapshots import View, columns, resolve
 from migrator.stores.base import (
@@ -69,30 +72,43 @@ class ArchiveStore:
     prefix = ""
 
     def __init__(self, path: str, create: bool = True, readonly: bool = False, as_of: str | None = None,
-                 snapshot: bool = True, group_bytes: int = GROUP_BYTES):
+                 snapshot: bool = True, group_bytes: int = GROUP_BYTES, encrypt_to: tuple[str, ...] = (),
+                 identity: str | None = None, reads_bodies: bool = False):
         """readonly: a reader (never refused while a backup writes); as_of: read the snapshot it
         names (a run id or an ISO 8601 date/time; read-only). A writer records its run as a
         snapshot unless `snapshot` is False (a plan, a dry run). group_bytes: how many bytes of
-        small messages share a frame (0: one message per frame)."""
+        small messages share a frame (0: one message per frame). encrypt_to: the age recipients of
+        a new archive (an existing one keeps its own); identity: an age identity file, to read the
+        bodies of an encrypted archive (writing never needs it); reads_bodies: the caller will read
+        them (a restore, verify, export): an encrypted archive without identity is refused at once."""
         self.path = os.path.abspath(path)
         self.readonly = readonly = readonly or as_of is not None
         self._arc = ArchiveIndex.open(self.path, create=create and not readonly, readonly=readonly,
-                                      snapshot=snapshot)
+                                      snapshot=snapshot, encrypt_to=encrypt_to)
         try:
             self._view = View(resolve(self._arc.db, as_of, self.path) if as_of else None,
                               folders_removed="removed_run" in columns(self._arc.db, "folders"))
+            recipients = self._arc.recipients
+            self._sealer = Sealer(recipients) if recipients and not readonly else None
+            opener = Opener(identity, recipients) if recipients and identity else None
+            if recipients and reads_bodies and opener is None:
+                raise needs_identity(self.path, "reading it")
         except BaseException:
             self._arc.release()
             raise
-        self.capabilities = Capabilities(writable=not readonly, multiappend=True, uidplus=True, keeps_history=True)
+        self.capabilities = Capabilities(writable=not readonly, multiappend=True, uidplus=True, keeps_history=True,
+                                         fingerprints=True)
         self._selected: tuple[int, Folder] | None = None
         self._writers: dict[int, tuple[str, BinaryIO]] = {}  # folder id -> (file name, open file)
         # write_checksum: each frame carries zstd's content checksum (XXH64), checked on every read.
         self._cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
-        self._reader = FrameReader(os.path.join(self.path, "data"))
+        self._reader = FrameReader(os.path.join(self.path, "data"), sealed=bool(recipients), opener=opener)
+        self._opener_missing = opener is None
         self.group_bytes = group_bytes  # 0: one message per frame
         # Frames read back for dedup: the (start, sha256) of their intact messages.
         self._checked_frames: dict[tuple[str, int, int], set[tuple[int, str]]] = {}
+        # The same, in an encrypted archive without identity: whether the frame is as written.
+        self._sealed_frames: dict[tuple[str, int, int], bool] = {}
 
     # -- folders -------------------------------------------------------------------------
 
@@ -166,16 +182,48 @@ class ArchiveStore:
         fid = self._selected_id()
         member, in_it = self._view.member("m")
         flags_of, of_then = self._view.flags("m")
-        start_of = "m.start" if self._arc.start_column == "start" else "0"
         for uid in uids:
             rows = self._arc.read(
-                f"SELECT m.file, m.offset, m.length, m.size, m.sha256, {start_of}, {flags_of}, m.internaldate "
+                f"SELECT {self._place_of('m')}, {flags_of}, m.internaldate "
                 f"FROM messages m WHERE m.folder_id=? AND m.uid=? AND {member}", (*of_then, fid, uid, *in_it))
             if not rows:
                 continue
-            file, offset, length, size, sha256, start, flags, date = rows[0]
-            body, damage = self._reader.read(Place(file, offset, length, size, sha256, start))
-            yield Message(MessageMeta(uid, size, tuple(json.loads(flags)), date), body, damage=damage)
+            place = Place(*rows[0][:7])
+            flags, date = rows[0][7:]
+            body, damage = self._reader.read(place)
+            yield Message(MessageMeta(uid, place.size, tuple(json.loads(flags)), date), body, damage=damage)
+
+    def _place_of(self, table: str) -> str:
+        """The columns of a Place, as this index has them."""
+        start = f"{table}.start" if self._arc.start_column == "start" else "0"
+        frame = f"{table}.frame_sha256" if self._arc.frame_column == "frame_sha256" else "NULL"
+        return f"{table}.file, {table}.offset, {table}.length, {table}.size, {table}.sha256, {start}, {frame}"
+
+    def fingerprints(self, uids: Sequence[int]) -> dict[int, str]:
+        """Fingerprinted.fingerprints (base.py): the SHA-256 the index keeps of each message of the
+        selected folder whose frame is as written. A backup needs no more (the pool of a resumed
+        run, read-backs): in an encrypted archive it is told without the identity, by the SHA-256
+        of the frame as stored (archive_frames.sealed_damage)."""
+        if not uids:
+            return {}  # as fetch([]): asks nothing, not even which folder is selected (a dry run has none)
+        fid = self._selected_id()
+        member, in_it = self._view.member("m")
+        out: dict[int, str] = {}
+        for n in range(0, len(uids), 500):  # SQLite's bound on parameters, with room to spare
+            chunk = list(uids[n:n + 500])
+            rows = self._arc.read(f"SELECT m.uid, {self._place_of('m')} FROM messages m WHERE m.folder_id=? AND "
+                                  f"m.uid IN ({','.join('?' * len(chunk))}) AND {member} ORDER BY m.file, m.offset",
+                                  (fid, *chunk, *in_it))
+            out.update((uid, place.sha256) for uid, *columns in rows for place in [Place(*columns)]
+                       if self._intact(place))
+        return out
+
+    def _intact(self, place: Place) -> bool:
+        """The message's frame holds its bytes intact: decoded and checked where the archive can
+        be read, else (encrypted, no identity) the frame as stored against its SHA-256."""
+        if self._reader.sealed and self._opener_missing:
+            return self._reader.sealed_damage(place) is None
+        return self._reader.read(place)[1] is None
 
     def append(self, name: Folder, items: Sequence[AppendItem]) -> list[int | None]:
         """Data first (frames written and fsync'ed), index last (one transaction). A file that
@@ -195,10 +243,11 @@ class ArchiveStore:
             (uidnext,) = db.execute("SELECT uidnext FROM folders WHERE id=?", (fid,)).fetchone()
             uids: list[int | None] = list(range(uidnext, uidnext + len(items)))
             db.executemany(
-                f"INSERT INTO messages({MESSAGE_COLUMNS}, start, added_run) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO messages({MESSAGE_COLUMNS}, start, frame_sha256, added_run) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
-                    (fid, uid, p.file, p.offset, p.length, p.size, sha,
-                     json.dumps(list(normalize_flags(item.flags))), item.internaldate, p.start, self._arc.run or 0)
+                    (fid, uid, p.file, p.offset, p.length, p.size, sha, json.dumps(list(normalize_flags(item.flags))),
+                     item.internaldate, p.start, p.frame_sha256, self._arc.run or 0)
                     for uid, item, sha in zip(uids, items, shas, strict=True) for p in [places[sha]]
                 ],
             )
@@ -210,12 +259,16 @@ class ArchiveStore:
     def _stored(self, sha: str, size: int) -> Place | None:
         """Where the archive already holds these bytes, if it holds them intact (read back and
         checked: a new message is never pointed at a damaged frame)."""
-        rows = self._arc.read(f"SELECT file, offset, length, size, sha256, {self._arc.start_column} FROM messages "
-                              "WHERE sha256=? AND size=? LIMIT 1", (sha, size))
+        rows = self._arc.read(f"SELECT {self._place_of('messages')} FROM messages WHERE sha256=? AND size=? LIMIT 1",
+                              (sha, size))
         if not rows:
             return None
         place = Place(*rows[0])
         frame = (place.file, place.offset, place.length)
+        if self._reader.sealed and self._opener_missing:  # a backup into an encrypted archive
+            if frame not in self._sealed_frames:  # each frame read and hashed once per connection
+                self._sealed_frames[frame] = self._reader.sealed_damage(place) is None
+            return place if self._sealed_frames[frame] else None
         if frame not in self._checked_frames:
             self._checked_frames[frame] = self._intact_in(place)
         return place if (place.start, place.sha256) in self._checked_frames[frame] else None
@@ -237,11 +290,13 @@ class ArchiveStore:
             file, fh = self._writer(fid)
             for content, starts in frames(bodies, self.group_bytes):
                 frame = self._cctx.compress(content)
-                offset = fh.tell()
+                if self._sealer is not None:  # compress, then encrypt: the frame as one age file
+                    frame = self._sealer.seal(frame)
+                offset, digest = fh.tell(), frame_digest(frame) if self._sealer is not None else None
                 fh.write(frame)
                 for i, start in starts:
                     body, sha = bodies[i]
-                    placed[sha] = Place(file, offset, len(frame), len(body), sha, start)
+                    placed[sha] = Place(file, offset, len(frame), len(body), sha, start, digest)
             fh.flush()
             os.fsync(fh.fileno())
         except OSError as e:

@@ -3,6 +3,9 @@
 Checked: the index (SQLite's own quick_check), then every message row: its data file is there,
 its frame lies within the file, decodes (with zstd's content checksum where the frame has one)
 to the size the index says, and its bytes match the SHA-256 in the index (archive_frames.py).
+An encrypted archive is checked so with --identity; without it, as far as can be without
+decrypting: each frame as stored against the SHA-256 the index keeps of it (frame_sha256), and
+that it is an age file; the messages' contents are then not checked, and the summary says so.
 
 --repair moves each damaged row from `messages` to `damaged` (with its reason and when), in one
 transaction. The message is then no longer in the archive's folder: the next backup run finds
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 
 from migrator.errors import StorageError
 from migrator.naming import display, folder_from_key
+from migrator.stores.archive_crypt import Opener
 from migrator.stores.archive_frames import FrameReader, Place
 from migrator.stores.archive_index import MESSAGE_COLUMNS, ArchiveIndex
 
@@ -35,6 +39,7 @@ class CheckResult:
     damaged: list[Damage] = field(default_factory=list)
     moved: int = 0  # --repair: rows moved to the damaged table
     set_aside: int = 0  # rows already in the damaged table (an earlier repair)
+    sealed_only: bool = False  # encrypted, no identity: frames checked as stored, contents not
 
     @property
     def clean(self) -> bool:
@@ -46,28 +51,31 @@ def archive_dir(arg: str) -> str:
     return arg[len("archive://"):] if arg.startswith("archive://") else arg
 
 
-def check_archive(path: str, repair: bool = False) -> CheckResult:
+def check_archive(path: str, repair: bool = False, identity: str | None = None) -> CheckResult:
     """Raises StorageError if the index itself is damaged (nothing below it can be trusted)."""
     # A reader (never refused while a backup writes), unless it repairs.
     arc = ArchiveIndex.open(archive_dir(path), create=False, readonly=not repair)
     try:
-        result = CheckResult(arc.path)
+        opener = Opener(identity, arc.recipients) if arc.recipients and identity else None
+        result = CheckResult(arc.path, sealed_only=bool(arc.recipients) and opener is None)
         problems = [row[0] for row in arc.read("PRAGMA quick_check")]
         if problems != ["ok"]:
             raise StorageError(f"archive {arc.path}: index.sqlite is damaged ({problems[0]})")
         # In frame order: a frame of several messages is decoded once.
         rows = arc.read(
             "SELECT m.folder_id, m.uid, f.name, m.file, m.offset, m.length, m.size, m.sha256, "
-            f"{arc.start_column} FROM messages m LEFT JOIN folders f ON f.id = m.folder_id "
+            f"{arc.start_column}, {arc.frame_column} FROM messages m LEFT JOIN folders f ON f.id = m.folder_id "
             "ORDER BY m.file, m.offset, f.name, m.uid")
         result.messages = len(rows)
-        reader = FrameReader(f"{arc.path}/data")
+        reader = FrameReader(f"{arc.path}/data", sealed=bool(arc.recipients), opener=opener)
         bad: list[tuple[int, int, str]] = []
-        for fid, uid, name, file, offset, length, size, sha256, start in rows:
+        for fid, uid, name, *columns in rows:
             if name is None:
                 reason: str | None = f"its folder (id {fid}) is not in the index"
+            elif result.sealed_only:
+                reason = reader.sealed_damage(Place(*columns))
             else:
-                _body, reason = reader.read(Place(file, offset, length, size, sha256, start))
+                _body, reason = reader.read(Place(*columns))
             if reason is not None:
                 shown = display(folder_from_key(name)) if name is not None else f"(folder id {fid})"
                 result.damaged.append(Damage(shown, uid, reason))
@@ -84,7 +92,8 @@ def check_archive(path: str, repair: bool = False) -> CheckResult:
 def _set_aside(arc: ArchiveIndex, bad: list[tuple[int, int, str]]) -> int:
     """The damaged rows moved to the `damaged` table, in one transaction."""
     now = time.time()
-    columns = MESSAGE_COLUMNS + (", start" if arc.start_column == "start" else "")
+    columns = (MESSAGE_COLUMNS + (", start" if arc.start_column == "start" else "")
+               + (", frame_sha256" if arc.frame_column == "frame_sha256" else ""))
 
     def move(db) -> int:
         for fid, uid, reason in bad:
@@ -107,5 +116,8 @@ def render_check(result: CheckResult, repair: bool) -> str:
         summary += " Run with --repair to move them aside, so that the next backup fetches them again."
     if result.set_aside and not (repair and n):
         summary += f" {result.set_aside} set aside by an earlier repair."
+    if result.sealed_only:
+        summary += (" Encrypted archive, no --identity: each frame was checked against its SHA-256 as stored; "
+                    "the messages' contents were not checked.")
     lines.append(summary)
     return "\n".join(lines)

@@ -19,6 +19,7 @@ of version 1 or 2 holds one message and no separator (start 0).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -26,12 +27,14 @@ from dataclasses import dataclass
 import zstandard
 
 from migrator.digest import fingerprint
+from migrator.stores.archive_crypt import AGE_MAGIC, Opener, needs_identity
 
 ZSTD_LEVEL = 11  # docs/archive-format.md, "Size": within 1.05x of xz -6 at >10x its speed, with GROUP_BYTES
 GROUP_BYTES = 4 * 1024 * 1024  # small messages are grouped into frames of about this many bytes
 ALONE_OVER = 256 * 1024  # a message bigger than this has a frame of its own
 # What a frame may decode to, at most (a damaged header must not make us allocate gigabytes).
 MAX_GROUP_DECODED = 2 * GROUP_BYTES
+AGE_HEADER_MAX = 64 * 1024  # an age header ends (its "--- " MAC line) within this, for any number of recipients
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Place:
     size: int
     sha256: str
     start: int = 0
+    frame_sha256: str | None = None  # of the frame as stored, in an encrypted archive (else None)
 
 
 _SEPARATOR = b"migrator-archive-message "
@@ -122,14 +126,21 @@ def frames(bodies: list[tuple[bytes, str]], group_bytes: int = GROUP_BYTES) -> l
 class FrameReader:
     """Reads messages, decoding each frame once for consecutive reads of the messages it holds."""
 
-    def __init__(self, data_dir: str):
+    def __init__(self, data_dir: str, sealed: bool = False, opener: Opener | None = None):
+        """sealed: the archive is encrypted; opener: the identity that decrypts it (None: its
+        bodies cannot be read, only sealed_damage() checked)."""
         self.data_dir = data_dir
+        self.sealed = sealed
+        self._opener = opener
         self._dctx = zstandard.ZstdDecompressor()
         self._last: tuple[tuple[str, int, int], bytes | None, str | None] | None = None
+        self._sealed_last: tuple[tuple[str, int, int], str | None] | None = None
 
     def read(self, place: Place) -> tuple[bytes, str | None]:
         """(bytes, None), or (b"", why the message is damaged)."""
         key = (place.file, place.offset, place.length)
+        if self.sealed and self._opener is None:
+            raise needs_identity(os.path.dirname(self.data_dir), "reading its messages")
         if self._last is None or self._last[0] != key:
             self._last = (key, *self._frame(place))
         decoded, why = self._last[1], self._last[2]
@@ -165,7 +176,20 @@ class FrameReader:
         assert self._last is not None
         return self._last[1]
 
-    def _frame(self, place: Place) -> tuple[bytes | None, str | None]:
+    def sealed_damage(self, place: Place) -> str | None:
+        """What is wrong with the frame as stored, told without decoding it: it is not all there,
+        its bytes do not match frame_sha256, or (encrypted) it is no age file. None: as written.
+        Each frame is read once for consecutive calls on the messages it holds."""
+        key = (place.file, place.offset, place.length)
+        if self._sealed_last is None or self._sealed_last[0] != key:
+            stored, why = self._stored(place)
+            if stored is not None:
+                why = (_stored_damage(stored, place, self.sealed) if place.frame_sha256 is not None
+                       else "its frame's SHA-256 was not recorded: only decrypting it can check it")
+            self._sealed_last = (key, why)
+        return self._sealed_last[1]
+
+    def _stored(self, place: Place) -> tuple[bytes | None, str | None]:
         name = f"data/{place.file}"
         try:
             with open(os.path.join(self.data_dir, place.file), "rb") as fh:
@@ -178,6 +202,18 @@ class FrameReader:
         if len(frame) < place.length:
             return None, (f"data file {name} is truncated: it ends at byte {place.offset + len(frame)}, "
                           f"where this message's frame ends at byte {place.offset + place.length}")
+        return frame, None
+
+    def _frame(self, place: Place) -> tuple[bytes | None, str | None]:
+        frame, why = self._stored(place)
+        if frame is None:
+            return None, why
+        if self.sealed and place.frame_sha256 is not None and (why := _stored_damage(frame, place, True)) is not None:
+            return None, why
+        if self._opener is not None:
+            frame, why = self._opener.open(frame)
+            if frame is None:
+                return None, why
         bound = max(place.start + place.size, MAX_GROUP_DECODED)
         try:
             declared = zstandard.get_frame_parameters(frame).content_size
@@ -187,3 +223,16 @@ class FrameReader:
             return self._dctx.decompress(frame, max_output_size=bound), None
         except zstandard.ZstdError as e:
             return None, f"its zstd frame does not decode ({e})"
+
+
+def frame_digest(frame: bytes) -> str:
+    """The SHA-256 of a frame as stored (the index's frame_sha256)."""
+    return hashlib.sha256(frame).hexdigest()
+
+
+def _stored_damage(frame: bytes, place: Place, sealed: bool) -> str | None:
+    if frame_digest(frame) != place.frame_sha256:
+        return "its frame's bytes do not match the frame SHA-256 kept in the index"
+    if sealed and not (frame.startswith(AGE_MAGIC) and b"\n--- " in frame[:AGE_HEADER_MAX]):
+        return "its frame is not an age file (no age header)"
+    return None

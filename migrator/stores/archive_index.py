@@ -40,8 +40,13 @@ ARCHIVE_FORMAT = "migrator-archive"
 #    called 3 on its branch only; no archive of that kind was ever written by a release.)
 # 5: separator lines carry 16 hex digits of the SHA-256, not 64 (frames of version 4 are read as
 #    they are); folders.removed_run (a folder gone from the source leaves the latest snapshot).
+# 6: an encrypted archive (archive_crypt.py): archive.json's "encryption" names its age recipients,
+#    every frame is age-encrypted, and its rows' frame_sha256 is the SHA-256 of the frame as stored
+#    (its ciphertext). A plain archive stays at 5 (a migrator that reads 5 still reads it): the
+#    column is added to its index too, and left NULL.
 ARCHIVE_VERSION = 5
-VERSIONS = (1, 2, 3, 4, 5)
+ENCRYPTED_VERSION = 6
+VERSIONS = (1, 2, 3, 4, 5, 6)
 MARKER = "archive.json"
 LOCK = "lock"
 READERS = "readers"  # shared flock of each reader; an exclusive one (non-blocking) before deleting data
@@ -57,12 +62,15 @@ _COLUMNS = """
     sha256 TEXT NOT NULL,
     flags TEXT NOT NULL,
     internaldate TEXT NOT NULL,
-    start INTEGER NOT NULL DEFAULT 0"""
-# Those of version 1 and 2; `start` (version 4) is ArchiveIndex.start_column.
+    start INTEGER NOT NULL DEFAULT 0,
+    frame_sha256 TEXT"""
+# Those of version 1 and 2; `start` (version 4) is ArchiveIndex.start_column, frame_sha256 its frame_column.
 MESSAGE_COLUMNS = "folder_id, uid, file, offset, length, size, sha256, flags, internaldate"
 # An index of version 1, 2 or 3 gets `start` in place (additive: O(1) in SQLite, 0 is right for
-# every frame written before it: one message, no separator line), and the dedup index.
+# every frame written before it: one message, no separator line), and the dedup index; any
+# frame_sha256 (NULL: a plain archive's frames are checked by decoding them).
 _STARTS = ("messages", "damaged")
+_ADDED = (("start", "INTEGER NOT NULL DEFAULT 0"), ("frame_sha256", "TEXT"))
 _DEDUP_INDEX = "CREATE INDEX IF NOT EXISTS messages_sha256 ON messages(sha256)"
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS folders (
@@ -86,7 +94,7 @@ CREATE TABLE IF NOT EXISTS damaged ({_COLUMNS},
 
 def _current(db: sqlite3.Connection) -> bool:
     """The index has every table and column of this version."""
-    return snapshots.schema_current(db) and "start" in snapshots.columns(db, "messages")
+    return snapshots.schema_current(db) and {"start", "frame_sha256"} <= set(snapshots.columns(db, "messages"))
 
 
 class ArchiveIndex:
@@ -96,22 +104,30 @@ class ArchiveIndex:
     _registry_lock = threading.Lock()
 
     @classmethod
-    def open(cls, path: str, create: bool, readonly: bool = False, snapshot: bool = False) -> ArchiveIndex:
+    def open(cls, path: str, create: bool, readonly: bool = False, snapshot: bool = False,
+             encrypt_to: tuple[str, ...] = ()) -> ArchiveIndex:
         """readonly: a reader (shared, never refused by a writer); else the one writer, which
-        records a run (a snapshot) if `snapshot`."""
+        records a run (a snapshot) if `snapshot`. encrypt_to: the age recipients a new archive is
+        encrypted to; an existing one must have these (or encrypt_to is empty)."""
         key = (os.path.abspath(path), readonly)
         with cls._registry_lock:
             arc = cls._registry.get(key)
             if arc is None or arc.closed:
-                arc = cls._registry[key] = cls(key[0], create and not readonly, readonly, snapshot)
+                arc = cls._registry[key] = cls(key[0], create and not readonly, readonly, snapshot, encrypt_to)
+            elif encrypt_to:
+                same_recipients(arc.path, arc.recipients, encrypt_to)
             arc.users += 1
             return arc
 
-    def __init__(self, path: str, create: bool, readonly: bool = False, snapshot: bool = False):
+    def __init__(self, path: str, create: bool, readonly: bool = False, snapshot: bool = False,
+                 encrypt_to: tuple[str, ...] = ()):
         self.path = path
         self.readonly = readonly
         self.users = 0
         self.start_column = "start"  # what queries read as a message's start (_upgraded())
+        self.frame_column = "frame_sha256"  # and its frame's SHA-256 ("NULL" in an index without the column)
+        self.recipients: tuple[str, ...] = ()  # the age recipients of an encrypted archive (archive.json)
+        self._encrypt_to = encrypt_to
         self.closed = False
         self.lock = threading.RLock()
         self._file_counter = 0
@@ -120,8 +136,14 @@ class ArchiveIndex:
             self._lock_fh = None if readonly else self._locked(create)
             if readonly:
                 self._check_reader()
+            if encrypt_to:
+                same_recipients(path, self.recipients, encrypt_to)
         except OSError as e:
             raise StorageError(f"cannot open archive {path}: {e.strerror or e}") from None
+        except BaseException:
+            if (held := getattr(self, "_lock_fh", None)) is not None:
+                held.close()
+            raise
         try:
             self.db = self._connect()
             if readonly:
@@ -130,7 +152,9 @@ class ArchiveIndex:
                 self.db.execute("BEGIN")  # one read transaction, for as long as the reader is open
                 self.db.execute("SELECT COUNT(*) FROM runs").fetchone()
                 # Decided inside the transaction: a writer may have upgraded the index since _connect.
-                self.start_column = "start" if "start" in snapshots.columns(self.db, "messages") else "0"
+                columns = snapshots.columns(self.db, "messages")
+                self.start_column = "start" if "start" in columns else "0"
+                self.frame_column = "frame_sha256" if "frame_sha256" in columns else "NULL"
             else:
                 self._trim_tails()
                 if snapshot:
@@ -206,7 +230,7 @@ class ArchiveIndex:
                     if not had_lock:
                         os.unlink(lock_path)  # not ours to leave behind in a foreign directory
                     raise UsageError(f"{path} exists and is not empty, and is not a migrator archive")
-                write_private(marker, json.dumps({"format": ARCHIVE_FORMAT, "version": ARCHIVE_VERSION}) + "\n")
+                write_private(marker, json.dumps(new_marker(self._encrypt_to)) + "\n")
             self._check_marker(marker, upgrade=create)
             ensure_private_dir(os.path.join(path, "data"))
         except BaseException:
@@ -226,8 +250,10 @@ class ArchiveIndex:
         if version not in VERSIONS:
             raise StateError(f"archive {self.path} has version {version}; this migrator reads versions "
                              f"{', '.join(map(str, VERSIONS))}")
-        if upgrade and version != ARCHIVE_VERSION:
-            write_private(marker, json.dumps({**meta, "version": ARCHIVE_VERSION}) + "\n")
+        self.recipients = recipients_of(meta, self.path)
+        current = ENCRYPTED_VERSION if self.recipients else ARCHIVE_VERSION
+        if upgrade and version != current:
+            write_private(marker, json.dumps({**meta, "version": current}) + "\n")
 
     def _connect(self) -> sqlite3.Connection:
         index = os.path.join(self.path, "index.sqlite")
@@ -266,8 +292,9 @@ class ArchiveIndex:
                     db.execute(statement)
             snapshots.upgrade(db, last_written)
             for table in _STARTS:
-                if "start" not in snapshots.columns(db, table):
-                    db.execute(f"ALTER TABLE {table} ADD COLUMN start INTEGER NOT NULL DEFAULT 0")
+                for column, kind in _ADDED:
+                    if column not in snapshots.columns(db, table):
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             db.execute(_DEDUP_INDEX)
             db.execute("COMMIT")
         except BaseException:
@@ -374,3 +401,41 @@ class ArchiveIndex:
         with self.lock:
             self._file_counter += 1
             return f"{folder_id}-{os.getpid()}-{random.getrandbits(32):08x}-{self._file_counter}.zst"
+
+
+def new_marker(encrypt_to: tuple[str, ...]) -> dict:
+    """archive.json of a new archive: plain (version 4), or encrypted to these age recipients (5)."""
+    if not encrypt_to:
+        return {"format": ARCHIVE_FORMAT, "version": ARCHIVE_VERSION}
+    return {"format": ARCHIVE_FORMAT, "version": ENCRYPTED_VERSION, "encryption": {"age": list(encrypt_to)}}
+
+
+def recipients_of(meta: dict, path: str) -> tuple[str, ...]:
+    """The age recipients archive.json names (none: a plain archive)."""
+    encryption = meta.get("encryption")
+    if encryption is None:
+        return ()
+    if not isinstance(encryption, dict) or not encryption.get("age") or set(encryption) != {"age"}:
+        raise StateError(f"archive {path}: archive.json's \"encryption\" is not one this migrator knows")
+    return tuple(sorted(encryption["age"]))
+
+
+def recipients_at(path: str) -> tuple[str, ...]:
+    """The age recipients of the archive at path, as its archive.json says (none: plain, or no
+    archive: opening it says what is wrong)."""
+    try:
+        with open(os.path.join(path, MARKER), encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError):
+        return ()
+    return recipients_of(meta, path) if isinstance(meta, dict) else ()
+
+
+def same_recipients(path: str, stored: tuple[str, ...], given: tuple[str, ...]) -> None:
+    """--encrypt-to into an existing archive: it must name the recipients the archive has."""
+    if not stored:
+        raise UsageError(f"archive {path} is not encrypted, and an archive is encrypted (or not) when it is created: "
+                         "back up into a new directory to encrypt", hint="or leave out --encrypt-to")
+    if tuple(sorted(given)) != stored:
+        raise UsageError(f"archive {path} is encrypted to other recipients ({len(stored)}, archive.json): give the "
+                         "same --encrypt-to, or none (a backup uses the stored ones)")

@@ -91,6 +91,8 @@ class Checked:
     status: FolderStatus | None
     refused: str | None = None
     bodies: dict[int, bytes] = field(default_factory=dict)
+    # A Fingerprinted store's read-back: the SHA-256 of each message, in place of its bytes.
+    digests: dict[int, str] = field(default_factory=dict)
 
 
 # What opening a folder within a bigger call gives: (status, listing), or why it failed.
@@ -147,6 +149,11 @@ class Capabilities:
     # connection watches every folder, RFC 5465), "idle" (one connection per folder, RFC 2177), or
     # None (the follower polls STATUS). A store with one implements Watchable.
     watch: str | None = None
+    # The store keeps each message's SHA-256 (digest.fingerprint) and its bytes exactly as given
+    # (it never alters a copy): Fingerprinted.fingerprints() tells them without serving the bodies
+    # (an encrypted archive, which a backup writes without the key that reads it). The engine then
+    # reads no destination body to find its copies again (engine/readback.py stored_digests).
+    fingerprints: bool = False
     extra: set[str] = field(default_factory=set)
 
 
@@ -306,6 +313,15 @@ class History(Store, Protocol):
     def retire_folder(self, name: Folder) -> int:
         """The folder (the source no longer has it) and its messages out of the latest state, kept
         in the earlier ones; returns how many messages it held. create_folder() brings it back."""
+        ...
+
+
+class Fingerprinted(Store, Protocol):
+    """Optional capability (Capabilities.fingerprints): the SHA-256 of stored messages, unread."""
+
+    def fingerprints(self, uids: Sequence[int]) -> dict[int, str]:
+        """{uid: SHA-256 of its bytes} of these messages of the selected folder that the store holds
+        intact (a damaged or missing one is left out, as intact() leaves it out of fetch())."""
         ...
 
 

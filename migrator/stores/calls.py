@@ -12,7 +12,7 @@ from typing import cast
 
 from migrator.errors import FolderError
 from migrator.naming import Folder
-from migrator.stores.base import Checked, FolderStatus, MessageMeta, Opened, Pipelined, Store, intact
+from migrator.stores.base import Checked, Fingerprinted, FolderStatus, MessageMeta, Opened, Pipelined, Store, intact
 
 
 def _pipelined(store: Store) -> Pipelined | None:
@@ -72,11 +72,15 @@ def list_with_status(store: Store, name: Folder, uids: Sequence[int], read_back:
     if (p := _pipelined(store)) is not None:
         return p.list_with_status(name, uids, read_back)
     metas = store.list_messages(uids) if uids else []
-    bodies = {m.meta.uid: m.body for m in intact(store.fetch(read_back))} if read_back else {}
+    bodies, digests = {}, {}
+    if read_back and store.capabilities.fingerprints:  # no body read (an encrypted archive has no key to)
+        digests = cast(Fingerprinted, store).fingerprints(read_back)
+    elif read_back:
+        bodies = {m.meta.uid: m.body for m in intact(store.fetch(read_back))}
     try:
-        return Checked(metas, store.status(name), bodies=bodies)
+        return Checked(metas, store.status(name), bodies=bodies, digests=digests)
     except FolderError:
-        return Checked(metas, None, bodies=bodies)
+        return Checked(metas, None, bodies=bodies, digests=digests)
 
 
 def check_then_open(store: Store, done: Folder, uids: Sequence[int], name: Folder, readonly: bool = True,
