@@ -3,6 +3,7 @@
 
     python benchmarks/archive.py                       # the shared corpus (MIGRATOR_CORPUS or ../shared/corpus)
     python benchmarks/archive.py --bench-corpus        # the seeded 5,000-message corpus of bench.py (250 MB)
+    python benchmarks/archive.py --encrypt             # the same, the archive encrypted with age (pyrage)
 
 No server: the source and the restore's destination are migrator's in-memory store, so the rates
 are the archive's own (compression, dedup, index, checks) plus the engine, not a server's. Timed
@@ -79,7 +80,17 @@ def _tool(cmd: list[str], mbox: Path) -> tuple[int, float]:
     return len(out), time.perf_counter() - started
 
 
-def run(src: MemoryServer, name: str) -> None:
+def _identity(tmp: str) -> tuple[tuple[str, ...], str | None]:
+    """A fresh age identity in a file, and its recipient (--encrypt)."""
+    from pyrage import x25519
+    key = x25519.Identity.generate()
+    path = Path(tmp) / "identity.txt"
+    path.write_text(str(key) + "\n")
+    path.chmod(0o600)
+    return (str(key.to_public()),), str(path)
+
+
+def run(src: MemoryServer, name: str, encrypt: bool = False) -> None:
     folders = src.names()
     bodies = [b for f in folders for b in _contents(src.connect, [f])[f].elements()]
     raw = sum(map(len, bodies))
@@ -92,20 +103,23 @@ def run(src: MemoryServer, name: str) -> None:
         zst, zst_s = _tool(["zstd", "-19", "-T1", "-q"], mbox)
         archive = Path(tmp) / "archive"
         url = f"archive://{archive}"
-        backup_s, stats = _copy(src.connect, lambda: ArchiveStore(str(archive)), "imap://a@src", url, folders,
-                                Path(tmp) / "b.sqlite")
+        recipients, identity = _identity(tmp) if encrypt else ((), None)
+        backup_s, stats = _copy(src.connect, lambda: ArchiveStore(str(archive), encrypt_to=recipients), "imap://a@src",
+                                url, folders, Path(tmp) / "b.sqlite")
         assert stats.ok, "the backup failed"
         noop_s, _ = _copy(src.connect, lambda: ArchiveStore(str(archive)), "imap://a@src", url, folders,
                           Path(tmp) / "b.sqlite")
         size = sum(p.stat().st_size for p in archive.rglob("*") if p.is_file())
         data = sum(p.stat().st_size for p in (archive / "data").iterdir())
         dst = MemoryServer()
-        restore_s, stats = _copy(lambda: ArchiveStore(str(archive), create=False, readonly=True), dst.connect, url,
+        restore_s, stats = _copy(lambda: ArchiveStore(str(archive), create=False, readonly=True, identity=identity),
+                                 dst.connect, url,
                                  "imap://b@dst", folders, Path(tmp) / "r.sqlite")
         identical = stats.ok and _contents(dst.connect, folders) == _contents(src.connect, folders)
         shutil.rmtree(archive)
     n, mb = len(bodies), raw / 1e6
-    print(f"{name}: {n} messages, {mb:.1f} MB, {len(folders)} folders, {os.cpu_count()} CPUs\n")
+    what = name + (", encrypted (age, one recipient)" if encrypt else "")
+    print(f"{what}: {n} messages, {mb:.1f} MB, {len(folders)} folders, {os.cpu_count()} CPUs\n")
     print("| what | size MB | vs xz -6 | time s | rate |")
     print("|---|---|---|---|---|")
     print(f"| xz -6 -T1 (one mbox) | {xz / 1e6:.2f} | 1.000 | {xz_s:.2f} | {mb / xz_s:.1f} MB/s |")
@@ -123,11 +137,12 @@ def main() -> None:
     ap.add_argument("--bench-corpus", action="store_true", help="the seeded corpus of bench.py instead")
     ap.add_argument("--messages", type=int, default=5000)
     ap.add_argument("--mb", type=float, default=250)
+    ap.add_argument("--encrypt", action="store_true", help="the archive encrypted with age (needs pyrage)")
     args = ap.parse_args()
     if args.bench_corpus:
-        run(bench_corpus(args.messages, args.mb), f"bench corpus (seed 1, {args.messages} messages)")
+        run(bench_corpus(args.messages, args.mb), f"bench corpus (seed 1, {args.messages} messages)", args.encrypt)
     else:
-        run(shared_corpus(), "shared corpus")
+        run(shared_corpus(), "shared corpus", args.encrypt)
 
 
 if __name__ == "__main__":
