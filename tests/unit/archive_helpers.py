@@ -34,18 +34,20 @@ def seeded_source(folders: dict[Folder, int]) -> MemoryServer:
     return server
 
 
-def backup(src: MemoryServer, archive: Path, state: Path, group_bytes: int | None = None) -> Stats:
+def backup(src: MemoryServer, archive: Path, state: Path, group_bytes: int | None = None,
+           include_deleted: bool = False) -> Stats:
     """migrate SRC archive://ARCHIVE with a state file, as a backup run does (one worker: each
     folder's messages go to one data file, in UID order). group_bytes=0: one message per frame, so
-    that damage done to one frame damages one message (the default groups small ones)."""
+    that damage done to one frame damages one message (the default groups small ones).
+    include_deleted: messages flagged \\Deleted are backed up too (--include-deleted)."""
     opts = {} if group_bytes is None else {"group_bytes": group_bytes}
     plan = Plan(parse_endpoint("imap://a@src.example"), parse_endpoint(f"archive://{archive}"),
                 [FolderPlan(f, f) for f in src.names()])
     ckpt = Checkpoint(str(state))
     try:
         ckpt.bind("a@src.example", str(archive))
-        return Engine(plan, src.connect, lambda: ArchiveStore(str(archive), **opts), ckpt, EngineOptions(**FAST),
-                      Stats()).run()
+        options = EngineOptions(**FAST, include_deleted=include_deleted)
+        return Engine(plan, src.connect, lambda: ArchiveStore(str(archive), **opts), ckpt, options, Stats()).run()
     finally:
         ckpt.close()
 
