@@ -4,19 +4,19 @@ SHA-256, and the flags mutt read, as the maildir letters of its copies.
 
 The source: the shared real-world corpus (one folder per corpus source) plus messages made to
 trip an mbox reader (From lines, quoted From lines, no final newline, CRLF, an mbox From line in
-the header, no empty line after the header), flags cycling through \\Seen, \\Answered, \\Flagged,
-\\Deleted (backed up as --include-deleted does), \\Draft, $Forwarded and a keyword. A real
-backup (the Engine from a memory source), the export by the CLI.
+the header, no empty line after the header, stale flags of its own), flags cycling through
+\\Seen, \\Answered, \\Flagged, \\Deleted (backed up as --include-deleted does), \\Draft, $Forwarded
+and a keyword. A real backup (the Engine from a memory source), the export by the CLI.
 
 What mutt hands out is not always the archived bytes, and mutt_view() says exactly how
 (docs/archive-format.md, "Export", "Read by mutt"): mbox adds its From_ line and three flag
-lines and quotes From lines (mboxrd; mutt reads mbox as mboxo and does not unquote), and mutt,
+lines, drops the message's own (without_flag_fields()) and quotes From lines (mboxrd; mutt
+reads mbox as mboxo and does not unquote), and mutt,
 whatever the format, writes the line that ends a header as a bare LF of its own.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from collections import Counter
@@ -32,7 +32,7 @@ from tests.helpers import migrator
 from tests.mutt import mutt_binary, read_with_mutt
 from tests.rig import corpus_messages
 from tests.unit.archive_helpers import backup
-from tests.unit.test_archive_export import without_flag_fields
+from tests.unit.test_archive_export import _ended, _sha, without_flag_fields
 
 pytestmark = pytest.mark.xdist_group("export-mutt")  # one worker builds the export, once
 
@@ -176,12 +176,3 @@ def _x_status_d(message: bytes) -> bool:
 
 def _letters(flags, kept: str) -> str:
     return "".join(sorted(_LETTERS[f] for f in flags if f in _LETTERS and _LETTERS[f] in kept))
-
-
-def _ended(body: bytes) -> bytes:
-    return body if body.endswith(b"\n") else body + b"\n"
-
-
-def _sha(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
-
