@@ -53,6 +53,7 @@ def read_with_mutt(folders: list[Path], work: Path, patterns: tuple[str, ...] = 
     """What mutt makes of each folder (an mbox file or a maildir directory), and which messages
     it finds match each of `patterns` (mutt patterns, e.g. ~D: deleted). Each pattern must match
     some message of every folder: with none tagged, mutt's <tag-prefix> acts on the current one."""
+    work, folders = work.resolve(), [folder.resolve() for folder in folders]  # mutt runs in work
     work.mkdir(parents=True)
     sep = f"--mutt-{uuid.uuid4().hex}--"
     (work / "muttrc").write_text(_MUTTRC.format(sep=sep, work=work, first=folders[0]))
