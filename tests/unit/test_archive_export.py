@@ -1,7 +1,8 @@
 """`archive export` (issue 18): an archive written out as mbox, Maildir and .eml is read back by
 Python's `mailbox` and matches the source by SHA-256 (mbox: after taking off what the export adds
-and mboxrd unquoting, docs/archive-format.md "Export"), with flags and dates where the format holds
-them. The source: the shared real-world corpus, one folder per corpus source, plus messages made
+and mboxrd unquoting, less the message's own Status, X-Status and X-Keywords fields, which the
+export drops: docs/archive-format.md "Export"), with flags and dates where the format holds them.
+The source: the shared real-world corpus, one folder per corpus source, plus messages made
 to trip mbox (From lines, quoted From lines, no final newline). No server: the backup is the Engine
 from a memory source, the export the CLI."""
 
