@@ -131,12 +131,13 @@ def export_cmd(
     as_of: Annotated[str | None, typer.Option("--as-of", metavar="RUN|DATE", help=AS_OF_HELP)] = None,
     identity: Identity = None,
 ) -> None:
-    """Write an archive out as mbox, Maildir or .eml files that mutt, Thunderbird and Python's mailbox read.
+    """Write an archive out as mbox, Maildir or .eml files (tested with mutt and Python's mailbox).
 
     Every message's SHA-256 is checked first; a damaged one is named and not exported. Maildir and
     .eml files hold exactly the archived bytes, their mtime the INTERNALDATE; Maildir file names
     carry the flags. mbox adds a From_ line (the INTERNALDATE), Status/X-Status/X-Keywords lines
-    (the flags) and mboxrd quoting (docs/archive-format.md, "Export"). It reads one snapshot (the
+    (the flags; a message's own lines of these names are dropped) and mboxrd quoting
+    (docs/archive-format.md, "Export"). Thunderbird was not tested. It reads one snapshot (the
     latest, or --as-of's) as it was when it started, never refused while a backup writes.
 
     Exit codes: 0 all exported; 1 damaged messages (named, the rest exported) or OUT cannot be

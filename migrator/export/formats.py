@@ -2,13 +2,15 @@
 
 - mbox (mboxrd): one file per folder. A message that does not end with a newline gets one.
   Its flags go in three header lines, always all three, before its first line (with that line's
-  line ending), so that readers that take a header's first occurrence read these and not a
-  Status a message may carry from an mbox it came through: `Status: RO`
-  (\\Seen) or `Status: O`, `X-Status: ` A (\\Answered) F (\\Flagged) T (\\Draft) D (\\Deleted),
-  `X-Keywords: ` its keywords, as mutt, Dovecot and Python's mailbox read them. Then mboxrd
-  quoting (a line `>*From ` gets one more `>`), a `From MAILER-DAEMON <INTERNALDATE in UTC,
-  asctime>` line before it and an empty line after it. Taking the three lines off, then one `>`
-  off each `>+From ` line, gives the bytes back (a final newline added, if it had none).
+  line ending): `Status: RO` (\\Seen) or `Status: O`, `X-Status: ` A (\\Answered) F (\\Flagged)
+  T (\\Draft) D (\\Deleted), `X-Keywords: ` its keywords, as mutt, Dovecot and Python's mailbox
+  read them. Fields of these three names the message carries in its header (from an mbox it
+  came through) are dropped: mutt adds up the flags of every Status and X-Status it finds, so a
+  stale `X-Status: D` would show a message the archive holds undeleted as deleted (mutt, too,
+  drops a message's own when it writes an mbox). Then mboxrd quoting (a line `>*From ` gets one
+  more `>`), a `From MAILER-DAEMON <INTERNALDATE in UTC, asctime>` line before it and an empty
+  line after it. Taking the three lines off, then one `>` off each `>+From ` line, gives the
+  bytes back, less the dropped fields (a final newline added, if it had none).
 - Maildir: one maildir per folder; each message a file of exactly its bytes, in cur/, its
   system flags in the name's info (`:2,FRS`), its mtime the INTERNALDATE. Keywords are not kept:
   Maildir has no standard place for them.
@@ -35,6 +37,11 @@ from migrator.stores.base import MessageMeta
 
 FORMATS = ("mbox", "maildir", "eml")
 _QUOTE = re.compile(rb"^(>*From )", re.MULTILINE)
+# A message's header: field lines (name, colon), their continuation lines, and the mbox From_
+# line a message kept from an mbox may start with; it ends at the first other line (the empty one).
+_HEADER = re.compile(rb"(?:(?:[!-9;-~]+[ \t]*:|From )[^\n]*(?:\n|\Z)(?:[ \t][^\n]*(?:\n|\Z))*)*")
+_FLAG_FIELD = re.compile(rb"^(?:status|x-status|x-keywords)[ \t]*:[^\n]*(?:\n|\Z)(?:[ \t][^\n]*(?:\n|\Z))*",
+                         re.MULTILINE | re.IGNORECASE)
 _MAILDIR_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "$Forwarded": "P", "\\Answered": "R", "\\Seen": "S",
                     "\\Deleted": "T"}
 _X_STATUS = {"\\Answered": "A", "\\Flagged": "F", "\\Draft": "T", "\\Deleted": "D"}
@@ -66,9 +73,18 @@ def mboxrd_quote(body: bytes) -> bytes:
     return _QUOTE.sub(rb">\1", body)
 
 
+def without_flag_fields(body: bytes) -> bytes:
+    """The message less the Status, X-Status and X-Keywords fields of its header (why: the module's
+    docstring)."""
+    header = _HEADER.match(body)  # always matches (at least b"")
+    end = header.end() if header else 0
+    return _FLAG_FIELD.sub(b"", body[:end]) + body[end:]
+
+
 def mbox_entry(meta: MessageMeta, body: bytes) -> bytes:
-    """One message as mboxrd holds it (what this adds and why: the module's docstring)."""
+    """One message as mboxrd holds it (what this adds, drops and why: the module's docstring)."""
     flags = set(meta.flags)
+    body = without_flag_fields(body)
     if not body.endswith(b"\n"):
         body += b"\n"
     eol = b"\r\n" if body.split(b"\n", 1)[0].endswith(b"\r") else b"\n"

@@ -35,20 +35,21 @@ def seeded_source(folders: dict[Folder, int]) -> MemoryServer:
 
 
 def backup(src: MemoryServer, archive: Path, state: Path, group_bytes: int | None = None, mirror: bool = False,
-           **store) -> Stats:
+           include_deleted: bool = False, **store) -> Stats:
     """migrate SRC archive://ARCHIVE with a state file, as a backup run does (one worker: each
     folder's messages go to one data file, in UID order). group_bytes=0: one message per frame, so
     that damage done to one frame damages one message (the default groups small ones). store: more
     ArchiveStore options (encrypt_to); mirror: mail gone from the source leaves the latest snapshot,
-    as the runner's runs into an archive do."""
+    as the runner's runs into an archive do; include_deleted: messages flagged \\Deleted are backed
+    up too (--include-deleted)."""
     opts = store if group_bytes is None else {"group_bytes": group_bytes, **store}
     plan = Plan(parse_endpoint("imap://a@src.example"), parse_endpoint(f"archive://{archive}"),
                 [FolderPlan(f, f) for f in src.names()])
     ckpt = Checkpoint(str(state))
     try:
         ckpt.bind("a@src.example", str(archive))
-        return Engine(plan, src.connect, lambda: ArchiveStore(str(archive), **opts), ckpt,
-                      EngineOptions(**FAST, delete_extra=mirror), Stats()).run()
+        options = EngineOptions(**FAST, delete_extra=mirror, include_deleted=include_deleted)
+        return Engine(plan, src.connect, lambda: ArchiveStore(str(archive), **opts), ckpt, options, Stats()).run()
     finally:
         ckpt.close()
 
