@@ -412,9 +412,15 @@ def follow_options(src: Connector, dst: Connector, run: RunOptions, opts):
     from migrator import throttle
     from migrator.engine.jobs import FollowOptions
     from migrator.errors import UsageError
+    from migrator.stores import advertised
 
     if run.dry_run:
         raise UsageError("--follow cannot be used with --dry-run")
+    if not advertised(src.endpoint).live:
+        raise UsageError(f"--follow: {src.endpoint.url()} shows no mail that arrives after a session begins "
+                         "(a POP3 maildrop is fixed for the session; an archive is read as one snapshot)",
+                         hint="run the same command again (from cron, or a systemd timer) instead: each rerun "
+                              "copies only what is new")
     seconds = parse_duration(run.follow_for) if run.follow_for else None
     opts.workers, watchers = throttle.follow_limits(src, dst, opts.workers, run.max_connections_per_host)
     return FollowOptions(seconds=seconds, poll_interval=run.poll_interval, watch_connections=watchers)

@@ -188,5 +188,6 @@ def advertised(ep: Endpoint) -> Capabilities:
         from migrator.stores.pop3 import Pop3Store
 
         return Pop3Store.ADVERTISED
-    return Capabilities(keeps_history=_kind(ep) == "archive")
+    archive = _kind(ep) == "archive"
+    return Capabilities(keeps_history=archive, live=not archive)
 

@@ -97,7 +97,7 @@ class ArchiveStore:
             self._arc.release()
             raise
         self.capabilities = Capabilities(writable=not readonly, multiappend=True, uidplus=True, keeps_history=True,
-                                         fingerprints=True)
+                                         fingerprints=True, live=not readonly)
         self._selected: tuple[int, Folder] | None = None
         self._writers: dict[int, tuple[str, BinaryIO]] = {}  # folder id -> (file name, open file)
         # write_checksum: each frame carries zstd's content checksum (XXH64), checked on every read.

@@ -121,6 +121,9 @@ class Capabilities:
     # The listing gives each message's INTERNALDATE. A store that tells the date from the bytes
     # only (POP3) says False: date filters cannot be applied to its listing.
     dated_listings: bool = True
+    # An open session sees mail that arrives after it began. False: POP3 (RFC 1939: the maildrop is
+    # fixed for the session) and an archive read (one read transaction): --follow is refused.
+    live: bool = True
     # An APPEND sent before a crash or a cut connection may be committed after it (a server at the
     # other end of a network reads what was sent whenever it gets it): the march waits for it
     # (engine/sync.py), and removes a copy sent again if the first one lands (engine/matching.py).

@@ -126,7 +126,8 @@ class Pop3Store:
     prefix = ""
     # exact_sizes=False: LIST sizes are not the sizes of the bytes RETR serves (module doc);
     # sessions=1: many POP3 servers lock the maildrop.
-    ADVERTISED = Capabilities(writable=False, keywords=False, exact_sizes=False, dated_listings=False, sessions=1)
+    ADVERTISED = Capabilities(writable=False, keywords=False, exact_sizes=False, dated_listings=False, sessions=1,
+                              live=False)
 
     def __init__(self, ep: Endpoint, creds: Credentials, opts: ConnectOptions | None = None):
         self.endpoint = ep

@@ -23,7 +23,7 @@ from migrator.plan import FolderPlan, Plan
 from migrator.stats import Stats
 from migrator.stores.memory import MemoryServer, MemoryStore
 from migrator.throttle import follow_limits
-from tests.helpers import wait_until
+from tests.helpers import migrator, wait_until
 
 FAST = {"workers": 2, "backoff_base": 0.001, "backoff_max": 0.01, "in_flight_grace": 0.0, "stop_grace": 2.0}
 
@@ -185,3 +185,13 @@ def test_watch_connections_fit_the_cap():
     assert follow_limits(*_ends("a", "b"), 1, 2) == (1, 1)
     with pytest.raises(UsageError):
         follow_limits(*_ends("h", "h"), 1, 2)
+
+
+@pytest.mark.parametrize("source", ["pop3s://alice@127.0.0.1:1", "archive:///nonexistent/backup"],
+                         ids=["pop3", "archive"])
+def test_follow_is_refused_where_a_session_never_sees_new_mail(source, tmp_path):
+    """A POP3 maildrop is fixed for the session, an archive is read as one snapshot: following
+    either would wait forever for nothing. One line, exit 2, before anything is opened."""
+    res = migrator("migrate", source, f"archive://{tmp_path / 'dst'}", "--follow", "--state", str(tmp_path / "s.db"))
+    assert res.code == 2 and "--follow:" in res.err and "shows no mail that arrives" in res.err, res.text
+    assert "Traceback" not in res.text and not (tmp_path / "dst").exists()
