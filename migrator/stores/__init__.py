@@ -56,6 +56,9 @@ class Connector:
     # encrypted to, and the identity file (its path; read by the store) that reads an encrypted one.
     encrypt_to: tuple[str, ...] = ()
     identity: str | None = None
+    # An archive read only for its messages' SHA-256s (verify's destination): opened without the
+    # identity an encrypted one needs for their bytes.
+    digests_only: bool = False
     _creds: object = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -144,7 +147,8 @@ class Connector:
         source = self.secret.role != "dst"
         return ArchiveStore(self.endpoint.path, create=not source, readonly=source or self.readonly,
                             as_of=self.as_of, snapshot=self.snapshot, encrypt_to=() if source else self.encrypt_to,
-                            identity=self.identity, reads_bodies=source or self.readonly)
+                            identity=self.identity,
+                            reads_bodies=(source or self.readonly) and not self.digests_only)
 
 
 def _say(line: str) -> None:

@@ -97,7 +97,8 @@ class ArchiveStore:
             self._arc.release()
             raise
         self.capabilities = Capabilities(writable=not readonly, multiappend=True, uidplus=True, keeps_history=True,
-                                         fingerprints=True, live=not readonly)
+                                         fingerprints=True, live=not readonly,
+                                         bodies=not (recipients and opener is None))
         self._selected: tuple[int, Folder] | None = None
         self._writers: dict[int, tuple[str, BinaryIO]] = {}  # folder id -> (file name, open file)
         # write_checksum: each frame carries zstd's content checksum (XXH64), checked on every read.

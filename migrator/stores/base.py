@@ -124,6 +124,9 @@ class Capabilities:
     # An open session sees mail that arrives after it began. False: POP3 (RFC 1939: the maildrop is
     # fixed for the session) and an archive read (one read transaction): --follow is refused.
     live: bool = True
+    # fetch() serves the messages' bytes. False: an encrypted archive opened without its identity,
+    # whose fingerprints() still answer (verify compares those: engine/verify.py).
+    bodies: bool = True
     # An APPEND sent before a crash or a cut connection may be committed after it (a server at the
     # other end of a network reads what was sent whenever it gets it): the march waits for it
     # (engine/sync.py), and removes a copy sent again if the first one lands (engine/matching.py).

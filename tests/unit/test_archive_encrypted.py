@@ -185,6 +185,24 @@ def test_check_without_identity_checks_frames_and_names_a_bit_flip_as_with_it(bu
     assert check_archive(str(enc), identity=str(key)).clean
 
 
+def test_verify_without_the_identity_compares_the_sha256s_the_index_keeps(built, tmp_path):
+    """A backup host without the key can still verify: by the SHA-256s in the index, each frame
+    checked as stored. A bit flip is named as damage, and a missing message as missing."""
+    key, recipient = built[3], built[4]
+    _src, enc, _state = _own(tmp_path, recipient, group_bytes=0)
+    plain = tmp_path / "plain"
+    restored = migrator("migrate", f"archive://{enc}", f"archive://{plain}", "--identity", str(key),
+                        "--state", str(tmp_path / "r.sqlite"), "--quiet")
+    assert restored.code == 0, restored.text
+    same = migrator("verify", f"archive://{plain}", f"archive://{enc}")
+    assert same.code == 0 and "Identical." in same.out, same.text
+    flip_bit(enc, INBOX, 2)
+    res = migrator("verify", f"archive://{plain}", f"archive://{enc}")
+    assert res.code == 1 and "Traceback" not in res.text, res.text
+    assert "damaged on the destination: UID 2:" in res.out and "frame as stored" in res.out, res.out
+    assert "missing" in res.out  # the source's copy of UID 2 has no intact twin left
+
+
 def test_export_reads_with_the_identity(built, tmp_path):
     src, enc, _state, key, _recipient, _other = built
     result = export_archive(str(enc), "eml", str(tmp_path / "out"), open_source=lambda d: open_archive(d, None,
