@@ -38,6 +38,10 @@ class MailboxTask:
     per_account: int  # connections of this mailbox's own run per host (Gmail allows 15 per account)
     state_dir: str | None = None
     cluster: bool = False  # limits and the stop come from the Dask scheduler
+    # --encrypt-to recipients for archive destinations, --identity for encrypted archive sources
+    # (the file's path: read where the task runs, never sent anywhere)
+    encrypt_to: tuple[str, ...] = ()
+    identity: str | None = None
 
 
 def tasks_for(batch_id: str, rows: list[BatchRow], **common) -> list[MailboxTask]:
@@ -66,7 +70,7 @@ def migrate_mailbox(task: MailboxTask) -> dict:
 
 def _run(task: MailboxTask, stopped) -> dict:
     from migrator import batchrun, runner
-    from migrator.cli.options import connectors, run_settings
+    from migrator.cli.options import connectors, run_settings, with_encryption
 
     row = task.row
     conn = replace(task.conn, src_password_file=row.src_password_file or task.conn.src_password_file,
@@ -74,6 +78,7 @@ def _run(task: MailboxTask, stopped) -> dict:
                    src_auth_user=row.src_auth_user or task.conn.src_auth_user,
                    dst_auth_user=row.dst_auth_user or task.conn.dst_auth_user)
     src, dst = connectors(row.source, row.destination, conn)
+    with_encryption(src, dst, list(task.encrypt_to) or None, None, task.identity)
     workers, needs = hostlimits.mailbox_needs(src.endpoint, dst.endpoint, task.run.workers, task.per_account,
                                               task.caps)
     # This run's own cap per host is what it reserved: its workers share it (HostSlots).

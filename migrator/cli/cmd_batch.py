@@ -18,7 +18,10 @@ from migrator.cli.options import (
     Debug,
     DryRun,
     DstAuthUser,
+    EncryptTo,
+    EncryptToFile,
     FilterOptions,
+    Identity,
     IncludeDeleted,
     Insecure,
     MappingOptions,
@@ -39,7 +42,7 @@ StateDir = Annotated[str | None, typer.Option(
 Cluster = Annotated[str | None, typer.Option(
     "--cluster", metavar="tcp://HOST:8786|local",
     help="Run each mailbox as a task on this Dask scheduler ('local': a LocalCluster of --parallel processes "
-         "started here). Needs `pip install 'migrator[dask]'`; workers read passwords themselves (docs/batch.md).")]
+         "started here). Needs `pip install 'migrator\\[dask]'`; workers read passwords themselves (docs/batch.md).")]
 TaskRetries = Annotated[int, typer.Option(
     "--task-retries", min=0, max=20, help="On a cluster: times Dask reruns a mailbox task that raised (a worker "
                                           "that dies is rerun by the scheduler anyway).")]
@@ -62,6 +65,7 @@ FleetHtml = Annotated[str | None, typer.Option(
     "--html-report", help="Write the fleet report as one static HTML page (no external assets).")]
 
 
+# long: a typer command declares one parameter per option; the body is 25 lines
 @app.command()
 @with_folder_choice
 @with_filter_options
@@ -93,6 +97,9 @@ def batch(
     dst_auth_user: DstAuthUser = None,
     quiet: Quiet = False,
     debug: Debug = False,
+    encrypt_to: EncryptTo = None,
+    encrypt_to_file: EncryptToFile = None,
+    identity: Identity = None,
     *,
     mapping: MappingOptions,
     filters: FilterOptions,
@@ -109,6 +116,7 @@ def batch(
     run = RunOptions(dry_run=dry_run, workers=workers, include_deleted=include_deleted, no_sync_flags=no_sync_flags,
                      retry_failed=retry_failed, batch_mb=batch_mb, max_bytes_per_day=max_bytes_per_day)
     filters.parsed(), run.governors()  # a bad filter or size is refused here, once, not by every mailbox
+    recipients = _recipients(encrypt_to, encrypt_to_file)  # likewise a bad recipient
 
     def make_tasks(batch_id: str, chosen: list) -> list:
         return tasks_for(
@@ -117,7 +125,7 @@ def batch(
                              src_auth_user=src_auth_user, dst_auth_user=dst_auth_user),
             mapping=mapping, filters=filters, caps=hostlimits.Caps(max_connections_per_host, max_mailboxes_per_host),
             per_account=max_connections_per_account,
-            state_dir=state_dir, cluster=bool(cluster))
+            state_dir=state_dir, cluster=bool(cluster), encrypt_to=recipients, identity=identity)
 
     def make_executor(batch_id: str):
         return _executor(cluster, batch_id, parallel, task_retries, migrate_mailbox, debug)
@@ -125,6 +133,16 @@ def batch(
     results, interrupted, where = _run_rows(csv_file, rows, state_dir, (retry_failed, rerun_all, dry_run, quiet),
                                             make_tasks, make_executor)
     _conclude(results, interrupted, csv_file, where, started, report, html_report, quiet)
+
+
+def _recipients(encrypt_to: list[str] | None, encrypt_to_file: list[str] | None) -> tuple[str, ...]:
+    """--encrypt-to/--encrypt-to-file, checked once for the whole batch (each mailbox with an
+    archive destination gets them; any other destination fails with one line)."""
+    if not (encrypt_to or encrypt_to_file):
+        return ()
+    from migrator.stores.archive_crypt import parse_recipients
+
+    return parse_recipients(encrypt_to or (), encrypt_to_file or ())
 
 
 def _run_rows(csv_file: str, rows: list, state_dir: str | None, flags: tuple[bool, bool, bool, bool],

@@ -141,13 +141,13 @@ EncryptTo = Annotated[list[str] | None, typer.Option(
     "--encrypt-to", metavar="age1...",
     help="Create the destination archive encrypted to this age recipient (public key; repeatable). Only public "
          "keys are stored; later backups use them (no option needed); reading needs --identity. Needs pyrage "
-         "(pip install 'migrator[encrypt]').")]
+         "(pip install 'migrator\\[encrypt]').")]
 EncryptToFile = Annotated[list[str] | None, typer.Option(
     "--encrypt-to-file", metavar="FILE", help="As --encrypt-to, one recipient per line (# comments) (repeatable).")]
 Identity = Annotated[str | None, typer.Option(
     "--identity", metavar="FILE",
-    help="age identity file (as age-keygen writes it) that reads an encrypted archive: restore, verify, export, "
-         "check. Never copied anywhere; keep it mode 0600.")]
+    help="age identity file (as age-keygen writes it) that reads an encrypted archive: restore, export, check, "
+         "verify from one (verify into one compares SHA-256s without it). Never copied anywhere; keep it mode 0600.")]
 SubscribeOpt = Annotated[str, typer.Option(
     "--subscribe", help="Subscribe destination folders: 'source' (as on the source), 'all' or 'none'.")]
 

@@ -17,6 +17,7 @@ from migrator.cli.options import ConnOptions, FilterOptions, MappingOptions, Run
 from migrator.errors import Interrupted, UsageError
 from migrator.naming import INBOX
 from migrator.stores.archive import ArchiveStore
+from tests.helpers import migrator
 from tests.unit.archive_helpers import backup, contents, seeded_source
 
 WORK = ("Work",)
@@ -144,3 +145,42 @@ def test_cluster_local_runs_the_mailboxes_in_worker_processes(tmp_path):
     assert proc.pid not in pids and all(pids)
     for i in range(2):
         assert sum(sum(c.values()) for c in contents(ArchiveStore(str(tmp_path / f"dst{i}"))).values()) == 3 + i
+
+
+def test_a_batch_of_backups_encrypts_every_archive_and_a_batch_restore_reads_them_with_the_identity(tmp_path):
+    """--encrypt-to on a batch: every archive destination is encrypted to it (only the public key
+    stored); --identity: a batch of restores from them; a bad recipient is refused once, up front."""
+    pyrage = pytest.importorskip("pyrage")
+    key = pyrage.x25519.Identity.generate()
+    identity = tmp_path / "key.txt"
+    identity.write_text(f"{key}\n")
+    identity.chmod(0o600)
+    for name, n in (("alice", 3), ("bob", 4)):
+        backup(seeded_source({INBOX: n, WORK: 2}), tmp_path / name, tmp_path / f"{name}.sqlite")
+    names = ("alice", "bob")
+    csv = tmp_path / "backups.csv"
+    csv.write_text("source,destination\n" + "".join(f"archive://{tmp_path / n},archive://{tmp_path / 'enc' / n}\n"
+                                                     for n in names))
+    res = migrator("batch", str(csv), "--encrypt-to", str(key.to_public()), "--state-dir", str(tmp_path / "s1"))
+    assert res.code == 0, res.text
+    for n in names:
+        marker = (tmp_path / "enc" / n / "archive.json").read_text()
+        assert str(key.to_public()) in marker and str(key) not in marker
+    back = tmp_path / "restores.csv"
+    back.write_text("source,destination\n" + "".join(
+        f"archive://{tmp_path / 'enc' / n},archive://{tmp_path / 'r' / n}\n" for n in names))
+    blind = migrator("batch", str(back), "--state-dir", str(tmp_path / "s2"))
+    assert blind.code != 0 and "--identity" in blind.text and "Traceback" not in blind.text, blind.text
+    res = migrator("batch", str(back), "--identity", str(identity), "--state-dir", str(tmp_path / "s3"))
+    assert res.code == 0, res.text
+    for n in names:
+        assert contents(ArchiveStore(str(tmp_path / "r" / n))) == contents(ArchiveStore(str(tmp_path / n)))
+    bad = migrator("batch", str(csv), "--encrypt-to", "age1nope", "--state-dir", str(tmp_path / "s4"))
+    assert bad.code == 2 and "is not an age recipient" in bad.err and bad.err.count("\n") == 1, bad.text
+
+
+def test_help_shows_the_extras_to_install():
+    """--help is rendered by rich, which takes `[dask]` for markup and drops it unless escaped."""
+    batch = migrator("batch", "--help", env={"COLUMNS": "250"})
+    assert batch.code == 0 and "pip install 'migrator[dask]'" in batch.out, batch.out
+    assert "pip install 'migrator[encrypt]'" in migrator("migrate", "--help", env={"COLUMNS": "250"}).out
