@@ -65,6 +65,15 @@ def test_backup_verify_restore_roundtrip(src_account, new_account, tmp_path):
     assert res.code == 0, res.text
     assert json.loads((tmp_path / "b2.json").read_text())["totals"]["copied"] == 1
 
+    # A folder deleted on the source leaves the latest snapshot (a restore does not bring it back).
+    client = rig.connect(src_account)
+    try:
+        client.delete_folder("Dups")
+    finally:
+        client.logout()
+    res = migrator("migrate", src_account.url, url, "--state", str(tmp_path / "b.sqlite"), src=src_account)
+    assert res.code == 0 and "kept in the archive's earlier snapshots: Dups (3 messages)." in res.out, res.text
+
     # Restore into a fresh account on the '.'+INBOX. server: everything back, byte for byte.
     target = new_account("dot")
     res = migrator("migrate", url, target.url, "--state", str(tmp_path / "r.sqlite"), dst=target)
