@@ -37,7 +37,7 @@ def sources(servers, rig_root):
             end, notes = End.pop3(account), {}
         else:
             account = servers(kind).new_user("csrc")
-            end, notes = End.imap(account), seed_source(account, large=kind != "imap4d")
+            end, notes = End.imap(account), seed_source(account, large=kind != "imap4d", keywords=kind != "imap4d")
         return end, end.listing(), notes
 
     return get

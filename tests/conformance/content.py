@@ -31,20 +31,32 @@ def folders(large: bool = True) -> dict[tuple, list[tuple]]:
     }
 
 
-def seed_source(account, large: bool = True) -> dict:
+def seed_source(account, large: bool = True, keywords: bool = True) -> dict:
     """APPEND everything one message at a time (not every server has MULTIAPPEND). What a server
     refuses is left out; a message refused with keywords is stored without them (imap4d refuses
-    keywords): the source is what the server holds afterwards. Returns counts of both."""
+    keywords): the source is what the server holds afterwards. Returns counts of both.
+    keywords=False: the keywords are left out at once, for a server known to refuse every APPEND
+    that has one (GNU imap4d; each refusal costs as much as an APPEND: a fifth of its seeding)."""
     notes = {"refused": 0, "keywords_dropped": 0}
     for folder, items in folders(large).items():
+        if not keywords:
+            refused = rig.append_each(account, folder, [(raw, _system(flags), date) for raw, flags, date in items])
+            notes["keywords_dropped"] += sum(1 for (_r, flags, _d), why in zip(items, refused, strict=True)
+                                             if why is None and _system(flags) != tuple(flags))
+            notes["refused"] += sum(1 for why in refused if why is not None)
+            continue
         refused = rig.append_each(account, folder, items)
-        again = [(raw, tuple(f for f in flags if f.startswith("\\")), date)
-                 for (raw, flags, date), why in zip(items, refused, strict=True)
-                 if why is not None and any(not f.startswith("\\") for f in flags)]
+        again = [(raw, _system(flags), date) for (raw, flags, date), why in zip(items, refused, strict=True)
+                 if why is not None and _system(flags) != tuple(flags)]
         recovered = sum(1 for why in rig.append_each(account, folder, again) if why is None) if again else 0
         notes["keywords_dropped"] += recovered
         notes["refused"] += sum(1 for why in refused if why is not None) - recovered
     return notes
+
+
+def _system(flags) -> tuple:
+    """The flags less the keywords."""
+    return tuple(f for f in flags if f.startswith("\\"))
 
 
 def pop3_inbox() -> list[tuple]:
