@@ -50,7 +50,7 @@ from migrator.naming import Folder, display, folder_from_key, folder_key
 from migrator.stores.archive_crypt import Opener, Sealer, needs_identity
 from migrator.stores.archive_frames import GROUP_BYTES, ZSTD_LEVEL, FrameReader, Place, frame_digest, frames
 from migrator.stores.archive_index import MESSAGE_COLUMNS, ArchiveIndex
-from migrator.stores.archive_snapshots import View, columns, resolve
+from migrator.stores.archive_snapshots import View, resolve
 from migrator.stores.base import (
     AppendItem,
     Capabilities,
@@ -87,7 +87,7 @@ class ArchiveStore:
                                       snapshot=snapshot, encrypt_to=encrypt_to)
         try:
             self._view = View(resolve(self._arc.db, as_of, self.path) if as_of else None,
-                              folders_removed="removed_run" in columns(self._arc.db, "folders"))
+                              folders_removed=self._arc.folders_removed)
             recipients = self._arc.recipients
             self._sealer = Sealer(recipients) if recipients and not readonly else None
             opener = Opener(identity, recipients) if recipients and identity else None
@@ -96,15 +96,13 @@ class ArchiveStore:
         except BaseException:
             self._arc.release()
             raise
+        self._reader = FrameReader(os.path.join(self.path, "data"), sealed=bool(recipients), opener=opener)
         self.capabilities = Capabilities(writable=not readonly, multiappend=True, uidplus=True, keeps_history=True,
-                                         fingerprints=True, live=not readonly,
-                                         bodies=not (recipients and opener is None))
+                                         fingerprints=True, live=not readonly, bodies=not self._reader.blind)
         self._selected: tuple[int, Folder] | None = None
         self._writers: dict[int, tuple[str, BinaryIO]] = {}  # folder id -> (file name, open file)
         # write_checksum: each frame carries zstd's content checksum (XXH64), checked on every read.
         self._cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
-        self._reader = FrameReader(os.path.join(self.path, "data"), sealed=bool(recipients), opener=opener)
-        self._opener_missing = opener is None
         self.group_bytes = group_bytes  # 0: one message per frame
         # Frames read back for dedup: the (start, sha256) of their intact messages.
         self._checked_frames: dict[tuple[str, int, int], set[tuple[int, str]]] = {}
@@ -222,7 +220,7 @@ class ArchiveStore:
     def _intact(self, place: Place) -> bool:
         """The message's frame holds its bytes intact: decoded and checked where the archive can
         be read, else (encrypted, no identity) the frame as stored against its SHA-256."""
-        if self._reader.sealed and self._opener_missing:
+        if self._reader.blind:
             return self._reader.sealed_damage(place) is None
         return self._reader.read(place)[1] is None
 
@@ -266,7 +264,7 @@ class ArchiveStore:
             return None
         place = Place(*rows[0])
         frame = (place.file, place.offset, place.length)
-        if self._reader.sealed and self._opener_missing:  # a backup into an encrypted archive
+        if self._reader.blind:  # a backup into an encrypted archive
             if frame not in self._sealed_frames:  # each frame read and hashed once per connection
                 self._sealed_frames[frame] = self._reader.sealed_damage(place) is None
             return place if self._sealed_frames[frame] else None

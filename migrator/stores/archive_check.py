@@ -57,7 +57,8 @@ def check_archive(path: str, repair: bool = False, identity: str | None = None) 
     arc = ArchiveIndex.open(archive_dir(path), create=False, readonly=not repair)
     try:
         opener = Opener(identity, arc.recipients) if arc.recipients and identity else None
-        result = CheckResult(arc.path, sealed_only=bool(arc.recipients) and opener is None)
+        reader = FrameReader(f"{arc.path}/data", sealed=bool(arc.recipients), opener=opener)
+        result = CheckResult(arc.path, sealed_only=reader.blind)
         problems = [row[0] for row in arc.read("PRAGMA quick_check")]
         if problems != ["ok"]:
             raise StorageError(f"archive {arc.path}: index.sqlite is damaged ({problems[0]})")
@@ -67,7 +68,6 @@ def check_archive(path: str, repair: bool = False, identity: str | None = None) 
             f"{arc.start_column}, {arc.frame_column} FROM messages m LEFT JOIN folders f ON f.id = m.folder_id "
             "ORDER BY m.file, m.offset, f.name, m.uid")
         result.messages = len(rows)
-        reader = FrameReader(f"{arc.path}/data", sealed=bool(arc.recipients), opener=opener)
         bad: list[tuple[int, int, str]] = []
         for fid, uid, name, *columns in rows:
             if name is None:

@@ -71,7 +71,6 @@ class _Crypt:
 
     reader: FrameReader
     sealer: Sealer | None = None
-    blind: bool = False  # encrypted, no identity: frames cannot be looked into
 
 
 def compact(path: str, identity: str | None = None) -> CompactResult:
@@ -81,7 +80,7 @@ def compact(path: str, identity: str | None = None) -> CompactResult:
         opener = Opener(identity, recipients) if recipients and identity else None
         data = os.path.join(arc.path, "data")
         crypt = _Crypt(FrameReader(data, sealed=bool(recipients), opener=opener),
-                       Sealer(recipients) if recipients else None, blind=bool(recipients) and opener is None)
+                       Sealer(recipients) if recipients else None)
         return _compact(arc, crypt)
     except OSError as e:
         raise StorageError(f"cannot compact archive {arc.path}: {e.strerror or e}") from None
@@ -104,7 +103,7 @@ def _compact(arc: ArchiveIndex, crypt: _Crypt) -> CompactResult:
         used = frames.get(name, {})
         if not used:
             continue  # nothing to keep: deleted below, at the end
-        if crypt.blind:
+        if crypt.reader.blind:  # encrypted, no identity: frames cannot be looked into
             partial: set[Frame] = set()
             result.unopened += sum(1 for starts in used.values() if set(starts) != {0})
         else:

@@ -136,10 +136,15 @@ class FrameReader:
         self._last: tuple[tuple[str, int, int], bytes | None, str | None] | None = None
         self._sealed_last: tuple[tuple[str, int, int], str | None] | None = None
 
+    @property
+    def blind(self) -> bool:
+        """Encrypted, and no identity to decrypt it: only sealed_damage() can be asked."""
+        return self.sealed and self._opener is None
+
     def read(self, place: Place) -> tuple[bytes, str | None]:
         """(bytes, None), or (b"", why the message is damaged)."""
         key = (place.file, place.offset, place.length)
-        if self.sealed and self._opener is None:
+        if self.blind:
             raise needs_identity(os.path.dirname(self.data_dir), "reading its messages")
         if self._last is None or self._last[0] != key:
             self._last = (key, *self._frame(place))

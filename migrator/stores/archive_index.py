@@ -126,6 +126,7 @@ class ArchiveIndex:
         self.users = 0
         self.start_column = "start"  # what queries read as a message's start (_upgraded())
         self.frame_column = "frame_sha256"  # and its frame's SHA-256 ("NULL" in an index without the column)
+        self.folders_removed = True  # folders.removed_run is there (an index an older writer holds may lack it)
         self.recipients: tuple[str, ...] = ()  # the age recipients of an encrypted archive (archive.json)
         self._encrypt_to = encrypt_to
         self.closed = False
@@ -155,6 +156,7 @@ class ArchiveIndex:
                 columns = snapshots.columns(self.db, "messages")
                 self.start_column = "start" if "start" in columns else "0"
                 self.frame_column = "frame_sha256" if "frame_sha256" in columns else "NULL"
+                self.folders_removed = "removed_run" in snapshots.columns(self.db, "folders")
             else:
                 self._trim_tails()
                 if snapshot:
