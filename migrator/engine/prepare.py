@@ -99,7 +99,6 @@ class Preparation:
             return
         named = {name for fp in ctx.plan.folders for name in (fp.source, fp.destination, *parents(fp.destination))}
         for name in sorted(existing - named):
-            existing.discard(name)  # made again if the plan (follow: a new folder) wants it
             held = dst.status(name).messages if ctx.opts.dry_run else cast(History, dst).retire_folder(name)
             ctx.stats.folder_gone(name, held)
 
