@@ -31,7 +31,7 @@ class ConnWatch(FaultProxy):
 
     def _accepted(self, peer: tuple[str, int]) -> None:
         if self.owners:
-            self.owners_seen.append(_owner(peer[1], self.owners))
+            self.owners_seen.append(_owner(peer[1], self.port, self.owners))
         self._spawn(self._count_later)
 
     def _count_later(self) -> None:
@@ -40,15 +40,17 @@ class ConnWatch(FaultProxy):
             self.peak = max(self.peak, len(self._conns))
 
 
-def _owner(peer_port: int, pids: list[int]) -> int | None:
-    """Which process holds the client end of a loopback connection from `peer_port` (by the
-    socket's inode in /proc/net/tcp and the processes' open files), looking at `pids` first;
-    None if no process holds it any more."""
+def _owner(peer_port: int, proxy_port: int, pids: list[int]) -> int | None:
+    """Which process holds the client end of a loopback connection from `peer_port` to the proxy
+    at `proxy_port` (by the socket's inode in /proc/net/tcp and the processes' open files), looking
+    at `pids` first; None if no process holds it any more. Both ports are matched: Linux gives one
+    local port to connections to different destinations (a Dask scheduler's own connections to its
+    workers could share the client's)."""
     inode = None
     with open("/proc/net/tcp") as fh:
         for line in fh.readlines()[1:]:
             fields = line.split()
-            if int(fields[1].split(":")[1], 16) == peer_port:
+            if int(fields[1].split(":")[1], 16) == peer_port and int(fields[2].split(":")[1], 16) == proxy_port:
                 inode = fields[9]
                 break
     if inode is None:
