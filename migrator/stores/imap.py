@@ -148,7 +148,8 @@ class ImapStore:
         answers = self._pipelined("CREATE", [(self._mailbox(n),) for n in names])
         for name, (typ, data, _untagged) in zip(names, answers, strict=True):
             said = text(data)
-            if typ == "OK" or "ALREADYEXISTS" in said.upper() or "already exists" in said.lower():
+            if typ == "OK" or "ALREADYEXISTS" in said.upper() or "already exists" in said.lower() \
+                    or self._folder_exists(self.server_name(name)):  # Courier: "NO Cannot create this folder."
                 out[name] = None
             else:
                 out[name] = f"cannot create folder '{self.server_name(name)}' on {self.endpoint.host}: {said}"
@@ -477,9 +478,8 @@ class ImapStore:
         return MessageRejected(f"{said}")
 
     def _folder_exists(self, server_name: str) -> bool:
-        """Whether a folder an APPEND was answered [TRYCREATE] for exists all the same: then the
-        answer refuses the message, not the folder (GNU imap4d answers so for a message it cannot
-        parse). INBOX always exists (RFC 3501), the folder selected here does; another is asked for."""
+        """Whether a folder exists although an APPEND was answered [TRYCREATE] (imap4d, for a message it
+        cannot parse) or a CREATE refused. INBOX always does, the one selected here too; another is asked."""
         if server_name.upper() == "INBOX":
             return True
         if self._selected is not None and self.server_name(self._selected) == server_name:

@@ -15,11 +15,6 @@ class TestImapCourier(StoreContract):
     appends_to_a_folder_selected_read_only = False  # "NO Current box is selected READ-ONLY."
     status_lags_own_appends = True
 
-    @pytest.mark.xfail(strict=True, reason="bug: Courier answers CREATE of an existing folder 'NO Cannot create "
-                                           "this folder.', which ImapStore.create_folders reports as an error")
-    def test_creating_a_folder_that_exists_is_no_error(self, store):
-        super().test_creating_a_folder_that_exists_is_no_error(store)
-
     @pytest.fixture
     def ends(self, servers):
         # (an INTERNALDATE that is not one: Dovecot would take the literal after it for commands)
