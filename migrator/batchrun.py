@@ -34,8 +34,8 @@ _governors_lock = threading.Lock()
 def shared_governors(batch_id: str, made: Callable[[], Governors]) -> Governors:
     """The throttle governors of this batch in this process: every mailbox run here (the local
     pool's threads, or one Dask worker process's tasks) shares them, so a throttle on one mailbox's
-    session pauses all of them on that host. Across the processes of a cluster they are not shared
-    (docs/batch.md): each worker process backs off for its own mailboxes."""
+    session pauses all of them on that host. Across the processes of a cluster each process has its
+    own, which tell each other of every pause (cluster.share_throttles)."""
     with _governors_lock:
         if batch_id not in _shared_governors:
             _shared_governors[batch_id] = made()

@@ -9,12 +9,20 @@ Shared by every worker of the cluster, through the scheduler, all named after th
 - `migrator-connections-HOST` and `migrator-mailboxes-HOST`: distributed.Semaphore, the batch-wide
   caps; a mailbox takes its leases one by one while holding `migrator-admission` (a
   distributed.Lock), so two mailboxes never each hold part of what they need (hostlimits.py);
-- `migrator-stop-BATCH`: a distributed.Event; Ctrl-C on the client sets it, tasks watch it.
+- `migrator-stop-BATCH`: a distributed.Event; Ctrl-C on the client sets it, tasks watch it;
+- `migrator-throttle-BATCH`: a topic of the scheduler's event log. A worker process whose session
+  a server throttles logs the pause there; every other process of the batch, subscribed to it,
+  pauses its own sessions to that host (share_throttles), within milliseconds: the backoff of a
+  host holds across the batch, not per process.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -22,8 +30,12 @@ from typing import Any
 from migrator import hostlimits
 from migrator.batchrun import Executor
 from migrator.errors import ConnectionFailed, Interrupted, UsageError
+from migrator.governor import Governors, Wait
 
 ADMISSION = "migrator-admission"
+TRANSIT = 1.0  # seconds: the most a told pause is taken to have spent on its way (clocks may differ)
+_sharing: set[str] = set()  # batches whose throttles this process shares
+_sharing_lock = threading.Lock()
 
 
 def _distributed():
@@ -38,6 +50,36 @@ def _distributed():
 def stop_signal(batch_id: str) -> Callable[[], bool]:
     event = _distributed().Event(f"migrator-stop-{batch_id}")
     return event.is_set
+
+
+def share_throttles(batch_id: str, governors: Governors) -> None:
+    """Once per worker process and batch: tell the batch's other processes of every pause a server
+    asks of this one's sessions, and apply theirs here. Each pause says how long it has still to run
+    and when it was sent; the receiver takes off the time it spent on its way, counted as at most
+    TRANSIT, so a clock that differs between machines neither drops a pause nor stretches it much."""
+    with _sharing_lock:
+        if batch_id in _sharing:
+            return
+        _sharing.add(batch_id)
+    client = _distributed().get_client()  # the worker's own client
+    topic, me = f"migrator-throttle-{batch_id}", f"{socket.gethostname()}:{os.getpid()}"
+
+    def tell(wait: Wait) -> None:
+        client.log_event(topic, {"from": me, "side": wait.side, "host": wait.host, "seconds": wait.seconds,
+                                 "sent": time.time(), "reason": wait.reason})
+
+    def hear(event: tuple) -> None:
+        _stamp, msg = event
+        if msg.get("from") == me:
+            return
+        spent = min(max(time.time() - msg["sent"], 0.0), TRANSIT)
+        if msg["seconds"] - spent > 0:
+            governors.heard(msg["side"], msg["host"], msg["seconds"] - spent, msg["reason"])
+
+    client.subscribe_topic(topic, hear)
+    governors.relay = tell
+    for event in client.get_events(topic):  # a pause told before this process listened may be running
+        hear(event)
 
 
 class ClusterHostLimits:

@@ -17,6 +17,10 @@ is throttled again, longer, and may be locked out. So the governor of a host:
 
 Throttle answers that arrive during a pause (commands that were already in flight) extend it
 when they ask for longer, but are not a new event.
+
+On a Dask cluster each worker process has its own Governors; `relay` tells the others of each
+pause (cluster.share_throttles), and `heard` applies one told by another process, so the
+backoff holds for the whole batch there too.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from migrator.errors import BudgetSpent
 from migrator.throttle import suggested_wait
@@ -44,9 +48,11 @@ class Wait:
     at: float
     seconds: float
     reason: str
+    relayed: bool = False  # asked of another process of the batch (a cluster worker), told to this one
 
     def line(self) -> str:
-        return f"{self.side} throttled: waiting {self.seconds:.1f} s as the server asked ({self.host})"
+        whom = " another worker of the batch" if self.relayed else ""
+        return f"{self.side} throttled: waiting {self.seconds:.1f} s as the server asked{whom} ({self.host})"
 
 
 @dataclass
@@ -131,10 +137,16 @@ class Governor:
                 self._since_cut = 0
                 self._cond.notify_all()
 
-    def throttled(self, said: str) -> float:
+    def pausing(self) -> Wait | None:
+        """The pause running now, if one is, with the seconds it has still to run."""
+        with self._cond:
+            left = self._paused_until - self.clock()
+            return replace(self.waits[-1], seconds=left) if left > 0 and self.waits else None
+
+    def throttled(self, said: str, asked: float | None = None, relayed: bool = False) -> float:
         """The server said to back off: every session to this host pauses. Returns the seconds
-        this pause lasts from now."""
-        asked = suggested_wait(said)
+        this pause lasts from now. `asked` and `relayed`: a pause another process was asked for."""
+        asked = suggested_wait(said) if asked is None else asked
         with self._cond:
             now = self.clock()
             new = now >= self._paused_until
@@ -148,7 +160,7 @@ class Governor:
                 self.allowed = max(1, self.allowed // 2)
                 self._since_cut = 0
                 event = Wait(self.side, self.host, round(time.monotonic() - self._started, 3), wait,
-                             said.strip()[:200])
+                             said.strip()[:200], relayed)
                 self.waits.append(event)
             self._cond.notify_all()
             left = self._paused_until - now
@@ -170,6 +182,7 @@ class Governors:
     _by_host: dict[tuple[str, str], Governor] = field(default_factory=dict)
     _listeners: list[Callable[[Wait], None]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    relay: Callable[[Wait], None] | None = None  # tells the batch's other processes of a pause (cluster)
 
     def get(self, side: str, host: str, sessions: int) -> Governor:
         with self._lock:
@@ -196,15 +209,25 @@ class Governors:
             listeners = list(self._listeners)
         for listen in listeners:
             listen(wait)
+        if self.relay is not None and not wait.relayed:
+            self.relay(wait)
+
+    def heard(self, side: str, host: str, seconds: float, reason: str) -> None:
+        """Another process of the batch was asked to wait `seconds` more by this host: so are this
+        process's sessions to it (and those that connect to it before the pause ends)."""
+        self.get(side, host, 0).throttled(reason, asked=seconds, relayed=True)
 
     @contextmanager
     def joined(self, hosts: dict[str, str], sessions: int, on_wait: Callable[[Wait], None]) -> Iterator[None]:
         """A run (one mailbox) using these hosts (side -> host) with `sessions` workers, for as long
         as it runs: the hosts' ceilings count its sessions with those of the other runs sharing
-        this Governors, and `on_wait` hears of every pause of any host meanwhile."""
+        this Governors, and `on_wait` hears of every pause of any host meanwhile, and of one that
+        has begun already (a mailbox that starts during it waits too, and says so)."""
         govs = [self.get(side, host, 0) for side, host in hosts.items()]
         with self._lock:
             self._listeners.append(on_wait)
+        for running in filter(None, (gov.pausing() for gov in govs)):
+            on_wait(running)
         for gov in govs:
             gov.resize(+sessions)
         try:

@@ -97,6 +97,10 @@ def _run(task: MailboxTask, stopped) -> dict:
                 settings = run_settings(src, dst, run, quiet=True)
                 # One throttle governor per host for every mailbox this process runs (batchrun).
                 settings.engine.governors = batchrun.shared_governors(task.batch_id, run.governors)
+                if task.cluster:  # ... and every other process of the batch hears of its pauses
+                    from migrator import cluster
+
+                    cluster.share_throttles(task.batch_id, settings.engine.governors)
             except BaseException:
                 for store in spare:
                     store.close()

@@ -115,11 +115,13 @@ def test_flagged_is_set_after_the_append_and_mdnsent_is_no_difference(new_accoun
     assert sum("$MDNSent" in f for _s, f, _d in rig.snapshot(dst)[("INBOX",)]) == 3
 
 
-def test_a_throttle_on_one_mailbox_of_a_batch_pauses_every_mailbox_on_that_host(new_account, tmp_path):
+@pytest.mark.parametrize("cluster", [None, "local"])
+def test_a_throttle_on_one_mailbox_of_a_batch_pauses_every_mailbox_on_that_host(new_account, tmp_path, cluster):
     """batch, 3 mailboxes at once to one host (the stand-in): the server throttles one session only
     (the others' APPENDs would go through), and no mailbox sends an APPEND during the wait it asked
     for: the governor of the host is the batch's, not each mailbox's. Each mailbox's report says it
-    waited."""
+    waited. With --cluster local each mailbox runs in a worker process of its own, and the pause is
+    told to the other processes (cluster.share_throttles)."""
     pairs = [seeded(new_account, 150) for _ in range(3)]
     with M365StandIn(pairs[0][1].port, throttle_every=60, throttles=1, backoff_ms=1500, no_multiappend=True,
                      one_session=True) as m365:
@@ -132,7 +134,8 @@ def test_a_throttle_on_one_mailbox_of_a_batch_pauses_every_mailbox_on_that_host(
             rows.append(f"{src.url},{via.url},{tmp_path / f's{n}.pw'},{tmp_path / f'd{n}.pw'}")
         (tmp_path / "b.csv").write_text("\n".join(rows) + "\n")
         res = migrator("batch", str(tmp_path / "b.csv"), "--parallel", "3", "--workers", "1", "--quiet",
-                       "--state-dir", str(tmp_path / "state"), "--report", str(tmp_path / "fleet.json"))
+                       "--state-dir", str(tmp_path / "state"), "--report", str(tmp_path / "fleet.json"),
+                       *(["--cluster", cluster] if cluster else []))
         windows, appends, throttled = list(m365.windows), list(m365.appends), list(m365.throttled)
     assert res.code == 0, res.text
     for src, dst in pairs:
@@ -146,6 +149,8 @@ def test_a_throttle_on_one_mailbox_of_a_batch_pauses_every_mailbox_on_that_host(
     fleet = json.loads((tmp_path / "fleet.json").read_text())["mailboxes"]
     assert [m["throttle_waits"] for m in fleet] == [1, 1, 1], fleet  # each mailbox says it waited
     assert all(m["waited_seconds"] >= 1.0 for m in fleet), fleet
+    if cluster:
+        assert len({m["ran_on"] for m in fleet}) == 3, fleet  # three processes, one pause
 
 
 def test_max_bytes_per_day_stops_with_one_line_and_the_next_run_goes_on(new_account, tmp_path):

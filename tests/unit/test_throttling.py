@@ -83,6 +83,28 @@ def test_every_session_to_the_host_waits_then_fewer_send_at_once():
     assert gov.allowed == 3  # grows back by one per round of calls that went through
 
 
+def test_a_pause_is_told_to_the_other_processes_and_one_told_is_kept_and_said_once():
+    """cluster.share_throttles' two halves, without a cluster: `relay` hears of this process's own
+    pauses only (a told one is not told again), `heard` pauses this process's sessions to the host,
+    and a run that joins during a pause hears of it as it joins."""
+    told: list = []
+    here = Governors(relay=told.append)
+    said: list = []
+    with here.joined({"destination": "mx.example"}, 2, said.append):
+        here.get("destination", "mx.example", 0).throttled("NO [THROTTLED] slow down")
+        here.heard("source", "imap.example", 0.4, "NO Request is throttled. Suggested Backoff Time: 400 ms")
+    assert [(w.side, w.relayed) for w in told] == [("destination", False)]  # the told pause not told back
+    gov = here.get("source", "imap.example", 0)
+    assert gov.waits and gov.waits[-1].relayed and "another worker of the batch" in gov.waits[-1].line()
+    t0 = time.monotonic()
+    late: list = []
+    with here.joined({"source": "imap.example"}, 1, late.append):  # a run starting during the pause
+        with gov.turn():
+            waited = time.monotonic() - t0
+    assert 0.25 <= waited < 1.5  # the told pause held this process's sessions
+    assert len(late) == 1 and late[0].relayed and 0 < late[0].seconds <= 0.4  # ... and was said to the run
+
+
 def test_the_wait_is_capped_and_a_stop_ends_it():
     gov = Governor("source", "mail.example", ceiling=2, max_backoff=60)
     assert gov.throttled("NO Request is throttled. Suggested Backoff Time: 299609 ms") == pytest.approx(60, abs=1)
