@@ -32,6 +32,7 @@ from migrator.batchrun import Executor
 from migrator.errors import ConnectionFailed, Interrupted, UsageError
 from migrator.governor import Governors, Wait
 
+log = logging.getLogger("migrator.cluster")
 ADMISSION = "migrator-admission"
 TRANSIT = 1.0  # seconds: the most a told pause is taken to have spent on its way (clocks may differ)
 _sharing: set[str] = set()  # batches whose throttles this process shares
@@ -65,8 +66,11 @@ def share_throttles(batch_id: str, governors: Governors) -> None:
     topic, me = f"migrator-throttle-{batch_id}", f"{socket.gethostname()}:{os.getpid()}"
 
     def tell(wait: Wait) -> None:
-        client.log_event(topic, {"from": me, "side": wait.side, "host": wait.host, "seconds": wait.seconds,
-                                 "sent": time.time(), "reason": wait.reason})
+        try:
+            client.log_event(topic, {"from": me, "side": wait.side, "host": wait.host, "seconds": wait.seconds,
+                                     "sent": time.time(), "reason": wait.reason})
+        except Exception as e:  # the scheduler out of reach: this process still waits; the others may not
+            log.warning("could not tell the batch's other workers of a pause: %s", e)
 
     def hear(event: tuple) -> None:
         _stamp, msg = event
