@@ -51,6 +51,15 @@ def migrate(src: Account, dst: Account, tmp_path: Path, *extra: str, report: str
     return res, data
 
 
+def interruptible() -> None:
+    """preexec_fn for a child the test will stop with SIGINT: SIGINT at its default, so Python in
+    the child raises KeyboardInterrupt for it. A child inherits an ignored SIGINT (a suite started
+    as `cmd &` from a script ignores it), and Python then leaves it ignored."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_until(cond, timeout: float = 10.0, step: float = 0.01) -> float:
     """Seconds until cond() held, looked at every `step` seconds; fails the test after timeout."""
     start = time.monotonic()

@@ -12,7 +12,7 @@ import pytest
 
 from tests import rig
 from tests.connwatch import ConnWatch
-from tests.helpers import migrator, simple_message
+from tests.helpers import interruptible, migrator, simple_message
 
 pytestmark = pytest.mark.e2e
 
@@ -105,7 +105,7 @@ def test_a_stopped_batch_says_so_writes_both_reports_and_resumes(dovecot_slash, 
             "--report", str(tmp_path / "r.json"), "--html-report", str(tmp_path / "r.html"), *auth]
     full_env = {**{k: v for k, v in __import__("os").environ.items() if not k.startswith("MIGRATOR_")}, **env}
     proc = subprocess.Popen([sys.executable, "-m", "migrator", *args], env=full_env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     first_line = proc.stdout.readline()  # "batch: 5 mailbox(es) to run ..."
     done_line = proc.stdout.readline()  # "[1/5] line 2: ... ok ..."
     proc.send_signal(sig)

@@ -26,7 +26,7 @@ import pytest
 
 from tests import rig
 from tests.faultproxy import FaultProxy, wait_until
-from tests.helpers import Result, dt, migrator, multiset, simple_message
+from tests.helpers import Result, dt, interruptible, migrator, multiset, simple_message
 
 pytestmark = pytest.mark.e2e
 
@@ -80,7 +80,7 @@ def popen(src, dst, tmp_path: Path, *extra: str, env: dict | None = None) -> sub
     full.update(env or {})
     args = cli_args(src, dst, tmp_path / "state.sqlite", tmp_path / "report-bg.json", *extra)
     return subprocess.Popen([sys.executable, "-m", "migrator", *args], env=full, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
 
 
 def assert_identical(src, dst) -> None:
