@@ -88,7 +88,7 @@ class StorageError(MigratorError):
 
 
 class BudgetSpent(MigratorError):
-    """--max-bytes-per-day is spent for a host: the run stops cleanly, its journal kept, and the
+    """--max-bytes-per-day is spent for an account: the run stops cleanly, its journal kept, and the
     same command run the next day goes on (as imapsync's --exitwhenover, which Gmail users run
     once a day)."""
 

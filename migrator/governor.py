@@ -10,10 +10,14 @@ is throttled again, longer, and may be locked out. So the governor of a host:
 - then lets fewer sessions send at once: the allowance is halved at each throttle, and grows back
   by one after each run of `allowed` calls that went through (AIMD, as TCP does);
 - says so, once per pause (`on_wait`: the progress line and the report);
-- keeps a daily byte budget (`--max-bytes-per-day`; Gmail: 2,500 MB a day down, 500 MB up): each
-  FETCH and APPEND takes its bytes from it before it is sent (`spend`), and once the next one does
-  not fit the run stops cleanly (BudgetSpent): a provider that counts bytes per day is never
-  pushed over it, and the same command run the next day goes on. The day starts at the first byte.
+
+and each account has a daily byte budget (DayBudget: `--max-bytes-per-day`; Gmail: 2,500 MB a day
+down, 500 MB up, per user): each FETCH and APPEND takes its bytes from it before it is sent
+(`spend`), and once the next one does not fit the run stops cleanly (BudgetSpent): a provider that
+counts bytes per day is never pushed over it, and the same command run the next day goes on. The
+day starts at the first byte. The budget is the account's, not the host's: the providers' caps are
+per user, so the mailboxes of a batch on one host each have their own (and a mailbox runs in one
+process at a time, on a cluster too).
 
 Throttle answers that arrive during a pause (commands that were already in flight) extend it
 when they ask for longer, but are not a new event.
@@ -70,9 +74,6 @@ class Governor:
     _streak: int = 0  # throttles with no success between them: the default wait doubles
     _since_cut: int = 0  # calls that went through since the allowance last changed
     _joined: int = 0  # sessions of the runs using this host now (Governors.joined)
-    budget: int | None = None  # bytes per day to this host (--max-bytes-per-day); None: no limit
-    spent: int = 0
-    _day_from: float | None = None
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _started: float = field(default_factory=time.monotonic)
 
@@ -97,25 +98,6 @@ class Governor:
             with self._cond:
                 self._active -= 1
                 self._cond.notify_all()
-
-    def spend(self, nbytes: int) -> None:
-        """Take a call's bytes from the day's budget before it is made; BudgetSpent if they do not
-        fit (nothing of the call is sent)."""
-        if self.budget is None:
-            return
-        from migrator.filters import size_text
-
-        with self._cond:
-            now = self.clock()
-            if self._day_from is None or now - self._day_from >= DAY:
-                self._day_from, self.spent = now, 0
-            if self.spent + nbytes > self.budget:
-                verb = "downloaded from" if self.side == "source" else "uploaded to"
-                raise BudgetSpent(
-                    f"the day's byte budget for {self.host} is spent: {size_text(self.spent)} {verb} it, "
-                    f"--max-bytes-per-day {size_text(self.budget)}; stopped",
-                    hint="run the same command again tomorrow to go on (nothing is lost or copied twice)")
-            self.spent += nbytes
 
     def resize(self, sessions: int) -> None:
         """Runs sharing this host came or went: the ceiling is all their sessions. A run that
@@ -170,16 +152,49 @@ class Governor:
 
 
 @dataclass
+class DayBudget:
+    """One account's daily byte budget on one side (--max-bytes-per-day, or a preset's cap)."""
+
+    side: str
+    account: str  # user@host: only for what is said
+    budget: int | None  # bytes per day; None: no limit
+    clock: Callable[[], float] = time.monotonic
+    spent: int = 0
+    _day_from: float | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def spend(self, nbytes: int) -> None:
+        """Take a call's bytes from the day's budget before it is made; BudgetSpent if they do not
+        fit (nothing of the call is sent)."""
+        if self.budget is None:
+            return
+        from migrator.filters import size_text
+
+        with self._lock:
+            now = self.clock()
+            if self._day_from is None or now - self._day_from >= DAY:
+                self._day_from, self.spent = now, 0
+            if self.spent + nbytes > self.budget:
+                verb = "downloaded from" if self.side == "source" else "uploaded to"
+                raise BudgetSpent(
+                    f"the day's byte budget for {self.account} is spent: {size_text(self.spent)} {verb} it, "
+                    f"--max-bytes-per-day {size_text(self.budget)}; stopped",
+                    hint="run the same command again tomorrow to go on (nothing is lost or copied twice)")
+            self.spent += nbytes
+
+
+@dataclass
 class Governors:
     """The run's governors, one per (side, host). A batch shares one Governors between the mailboxes
     its process runs (batchrun.shared_governors): a throttle one mailbox's session gets pauses every
     mailbox on that host, and each run that is `joined` hears of it (`listening`, its report)."""
 
     max_backoff: float = 300.0
-    # --max-bytes-per-day by side ("source": bytes downloaded from each source host, "destination":
-    # uploaded to each destination host); a preset may lower one (Gmail's 2,500 MB down, 500 MB up)
+    # --max-bytes-per-day by side ("source": bytes downloaded from each source account, "destination":
+    # uploaded to each destination account); a preset may lower one (Gmail's 2,500 MB down, 500 MB up)
     budgets: dict[str, int] = field(default_factory=dict)
     _by_host: dict[tuple[str, str], Governor] = field(default_factory=dict)
+    _by_account: dict[tuple[str, str, str], DayBudget] = field(default_factory=dict)
     _listeners: list[Callable[[Wait], None]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     relay: Callable[[Wait], None] | None = None  # tells the batch's other processes of a pause (cluster)
@@ -189,20 +204,29 @@ class Governors:
             key = (side, host.lower())
             gov = self._by_host.get(key)
             if gov is None:
-                gov = self._by_host[key] = Governor(side, host, sessions, self.max_backoff, self._said,
-                                                    budget=self.budgets.get(side))
+                gov = self._by_host[key] = Governor(side, host, sessions, self.max_backoff, self._said)
             return gov
 
+    def budget(self, side: str, host: str, user: str) -> DayBudget:
+        """The daily byte budget of one account (user at host) on one side."""
+        with self._lock:
+            key = (side, host.lower(), user)
+            day = self._by_account.get(key)
+            if day is None:
+                day = self._by_account[key] = DayBudget(side, f"{user}@{host}" if user else host,
+                                                        self.budgets.get(side))
+            return day
+
     def limit_budget(self, side: str, nbytes: int | None) -> None:
-        """A side's daily byte budget is at most `nbytes` (a preset's), for its hosts from now on."""
+        """A side's daily byte budget is at most `nbytes` (a preset's), for its accounts from now on."""
         if nbytes is None:
             return
         with self._lock:
             least = min(self.budgets.get(side, nbytes), nbytes)
             self.budgets[side] = least
-            for (gov_side, _host), gov in self._by_host.items():
-                if gov_side == side:
-                    gov.budget = least if gov.budget is None else min(gov.budget, least)
+            for (day_side, _host, _user), day in self._by_account.items():
+                if day_side == side:
+                    day.budget = least if day.budget is None else min(day.budget, least)
 
     def _said(self, wait: Wait) -> None:
         with self._lock:

@@ -99,10 +99,10 @@ InFlightGrace = Annotated[float, typer.Option(
          "next run.")]
 MaxBytesDay = Annotated[str | None, typer.Option(
     "--max-bytes-per-day", metavar="SIZE",
-    help="At most SIZE (e.g. 2000M; K/M/G = 1024) downloaded from each source host and uploaded to each "
-         "destination host per day, by the whole run (a batch: by all its mailboxes). When the next batch of "
-         "messages would go over it, the run stops (exit 75) and the same command run the next day goes on. "
-         "--preset gmail sets Gmail's 2500M down; to Gmail, give 500M (its upload cap).")]
+    help="At most SIZE (e.g. 2000M; K/M/G = 1024) downloaded from the source account and uploaded to the "
+         "destination account per day (in a batch: per mailbox, as providers count per user). When the next "
+         "batch of messages would go over it, the run stops (exit 75) and the same command run the next day goes "
+         "on. --preset gmail sets Gmail's 2500M down; to Gmail, give 500M (its upload cap).")]
 MaxConns = Annotated[int, typer.Option(
     "--max-connections-per-host", min=1,
     help="Open connections per host, all workers of a run together (Gmail allows 15 per account; batch: see its "

@@ -19,7 +19,7 @@ from migrator.engine.content import SERVED_CUT_SHORT
 from migrator.engine.jobs import OVERQUOTA_HINT, EngineOptions, FolderRun
 from migrator.engine.pairs import both_sides
 from migrator.errors import BudgetSpent, StorageError
-from migrator.governor import Governor
+from migrator.governor import DayBudget, Governor
 from migrator.naming import Folder
 from migrator.plan import FolderPlan, Plan
 from migrator.stats import Stats
@@ -68,6 +68,11 @@ class Context:
         """The throttle governor of the source's or the destination's host (governor.py)."""
         endpoint = self.plan.source if side == "source" else self.plan.destination
         return self.opts.governors.get(side, endpoint.host or side, self.opts.workers)
+
+    def budget(self, side: str) -> DayBudget:
+        """The daily byte budget of the source's or the destination's account (governor.py)."""
+        endpoint = self.plan.source if side == "source" else self.plan.destination
+        return self.opts.governors.budget(side, endpoint.host or side, endpoint.user)
 
     def both_sides(self, on_src: Callable, on_dst: Callable | None) -> tuple:
         return both_sides(on_src, on_dst, self.dst_side)

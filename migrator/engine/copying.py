@@ -99,9 +99,9 @@ class Copier:
         """waits: how often these messages were throttled already (the first APPEND: 0)."""
         fp = run.fp
         dst = conn.dst_within_budget()  # a session near the server's error budget is replaced first
-        # The day's byte budget to the host, taken before the intents are written: when it is spent
+        # The day's byte budget of the account, taken before the intents are written: when it is spent
         # the run stops (BudgetSpent) with nothing of this batch in flight.
-        self.ctx.governor("destination").spend(sum(len(item.body) for item in items))
+        self.ctx.budget("destination").spend(sum(len(item.body) for item in items))
         intents, shapes = self._to_read_back(run, intents, items)
         self.ledger.intents(run, intents)
         crash("intent-written")
@@ -277,8 +277,8 @@ def governed_fetch(ctx: Context, src: Store, uids: list[int], nbytes: int = 0) -
     """FETCH through the source host's governor: it waits out a throttle the source asked for, and
     a throttle answer here pauses every session to the source (the folder is retried after it).
     `nbytes` (the listed sizes) are taken from the day's byte budget first."""
+    ctx.budget("source").spend(nbytes)
     governor = ctx.governor("source")
-    governor.spend(nbytes)
     try:
         with governor.turn(ctx.stop):
             fetched = {msg.meta.uid: msg for msg in src.fetch(uids)}

@@ -161,8 +161,38 @@ def test_max_bytes_per_day_stops_with_one_line_and_the_next_run_goes_on(new_acco
     res = migrator(*args, "--max-bytes-per-day", "150K", src=src, dst=dst)
     assert res.code == 75, res.text
     lines = [line for line in res.err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "byte budget for 127.0.0.1 is spent" in lines[0] and "tomorrow" in lines[0], res.err
+    said = f"byte budget for {src.user}@127.0.0.1 is spent"  # the account's: the next FETCH would go over
+    assert len(lines) == 1 and said in lines[0] and "tomorrow" in lines[0], res.err
     assert 0 < sum(held(dst).values()) < 40
     res = migrator(*args, "--max-bytes-per-day", "1M", src=src, dst=dst)
     assert res.code == 0, res.text
     assert held(dst) == held(src)  # the rest, each once
+
+
+def test_max_bytes_per_day_is_each_mailboxs_in_a_batch_not_the_hosts(new_account, tmp_path):
+    """Two mailboxes of about 100K each on one host, --max-bytes-per-day 150K: Gmail's caps, which
+    the option is for, are per user, so each mailbox has its own budget and both are copied whole
+    (a budget per host stopped the batch in its second mailbox, exit 75). A mailbox over it alone
+    still stops."""
+    pairs = []
+    for n in range(3):
+        src, dst = new_account(), new_account()
+        count = 60 if n == 2 else 20  # the third: about 300K, over its own budget
+        rig.seed(src, ["INBOX"], [(simple_message(i, body="y" * 5000), (), dt(i)) for i in range(count)])
+        pairs.append((src, dst))
+    rows = ["source,destination,src_password_file,dst_password_file"]
+    for n, (src, dst) in enumerate(pairs):
+        for side, acc in (("s", src), ("d", dst)):
+            (tmp_path / f"{side}{n}.pw").write_text(acc.password)
+            (tmp_path / f"{side}{n}.pw").chmod(0o600)
+        rows.append(f"{src.url},{dst.url},{tmp_path / f's{n}.pw'},{tmp_path / f'd{n}.pw'}")
+    (tmp_path / "b.csv").write_text("\n".join(rows) + "\n")
+    res = migrator("batch", str(tmp_path / "b.csv"), "--parallel", "1", "--workers", "1", "--quiet", "--batch-mb",
+                   "0.1", "--max-bytes-per-day", "150K", "--state-dir", str(tmp_path / "state"),
+                   "--report", str(tmp_path / "fleet.json"))
+    fleet = json.loads((tmp_path / "fleet.json").read_text())["mailboxes"]
+    assert [m["exit_code"] for m in fleet] == [0, 0, 75], res.text
+    for src, dst in pairs[:2]:
+        assert held(dst) == held(src)
+    assert 0 < sum(held(pairs[2][1]).values()) < 60
+    assert f"{pairs[2][0].user}@127.0.0.1" in fleet[2]["first_error"]["reason"], fleet[2]

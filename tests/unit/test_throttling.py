@@ -141,13 +141,33 @@ def test_a_spent_byte_budget_stops_the_run_and_the_next_day_goes_on(tmp_path, si
     with pytest.raises(BudgetSpent, match="byte budget .* is spent") as e:
         world.run(workers=2, batch_count=5, chunk_messages=20, governors=governors)
     assert e.value.exit_code == EXIT_BUDGET
-    spent = governors.get(side, "src.example" if side == "source" else "dst.example", 1).spent
+    account = ("source", "src.example", "a") if side == "source" else ("destination", "dst.example", "b")
+    spent = governors.budget(*account).spent
     assert 0 < spent <= 25 * size
+    assert f"byte budget for {account[2]}@{account[1]} is spent" in str(e.value)
     copied = Counter(m[0] for m in dst.contents(INBOX).values()) if INBOX in dst.names() else Counter()
     assert 0 < sum(copied.values()) <= 25 and set(copied.values()) == {1}
     stats = world.run(workers=2, batch_count=5, chunk_messages=20, governors=Governors(budgets={side: 60 * size}))
     assert not stats.failures and not stats.folder_errors
     assert Counter(m[0] for m in dst.contents(INBOX).values()) == Counter(body(i) for i in range(60))
+
+
+def test_the_byte_budget_is_each_accounts_not_the_hosts():
+    """Gmail's caps (2,500 MB a day down, 500 MB up) are per user: two mailboxes of a batch on one
+    host each have the whole budget; a second run of the same account in the process shares it."""
+    from migrator.errors import BudgetSpent
+
+    governors = Governors(budgets={"destination": 1000})
+    alice, bob = governors.budget("destination", "imap.gmail.com", "alice"), governors.budget(
+        "destination", "IMAP.gmail.com", "bob")
+    alice.spend(900)
+    bob.spend(900)  # not refused: bob's own budget
+    assert governors.budget("destination", "imap.gmail.com", "alice") is alice
+    with pytest.raises(BudgetSpent, match="alice@imap.gmail.com"):
+        alice.spend(200)
+    governors.limit_budget("destination", 500)  # a preset's lower cap reaches the accounts already known
+    with pytest.raises(BudgetSpent):
+        governors.budget("destination", "imap.gmail.com", "carol").spend(600)
 
 
 def test_the_progress_line_says_while_a_host_is_waited_for_and_why():
