@@ -44,8 +44,11 @@ class Following:
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
+        try:
+            for line in self.proc.stdout:
+                self.lines.append(line.rstrip("\n"))
+        except ValueError:  # end()'s communicate() closed stdout under this loop: the lines are seen
+            pass
 
     def wait_line(self, text: str, timeout: float = 15.0) -> str:
         deadline = time.monotonic() + timeout
