@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -35,8 +34,6 @@ from migrator.governor import Governors, Wait
 log = logging.getLogger("migrator.cluster")
 ADMISSION = "migrator-admission"
 TRANSIT = 1.0  # seconds: the most a told pause is taken to have spent on its way (clocks may differ)
-_sharing: set[str] = set()  # batches whose throttles this process shares
-_sharing_lock = threading.Lock()
 
 
 def _distributed():
@@ -54,14 +51,11 @@ def stop_signal(batch_id: str) -> Callable[[], bool]:
 
 
 def share_throttles(batch_id: str, governors: Governors) -> None:
-    """Once per worker process and batch: tell the batch's other processes of every pause a server
-    asks of this one's sessions, and apply theirs here. Each pause says how long it has still to run
-    and when it was sent; the receiver takes off the time it spent on its way, counted as at most
-    TRANSIT, so a clock that differs between machines neither drops a pause nor stretches it much."""
-    with _sharing_lock:
-        if batch_id in _sharing:
-            return
-        _sharing.add(batch_id)
+    """For the Governors a worker process makes once per batch (batchrun.shared_governors): tell the
+    batch's other processes of every pause a server asks of this one's sessions, and apply theirs
+    here. Each pause says how long it has still to run and when it was sent; the receiver takes off
+    the time it spent on its way, counted as at most TRANSIT, so a clock that differs between
+    machines neither drops a pause nor stretches it much."""
     client = _distributed().get_client()  # the worker's own client
     topic, me = f"migrator-throttle-{batch_id}", f"{socket.gethostname()}:{os.getpid()}"
 

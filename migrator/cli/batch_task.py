@@ -24,6 +24,7 @@ from migrator import hostlimits
 from migrator.batch import BatchRow, state_path_for
 from migrator.cli.options import ConnOptions, FilterOptions, MappingOptions, RunOptions
 from migrator.errors import EXIT_INTERRUPTED, MigratorError
+from migrator.governor import Governors
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,17 @@ def migrate_mailbox(task: MailboxTask) -> dict:
     return batchrun.mailbox_result(task.row, code, started, where, report=report)
 
 
+def _governors(task: MailboxTask, run: RunOptions) -> Governors:
+    """The batch's governors in this process, made once (batchrun.shared_governors); on a cluster
+    every other process of the batch hears of their pauses, and they of theirs."""
+    governors = run.governors()
+    if task.cluster:
+        from migrator import cluster
+
+        cluster.share_throttles(task.batch_id, governors)
+    return governors
+
+
 def _run(task: MailboxTask, stopped) -> dict:
     from migrator import batchrun, runner
     from migrator.cli.options import connectors, run_settings, with_encryption
@@ -96,11 +108,7 @@ def _run(task: MailboxTask, stopped) -> dict:
                 run = replace(task.run, workers=workers, state=state, max_connections_per_host=own_cap)
                 settings = run_settings(src, dst, run, quiet=True)
                 # One throttle governor per host for every mailbox this process runs (batchrun).
-                settings.engine.governors = batchrun.shared_governors(task.batch_id, run.governors)
-                if task.cluster:  # ... and every other process of the batch hears of its pauses
-                    from migrator import cluster
-
-                    cluster.share_throttles(task.batch_id, settings.engine.governors)
+                settings.engine.governors = batchrun.shared_governors(task.batch_id, lambda: _governors(task, run))
             except BaseException:
                 for store in spare:
                     store.close()

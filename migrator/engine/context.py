@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from migrator.accounts import Endpoint
 from migrator.checkpoint import ALTERED, DONE, Checkpoint, Intent
 from migrator.engine.content import SERVED_CUT_SHORT
 from migrator.engine.jobs import OVERQUOTA_HINT, EngineOptions, FolderRun
@@ -66,13 +67,16 @@ class Context:
 
     def governor(self, side: str) -> Governor:
         """The throttle governor of the source's or the destination's host (governor.py)."""
-        endpoint = self.plan.source if side == "source" else self.plan.destination
+        endpoint = self._endpoint(side)
         return self.opts.governors.get(side, endpoint.host or side, self.opts.workers)
 
     def budget(self, side: str) -> DayBudget:
         """The daily byte budget of the source's or the destination's account (governor.py)."""
-        endpoint = self.plan.source if side == "source" else self.plan.destination
+        endpoint = self._endpoint(side)
         return self.opts.governors.budget(side, endpoint.host or side, endpoint.user)
+
+    def _endpoint(self, side: str) -> Endpoint:
+        return self.plan.source if side == "source" else self.plan.destination
 
     def both_sides(self, on_src: Callable, on_dst: Callable | None) -> tuple:
         return both_sides(on_src, on_dst, self.dst_side)
