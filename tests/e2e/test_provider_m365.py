@@ -29,6 +29,20 @@ def seeded(new_account, n: int):
     return src, dst
 
 
+def batch_csv(tmp_path, pairs, port: int | None = None):
+    """The batch file of `pairs`, each password in a file of its own; the destinations reached
+    through `port` (the stand-in) when given."""
+    rows = ["source,destination,src_password_file,dst_password_file"]
+    for n, (src, dst) in enumerate(pairs):
+        for side, acc in (("s", src), ("d", dst)):
+            (tmp_path / f"{side}{n}.pw").write_text(acc.password)
+            (tmp_path / f"{side}{n}.pw").chmod(0o600)
+        via = dataclasses.replace(dst, port=port) if port else dst
+        rows.append(f"{src.url},{via.url},{tmp_path / f's{n}.pw'},{tmp_path / f'd{n}.pw'}")
+    (tmp_path / "b.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "b.csv"
+
+
 def held(account) -> Counter:
     return Counter(sha for sha, _flags, _date in rig.snapshot(account).get(("INBOX",), []))
 
@@ -125,16 +139,8 @@ def test_a_throttle_on_one_mailbox_of_a_batch_pauses_every_mailbox_on_that_host(
     pairs = [seeded(new_account, 150) for _ in range(3)]
     with M365StandIn(pairs[0][1].port, throttle_every=60, throttles=1, backoff_ms=1500, no_multiappend=True,
                      one_session=True) as m365:
-        rows = ["source,destination,src_password_file,dst_password_file"]
-        for n, (src, dst) in enumerate(pairs):
-            for side, acc in (("s", src), ("d", dst)):
-                (tmp_path / f"{side}{n}.pw").write_text(acc.password)
-                (tmp_path / f"{side}{n}.pw").chmod(0o600)
-            via = dataclasses.replace(dst, port=m365.port)
-            rows.append(f"{src.url},{via.url},{tmp_path / f's{n}.pw'},{tmp_path / f'd{n}.pw'}")
-        (tmp_path / "b.csv").write_text("\n".join(rows) + "\n")
-        res = migrator("batch", str(tmp_path / "b.csv"), "--parallel", "3", "--workers", "1", "--quiet",
-                       "--state-dir", str(tmp_path / "state"), "--report", str(tmp_path / "fleet.json"),
+        res = migrator("batch", str(batch_csv(tmp_path, pairs, m365.port)), "--parallel", "3", "--workers", "1",
+                       "--quiet", "--state-dir", str(tmp_path / "state"), "--report", str(tmp_path / "fleet.json"),
                        *(["--cluster", cluster] if cluster else []))
         windows, appends, throttled = list(m365.windows), list(m365.appends), list(m365.throttled)
     assert res.code == 0, res.text
@@ -180,15 +186,8 @@ def test_max_bytes_per_day_is_each_mailboxs_in_a_batch_not_the_hosts(new_account
         count = 60 if n == 2 else 20  # the third: about 300K, over its own budget
         rig.seed(src, ["INBOX"], [(simple_message(i, body="y" * 5000), (), dt(i)) for i in range(count)])
         pairs.append((src, dst))
-    rows = ["source,destination,src_password_file,dst_password_file"]
-    for n, (src, dst) in enumerate(pairs):
-        for side, acc in (("s", src), ("d", dst)):
-            (tmp_path / f"{side}{n}.pw").write_text(acc.password)
-            (tmp_path / f"{side}{n}.pw").chmod(0o600)
-        rows.append(f"{src.url},{dst.url},{tmp_path / f's{n}.pw'},{tmp_path / f'd{n}.pw'}")
-    (tmp_path / "b.csv").write_text("\n".join(rows) + "\n")
-    res = migrator("batch", str(tmp_path / "b.csv"), "--parallel", "1", "--workers", "1", "--quiet", "--batch-mb",
-                   "0.1", "--max-bytes-per-day", "150K", "--state-dir", str(tmp_path / "state"),
+    res = migrator("batch", str(batch_csv(tmp_path, pairs)), "--parallel", "1", "--workers", "1", "--quiet",
+                   "--batch-mb", "0.1", "--max-bytes-per-day", "150K", "--state-dir", str(tmp_path / "state"),
                    "--report", str(tmp_path / "fleet.json"))
     fleet = json.loads((tmp_path / "fleet.json").read_text())["mailboxes"]
     assert [m["exit_code"] for m in fleet] == [0, 0, 75], res.text
